@@ -1,0 +1,71 @@
+# portico — see README.md. `make` builds build/portico.
+CC      ?= cc
+CFLAGS  ?= -O2 -g
+SAN     ?= 0
+BUILD   := build
+ifeq ($(SAN),1)
+BUILD   := build/san
+CFLAGS  := -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=all
+LDFLAGS += -fsanitize=address,undefined
+endif
+override CFLAGS += -std=c11 -D_GNU_SOURCE -Wall -Wextra -Werror -Isrc -MMD -MP
+LDLIBS  := -lyaml -lpthread
+PYTHON  := /usr/bin/python3
+
+SRCS    := $(sort $(wildcard src/*/*.c))
+OBJS    := $(SRCS:src/%.c=$(BUILD)/obj/%.o)
+LIBOBJS := $(filter-out $(BUILD)/obj/main.o,$(OBJS))
+UNIT    := $(patsubst tests/unit/%.c,$(BUILD)/tests/%,$(wildcard tests/unit/test_*.c))
+VERSION := $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+
+.PHONY: all deps run test unit integration fuzz bench clean
+all: $(BUILD)/portico
+
+deps:
+	@scripts/deps.sh
+
+$(BUILD)/portico: $(BUILD)/obj/main.o $(LIBOBJS)
+	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+
+$(BUILD)/obj/main.o: override CFLAGS += -DPORTICO_VERSION='"$(VERSION)"'
+$(BUILD)/obj/%.o: src/%.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -c -o $@ $<
+
+$(BUILD)/tests/%: tests/unit/%.c $(LIBOBJS)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -Itests/unit $(LDFLAGS) -o $@ $< $(LIBOBJS) $(LDLIBS) -lcmocka
+
+run: deps all
+	@$(PYTHON) examples/demo_upstream.py --port 9001 & echo $$! > $(BUILD)/demo.pid; \
+	trap 'kill $$(cat $(BUILD)/demo.pid) 2>/dev/null' EXIT INT TERM; \
+	echo; echo "portico on http://127.0.0.1:8080 in front of a demo upstream on :9001. Try:"; \
+	echo "  curl -i http://127.0.0.1:8080/"; \
+	echo "  curl -i http://127.0.0.1:8080/echo -d 'hello'"; \
+	echo "  curl -i 'http://127.0.0.1:8080/bytes?n=100000' -o /dev/null"; \
+	echo "Ctrl-C stops both."; echo; \
+	$(BUILD)/portico -c examples/quickstart.yaml
+
+unit: $(UNIT)
+	@set -e; for t in $(UNIT); do echo "== $$t"; $$t; done
+
+integration: $(BUILD)/portico
+	PORTICO_BIN=$(abspath $(BUILD)/portico) $(PYTHON) -m pytest -q tests/integration
+
+test: deps
+	@$(MAKE) --no-print-directory all unit
+	@$(MAKE) --no-print-directory integration
+
+fuzz:
+	@scripts/deps.sh fuzz
+	@$(MAKE) --no-print-directory -f tests/fuzz/fuzz.mk
+
+bench:
+	@scripts/deps.sh bench
+	@$(MAKE) --no-print-directory all
+	bench/run.sh
+
+clean:
+	rm -rf build
+
+-include $(OBJS:.o=.d)

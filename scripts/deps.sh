@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Install what portico needs to build and test, from Debian's archive.
+# Idempotent and quiet when everything is already there.
+#   scripts/deps.sh          build + test dependencies
+#   scripts/deps.sh bench    also the peers and load generator for `make bench`
+#   scripts/deps.sh fuzz     also clang's libFuzzer runtime
+set -euo pipefail
+
+pkgs=(build-essential pkg-config libyaml-dev libcmocka-dev
+      python3-pytest python3-requests)
+for extra in "$@"; do
+    case "$extra" in
+        bench) pkgs+=(wrk nginx-light haproxy util-linux procps) ;;
+        fuzz)  pkgs+=(clang libclang-rt-dev) ;;
+        browser) pkgs+=(chromium) ;;
+        *) echo "deps.sh: unknown group '$extra'" >&2; exit 2 ;;
+    esac
+done
+
+missing=()
+for p in "${pkgs[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+done
+[ ${#missing[@]} -eq 0 ] && exit 0
+
+echo "deps.sh: installing ${missing[*]}" >&2
+SUDO=""
+[ "$(id -u)" -eq 0 ] || SUDO=sudo
+export DEBIAN_FRONTEND=noninteractive
+$SUDO apt-get update -qq >/dev/null
+$SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null

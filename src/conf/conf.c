@@ -1,0 +1,626 @@
+/* conf/conf.c: YAML (libyaml document API) to struct conf, with validation.
+ * Every error names file:line:col and the key's path, e.g.
+ *   portico.yaml:7:14: upstreams.app.servers[0].weight: expected an integer >= 1
+ */
+#include "conf.h"
+
+#include <arpa/inet.h>
+#include <ctype.h>
+#include <errno.h>
+#include <netdb.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include <yaml.h>
+
+struct ctx {
+    yaml_document_t doc;
+    const char *file;
+    char *err;
+    size_t errlen;
+    bool failed;
+};
+
+__attribute__((format(printf, 4, 5)))
+static bool bad(struct ctx *x, const yaml_node_t *n, const char *path, const char *fmt, ...)
+{
+    if (x->failed)
+        return false;
+    x->failed = true;
+    int off = snprintf(x->err, x->errlen, "%s:%zu:%zu: %s: ", x->file,
+                       n ? n->start_mark.line + 1 : 1, n ? n->start_mark.column + 1 : 1,
+                       path && *path ? path : "(top)");
+    if (off < 0 || (size_t)off >= x->errlen)
+        return false;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(x->err + off, x->errlen - (size_t)off, fmt, ap);
+    va_end(ap);
+    return false;
+}
+
+static const char *scalar(const yaml_node_t *n)
+{
+    return n && n->type == YAML_SCALAR_NODE ? (const char *)n->data.scalar.value : NULL;
+}
+
+static yaml_node_t *node(struct ctx *x, int id) { return yaml_document_get_node(&x->doc, id); }
+
+/* out = path + "." + key, truncated to fit (paths are for messages only). */
+static void join(char *out, size_t len, const char *path, const char *key)
+{
+    size_t n = 0;
+    for (const char *s = path; *s && n + 1 < len; s++)
+        out[n++] = *s;
+    if (*path && n + 1 < len)
+        out[n++] = '.';
+    for (const char *s = key; *s && n + 1 < len; s++)
+        out[n++] = *s;
+    out[n] = '\0';
+}
+
+/* ---- value parsers ---- */
+
+int conf_parse_duration(const char *s, uint64_t *ms)
+{
+    if (!s || !isdigit((unsigned char)*s))
+        return -1;
+    char *end;
+    errno = 0;
+    unsigned long long v = strtoull(s, &end, 10);
+    if (errno || v > 1000000000ull)
+        return -1;
+    uint64_t mul;
+    if (!strcmp(end, "ms")) mul = 1;
+    else if (!strcmp(end, "s")) mul = 1000;
+    else if (!strcmp(end, "m")) mul = 60000;
+    else if (!strcmp(end, "h")) mul = 3600000;
+    else if (!strcmp(end, "d")) mul = 86400000;
+    else if (!*end && v == 0) mul = 1;
+    else return -1;
+    *ms = v * mul;
+    return 0;
+}
+
+int conf_parse_size(const char *s, uint64_t *bytes)
+{
+    if (!s || !isdigit((unsigned char)*s))
+        return -1;
+    char *end;
+    errno = 0;
+    unsigned long long v = strtoull(s, &end, 10);
+    if (errno || v > (1ull << 40))
+        return -1;
+    uint64_t mul;
+    if (!*end) mul = 1;
+    else if (!strcmp(end, "KiB")) mul = 1024;
+    else if (!strcmp(end, "MiB")) mul = 1024 * 1024;
+    else if (!strcmp(end, "GiB")) mul = 1024 * 1024 * 1024;
+    else return -1;
+    *bytes = v * mul;
+    return 0;
+}
+
+bool conf_parse_addr(const char *s, struct conf_addr *out, char *err, size_t errlen)
+{
+    char host[256];
+    const char *port;
+    memset(out, 0, sizeof *out);
+    if (strlen(s) >= sizeof out->text) {
+        snprintf(err, errlen, "address too long");
+        return false;
+    }
+    if (s[0] == '[') {
+        const char *rb = strchr(s, ']');
+        if (!rb || rb[1] != ':') {
+            snprintf(err, errlen, "expected \"[ipv6]:port\"");
+            return false;
+        }
+        snprintf(host, sizeof host, "%.*s", (int)(rb - s - 1), s + 1);
+        port = rb + 2;
+    } else {
+        const char *colon = strrchr(s, ':');
+        if (!colon || colon == s || (size_t)(colon - s) >= sizeof host) {
+            snprintf(err, errlen, "expected \"host:port\"");
+            return false;
+        }
+        snprintf(host, sizeof host, "%.*s", (int)(colon - s), s);
+        port = colon + 1;
+    }
+    char *pe;
+    long p = strtol(port, &pe, 10);
+    if (!*port || *pe || p < 1 || p > 65535) {
+        snprintf(err, errlen, "invalid port \"%s\"", port);
+        return false;
+    }
+    if (!strcmp(host, "*"))
+        strcpy(host, "0.0.0.0");
+    struct addrinfo hints = { .ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM,
+                              .ai_flags = AI_NUMERICSERV | AI_ADDRCONFIG };
+    struct addrinfo *ai = NULL;
+    int rc = getaddrinfo(host, port, &hints, &ai);
+    if (rc != 0 && (hints.ai_flags = AI_NUMERICSERV, rc = getaddrinfo(host, port, &hints, &ai)) != 0) {
+        snprintf(err, errlen, "cannot resolve \"%s\": %s", host, gai_strerror(rc));
+        return false;
+    }
+    memcpy(&out->ss, ai->ai_addr, ai->ai_addrlen);
+    out->len = ai->ai_addrlen;
+    freeaddrinfo(ai);
+    strcpy(out->text, s);
+    return true;
+}
+
+/* ---- typed getters: each validates one node and reports with its path ---- */
+
+static bool get_duration(struct ctx *x, yaml_node_t *n, const char *path, uint64_t *out)
+{
+    if (conf_parse_duration(scalar(n), out) < 0)
+        return bad(x, n, path, "expected a duration like 500ms, 10s, 5m, 1h, 1d");
+    return true;
+}
+
+static bool get_size(struct ctx *x, yaml_node_t *n, const char *path, uint64_t *out,
+                     uint64_t min, uint64_t max)
+{
+    if (conf_parse_size(scalar(n), out) < 0)
+        return bad(x, n, path, "expected a size like 512, 16KiB, 8MiB, 1GiB");
+    if (*out < min || *out > max)
+        return bad(x, n, path, "must be between %llu and %llu bytes",
+                   (unsigned long long)min, (unsigned long long)max);
+    return true;
+}
+
+static bool get_uint(struct ctx *x, yaml_node_t *n, const char *path, uint32_t *out,
+                     uint32_t min, uint32_t max)
+{
+    const char *s = scalar(n);
+    char *end;
+    if (!s || !isdigit((unsigned char)*s))
+        return bad(x, n, path, "expected an integer from %u to %u", min, max);
+    errno = 0;
+    unsigned long v = strtoul(s, &end, 10);
+    if (errno || *end || v < min || v > max)
+        return bad(x, n, path, "expected an integer from %u to %u", min, max);
+    *out = (uint32_t)v;
+    return true;
+}
+
+static bool get_string(struct ctx *x, yaml_node_t *n, const char *path, char **out)
+{
+    const char *s = scalar(n);
+    if (!s || !*s)
+        return bad(x, n, path, "expected a non-empty string");
+    free(*out);
+    *out = strdup(s);
+    return *out != NULL;
+}
+
+static bool get_addr(struct ctx *x, yaml_node_t *n, const char *path, struct conf_addr *out)
+{
+    const char *s = scalar(n);
+    char e[200];
+    if (!s)
+        return bad(x, n, path, "expected an address \"host:port\"");
+    if (!conf_parse_addr(s, out, e, sizeof e))
+        return bad(x, n, path, "%s", e);
+    return true;
+}
+
+static bool expect_map(struct ctx *x, yaml_node_t *n, const char *path)
+{
+    if (!n || n->type != YAML_MAPPING_NODE)
+        return bad(x, n, path, "expected a mapping");
+    return true;
+}
+
+static bool expect_seq(struct ctx *x, yaml_node_t *n, const char *path)
+{
+    if (!n || n->type != YAML_SEQUENCE_NODE)
+        return bad(x, n, path, "expected a list");
+    return true;
+}
+
+/* Iterate a mapping: for each pair call fn(key, value-node, path-of-key). */
+#define FOR_PAIRS(x, map, k, v)                                                       \
+    for (yaml_node_pair_t *p_ = (map)->data.mapping.pairs.start;                      \
+         p_ < (map)->data.mapping.pairs.top; p_++)                                    \
+        for (yaml_node_t *kn_ = node(x, p_->key), *v = node(x, p_->value); kn_; kn_ = NULL) \
+            for (const char *k = scalar(kn_) ? scalar(kn_) : ""; k; k = NULL)
+
+static bool unknown(struct ctx *x, yaml_node_pair_t *p, const char *path, const char *key)
+{
+    char kp[256];
+    join(kp, sizeof kp, path, key);
+    return bad(x, node(x, p->key), kp, "unknown key");
+}
+
+/* ---- sections ---- */
+
+static bool load_limits(struct ctx *x, yaml_node_t *m, const char *path, struct conf_limits *l)
+{
+    if (!expect_map(x, m, path))
+        return false;
+    FOR_PAIRS(x, m, k, v) {
+        char kp[256];
+        join(kp, sizeof kp, path, k);
+        uint64_t sz;
+        bool ok;
+        if (!strcmp(k, "header_timeout")) ok = get_duration(x, v, kp, &l->header_timeout);
+        else if (!strcmp(k, "idle_timeout")) ok = get_duration(x, v, kp, &l->idle_timeout);
+        else if (!strcmp(k, "body_timeout")) ok = get_duration(x, v, kp, &l->body_timeout);
+        else if (!strcmp(k, "send_timeout")) ok = get_duration(x, v, kp, &l->send_timeout);
+        else if (!strcmp(k, "max_header_bytes")) {
+            ok = get_size(x, v, kp, &sz, 1024, 1024 * 1024);
+            l->max_header_bytes = (uint32_t)sz;
+        } else if (!strcmp(k, "max_request_line")) {
+            ok = get_size(x, v, kp, &sz, 256, 1024 * 1024);
+            l->max_request_line = (uint32_t)sz;
+        } else if (!strcmp(k, "max_body")) ok = get_size(x, v, kp, &l->max_body, 0, 1ull << 40);
+        else if (!strcmp(k, "max_headers")) ok = get_uint(x, v, kp, &l->max_headers, 1, 1000);
+        else if (!strcmp(k, "max_connections")) ok = get_uint(x, v, kp, &l->max_connections, 1, 10000000);
+        else ok = unknown(x, p_, path, k);
+        if (!ok)
+            return false;
+        if ((!strcmp(k, "header_timeout") || !strcmp(k, "idle_timeout") ||
+             !strcmp(k, "body_timeout") || !strcmp(k, "send_timeout")) &&
+            *(!strcmp(k, "header_timeout") ? &l->header_timeout : !strcmp(k, "idle_timeout") ? &l->idle_timeout :
+              !strcmp(k, "body_timeout") ? &l->body_timeout : &l->send_timeout) == 0)
+            return bad(x, v, kp, "must be greater than zero");
+    }
+    if (l->max_request_line > l->max_header_bytes)
+        return bad(x, m, path, "max_request_line must not exceed max_header_bytes");
+    return true;
+}
+
+static bool load_server(struct ctx *x, yaml_node_t *n, const char *path, struct conf_server *s)
+{
+    s->weight = 1;
+    if (n->type == YAML_SCALAR_NODE)        /* shorthand: "host:port" */
+        return get_addr(x, n, path, &s->addr);
+    if (!expect_map(x, n, path))
+        return false;
+    bool have_addr = false;
+    FOR_PAIRS(x, n, k, v) {
+        char kp[256];
+        join(kp, sizeof kp, path, k);
+        bool ok;
+        if (!strcmp(k, "address")) ok = have_addr = get_addr(x, v, kp, &s->addr);
+        else if (!strcmp(k, "weight")) ok = get_uint(x, v, kp, &s->weight, 1, 1000);
+        else ok = unknown(x, p_, path, k);
+        if (!ok)
+            return false;
+    }
+    if (!have_addr)
+        return bad(x, n, path, "missing key \"address\"");
+    return true;
+}
+
+static bool load_upstream(struct ctx *x, yaml_node_t *m, const char *path, struct conf_upstream *u)
+{
+    u->keepalive = 64;
+    u->connect_timeout = 5000;
+    u->response_timeout = 60000;
+    u->idle_timeout = 60000;
+    if (!expect_map(x, m, path))
+        return false;
+    bool have_servers = false;
+    FOR_PAIRS(x, m, k, v) {
+        char kp[256];
+        join(kp, sizeof kp, path, k);
+        bool ok;
+        if (!strcmp(k, "servers")) {
+            if (!expect_seq(x, v, kp))
+                return false;
+            size_t n = (size_t)(v->data.sequence.items.top - v->data.sequence.items.start);
+            if (n == 0)
+                return bad(x, v, kp, "needs at least one server");
+            if (n > 1024)
+                return bad(x, v, kp, "at most 1024 servers");
+            free(u->servers);
+            u->servers = calloc(n, sizeof *u->servers);
+            if (!u->servers)
+                return bad(x, v, kp, "out of memory");
+            u->nservers = (uint32_t)n;
+            for (size_t i = 0; i < n; i++) {
+                char ip[300];
+                snprintf(ip, sizeof ip, "%.250s[%zu]", kp, i);
+                if (!load_server(x, node(x, v->data.sequence.items.start[i]), ip, &u->servers[i]))
+                    return false;
+            }
+            ok = have_servers = true;
+        } else if (!strcmp(k, "keepalive")) ok = get_uint(x, v, kp, &u->keepalive, 0, 100000);
+        else if (!strcmp(k, "connect_timeout")) ok = get_duration(x, v, kp, &u->connect_timeout);
+        else if (!strcmp(k, "response_timeout")) ok = get_duration(x, v, kp, &u->response_timeout);
+        else if (!strcmp(k, "idle_timeout")) ok = get_duration(x, v, kp, &u->idle_timeout);
+        else ok = unknown(x, p_, path, k);
+        if (!ok)
+            return false;
+    }
+    if (!have_servers)
+        return bad(x, m, path, "missing key \"servers\"");
+    return true;
+}
+
+static struct conf_upstream *find_upstream(struct conf *c, const char *name)
+{
+    for (uint32_t i = 0; i < c->nupstreams; i++)
+        if (!strcmp(c->upstreams[i].name, name))
+            return &c->upstreams[i];
+    return NULL;
+}
+
+static bool load_route(struct ctx *x, struct conf *c, yaml_node_t *m, const char *path,
+                       struct conf_route *r)
+{
+    if (!expect_map(x, m, path))
+        return false;
+    yaml_node_t *up = NULL;
+    FOR_PAIRS(x, m, k, v) {
+        char kp[256];
+        join(kp, sizeof kp, path, k);
+        if (!strcmp(k, "match")) {
+            if (!expect_map(x, v, kp))
+                return false;
+            FOR_PAIRS(x, v, mk, mv) {
+                char mp[300];
+                join(mp, sizeof mp, kp, mk);
+                if (!strcmp(mk, "host")) {
+                    if (!get_string(x, mv, mp, &r->host))
+                        return false;
+                    for (char *q = r->host; *q; q++) {
+                        *q = (char)tolower((unsigned char)*q);
+                        if (!(isalnum((unsigned char)*q) || *q == '-' || *q == '.' || *q == '_' ||
+                              (*q == '*' && q == r->host && q[1] == '.')))
+                            return bad(x, mv, mp, "expected a host name or \"*.domain\"");
+                    }
+                } else if (!strcmp(mk, "prefix")) {
+                    if (!get_string(x, mv, mp, &r->prefix))
+                        return false;
+                    if (r->prefix[0] != '/')
+                        return bad(x, mv, mp, "must start with \"/\"");
+                } else {
+                    return unknown(x, p_, kp, mk);
+                }
+            }
+        } else if (!strcmp(k, "upstream")) {
+            const char *name = scalar(v);
+            if (!name)
+                return bad(x, v, kp, "expected the name of an upstream");
+            r->upstream = find_upstream(c, name);
+            if (!r->upstream)
+                return bad(x, v, kp, "no upstream named \"%s\"", name);
+            up = v;
+        } else {
+            return unknown(x, p_, path, k);
+        }
+    }
+    if (!up)
+        return bad(x, m, path, "missing key \"upstream\"");
+    if (!r->prefix && !(r->prefix = strdup("/")))
+        return bad(x, m, path, "out of memory");
+    r->prefix_len = strlen(r->prefix);
+    r->host_len = r->host ? strlen(r->host) : 0;
+    return true;
+}
+
+static bool load_root(struct ctx *x, struct conf *c, yaml_node_t *root)
+{
+    if (!root)
+        return bad(x, NULL, "", "the file is empty");
+    if (!expect_map(x, root, ""))
+        return false;
+    yaml_node_t *routes = NULL, *upstreams = NULL, *listen = NULL;
+    FOR_PAIRS(x, root, k, v) {
+        bool ok = true;
+        if (!strcmp(k, "listen")) listen = v;
+        else if (!strcmp(k, "upstreams")) upstreams = v;
+        else if (!strcmp(k, "routes")) routes = v;
+        else if (!strcmp(k, "limits")) ok = load_limits(x, v, "limits", &c->limits);
+        else if (!strcmp(k, "shutdown_timeout")) ok = get_duration(x, v, k, &c->shutdown_timeout);
+        else if (!strcmp(k, "workers")) {
+            const char *s = scalar(v);
+            if (s && !strcmp(s, "auto")) {
+                long n = sysconf(_SC_NPROCESSORS_ONLN);
+                c->workers = n > 0 ? (uint32_t)n : 1;
+            } else {
+                ok = get_uint(x, v, k, &c->workers, 1, 256);
+            }
+        } else ok = unknown(x, p_, "", k);
+        if (!ok)
+            return false;
+    }
+
+    if (!listen)
+        return bad(x, root, "listen", "missing: at least one \"host:port\" to listen on");
+    if (listen->type == YAML_SCALAR_NODE) {
+        c->listen = calloc(1, sizeof *c->listen);
+        c->nlisten = 1;
+        if (!c->listen || !get_addr(x, listen, "listen", &c->listen[0]))
+            return false;
+    } else {
+        if (!expect_seq(x, listen, "listen"))
+            return false;
+        size_t n = (size_t)(listen->data.sequence.items.top - listen->data.sequence.items.start);
+        if (n == 0 || n > 64)
+            return bad(x, listen, "listen", "expected 1 to 64 addresses");
+        c->listen = calloc(n, sizeof *c->listen);
+        if (!c->listen)
+            return bad(x, listen, "listen", "out of memory");
+        c->nlisten = (uint32_t)n;
+        for (size_t i = 0; i < n; i++) {
+            char ip[32];
+            snprintf(ip, sizeof ip, "listen[%zu]", i);
+            if (!get_addr(x, node(x, listen->data.sequence.items.start[i]), ip, &c->listen[i]))
+                return false;
+        }
+    }
+
+    if (!upstreams)
+        return bad(x, root, "upstreams", "missing: at least one upstream group");
+    if (!expect_map(x, upstreams, "upstreams"))
+        return false;
+    size_t nu = (size_t)(upstreams->data.mapping.pairs.top - upstreams->data.mapping.pairs.start);
+    if (nu == 0)
+        return bad(x, upstreams, "upstreams", "needs at least one upstream group");
+    c->upstreams = calloc(nu, sizeof *c->upstreams);
+    if (!c->upstreams)
+        return bad(x, upstreams, "upstreams", "out of memory");
+    FOR_PAIRS(x, upstreams, k, v) {
+        char kp[256];
+        join(kp, sizeof kp, "upstreams", k);
+        if (!*k)
+            return bad(x, kn_, kp, "expected a name");
+        if (find_upstream(c, k))
+            return bad(x, kn_, kp, "duplicate upstream name");
+        struct conf_upstream *u = &c->upstreams[c->nupstreams];
+        u->index = c->nupstreams++;
+        if (!(u->name = strdup(k)) || !load_upstream(x, v, kp, u))
+            return false;
+    }
+
+    if (!routes)
+        return bad(x, root, "routes", "missing: at least one route");
+    if (!expect_seq(x, routes, "routes"))
+        return false;
+    size_t nr = (size_t)(routes->data.sequence.items.top - routes->data.sequence.items.start);
+    if (nr == 0 || nr > 10000)
+        return bad(x, routes, "routes", "expected 1 to 10000 routes");
+    c->routes = calloc(nr, sizeof *c->routes);
+    if (!c->routes)
+        return bad(x, routes, "routes", "out of memory");
+    for (size_t i = 0; i < nr; i++) {
+        char ip[32];
+        snprintf(ip, sizeof ip, "routes[%zu]", i);
+        c->nroutes++;
+        if (!load_route(x, c, node(x, routes->data.sequence.items.start[i]), ip, &c->routes[i]))
+            return false;
+    }
+    return true;
+}
+
+static void conf_free(struct conf *c)
+{
+    if (!c)
+        return;
+    for (uint32_t i = 0; i < c->nupstreams; i++) {
+        free(c->upstreams[i].name);
+        free(c->upstreams[i].servers);
+    }
+    for (uint32_t i = 0; i < c->nroutes; i++) {
+        free(c->routes[i].host);
+        free(c->routes[i].prefix);
+    }
+    free(c->upstreams);
+    free(c->routes);
+    free(c->listen);
+    free(c->path);
+    free(c);
+}
+
+struct conf *conf_load_string(const char *name, const char *text, size_t len,
+                              char *err, size_t errlen)
+{
+    struct ctx x = { .file = name, .err = err, .errlen = errlen };
+    struct conf *c = calloc(1, sizeof *c);
+    if (!c) {
+        snprintf(err, errlen, "%s: out of memory", name);
+        return NULL;
+    }
+    atomic_init(&c->refs, 1);
+    c->workers = 1;
+    long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
+    c->workers = ncpu > 0 ? (uint32_t)ncpu : 1;
+    c->shutdown_timeout = 30000;
+    c->limits = (struct conf_limits){
+        .header_timeout = 10000, .idle_timeout = 60000, .body_timeout = 60000,
+        .send_timeout = 60000, .max_header_bytes = 16384, .max_headers = 100,
+        .max_request_line = 8192, .max_body = 16ull << 20, .max_connections = 10000,
+    };
+
+    yaml_parser_t parser;
+    yaml_parser_initialize(&parser);
+    yaml_parser_set_input_string(&parser, (const unsigned char *)text, len);
+    if (!yaml_parser_load(&parser, &x.doc)) {
+        snprintf(err, errlen, "%s:%zu:%zu: (yaml): %s%s%s", name,
+                 parser.problem_mark.line + 1, parser.problem_mark.column + 1,
+                 parser.problem ? parser.problem : "syntax error",
+                 parser.context ? " " : "", parser.context ? parser.context : "");
+        yaml_parser_delete(&parser);
+        conf_free(c);
+        return NULL;
+    }
+    yaml_parser_delete(&parser);
+    bool ok = load_root(&x, c, yaml_document_get_root_node(&x.doc));
+    yaml_document_delete(&x.doc);
+    if (!ok) {
+        if (!x.failed)
+            snprintf(err, errlen, "%s: out of memory", name);
+        conf_free(c);
+        return NULL;
+    }
+    c->path = strdup(name);
+    if (!c->path) {
+        conf_free(c);
+        snprintf(err, errlen, "%s: out of memory", name);
+        return NULL;
+    }
+    return c;
+}
+
+struct conf *conf_load(const char *path, char *err, size_t errlen)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f) {
+        snprintf(err, errlen, "%s: %s", path, strerror(errno));
+        return NULL;
+    }
+    char *text = NULL;
+    size_t len = 0, cap = 0;
+    for (;;) {
+        if (len + 4096 > cap) {
+            if (cap >= (16u << 20)) {
+                fclose(f);
+                free(text);
+                snprintf(err, errlen, "%s: larger than 16 MiB", path);
+                return NULL;
+            }
+            cap = cap ? cap * 2 : 8192;
+            char *t = realloc(text, cap);
+            if (!t) {
+                fclose(f);
+                free(text);
+                snprintf(err, errlen, "%s: out of memory", path);
+                return NULL;
+            }
+            text = t;
+        }
+        size_t n = fread(text + len, 1, cap - len, f);
+        len += n;
+        if (n == 0)
+            break;
+    }
+    bool ioerr = ferror(f);
+    fclose(f);
+    if (ioerr) {
+        free(text);
+        snprintf(err, errlen, "%s: read error", path);
+        return NULL;
+    }
+    struct conf *c = conf_load_string(path, text, len, err, errlen);
+    free(text);
+    return c;
+}
+
+struct conf *conf_ref(struct conf *c)
+{
+    atomic_fetch_add_explicit(&c->refs, 1, memory_order_relaxed);
+    return c;
+}
+
+void conf_unref(struct conf *c)
+{
+    if (c && atomic_fetch_sub_explicit(&c->refs, 1, memory_order_acq_rel) == 1)
+        conf_free(c);
+}

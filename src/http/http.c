@@ -1,0 +1,798 @@
+/* http/http.c: see http.h. The grammar comments cite RFC 9110 / 9112. */
+#include "http.h"
+
+#include <string.h>
+
+/* tchar = "!" / "#" / "$" / "%" / "&" / "'" / "*" / "+" / "-" / "." /
+ *         "^" / "_" / "`" / "|" / "~" / DIGIT / ALPHA */
+static const uint8_t tchar[256] = {
+    ['!'] = 1, ['#'] = 1, ['$'] = 1, ['%'] = 1, ['&'] = 1, ['\''] = 1, ['*'] = 1,
+    ['+'] = 1, ['-'] = 1, ['.'] = 1, ['^'] = 1, ['_'] = 1, ['`'] = 1, ['|'] = 1,
+    ['~'] = 1,
+    ['0'] = 1, ['1'] = 1, ['2'] = 1, ['3'] = 1, ['4'] = 1, ['5'] = 1, ['6'] = 1,
+    ['7'] = 1, ['8'] = 1, ['9'] = 1,
+    ['A'] = 1, ['B'] = 1, ['C'] = 1, ['D'] = 1, ['E'] = 1, ['F'] = 1, ['G'] = 1,
+    ['H'] = 1, ['I'] = 1, ['J'] = 1, ['K'] = 1, ['L'] = 1, ['M'] = 1, ['N'] = 1,
+    ['O'] = 1, ['P'] = 1, ['Q'] = 1, ['R'] = 1, ['S'] = 1, ['T'] = 1, ['U'] = 1,
+    ['V'] = 1, ['W'] = 1, ['X'] = 1, ['Y'] = 1, ['Z'] = 1,
+    ['a'] = 1, ['b'] = 1, ['c'] = 1, ['d'] = 1, ['e'] = 1, ['f'] = 1, ['g'] = 1,
+    ['h'] = 1, ['i'] = 1, ['j'] = 1, ['k'] = 1, ['l'] = 1, ['m'] = 1, ['n'] = 1,
+    ['o'] = 1, ['p'] = 1, ['q'] = 1, ['r'] = 1, ['s'] = 1, ['t'] = 1, ['u'] = 1,
+    ['v'] = 1, ['w'] = 1, ['x'] = 1, ['y'] = 1, ['z'] = 1,
+};
+
+/* field-vchar = VCHAR / obs-text, plus SP and HTAB inside a value. */
+static inline bool is_value_char(unsigned char c)
+{
+    return c == '\t' || (c >= 0x20 && c != 0x7f);
+}
+
+static inline unsigned char lower(unsigned char c)
+{
+    return (c >= 'A' && c <= 'Z') ? (unsigned char)(c | 0x20) : c;
+}
+
+bool http_ieq(const char *a, const char *b, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        if (lower((unsigned char)a[i]) != lower((unsigned char)b[i]))
+            return false;
+    return true;
+}
+
+static bool name_is(const char *p, size_t n, const char *lit, size_t litlen)
+{
+    return n == litlen && http_ieq(p, lit, n);
+}
+#define NAME_IS(p, n, lit) name_is(p, n, lit, sizeof(lit) - 1)
+
+static uint8_t classify(const char *n, size_t len)
+{
+    switch (lower((unsigned char)n[0])) {
+    case 'c':
+        if (NAME_IS(n, len, "connection")) return HTTP_H_CONNECTION;
+        if (NAME_IS(n, len, "content-length")) return HTTP_H_CONTENT_LENGTH;
+        break;
+    case 'e':
+        if (NAME_IS(n, len, "expect")) return HTTP_H_EXPECT;
+        break;
+    case 'h':
+        if (NAME_IS(n, len, "host")) return HTTP_H_HOST;
+        if (NAME_IS(n, len, "http2-settings")) return HTTP_H_HTTP2_SETTINGS;
+        break;
+    case 'k':
+        if (NAME_IS(n, len, "keep-alive")) return HTTP_H_KEEP_ALIVE;
+        break;
+    case 'p':
+        if (NAME_IS(n, len, "proxy-connection")) return HTTP_H_PROXY_CONNECTION;
+        break;
+    case 't':
+        if (NAME_IS(n, len, "transfer-encoding")) return HTTP_H_TRANSFER_ENCODING;
+        if (NAME_IS(n, len, "te")) return HTTP_H_TE;
+        break;
+    case 'u':
+        if (NAME_IS(n, len, "upgrade")) return HTTP_H_UPGRADE;
+        break;
+    case 'v':
+        if (NAME_IS(n, len, "via")) return HTTP_H_VIA;
+        break;
+    case 'x':
+        if (NAME_IS(n, len, "x-forwarded-for")) return HTTP_H_X_FORWARDED_FOR;
+        if (NAME_IS(n, len, "x-forwarded-proto")) return HTTP_H_X_FORWARDED_PROTO;
+        if (NAME_IS(n, len, "x-forwarded-host")) return HTTP_H_X_FORWARDED_HOST;
+        if (NAME_IS(n, len, "x-request-id")) return HTTP_H_X_REQUEST_ID;
+        break;
+    }
+    return HTTP_H_OTHER;
+}
+
+/* Iterate over the comma-separated elements of a list value (RFC 9110 5.6.1),
+ * skipping empty elements and OWS. Returns false at the end. */
+struct list_iter { const char *p, *end; };
+
+static bool list_next(struct list_iter *it, const char **elem, size_t *len)
+{
+    for (;;) {
+        while (it->p < it->end && (*it->p == ' ' || *it->p == '\t' || *it->p == ','))
+            it->p++;
+        if (it->p >= it->end)
+            return false;
+        const char *s = it->p;
+        while (it->p < it->end && *it->p != ',')
+            it->p++;
+        const char *e = it->p;
+        while (e > s && (e[-1] == ' ' || e[-1] == '\t'))
+            e--;
+        if (e > s) {
+            *elem = s;
+            *len = (size_t)(e - s);
+            return true;
+        }
+    }
+}
+
+static int fail(struct http_msg *m, int status, const char *why)
+{
+    m->status = status;
+    m->error = why;
+    return HTTP_ERROR;
+}
+
+/* Find the end of the line starting at p: returns a pointer to its CR, or
+ * NULL if the CRLF has not arrived. *bad is set for a bare CR or bare LF. */
+static const char *line_end(const char *p, const char *end, bool *bad)
+{
+    const char *cr = memchr(p, '\r', (size_t)(end - p));
+    const char *lf = memchr(p, '\n', (size_t)((cr ? cr : end) - p));
+    if (lf) {                   /* LF before any CR: bare LF */
+        *bad = true;
+        return NULL;
+    }
+    if (!cr)
+        return NULL;
+    if (cr + 1 >= end)
+        return NULL;
+    if (cr[1] != '\n') {
+        *bad = true;
+        return NULL;
+    }
+    return cr;
+}
+
+/* Parse `1*DIGIT` into *out; false on empty, junk or a value >= 2^62. */
+static bool parse_u64(const char *p, size_t n, uint64_t *out)
+{
+    if (n == 0 || n > 18)
+        return false;
+    uint64_t v = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (p[i] < '0' || p[i] > '9')
+            return false;
+        v = v * 10 + (uint64_t)(p[i] - '0');
+    }
+    *out = v;
+    return true;
+}
+
+/* Parse the header block from p (just after the start line's CRLF).
+ * Returns the head length, HTTP_AGAIN or HTTP_ERROR. */
+static int parse_headers(const char *buf, const char *p, const char *end, struct http_msg *m,
+                         const struct http_limits *lim, int too_big_status)
+{
+    m->nheaders = 0;
+    for (;;) {
+        if ((size_t)(p - buf) > lim->max_head)
+            return fail(m, too_big_status, "head too large");
+        if (p >= end)
+            return HTTP_AGAIN;
+        if (*p == '\r') {
+            if (p + 1 >= end)
+                return HTTP_AGAIN;
+            if (p[1] != '\n')
+                return fail(m, 400, "bare CR");
+            size_t n = (size_t)(p + 2 - buf);
+            if (n > lim->max_head)
+                return fail(m, too_big_status, "head too large");
+            return (int)n;
+        }
+        if (*p == '\n')
+            return fail(m, 400, "bare LF");
+        if (*p == ' ' || *p == '\t')
+            return fail(m, 400, "obs-fold");
+        const char *name = p;
+        while (p < end && tchar[(unsigned char)*p])
+            p++;
+        if (p >= end) {
+            if ((size_t)(p - buf) > lim->max_head)
+                return fail(m, too_big_status, "head too large");
+            return HTTP_AGAIN;
+        }
+        if (*p != ':') {
+            if (*p == ' ' || *p == '\t')
+                return fail(m, 400, "whitespace before colon");
+            return fail(m, 400, "invalid header name");
+        }
+        if (p == name)
+            return fail(m, 400, "empty header name");
+        size_t name_len = (size_t)(p - name);
+        p++;
+        bool bad = false;
+        const char *eol = line_end(p, end, &bad);
+        if (bad)
+            return fail(m, 400, "bare CR or LF in header");
+        if (!eol) {
+            if ((size_t)(end - buf) > lim->max_head)
+                return fail(m, too_big_status, "head too large");
+            return HTTP_AGAIN;
+        }
+        const char *v = p, *ve = eol;
+        while (v < ve && (*v == ' ' || *v == '\t'))
+            v++;
+        while (ve > v && (ve[-1] == ' ' || ve[-1] == '\t'))
+            ve--;
+        for (const char *q = v; q < ve; q++)
+            if (!is_value_char((unsigned char)*q))
+                return fail(m, 400, "control character in header value");
+        if (m->nheaders >= lim->max_headers)
+            return fail(m, too_big_status, "too many headers");
+        struct http_header *h = &m->headers[m->nheaders];
+        h->name = name;
+        h->name_len = (uint32_t)name_len;
+        h->value = v;
+        h->value_len = (uint32_t)(ve - v);
+        m->kinds[m->nheaders] = classify(name, name_len);
+        m->nheaders++;
+        p = eol + 2;
+    }
+}
+
+/* Interpret the framing and connection headers common to both directions.
+ * `is_request` selects the stricter request rules. */
+static int interpret(struct http_msg *m, bool is_request, int err)
+{
+    bool cl_seen = false, te_chunked_last = false, te_bad = false, te_unknown = false;
+    uint64_t cl = 0;
+    int nchunked = 0;
+    m->has_cl = m->has_te = m->conn_upgrade = m->has_upgrade = false;
+    bool conn_close = false, conn_keep = false;
+
+    for (uint32_t i = 0; i < m->nheaders; i++) {
+        const struct http_header *h = &m->headers[i];
+        struct list_iter it = { h->value, h->value + h->value_len };
+        const char *e;
+        size_t n;
+        switch (m->kinds[i]) {
+        case HTTP_H_CONTENT_LENGTH: {
+            /* A list of identical values is the same length (RFC 9110 8.6);
+             * anything but digits, or values that differ, is an error. */
+            bool any = false;
+            while (list_next(&it, &e, &n)) {
+                uint64_t v;
+                if (!parse_u64(e, n, &v))
+                    return fail(m, err, "invalid Content-Length");
+                if (cl_seen && v != cl)
+                    return fail(m, err, "differing Content-Length");
+                cl = v;
+                cl_seen = any = true;
+            }
+            if (!any)
+                return fail(m, err, "invalid Content-Length");
+            break;
+        }
+        case HTTP_H_TRANSFER_ENCODING:
+            m->has_te = true;
+            {
+                bool any = false;
+                while (list_next(&it, &e, &n)) {
+                    any = true;
+                    if (te_chunked_last)
+                        te_bad = true;          /* a coding after chunked */
+                    if (NAME_IS(e, n, "chunked")) {
+                        te_chunked_last = true;
+                        nchunked++;
+                    } else {
+                        te_chunked_last = false;
+                        for (size_t k = 0; k < n; k++)
+                            if (!tchar[(unsigned char)e[k]])
+                                te_bad = true;
+                        te_unknown = true;
+                    }
+                }
+                if (!any)
+                    te_bad = true;
+            }
+            break;
+        case HTTP_H_CONNECTION:
+            while (list_next(&it, &e, &n)) {
+                if (NAME_IS(e, n, "close"))
+                    conn_close = true;
+                else if (NAME_IS(e, n, "keep-alive"))
+                    conn_keep = true;
+                else if (NAME_IS(e, n, "upgrade"))
+                    m->conn_upgrade = true;
+            }
+            break;
+        case HTTP_H_UPGRADE:
+            m->has_upgrade = true;
+            break;
+        default:
+            break;
+        }
+    }
+
+    m->has_cl = cl_seen;
+    m->content_length = cl;
+    m->keep_alive = m->minor >= 1 ? !conn_close : (conn_keep && !conn_close);
+
+    if (m->has_te) {
+        if (m->minor == 0 && is_request)
+            return fail(m, 400, "Transfer-Encoding in HTTP/1.0");
+        if (is_request) {
+            if (cl_seen)
+                return fail(m, 400, "Content-Length with Transfer-Encoding");
+            if (te_bad || nchunked > 1 || !te_chunked_last)
+                return fail(m, 400, "invalid Transfer-Encoding");
+            if (te_unknown)
+                return fail(m, 501, "unsupported transfer coding");
+            m->body = HTTP_BODY_CHUNKED;
+        } else {
+            if (te_bad || nchunked > 1)
+                return fail(m, err, "invalid Transfer-Encoding");
+            /* RFC 9112 6.3: chunked final means chunked; otherwise the body
+             * runs to the close. Content-Length is ignored (and dropped). */
+            m->body = (te_chunked_last && !te_unknown) ? HTTP_BODY_CHUNKED : HTTP_BODY_CLOSE;
+            m->keep_alive = m->keep_alive && m->body == HTTP_BODY_CHUNKED && !cl_seen;
+        }
+    } else if (cl_seen) {
+        m->body = HTTP_BODY_LENGTH;
+    } else {
+        m->body = is_request ? HTTP_BODY_NONE : HTTP_BODY_CLOSE;
+    }
+    return 0;
+}
+
+bool http_connection_lists(const struct http_msg *m, const char *name, size_t name_len)
+{
+    for (uint32_t i = 0; i < m->nheaders; i++) {
+        if (m->kinds[i] != HTTP_H_CONNECTION)
+            continue;
+        struct list_iter it = { m->headers[i].value, m->headers[i].value + m->headers[i].value_len };
+        const char *e;
+        size_t n;
+        while (list_next(&it, &e, &n))
+            if (n == name_len && http_ieq(e, name, n))
+                return true;
+    }
+    return false;
+}
+
+/* host = uri-host [ ":" port ], uri-host = IP-literal / IPv4address / reg-name */
+static bool valid_host(const char *h, size_t n)
+{
+    if (n == 0)
+        return false;
+    size_t i = 0;
+    if (h[0] == '[') {
+        for (i = 1; i < n && h[i] != ']'; i++) {
+            unsigned char c = (unsigned char)h[i];
+            if (!((c >= '0' && c <= '9') || (lower(c) >= 'a' && lower(c) <= 'f') ||
+                  c == ':' || c == '.'))
+                return false;
+        }
+        if (i >= n)
+            return false;
+        i++;
+    } else {
+        for (; i < n && h[i] != ':'; i++) {
+            unsigned char c = (unsigned char)h[i];
+            if (!((c >= '0' && c <= '9') || (lower(c) >= 'a' && lower(c) <= 'z') ||
+                  c == '-' || c == '.' || c == '_' || c == '~' || c == '!' || c == '$' ||
+                  c == '&' || c == '\'' || c == '(' || c == ')' || c == '*' || c == '+' ||
+                  c == ',' || c == ';' || c == '=' || c == '%'))
+                return false;
+        }
+    }
+    if (i == n)
+        return true;
+    if (h[i] != ':')
+        return false;
+    for (i++; i < n; i++)
+        if (h[i] < '0' || h[i] > '9')
+            return false;
+    return true;
+}
+
+/* HTTP-version = "HTTP/" DIGIT "." DIGIT. Returns the minor version (0 or 1,
+ * a higher 1.x is treated as 1.1), -1 if malformed, -2 if major != 1. */
+static int parse_version(const char *p, size_t n)
+{
+    if (n != 8 || memcmp(p, "HTTP/", 5) != 0 || p[6] != '.' ||
+        p[5] < '0' || p[5] > '9' || p[7] < '0' || p[7] > '9')
+        return -1;
+    if (p[5] != '1')
+        return -2;
+    return p[7] == '0' ? 0 : 1;
+}
+
+int http_parse_request(const char *buf, size_t len, struct http_request *req,
+                       const struct http_limits *lim)
+{
+    struct http_msg *m = &req->m;
+    const char *p = buf, *end = buf + len;
+    m->status = 0;
+    m->error = NULL;
+    m->nheaders = 0;
+    req->expect_continue = false;
+    req->host = req->path = NULL;
+    req->host_len = req->path_len = 0;
+
+    /* RFC 9112 2.2: ignore at least one empty line before the request-line. */
+    for (int i = 0; i < 4 && p < end && *p == '\r'; i++) {
+        if (p + 1 >= end)
+            return HTTP_AGAIN;
+        if (p[1] != '\n')
+            return fail(m, 400, "bare CR");
+        p += 2;
+    }
+    const char *line = p;
+
+    /* method = token */
+    while (p < end && tchar[(unsigned char)*p])
+        p++;
+    if (p >= end)
+        return (size_t)(p - line) > lim->max_request_line ? fail(m, 501, "method too long") : HTTP_AGAIN;
+    if (p == line || *p != ' ')
+        return fail(m, 400, "invalid method");
+    req->method = line;
+    req->method_len = (uint32_t)(p - line);
+    p++;
+
+    /* request-target: visible ASCII only */
+    const char *t = p;
+    while (p < end && (unsigned char)*p > 0x20 && (unsigned char)*p < 0x7f)
+        p++;
+    if ((size_t)(p - line) > lim->max_request_line)
+        return fail(m, 414, "request-target too long");
+    if (p >= end)
+        return HTTP_AGAIN;
+    if (p == t || *p != ' ')
+        return fail(m, 400, "invalid request-target");
+    req->target = t;
+    req->target_len = (uint32_t)(p - t);
+    p++;
+
+    const char *v = p;
+    bool bad = false;
+    const char *eol = line_end(p, end, &bad);
+    if (bad)
+        return fail(m, 400, "bare CR or LF in request line");
+    if (!eol)
+        return (size_t)(end - v) > 8 ? fail(m, 400, "invalid HTTP version") : HTTP_AGAIN;
+    int minor = parse_version(v, (size_t)(eol - v));
+    if (minor == -1)
+        return fail(m, 400, "invalid HTTP version");
+    if (minor == -2)
+        return fail(m, 505, "unsupported HTTP version");
+    m->minor = minor;
+    if ((size_t)(eol - line) > lim->max_request_line)
+        return fail(m, 414, "request line too long");
+
+    int r = parse_headers(buf, eol + 2, end, m, lim, 431);
+    if (r <= 0)
+        return r;
+
+    /* methods are case-sensitive (RFC 9110 9.1) */
+    req->is_head = req->method_len == 4 && memcmp(req->method, "HEAD", 4) == 0;
+    if (req->method_len == 7 && memcmp(req->method, "CONNECT", 7) == 0)
+        return fail(m, 501, "CONNECT not supported");
+    if (req->method_len == 3 && memcmp(req->method, "PRI", 3) == 0)
+        return fail(m, 505, "HTTP/2 preface");
+
+    /* request-target forms (RFC 9112 3.2) */
+    if (t[0] == '/') {
+        req->path = t;
+        req->path_len = req->target_len;
+    } else if (req->target_len == 1 && t[0] == '*') {
+        if (!(req->method_len == 7 && memcmp(req->method, "OPTIONS", 7) == 0))
+            return fail(m, 400, "asterisk-form only for OPTIONS");
+        req->path = t;
+        req->path_len = 1;
+    } else if (req->target_len > 7 && (http_ieq(t, "http://", 7) ||
+               (req->target_len > 8 && http_ieq(t, "https://", 8)))) {
+        const char *a = t + (t[4] == ':' ? 7 : 8), *te = t + req->target_len;
+        const char *slash = a;
+        while (slash < te && *slash != '/' && *slash != '?')
+            slash++;
+        for (const char *q = a; q < slash; q++)
+            if (*q == '@')
+                return fail(m, 400, "userinfo in request-target");
+        if (slash == a || !valid_host(a, (size_t)(slash - a)))
+            return fail(m, 400, "invalid authority in request-target");
+        req->host = a;
+        req->host_len = (uint32_t)(slash - a);
+        if (slash < te && *slash == '/') {
+            req->path = slash;
+            req->path_len = (uint32_t)(te - slash);
+        } else {
+            /* "http://h" or "http://h?q": the path is "/" */
+            req->path = NULL;
+            req->path_len = 0;
+        }
+    } else {
+        return fail(m, 400, "invalid request-target");
+    }
+
+    const char *host_hdr = NULL;
+    uint32_t host_hdr_len = 0;
+    int nhost = 0;
+    for (uint32_t i = 0; i < m->nheaders; i++) {
+        switch (m->kinds[i]) {
+        case HTTP_H_HOST:
+            nhost++;
+            host_hdr = m->headers[i].value;
+            host_hdr_len = m->headers[i].value_len;
+            break;
+        case HTTP_H_EXPECT:
+            if (NAME_IS(m->headers[i].value, m->headers[i].value_len, "100-continue"))
+                req->expect_continue = true;
+            else
+                return fail(m, 417, "unsupported expectation");
+            break;
+        default:
+            break;
+        }
+    }
+    if (nhost > 1)
+        return fail(m, 400, "more than one Host");
+    if (nhost == 1 && !valid_host(host_hdr, host_hdr_len) &&
+        !(host_hdr_len == 0 && req->host))
+        return fail(m, 400, "invalid Host");
+    if (nhost == 0 && m->minor >= 1)
+        return fail(m, 400, "missing Host");
+    if (!req->host && nhost == 1) {
+        req->host = host_hdr;
+        req->host_len = host_hdr_len;
+    }
+    if (interpret(m, true, 400) < 0)
+        return HTTP_ERROR;
+    if (req->expect_continue && m->minor == 0)
+        req->expect_continue = false;   /* RFC 9110 10.1.1: ignore for 1.0 */
+    return r;
+}
+
+int http_parse_response(const char *buf, size_t len, struct http_response *res,
+                        const struct http_limits *lim, bool method_head)
+{
+    struct http_msg *m = &res->m;
+    const char *p = buf, *end = buf + len;
+    m->status = 0;
+    m->error = NULL;
+    m->nheaders = 0;
+
+    bool bad = false;
+    const char *eol = line_end(p, end, &bad);
+    if (bad)
+        return fail(m, 502, "bare CR or LF in status line");
+    if (!eol)
+        return len > lim->max_request_line ? fail(m, 502, "status line too long") : HTTP_AGAIN;
+    /* status-line = HTTP-version SP status-code SP [ reason-phrase ] */
+    if (eol - p < 12 || p[8] != ' ' || p[12] != ' ' ||
+        p[9] < '1' || p[9] > '5' || p[10] < '0' || p[10] > '9' || p[11] < '0' || p[11] > '9') {
+        /* RFC 9112 4 allows an empty reason without the final SP; accept that too */
+        if (!(eol - p == 12 && p[8] == ' ' && p[9] >= '1' && p[9] <= '5' &&
+              p[10] >= '0' && p[10] <= '9' && p[11] >= '0' && p[11] <= '9'))
+            return fail(m, 502, "invalid status line");
+    }
+    int minor = parse_version(p, 8);
+    if (minor < 0)
+        return fail(m, 502, "invalid HTTP version in response");
+    m->minor = minor;
+    res->status = (p[9] - '0') * 100 + (p[10] - '0') * 10 + (p[11] - '0');
+    res->reason = eol - p > 12 ? p + 13 : eol;
+    res->reason_len = (uint32_t)(eol - res->reason);
+    for (const char *q = res->reason; q < eol; q++)
+        if (!is_value_char((unsigned char)*q))
+            return fail(m, 502, "control character in reason phrase");
+
+    int r = parse_headers(buf, eol + 2, end, m, lim, 502);
+    if (r <= 0)
+        return r;
+    if (interpret(m, false, 502) < 0)
+        return HTTP_ERROR;
+    if (res->status < 200 || res->status == 204 || res->status == 304 || method_head) {
+        /* No body, whatever the headers say (RFC 9112 6.3 rules 1 and 2).
+         * A 304 or HEAD response's Content-Length describes the
+         * representation, not this message. */
+        if (res->status < 200 && m->has_te)
+            return fail(m, 502, "Transfer-Encoding in 1xx");
+        if (m->body == HTTP_BODY_CLOSE && res->status >= 200)
+            m->keep_alive = m->keep_alive && !m->has_te;
+        m->body = HTTP_BODY_NONE;
+    }
+    return r;
+}
+
+/* ---- chunked decoder ---- */
+
+enum {
+    CH_SIZE0,       /* first hex digit */
+    CH_SIZE,        /* more hex digits */
+    CH_EXT_BWS,     /* whitespace after the size or an extension part */
+    CH_EXT_NAME0,   /* after ';' and BWS: first char of ext name */
+    CH_EXT_NAME,
+    CH_EXT_EQ_BWS,  /* after '=' */
+    CH_EXT_VAL,     /* token value */
+    CH_EXT_QUOTED,
+    CH_EXT_QESC,
+    CH_SIZE_LF,
+    CH_DATA,
+    CH_DATA_CR,
+    CH_DATA_LF,
+    CH_TRAILER0,    /* start of a trailer line, or the final CRLF */
+    CH_TRAILER_NAME,
+    CH_TRAILER_VAL,
+    CH_TRAILER_LF,
+    CH_FINAL_LF,
+    CH_DONE,
+};
+
+#define CH_MAX_LINE 4096        /* a size line with its extensions */
+#define CH_MAX_TRAILERS 16384   /* all trailer lines together */
+
+void http_chunked_init(struct http_chunked *c)
+{
+    memset(c, 0, sizeof *c);
+    c->state = CH_SIZE0;
+}
+
+bool http_chunked_done(const struct http_chunked *c) { return c->state == CH_DONE; }
+
+static int hexval(unsigned char ch)
+{
+    if (ch >= '0' && ch <= '9') return ch - '0';
+    ch = lower(ch);
+    if (ch >= 'a' && ch <= 'f') return ch - 'a' + 10;
+    return -1;
+}
+
+long http_chunked_feed(struct http_chunked *c, const char *in, size_t len,
+                       size_t *data_off, size_t *data_len)
+{
+    size_t i = 0;
+    *data_len = 0;
+    *data_off = 0;
+    while (i < len && c->state != CH_DONE) {
+        unsigned char ch = (unsigned char)in[i];
+        if (c->state == CH_DATA) {
+            size_t n = len - i;
+            if (n > c->remaining)
+                n = (size_t)c->remaining;
+            *data_off = i;
+            *data_len = n;
+            c->remaining -= n;
+            if (c->remaining == 0)
+                c->state = CH_DATA_CR;
+            return (long)(i + n);
+        }
+        if (c->state <= CH_SIZE_LF && ++c->line > CH_MAX_LINE)
+            return HTTP_ERROR;
+        if (c->state >= CH_TRAILER0 && c->state <= CH_FINAL_LF && ++c->trailer_bytes > CH_MAX_TRAILERS)
+            return HTTP_ERROR;
+        switch (c->state) {
+        case CH_SIZE0:
+        case CH_SIZE: {
+            int h = hexval(ch);
+            if (h >= 0) {
+                if (++c->digits > 15)           /* keeps sizes below 2^60 */
+                    return HTTP_ERROR;
+                c->remaining = (c->remaining << 4) | (uint64_t)h;
+                c->state = CH_SIZE;
+                break;
+            }
+            if (c->state == CH_SIZE0)
+                return HTTP_ERROR;
+            if (ch == '\r') { c->state = CH_SIZE_LF; break; }
+            if (ch == ';') { c->state = CH_EXT_NAME0; break; }
+            if (ch == ' ' || ch == '\t') { c->state = CH_EXT_BWS; break; }
+            return HTTP_ERROR;
+        }
+        case CH_EXT_BWS:
+            if (ch == ' ' || ch == '\t') break;
+            if (ch == ';') { c->state = CH_EXT_NAME0; break; }
+            if (ch == '\r') { c->state = CH_SIZE_LF; break; }
+            return HTTP_ERROR;
+        case CH_EXT_NAME0:
+            if (ch == ' ' || ch == '\t') break;
+            if (!tchar[ch]) return HTTP_ERROR;
+            c->state = CH_EXT_NAME;
+            break;
+        case CH_EXT_NAME:
+            if (tchar[ch]) break;
+            if (ch == '=') { c->state = CH_EXT_EQ_BWS; break; }
+            if (ch == ';') { c->state = CH_EXT_NAME0; break; }
+            if (ch == '\r') { c->state = CH_SIZE_LF; break; }
+            if (ch == ' ' || ch == '\t') { c->state = CH_EXT_BWS; break; }
+            return HTTP_ERROR;
+        case CH_EXT_EQ_BWS:
+            if (ch == ' ' || ch == '\t') break;
+            if (ch == '"') { c->state = CH_EXT_QUOTED; break; }
+            if (!tchar[ch]) return HTTP_ERROR;
+            c->state = CH_EXT_VAL;
+            break;
+        case CH_EXT_VAL:
+            if (tchar[ch]) break;
+            if (ch == ';') { c->state = CH_EXT_NAME0; break; }
+            if (ch == '\r') { c->state = CH_SIZE_LF; break; }
+            if (ch == ' ' || ch == '\t') { c->state = CH_EXT_BWS; break; }
+            return HTTP_ERROR;
+        case CH_EXT_QUOTED:
+            /* qdtext = HTAB / SP / %x21 / %x23-5B / %x5D-7E / obs-text */
+            if (ch == '"') { c->state = CH_EXT_BWS; break; }
+            if (ch == '\\') { c->state = CH_EXT_QESC; break; }
+            if (ch == '\t' || (ch >= 0x20 && ch != 0x7f)) break;
+            return HTTP_ERROR;
+        case CH_EXT_QESC:
+            if (ch == '\t' || (ch >= 0x20 && ch != 0x7f)) { c->state = CH_EXT_QUOTED; break; }
+            return HTTP_ERROR;
+        case CH_SIZE_LF:
+            if (ch != '\n') return HTTP_ERROR;
+            c->line = 0;
+            c->digits = 0;
+            if (c->remaining == 0) {
+                c->state = CH_TRAILER0;
+            } else {
+                if (c->total + c->remaining < c->total)
+                    return HTTP_ERROR;
+                c->total += c->remaining;
+                c->state = CH_DATA;
+            }
+            break;
+        case CH_DATA_CR:
+            if (ch != '\r') return HTTP_ERROR;
+            c->state = CH_DATA_LF;
+            break;
+        case CH_DATA_LF:
+            if (ch != '\n') return HTTP_ERROR;
+            c->state = CH_SIZE0;
+            c->remaining = 0;
+            break;
+        case CH_TRAILER0:
+            if (ch == '\r') { c->state = CH_FINAL_LF; break; }
+            if (!tchar[ch]) return HTTP_ERROR;
+            c->state = CH_TRAILER_NAME;
+            break;
+        case CH_TRAILER_NAME:
+            if (tchar[ch]) break;
+            if (ch == ':') { c->state = CH_TRAILER_VAL; break; }
+            return HTTP_ERROR;
+        case CH_TRAILER_VAL:
+            if (ch == '\r') { c->state = CH_TRAILER_LF; break; }
+            if (is_value_char(ch)) break;
+            return HTTP_ERROR;
+        case CH_TRAILER_LF:
+            if (ch != '\n') return HTTP_ERROR;
+            c->state = CH_TRAILER0;
+            break;
+        case CH_FINAL_LF:
+            if (ch != '\n') return HTTP_ERROR;
+            c->state = CH_DONE;
+            break;
+        default:
+            return HTTP_ERROR;
+        }
+        i++;
+    }
+    return (long)i;
+}
+
+const char *http_reason(int status)
+{
+    switch (status) {
+    case 100: return "Continue";
+    case 101: return "Switching Protocols";
+    case 200: return "OK";
+    case 204: return "No Content";
+    case 301: return "Moved Permanently";
+    case 302: return "Found";
+    case 304: return "Not Modified";
+    case 400: return "Bad Request";
+    case 401: return "Unauthorized";
+    case 403: return "Forbidden";
+    case 404: return "Not Found";
+    case 405: return "Method Not Allowed";
+    case 408: return "Request Timeout";
+    case 411: return "Length Required";
+    case 413: return "Content Too Large";
+    case 414: return "URI Too Long";
+    case 417: return "Expectation Failed";
+    case 429: return "Too Many Requests";
+    case 431: return "Request Header Fields Too Large";
+    case 500: return "Internal Server Error";
+    case 501: return "Not Implemented";
+    case 502: return "Bad Gateway";
+    case 503: return "Service Unavailable";
+    case 504: return "Gateway Timeout";
+    case 505: return "HTTP Version Not Supported";
+    default: return "Unknown";
+    }
+}

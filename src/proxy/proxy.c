@@ -1,0 +1,1688 @@
+/* proxy/proxy.c: workers, client connections, the request path, upstream
+ * connections and keep-alive pools. See proxy.h and docs/architecture.md.
+ *
+ * The request path is a short chain of explicit stages, each a function:
+ *
+ *   client_read_head -> exchange_start (route, limits, build upstream head)
+ *     -> upstream_attach (pool or connect) -> exchange_pump (stream both ways)
+ *     -> response_head (parse, filter, build client head) -> exchange_finish
+ *
+ * exchange_pump is the only place bytes move while an exchange is active. It
+ * runs from either side's events and loops until nothing more can be done:
+ * it is level-triggered over edge-triggered epoll, kept honest by per-side
+ * `readable` / `writable` flags cleared only on EAGAIN or a short read.
+ *
+ * Memory: an idle keep-alive client is a struct client and nothing else;
+ * buffers come from the worker's pool when bytes arrive and go back as soon
+ * as they are empty. Objects are freed only between loop iterations (the
+ * graveyards), never inside a callback that may still see them.
+ */
+#include "proxy.h"
+
+#include "balance/balance.h"
+#include "conf/conf.h"
+#include "core/buf.h"
+#include "core/log.h"
+#include "core/loop.h"
+#include "http/http.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/random.h>
+#include <sys/socket.h>
+#include <sys/uio.h>
+#include <unistd.h>
+
+#define container_of(p, T, m) ((T *)(void *)((char *)(p) - offsetof(T, m)))
+
+struct worker;
+struct exchange;
+
+enum client_state {
+    C_IDLE,         /* keep-alive, waiting for the first byte of a request */
+    C_HEAD,         /* reading a request head */
+    C_EXCHANGE,     /* a request is being proxied */
+    C_CLOSING,      /* writing a local response, then close */
+};
+
+struct client {
+    struct loop_io io;
+    struct loop_timer timer;
+    struct worker *w;
+    struct buf *in;             /* bytes from the client, not yet forwarded */
+    struct buf *out;            /* heads and local responses to the client */
+    struct exchange *x;
+    struct client *next_dead;
+    struct client *prev, *next;     /* the worker's list of open clients */
+    union {
+        struct sockaddr sa;
+        struct sockaddr_in v4;
+        struct sockaddr_in6 v6;
+    } peer;
+    uint8_t state;
+    bool readable, writable, hup;
+};
+
+struct upool {
+    struct uconn *head;         /* idle connections, most recent first */
+    uint32_t n;
+};
+
+struct uconn {
+    struct loop_io io;
+    struct loop_timer timer;
+    struct worker *w;
+    struct exchange *x;         /* NULL while idle in a pool */
+    struct upool *pool;         /* where it goes back when idle */
+    struct uconn *prev, *next;  /* pool list, or graveyard (next) */
+    bool readable, writable, hup, connecting, reused;
+};
+
+struct exchange {
+    struct client *c;
+    struct uconn *u;
+    struct conf *conf;          /* the snapshot this request started on */
+    const struct conf_route *route;
+    uint32_t server;
+    uint32_t attempts;
+    struct buf *uhead;          /* request head for the upstream; kept for a retry */
+    uint32_t uhead_sent;
+    struct buf *uin;            /* bytes from the upstream */
+
+    /* request body, client -> upstream */
+    uint8_t req_body;           /* enum http_body, or REQ_TUNNEL */
+    bool req_done;              /* all of the body has been read and validated */
+    bool body_started;          /* a body byte has gone upstream: no retry */
+    bool req_sent;              /* head and body fully written upstream */
+    bool expect_continue;
+    uint32_t req_fwd;           /* validated bytes at the head of c->in, unsent */
+    uint64_t req_remaining;
+    uint64_t req_total;
+    struct http_chunked req_ch;
+
+    /* response, upstream -> client */
+    uint8_t resp_body;          /* enum http_body */
+    bool resp_head_done;
+    bool resp_done;             /* the whole body has been read from upstream */
+    bool dechunk;               /* strip chunked framing (HTTP/1.0 client) */
+    bool client_keep, upstream_keep;
+    bool is_head, upgrade, tunnel, client_eof;
+    uint32_t resp_fwd;          /* bytes at the head of uin ready for the client */
+    uint64_t resp_remaining;
+    struct http_chunked resp_ch;
+    int status;
+};
+
+#define REQ_TUNNEL 9
+
+struct listener {
+    struct loop_io io;
+    struct worker *w;
+};
+
+struct worker {
+    struct proxy *p;
+    uint32_t id;
+    pthread_t thread;
+    struct loop *loop;
+    struct conf *conf;
+    struct listener *listeners;
+    uint32_t nlisteners;
+    struct buf_pool bufs;
+    struct upool *pools;        /* [pool_base[u] + server] */
+    uint32_t *pool_base;
+    struct balance_cursor *cursors;
+    struct http_header *hdrs;
+    uint8_t *kinds;
+    struct http_limits lim;
+    struct client *dead_clients;
+    struct uconn *dead_uconns;
+    struct client *clients;
+    uint32_t nclients;
+    bool draining;
+    struct loop_timer drain_timer;
+    uint64_t reqid_seed, reqid_n;
+};
+
+struct proxy {
+    struct conf *conf;
+    struct worker *workers;
+    uint32_t nworkers;
+    atomic_uint nconns;
+    atomic_bool stopping;
+};
+
+/* ---------------------------------------------------------------- utils */
+
+static void set_nodelay(int fd)
+{
+    int one = 1;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+}
+
+static size_t put(char *dst, const char *s, size_t n)
+{
+    memcpy(dst, s, n);
+    return n;
+}
+#define PUTLIT(dst, lit) put(dst, lit, sizeof(lit) - 1)
+
+static size_t put_u64(char *dst, uint64_t v)
+{
+    char tmp[24];
+    size_t n = 0;
+    do {
+        tmp[n++] = (char)('0' + v % 10);
+        v /= 10;
+    } while (v);
+    for (size_t i = 0; i < n; i++)
+        dst[i] = tmp[n - 1 - i];
+    return n;
+}
+
+static uint64_t splitmix(uint64_t *s)
+{
+    uint64_t z = (*s += 0x9e3779b97f4a7c15ull);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+}
+
+static size_t make_request_id(struct worker *w, char *out)
+{
+    static const char hex[] = "0123456789abcdef";
+    uint64_t s = w->reqid_seed ^ (w->reqid_n++ * 0x2545f4914f6cdd1dull);
+    uint64_t a = splitmix(&s), b = splitmix(&s);
+    for (int i = 0; i < 16; i++) {
+        out[i] = hex[(a >> (i * 4)) & 15];
+        out[16 + i] = hex[(b >> (i * 4)) & 15];
+    }
+    return 32;
+}
+
+static size_t peer_text(const struct client *c, char *out, size_t len)
+{
+    const void *a = c->peer.sa.sa_family == AF_INET6 ? (const void *)&c->peer.v6.sin6_addr
+                                                      : (const void *)&c->peer.v4.sin_addr;
+    if (!inet_ntop(c->peer.sa.sa_family, a, out, (socklen_t)len))
+        return 0;
+    return strlen(out);
+}
+
+/* ---------------------------------------------------------------- forward decls */
+
+static void client_close(struct client *c);
+static void client_drive(struct client *c);
+static void client_local_response(struct client *c, int status, const char *why, bool keep);
+static void exchange_pump(struct exchange *x);
+static void exchange_fail(struct exchange *x, int status, const char *why);
+static void uconn_close(struct uconn *u);
+static void upstream_attach(struct exchange *x);
+
+/* ---------------------------------------------------------------- buffers */
+
+static bool ensure_buf(struct worker *w, struct buf **b)
+{
+    if (!*b)
+        *b = buf_get(&w->bufs);
+    return *b != NULL;
+}
+
+static void release_if_empty(struct worker *w, struct buf **b)
+{
+    if (*b && buf_len(*b) == 0) {
+        buf_put(&w->bufs, *b);
+        *b = NULL;
+    }
+}
+
+/* Read from fd into b. Returns bytes read, 0 on EOF, -1 on EAGAIN (flag
+ * cleared), -2 on error. A short read without HUP means drained. */
+static ssize_t read_into(int fd, struct buf *b, bool *readable, bool hup)
+{
+    if (buf_room(b) == 0)
+        buf_compact(b);
+    size_t room = buf_room(b);
+    if (room == 0)
+        return -1;
+    ssize_t n = read(fd, buf_tail(b), room);
+    if (n > 0) {
+        b->end += (uint32_t)n;
+        if ((size_t)n < room && !hup)
+            *readable = false;
+        return n;
+    }
+    if (n == 0)
+        return 0;
+    if (errno == EAGAIN || errno == EWOULDBLOCK) {
+        *readable = false;
+        return -1;
+    }
+    if (errno == EINTR)
+        return -1;
+    return -2;
+}
+
+/* ---------------------------------------------------------------- upstream conns */
+
+static void uconn_free_later(struct uconn *u)
+{
+    u->next = u->w->dead_uconns;
+    u->w->dead_uconns = u;
+}
+
+static void pool_remove(struct uconn *u)
+{
+    struct upool *p = u->pool;
+    if (u->prev)
+        u->prev->next = u->next;
+    else
+        p->head = u->next;
+    if (u->next)
+        u->next->prev = u->prev;
+    u->prev = u->next = NULL;
+    p->n--;
+}
+
+static void uconn_close(struct uconn *u)
+{
+    if (u->io.fd < 0)
+        return;
+    if (!u->x && u->pool)
+        pool_remove(u);
+    loop_timer_stop(u->w->loop, &u->timer);
+    close(u->io.fd);
+    u->io.fd = -1;
+    if (u->x)
+        u->x->u = NULL;
+    u->x = NULL;
+    uconn_free_later(u);
+}
+
+static void uconn_timeout(struct loop *l, struct loop_timer *t)
+{
+    (void)l;
+    struct uconn *u = container_of(t, struct uconn, timer);
+    struct exchange *x = u->x;
+    if (!x) {                   /* idle in the pool too long */
+        uconn_close(u);
+        return;
+    }
+    if (u->connecting)
+        exchange_fail(x, 504, "upstream connect timeout");
+    else
+        exchange_fail(x, 504, "upstream response timeout");
+}
+
+static void uconn_io(struct loop *l, struct loop_io *io, unsigned ev)
+{
+    (void)l;
+    struct uconn *u = container_of(io, struct uconn, io);
+    if (u->io.fd < 0)
+        return;
+    if (!u->x) {
+        /* Idle: any readability means the server closed or misbehaves. */
+        if (ev & (LOOP_READ | LOOP_HUP))
+            uconn_close(u);
+        return;
+    }
+    if (ev & LOOP_READ)
+        u->readable = true;
+    if (ev & LOOP_WRITE)
+        u->writable = true;
+    if (ev & LOOP_HUP)
+        u->hup = true;
+    struct exchange *x = u->x;
+    if (u->connecting) {
+        if (!(ev & (LOOP_WRITE | LOOP_HUP)))
+            return;
+        int err = 0;
+        socklen_t len = sizeof err;
+        getsockopt(u->io.fd, SOL_SOCKET, SO_ERROR, &err, &len);
+        if (err) {
+            log_warn("upstream %s %s: connect: %s", x->route->upstream->name,
+                     x->route->upstream->servers[x->server].addr.text, strerror(err));
+            uconn_close(u);
+            x->attempts++;
+            if (x->attempts < 3 && x->attempts < x->route->upstream->nservers + 1 &&
+                x->route->upstream->nservers > 1) {
+                upstream_attach(x);
+                return;
+            }
+            exchange_fail(x, 502, "upstream connect failed");
+            return;
+        }
+        u->connecting = false;
+        loop_timer_stop(u->w->loop, &u->timer);
+    }
+    exchange_pump(x);
+}
+
+/* Take an idle pooled connection, or open a new one. */
+static struct uconn *uconn_get(struct worker *w, const struct conf_upstream *up, uint32_t server,
+                               int *err)
+{
+    struct upool *pool = &w->pools[w->pool_base[up->index] + server];
+    struct uconn *u = pool->head;
+    if (u) {
+        pool_remove(u);
+        loop_timer_stop(w->loop, &u->timer);
+        u->reused = true;
+        return u;
+    }
+    const struct conf_addr *a = &up->servers[server].addr;
+    int fd = socket(a->ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0) {
+        *err = errno;
+        return NULL;
+    }
+    set_nodelay(fd);
+    int rc = connect(fd, (const struct sockaddr *)&a->ss, a->len);
+    if (rc < 0 && errno != EINPROGRESS) {
+        *err = errno;
+        close(fd);
+        return NULL;
+    }
+    u = calloc(1, sizeof *u);
+    if (!u) {
+        *err = ENOMEM;
+        close(fd);
+        return NULL;
+    }
+    u->io.fd = fd;
+    u->io.cb = uconn_io;
+    u->timer.cb = uconn_timeout;
+    u->w = w;
+    u->pool = pool;
+    u->connecting = rc < 0;
+    u->writable = rc == 0;
+    if (loop_add(w->loop, &u->io) < 0) {
+        *err = errno;
+        close(fd);
+        free(u);
+        return NULL;
+    }
+    if (u->connecting)
+        loop_timer_arm(w->loop, &u->timer, up->connect_timeout);
+    return u;
+}
+
+static void uconn_release(struct uconn *u, bool keep)
+{
+    struct worker *w = u->w;
+    const struct conf_upstream *up = u->x->route->upstream;
+    u->x = NULL;
+    if (!keep || w->draining || u->pool->n >= up->keepalive || u->io.fd < 0) {
+        u->x = NULL;
+        uconn_close(u);
+        return;
+    }
+    u->readable = u->hup = false;
+    u->next = u->pool->head;
+    u->prev = NULL;
+    if (u->next)
+        u->next->prev = u;
+    u->pool->head = u;
+    u->pool->n++;
+    loop_timer_arm(w->loop, &u->timer, up->idle_timeout);
+}
+
+/* Pick a server and attach a connection; on failure answer 502. */
+static void upstream_attach(struct exchange *x)
+{
+    struct worker *w = x->c->w;
+    const struct conf_upstream *up = x->route->upstream;
+    for (;;) {
+        uint32_t skip = x->attempts ? x->server : UINT32_MAX;
+        x->server = balance_pick(up, &w->cursors[up->index], skip);
+        int err = 0;
+        struct uconn *u = uconn_get(w, up, x->server, &err);
+        if (u) {
+            u->x = x;
+            x->u = u;
+            x->uhead_sent = 0;
+            if (!u->connecting)
+                loop_timer_arm(w->loop, &u->timer, up->response_timeout);
+            return;
+        }
+        log_warn("upstream %s %s: connect: %s", up->name, up->servers[x->server].addr.text,
+                 strerror(err));
+        if (++x->attempts >= 3 || x->attempts > up->nservers || up->nservers == 1) {
+            exchange_fail(x, 502, "upstream connect failed");
+            return;
+        }
+    }
+}
+
+/* ---------------------------------------------------------------- client lifecycle */
+
+static void client_free_later(struct client *c)
+{
+    c->next_dead = c->w->dead_clients;
+    c->w->dead_clients = c;
+}
+
+static void exchange_free(struct exchange *x, bool upstream_keep)
+{
+    struct worker *w = x->c->w;
+    if (x->u) {
+        struct uconn *u = x->u;
+        x->u = NULL;
+        uconn_release(u, upstream_keep);
+    }
+    buf_put(&w->bufs, x->uhead);
+    buf_put(&w->bufs, x->uin);
+    conf_unref(x->conf);
+    x->c->x = NULL;
+    free(x);
+}
+
+static void client_close(struct client *c)
+{
+    if (c->io.fd < 0)
+        return;
+    struct worker *w = c->w;
+    if (c->x)
+        exchange_free(c->x, false);
+    loop_timer_stop(w->loop, &c->timer);
+    close(c->io.fd);
+    c->io.fd = -1;
+    buf_put(&w->bufs, c->in);
+    buf_put(&w->bufs, c->out);
+    c->in = c->out = NULL;
+    if (c->prev)
+        c->prev->next = c->next;
+    else
+        w->clients = c->next;
+    if (c->next)
+        c->next->prev = c->prev;
+    w->nclients--;
+    atomic_fetch_sub_explicit(&w->p->nconns, 1, memory_order_relaxed);
+    client_free_later(c);
+}
+
+/* Write c->out then, during an exchange, the ready part of x->uin.
+ * Returns false if the connection was closed. */
+static bool client_flush(struct client *c)
+{
+    struct exchange *x = c->x;
+    while (c->writable) {
+        struct iovec iov[2];
+        int n = 0;
+        size_t outlen = c->out ? buf_len(c->out) : 0;
+        if (outlen)
+            iov[n++] = (struct iovec){ buf_head(c->out), outlen };
+        if (x && x->resp_fwd)
+            iov[n++] = (struct iovec){ buf_head(x->uin), x->resp_fwd };
+        if (n == 0)
+            break;
+        size_t want = outlen + (x ? x->resp_fwd : 0);
+        ssize_t w = writev(c->io.fd, iov, n);
+        if (w < 0) {
+            if (errno == EAGAIN || errno == EWOULDBLOCK) {
+                c->writable = false;
+                break;
+            }
+            if (errno == EINTR)
+                continue;
+            client_close(c);
+            return false;
+        }
+        size_t done = (size_t)w;
+        if ((size_t)w < want)
+            c->writable = false;
+        size_t a = done < outlen ? done : outlen;
+        if (a)
+            buf_consume(c->out, a);
+        done -= a;
+        if (done) {
+            buf_consume(x->uin, done);
+            x->resp_fwd -= (uint32_t)done;
+        }
+        if (w > 0)
+            loop_timer_arm(c->w->loop, &c->timer, (x ? x->conf : c->w->conf)->limits.send_timeout);
+    }
+    release_if_empty(c->w, &c->out);
+    return true;
+}
+
+static void client_timeout(struct loop *l, struct loop_timer *t)
+{
+    (void)l;
+    struct client *c = container_of(t, struct client, timer);
+    switch (c->state) {
+    case C_IDLE:
+        client_close(c);
+        break;
+    case C_HEAD:
+        client_local_response(c, 408, "request head timeout", false);
+        break;
+    case C_EXCHANGE:
+        if (c->x && !c->x->req_done && !c->x->resp_head_done && !c->x->tunnel)
+            exchange_fail(c->x, 408, "request body timeout");
+        else
+            client_close(c);
+        break;
+    default:
+        client_close(c);
+    }
+}
+
+/* Queue a small local response. keep: the connection may stay open. */
+static void client_local_response(struct client *c, int status, const char *why, bool keep)
+{
+    struct worker *w = c->w;
+    if (c->x)
+        exchange_free(c->x, false);
+    if (!ensure_buf(w, &c->out)) {
+        client_close(c);
+        return;
+    }
+    if (status >= 400)
+        log_info("client request rejected: %d %s", status, why ? why : "");
+    keep = keep && !w->draining;
+    const char *reason = http_reason(status);
+    char body[128];
+    int blen = snprintf(body, sizeof body, "%d %s\n", status, reason);
+    char head[256];
+    int hlen = snprintf(head, sizeof head,
+                        "HTTP/1.1 %d %s\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n"
+                        "%s\r\n", status, reason, blen,
+                        keep ? "" : "Connection: close\r\n");
+    buf_append(c->out, head, (size_t)hlen);
+    buf_append(c->out, body, (size_t)blen);
+    c->state = keep ? C_IDLE : C_CLOSING;
+    if (!keep) {
+        shutdown(c->io.fd, SHUT_RD);
+        buf_put(&w->bufs, c->in);
+        c->in = NULL;
+    }
+    loop_timer_arm(w->loop, &c->timer, w->conf->limits.send_timeout);
+    if (!client_flush(c))
+        return;
+    if (!keep && !c->out)
+        client_close(c);
+    else if (keep)
+        client_drive(c);
+}
+
+/* ---------------------------------------------------------------- request head */
+
+static const struct conf_route *route_match(const struct conf *conf, const struct http_request *r)
+{
+    const char *host = r->host;
+    size_t hlen = r->host_len;
+    if (host) {                 /* drop the port */
+        size_t i = hlen;
+        if (host[0] == '[') {
+            const char *rb = memchr(host, ']', hlen);
+            i = rb ? (size_t)(rb - host + 1) : hlen;
+        } else {
+            const char *colon = memchr(host, ':', hlen);
+            if (colon)
+                i = (size_t)(colon - host);
+        }
+        hlen = i;
+        if (hlen && host[hlen - 1] == '.')
+            hlen--;
+    }
+    const char *path = r->path ? r->path : "/";
+    size_t plen = r->path ? r->path_len : 1;
+    for (uint32_t i = 0; i < conf->nroutes; i++) {
+        const struct conf_route *rt = &conf->routes[i];
+        if (rt->host) {
+            if (!host)
+                continue;
+            if (rt->host[0] == '*') {   /* "*.example.com" matches sub.example.com */
+                size_t sl = rt->host_len - 1;
+                if (hlen <= sl || !http_ieq(host + hlen - sl, rt->host + 1, sl))
+                    continue;
+            } else if (hlen != rt->host_len || !http_ieq(host, rt->host, hlen)) {
+                continue;
+            }
+        }
+        if (plen < rt->prefix_len || memcmp(path, rt->prefix, rt->prefix_len) != 0)
+            continue;
+        return rt;
+    }
+    return NULL;
+}
+
+static bool is_hop_by_hop(const struct http_msg *m, uint32_t i)
+{
+    switch (m->kinds[i]) {
+    case HTTP_H_CONNECTION:
+    case HTTP_H_KEEP_ALIVE:
+    case HTTP_H_PROXY_CONNECTION:
+    case HTTP_H_TE:
+    case HTTP_H_TRANSFER_ENCODING:
+    case HTTP_H_CONTENT_LENGTH:
+    case HTTP_H_UPGRADE:
+    case HTTP_H_HTTP2_SETTINGS:
+        return true;
+    default:
+        return http_connection_lists(m, m->headers[i].name, m->headers[i].name_len);
+    }
+}
+
+/* Build the upstream request head into b. False if it does not fit. */
+static bool build_request_head(struct exchange *x, const struct http_request *r, struct buf *b)
+{
+    struct client *c = x->c;
+    const struct http_msg *m = &r->m;
+    char *p = buf_tail(b), *end = b->data + b->cap;
+    /* worst case of the fixed additions below, plus every header of the client */
+    size_t need = r->method_len + r->target_len + 400;
+    for (uint32_t i = 0; i < m->nheaders; i++)
+        need += m->headers[i].name_len + m->headers[i].value_len + 4;
+    if (need > (size_t)(end - p))
+        return false;
+
+    p += put(p, r->method, r->method_len);
+    *p++ = ' ';
+    if (r->path)
+        p += put(p, r->path, r->path_len);
+    else if (r->target[0] == '*')
+        *p++ = '*';
+    else {
+        /* absolute-form without a path: "/" plus any query */
+        *p++ = '/';
+        const char *q = memchr(r->target, '?', r->target_len);
+        if (q)
+            p += put(p, q, (size_t)(r->target + r->target_len - q));
+    }
+    p += PUTLIT(p, " HTTP/1.1\r\n");
+
+    bool have_host = false, have_reqid = false;
+    const char *xff = NULL;
+    for (uint32_t i = 0; i < m->nheaders; i++) {
+        const struct http_header *h = &m->headers[i];
+        switch (m->kinds[i]) {
+        case HTTP_H_HOST:
+            if (r->host != h->value && r->host)      /* absolute-form wins */
+                continue;
+            have_host = true;
+            break;
+        case HTTP_H_EXPECT:
+        case HTTP_H_X_FORWARDED_PROTO:
+        case HTTP_H_X_FORWARDED_HOST:
+            continue;
+        case HTTP_H_X_FORWARDED_FOR:
+            /* appended to below, as one combined field */
+            if (xff) {
+                continue;
+            }
+            xff = h->value;
+            {
+                p += PUTLIT(p, "X-Forwarded-For: ");
+                bool first = true;
+                for (uint32_t j = i; j < m->nheaders; j++) {
+                    if (m->kinds[j] != HTTP_H_X_FORWARDED_FOR || !m->headers[j].value_len)
+                        continue;
+                    if (!first)
+                        p += PUTLIT(p, ", ");
+                    p += put(p, m->headers[j].value, m->headers[j].value_len);
+                    first = false;
+                }
+                if (!first)
+                    p += PUTLIT(p, ", ");
+                p += peer_text(c, p, 64);
+                p += PUTLIT(p, "\r\n");
+            }
+            continue;
+        case HTTP_H_X_REQUEST_ID:
+            if (have_reqid || !h->value_len)
+                continue;
+            have_reqid = true;
+            break;
+        default:
+            if (is_hop_by_hop(m, i))
+                continue;
+        }
+        p += put(p, h->name, h->name_len);
+        *p++ = ':';
+        *p++ = ' ';
+        p += put(p, h->value, h->value_len);
+        *p++ = '\r';
+        *p++ = '\n';
+    }
+    if (!have_host) {
+        p += PUTLIT(p, "Host: ");
+        if (r->host)
+            p += put(p, r->host, r->host_len);
+        else {
+            const char *t = x->route->upstream->servers[x->server].addr.text;
+            p += put(p, t, strlen(t));
+        }
+        p += PUTLIT(p, "\r\n");
+    }
+    if (!xff) {
+        p += PUTLIT(p, "X-Forwarded-For: ");
+        p += peer_text(c, p, 64);
+        p += PUTLIT(p, "\r\n");
+    }
+    p += PUTLIT(p, "X-Forwarded-Proto: http\r\n");
+    if (r->host) {
+        p += PUTLIT(p, "X-Forwarded-Host: ");
+        p += put(p, r->host, r->host_len);
+        p += PUTLIT(p, "\r\n");
+    }
+    if (!have_reqid) {
+        p += PUTLIT(p, "X-Request-Id: ");
+        p += make_request_id(c->w, p);
+        p += PUTLIT(p, "\r\n");
+    }
+    p += PUTLIT(p, "Via: 1.1 portico\r\n");
+    if (m->body == HTTP_BODY_CHUNKED)
+        p += PUTLIT(p, "Transfer-Encoding: chunked\r\n");
+    else if (m->has_cl) {
+        p += PUTLIT(p, "Content-Length: ");
+        p += put_u64(p, m->content_length);
+        p += PUTLIT(p, "\r\n");
+    }
+    if (x->upgrade) {
+        for (uint32_t i = 0; i < m->nheaders; i++)
+            if (m->kinds[i] == HTTP_H_UPGRADE) {
+                p += PUTLIT(p, "Upgrade: ");
+                p += put(p, m->headers[i].value, m->headers[i].value_len);
+                p += PUTLIT(p, "\r\n");
+            }
+        p += PUTLIT(p, "Connection: upgrade\r\n");
+    }
+    p += PUTLIT(p, "\r\n");
+    b->end = (uint32_t)(p - b->data);
+    return true;
+}
+
+/* A complete request head is at the front of c->in: start proxying it. */
+static void exchange_start(struct client *c, const struct http_request *r, size_t head_len)
+{
+    struct worker *w = c->w;
+    struct conf *conf = w->conf;
+    const struct http_msg *m = &r->m;
+
+    const struct conf_route *rt = route_match(conf, r);
+    bool has_body = m->body == HTTP_BODY_CHUNKED || (m->body == HTTP_BODY_LENGTH && m->content_length);
+    if (!rt) {
+        buf_consume(c->in, head_len);
+        client_local_response(c, 404, "no route", m->keep_alive && !has_body);
+        return;
+    }
+    if (m->body == HTTP_BODY_LENGTH && m->content_length > conf->limits.max_body) {
+        client_local_response(c, 413, "Content-Length over max_body", false);
+        return;
+    }
+
+    struct exchange *x = calloc(1, sizeof *x);
+    if (!x) {
+        client_local_response(c, 503, "out of memory", false);
+        return;
+    }
+    x->c = c;
+    c->x = x;
+    x->conf = conf_ref(conf);
+    x->route = rt;
+    x->is_head = r->is_head;
+    x->expect_continue = r->expect_continue && has_body;
+    x->upgrade = m->conn_upgrade && m->has_upgrade && m->minor >= 1;
+    x->client_keep = m->keep_alive;
+    x->req_body = (uint8_t)m->body;
+    x->req_remaining = m->body == HTTP_BODY_LENGTH ? m->content_length : 0;
+    x->req_done = !has_body;
+    http_chunked_init(&x->req_ch);
+    x->dechunk = m->minor == 0;     /* an HTTP/1.0 client cannot take chunked */
+    c->state = C_EXCHANGE;
+
+    /* choose the server first: a 1.0 request without Host names it */
+    x->server = balance_pick(rt->upstream, &w->cursors[rt->upstream->index], UINT32_MAX);
+    x->attempts = 0;
+    if (!(x->uhead = buf_get(&w->bufs)) || !build_request_head(x, r, x->uhead)) {
+        exchange_fail(x, 431, "request head too large to forward");
+        return;
+    }
+    buf_consume(c->in, head_len);
+    if (x->expect_continue) {
+        if (!ensure_buf(w, &c->out)) {
+            exchange_fail(x, 503, "out of memory");
+            return;
+        }
+        buf_append(c->out, "HTTP/1.1 100 Continue\r\n\r\n", 25);
+    }
+    loop_timer_arm(w->loop, &c->timer, conf->limits.body_timeout);
+
+    /* attach to the server picked above (upstream_attach picks again on retry) */
+    int err = 0;
+    struct uconn *u = uconn_get(w, rt->upstream, x->server, &err);
+    if (!u) {
+        log_warn("upstream %s %s: connect: %s", rt->upstream->name,
+                 rt->upstream->servers[x->server].addr.text, strerror(err));
+        x->attempts = 1;
+        if (rt->upstream->nservers > 1)
+            upstream_attach(x);
+        else
+            exchange_fail(x, 502, "upstream connect failed");
+        if (!c->x || !x->u)
+            return;
+    } else {
+        u->x = x;
+        x->u = u;
+        if (!u->connecting)
+            loop_timer_arm(w->loop, &u->timer, rt->upstream->response_timeout);
+    }
+    exchange_pump(x);
+}
+
+static void client_read_head(struct client *c)
+{
+    struct worker *w = c->w;
+    for (;;) {
+        if (c->in && buf_len(c->in)) {
+            struct http_request r;
+            r.m.headers = w->hdrs;
+            r.m.kinds = w->kinds;
+            int n = http_parse_request(buf_head(c->in), buf_len(c->in), &r, &w->lim);
+            if (n > 0) {
+                exchange_start(c, &r, (size_t)n);
+                return;
+            }
+            if (n == HTTP_ERROR) {
+                client_local_response(c, r.m.status, r.m.error, false);
+                return;
+            }
+            if (buf_len(c->in) >= w->lim.max_head) {
+                client_local_response(c, 431, "request head too large", false);
+                return;
+            }
+            if (c->state == C_IDLE) {
+                c->state = C_HEAD;
+                loop_timer_arm(w->loop, &c->timer, w->conf->limits.header_timeout);
+            }
+        }
+        if (!c->readable)
+            break;
+        if (!ensure_buf(w, &c->in)) {
+            client_local_response(c, 503, "out of memory", false);
+            return;
+        }
+        ssize_t n = read_into(c->io.fd, c->in, &c->readable, c->hup);
+        if (n == 0 || n == -2) {
+            /* closed: quietly if between requests, otherwise it gave up */
+            client_close(c);
+            return;
+        }
+        if (n < 0)
+            break;
+    }
+    release_if_empty(w, &c->in);
+    if (w->draining && c->state == C_IDLE)
+        client_close(c);
+}
+
+/* ---------------------------------------------------------------- the exchange */
+
+/* Parse the response head at the front of x->uin and queue the client head.
+ * Returns 1 when done, 0 when more bytes are needed, -1 if x was ended. */
+static int response_head(struct exchange *x)
+{
+    struct client *c = x->c;
+    struct worker *w = c->w;
+    for (;;) {
+        struct http_response r;
+        r.m.headers = w->hdrs;
+        r.m.kinds = w->kinds;
+        int n = http_parse_response(buf_head(x->uin), buf_len(x->uin), &r, &w->lim, x->is_head);
+        if (n == HTTP_AGAIN) {
+            if (buf_len(x->uin) >= w->lim.max_head) {
+                exchange_fail(x, 502, "upstream response head too large");
+                return -1;
+            }
+            return 0;
+        }
+        if (n < 0) {
+            log_warn("upstream %s %s: bad response: %s", x->route->upstream->name,
+                     x->route->upstream->servers[x->server].addr.text, r.m.error);
+            exchange_fail(x, 502, r.m.error);
+            return -1;
+        }
+        if (r.status >= 100 && r.status < 200 && !(r.status == 101 && x->upgrade)) {
+            buf_consume(x->uin, (size_t)n);     /* interim responses are not relayed */
+            continue;
+        }
+        const struct http_msg *m = &r.m;
+        if (!ensure_buf(w, &c->out)) {
+            exchange_fail(x, 502, "out of memory");
+            return -1;
+        }
+        x->status = r.status;
+        x->tunnel = r.status == 101;
+        x->resp_body = (uint8_t)m->body;
+        x->resp_remaining = m->content_length;
+        x->upstream_keep = m->keep_alive && m->minor >= 1 && !x->tunnel;
+        http_chunked_init(&x->resp_ch);
+        if (x->resp_body != HTTP_BODY_CHUNKED)
+            x->dechunk = false;
+        if (x->resp_body == HTTP_BODY_CLOSE || x->dechunk)
+            x->client_keep = false;
+        if (w->draining)
+            x->client_keep = false;
+        if (!x->req_done)
+            x->client_keep = false;     /* answered before the body ended */
+
+        struct buf *b = c->out;
+        size_t need = 128 + r.reason_len;
+        for (uint32_t i = 0; i < m->nheaders; i++)
+            need += m->headers[i].name_len + m->headers[i].value_len + 4;
+        if (need > buf_room(b))
+            buf_compact(b);
+        if (need > buf_room(b)) {
+            exchange_fail(x, 502, "upstream response head too large");
+            return -1;
+        }
+        char *p = buf_tail(b);
+        p += PUTLIT(p, "HTTP/1.1 ");
+        *p++ = (char)('0' + r.status / 100);
+        *p++ = (char)('0' + r.status / 10 % 10);
+        *p++ = (char)('0' + r.status % 10);
+        *p++ = ' ';
+        p += put(p, r.reason, r.reason_len);
+        p += PUTLIT(p, "\r\n");
+        for (uint32_t i = 0; i < m->nheaders; i++) {
+            const struct http_header *h = &m->headers[i];
+            if (m->kinds[i] == HTTP_H_UPGRADE && x->tunnel) {
+                /* kept for 101 */
+            } else if (is_hop_by_hop(m, i)) {
+                continue;
+            }
+            p += put(p, h->name, h->name_len);
+            *p++ = ':';
+            *p++ = ' ';
+            p += put(p, h->value, h->value_len);
+            *p++ = '\r';
+            *p++ = '\n';
+        }
+        if (m->has_cl && !m->has_te && r.status >= 200 && r.status != 204) {
+            p += PUTLIT(p, "Content-Length: ");
+            p += put_u64(p, m->content_length);
+            p += PUTLIT(p, "\r\n");
+        }
+        if (x->resp_body == HTTP_BODY_CHUNKED && !x->dechunk)
+            p += PUTLIT(p, "Transfer-Encoding: chunked\r\n");
+        p += PUTLIT(p, "Via: 1.1 portico\r\n");
+        if (x->tunnel)
+            p += PUTLIT(p, "Connection: upgrade\r\n");
+        else if (!x->client_keep)
+            p += PUTLIT(p, "Connection: close\r\n");
+        p += PUTLIT(p, "\r\n");
+        b->end = (uint32_t)(p - b->data);
+        buf_consume(x->uin, (size_t)n);
+        x->resp_head_done = true;
+        if (x->resp_body == HTTP_BODY_NONE)
+            x->resp_done = true;
+        if (x->tunnel) {
+            x->req_body = REQ_TUNNEL;
+            x->req_done = false;
+            x->resp_body = HTTP_BODY_CLOSE;
+            x->client_keep = x->upstream_keep = false;
+        }
+        /* the request head is no longer needed for a retry */
+        if (x->uhead_sent >= buf_len(x->uhead)) {
+            buf_put(&w->bufs, x->uhead);
+            x->uhead = NULL;
+        }
+        return 1;
+    }
+}
+
+/* Frame newly arrived response body bytes: extend resp_fwd over them. */
+static bool frame_response(struct exchange *x)
+{
+    struct buf *b = x->uin;
+    while (!x->resp_done && x->resp_fwd < buf_len(b)) {
+        size_t avail = buf_len(b) - x->resp_fwd;
+        const char *p = buf_head(b) + x->resp_fwd;
+        switch (x->resp_body) {
+        case HTTP_BODY_LENGTH: {
+            size_t n = avail < x->resp_remaining ? avail : (size_t)x->resp_remaining;
+            x->resp_fwd += (uint32_t)n;
+            x->resp_remaining -= n;
+            if (!x->resp_remaining)
+                x->resp_done = true;
+            break;
+        }
+        case HTTP_BODY_CLOSE:
+            x->resp_fwd += (uint32_t)avail;
+            break;
+        case HTTP_BODY_CHUNKED: {
+            size_t off, dlen;
+            long n = http_chunked_feed(&x->resp_ch, p, avail, &off, &dlen);
+            if (n < 0) {
+                log_warn("upstream %s %s: invalid chunked body", x->route->upstream->name,
+                         x->route->upstream->servers[x->server].addr.text);
+                return false;
+            }
+            if (x->dechunk) {
+                /* drop the framing in place: move the data span down */
+                if (off)
+                    memmove((char *)p, p + off, dlen);
+                size_t drop = (size_t)n - dlen;
+                if (drop) {
+                    /* remove `drop` bytes after the kept data */
+                    char *from = (char *)p + dlen + drop;
+                    size_t rest = (size_t)(buf_tail(b) - from);
+                    memmove((char *)p + dlen, from, rest);
+                    b->end -= (uint32_t)drop;
+                }
+                x->resp_fwd += (uint32_t)dlen;
+            } else {
+                x->resp_fwd += (uint32_t)n;
+            }
+            if (http_chunked_done(&x->resp_ch))
+                x->resp_done = true;
+            break;
+        }
+        default:
+            x->resp_done = true;
+        }
+    }
+    if (x->resp_done && x->resp_fwd < buf_len(b))
+        x->upstream_keep = false;       /* bytes after the response: not reusable */
+    return true;
+}
+
+/* Validate newly arrived request body bytes: extend req_fwd over them. */
+static int frame_request(struct exchange *x)
+{
+    struct client *c = x->c;
+    struct buf *b = c->in;
+    while (!x->req_done && b && x->req_fwd < buf_len(b)) {
+        size_t avail = buf_len(b) - x->req_fwd;
+        switch (x->req_body) {
+        case HTTP_BODY_LENGTH: {
+            size_t n = avail < x->req_remaining ? avail : (size_t)x->req_remaining;
+            x->req_fwd += (uint32_t)n;
+            x->req_remaining -= n;
+            if (!x->req_remaining)
+                x->req_done = true;
+            break;
+        }
+        case HTTP_BODY_CHUNKED: {
+            size_t off, dlen;
+            long n = http_chunked_feed(&x->req_ch, buf_head(b) + x->req_fwd, avail, &off, &dlen);
+            if (n < 0)
+                return 400;
+            x->req_fwd += (uint32_t)n;
+            if (x->req_ch.total > x->conf->limits.max_body)
+                return 413;
+            if (http_chunked_done(&x->req_ch))
+                x->req_done = true;
+            break;
+        }
+        case REQ_TUNNEL:
+            x->req_fwd += (uint32_t)avail;
+            break;
+        default:
+            x->req_done = true;
+        }
+    }
+    return 0;
+}
+
+/* Finish an exchange whose response has been fully written. */
+static void exchange_finish(struct exchange *x)
+{
+    struct client *c = x->c;
+    struct worker *w = c->w;
+    bool keep = x->client_keep && !w->draining;
+    bool ukeep = x->upstream_keep && x->resp_done && x->req_sent && x->resp_fwd == 0 &&
+                 x->uin && buf_len(x->uin) == 0;
+    exchange_free(x, ukeep);
+    if (!keep) {
+        client_close(c);
+        return;
+    }
+    c->state = C_IDLE;
+    loop_timer_arm(w->loop, &c->timer, w->conf->limits.idle_timeout);
+    release_if_empty(w, &c->in);
+    /* a pipelined request may already be waiting in c->in */
+    if (c->in || c->readable)
+        client_read_head(c);
+}
+
+/* The exchange cannot go on. Before the response head: answer `status`.
+ * After it: the client's response is cut, so close. */
+static void exchange_fail(struct exchange *x, int status, const char *why)
+{
+    struct client *c = x->c;
+    if (x->resp_head_done || x->tunnel) {
+        log_warn("exchange aborted after response head: %s", why);
+        client_close(c);
+        return;
+    }
+    if (status >= 500)
+        log_warn("upstream %s: %d %s", x->route->upstream->name, status, why);
+    client_local_response(c, status, why, false);
+}
+
+static void exchange_pump(struct exchange *x)
+{
+    struct client *c = x->c;
+    struct worker *w = c->w;
+    bool progress = true;
+    while (progress && c->x == x) {
+        progress = false;
+        struct uconn *u = x->u;
+
+        /* 1. client -> portico: body bytes (or tunnel bytes) */
+        if (!x->req_done && c->readable && !x->client_eof) {
+            if (!ensure_buf(w, &c->in)) {
+                exchange_fail(x, 503, "out of memory");
+                return;
+            }
+            ssize_t n = read_into(c->io.fd, c->in, &c->readable, c->hup);
+            if (n > 0) {
+                progress = true;
+                if (!x->tunnel)
+                    loop_timer_arm(w->loop, &c->timer, x->conf->limits.body_timeout);
+                else
+                    loop_timer_arm(w->loop, &c->timer, x->conf->limits.idle_timeout);
+            } else if (n == 0 || n == -2) {
+                if (x->tunnel) {
+                    x->client_eof = true;
+                    x->req_done = true;
+                    if (x->u)
+                        shutdown(x->u->io.fd, SHUT_WR);
+                } else {
+                    /* the client went away mid-body: cancel the upstream work */
+                    client_close(c);
+                    return;
+                }
+            }
+        } else if (x->req_done && c->readable && !x->tunnel && !x->resp_done) {
+            /* Watch for the client going away while we wait; keep any
+             * pipelined bytes for the next request. */
+            if (c->in && buf_room(c->in) == 0)
+                buf_compact(c->in);
+            if (!c->in || buf_room(c->in)) {
+                if (!ensure_buf(w, &c->in)) {
+                    exchange_fail(x, 503, "out of memory");
+                    return;
+                }
+                ssize_t n = read_into(c->io.fd, c->in, &c->readable, c->hup);
+                if (n == 0 || n == -2) {
+                    client_close(c);
+                    return;
+                }
+                if (n > 0)
+                    progress = true;
+            }
+        }
+        int st = frame_request(x);
+        if (st) {
+            exchange_fail(x, st, st == 413 ? "chunked body over max_body" : "invalid chunked body");
+            return;
+        }
+
+        /* 2. portico -> upstream: the head, then validated body bytes */
+        if (u && !u->connecting && u->writable && !x->req_sent) {
+            struct iovec iov[2];
+            int n = 0;
+            size_t hl = x->uhead ? buf_len(x->uhead) - x->uhead_sent : 0;
+            if (hl)
+                iov[n++] = (struct iovec){ buf_head(x->uhead) + x->uhead_sent, hl };
+            if (x->req_fwd)
+                iov[n++] = (struct iovec){ buf_head(c->in), x->req_fwd };
+            if (n) {
+                size_t want = hl + x->req_fwd;
+                ssize_t wr = writev(u->io.fd, iov, n);
+                if (wr < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) {
+                    int e = errno;
+                    bool retry = u->reused && !x->body_started && !x->resp_head_done;
+                    uconn_close(u);
+                    if (retry) {
+                        log_debug("reused upstream connection failed (%s): retrying", strerror(e));
+                        x->attempts++;
+                        upstream_attach(x);
+                        if (c->x != x)
+                            return;
+                        progress = true;
+                        continue;
+                    }
+                    exchange_fail(x, 502, "upstream write failed");
+                    return;
+                }
+                if (wr < 0 || (size_t)wr < want)
+                    u->writable = false;
+                if (wr > 0) {
+                    size_t done = (size_t)wr;
+                    size_t a = done < hl ? done : hl;
+                    x->uhead_sent += (uint32_t)a;
+                    done -= a;
+                    if (done) {
+                        x->body_started = true;
+                        buf_consume(c->in, done);
+                        x->req_fwd -= (uint32_t)done;
+                    }
+                    progress = true;
+                }
+            }
+            if (x->uhead && x->uhead_sent >= buf_len(x->uhead) && x->req_done && x->req_fwd == 0 &&
+                x->req_body != REQ_TUNNEL) {
+                x->req_sent = true;
+                loop_timer_arm(w->loop, &u->timer, x->route->upstream->response_timeout);
+            }
+        } else if (x->tunnel && u && u->writable && x->req_fwd) {
+            ssize_t wr = write(u->io.fd, buf_head(c->in), x->req_fwd);
+            if (wr > 0) {
+                buf_consume(c->in, (size_t)wr);
+                x->req_fwd -= (uint32_t)wr;
+                progress = true;
+                if (!x->req_fwd && x->client_eof)
+                    shutdown(u->io.fd, SHUT_WR);
+            } else if (wr < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+                u->writable = false;
+            } else if (wr < 0 && errno != EINTR) {
+                client_close(c);
+                return;
+            }
+        }
+        if (c->in && !x->req_fwd)
+            release_if_empty(w, &c->in);
+
+        /* 3. upstream -> portico */
+        u = x->u;
+        if (u && !u->connecting && u->readable && !x->resp_done) {
+            if (!ensure_buf(w, &x->uin)) {
+                exchange_fail(x, 502, "out of memory");
+                return;
+            }
+            if (buf_room(x->uin) == 0 && x->uin->start > 0 && x->resp_fwd == buf_len(x->uin))
+                buf_compact(x->uin);
+            if (buf_room(x->uin) || x->uin->start) {
+                ssize_t n = read_into(u->io.fd, x->uin, &u->readable, u->hup);
+                if (n > 0) {
+                    progress = true;
+                    loop_timer_arm(w->loop, &u->timer, x->route->upstream->response_timeout);
+                } else if (n == 0 || n == -2) {
+                    bool nothing = !x->resp_head_done && buf_len(x->uin) == 0;
+                    bool retry = nothing && u->reused && !x->body_started;
+                    uconn_close(u);
+                    if (x->resp_head_done && x->resp_body == HTTP_BODY_CLOSE) {
+                        x->resp_done = true;
+                        progress = true;
+                    } else if (retry) {
+                        x->attempts++;
+                        x->req_sent = false;
+                        upstream_attach(x);
+                        if (c->x != x)
+                            return;
+                        progress = true;
+                        continue;
+                    } else if (!x->resp_head_done) {
+                        exchange_fail(x, 502, n == 0 ? "upstream closed before responding"
+                                                     : "upstream connection reset");
+                        return;
+                    } else {
+                        /* cut mid-body: flush what we have, then close */
+                        x->client_keep = false;
+                        x->resp_done = true;
+                        x->upstream_keep = false;
+                        progress = true;
+                    }
+                }
+            }
+        }
+
+        /* 4. response head, then body framing */
+        if (!x->resp_head_done && x->uin && buf_len(x->uin)) {
+            int r = response_head(x);
+            if (r < 0)
+                return;
+            if (r > 0)
+                progress = true;
+        }
+        if (x->resp_head_done && x->uin && !frame_response(x)) {
+            x->client_keep = false;
+            x->upstream_keep = false;
+            x->resp_done = true;
+        }
+
+        /* 5. portico -> client */
+        if (c->writable && ((c->out && buf_len(c->out)) || x->resp_fwd)) {
+            uint32_t before = x->resp_fwd + (c->out ? buf_len(c->out) : 0);
+            if (!client_flush(c))
+                return;
+            if (x->resp_fwd + (c->out ? buf_len(c->out) : 0) != before)
+                progress = true;
+        }
+        if (x->resp_done && x->resp_head_done && x->resp_fwd == 0 && !c->out && x->c == c) {
+            if (x->tunnel || !x->req_done) {
+                /* tunnel ended upstream side, or the server answered early */
+                client_close(c);
+                return;
+            }
+            exchange_finish(x);
+            return;
+        }
+        if (x->tunnel && x->client_eof && !x->req_fwd && x->u == NULL) {
+            client_close(c);
+            return;
+        }
+    }
+}
+
+/* ---------------------------------------------------------------- client events */
+
+static void client_drive(struct client *c)
+{
+    switch (c->state) {
+    case C_IDLE:
+    case C_HEAD:
+        client_read_head(c);
+        break;
+    case C_EXCHANGE:
+        exchange_pump(c->x);
+        break;
+    case C_CLOSING:
+        if (!client_flush(c))
+            return;
+        if (!c->out)
+            client_close(c);
+        break;
+    }
+}
+
+static void client_io(struct loop *l, struct loop_io *io, unsigned ev)
+{
+    (void)l;
+    struct client *c = container_of(io, struct client, io);
+    if (c->io.fd < 0)
+        return;
+    if (ev & LOOP_READ)
+        c->readable = true;
+    if (ev & LOOP_WRITE)
+        c->writable = true;
+    if (ev & LOOP_HUP)
+        c->hup = true;
+    if (c->state == C_CLOSING && (ev & LOOP_HUP) && !(ev & LOOP_WRITE)) {
+        /* nothing to read any more: just finish writing */
+    }
+    client_drive(c);
+}
+
+static void listener_io(struct loop *l, struct loop_io *io, unsigned ev)
+{
+    (void)ev;
+    struct listener *ls = container_of(io, struct listener, io);
+    struct worker *w = ls->w;
+    for (int i = 0; i < 64 && !w->draining; i++) {
+        struct client tmp;
+        socklen_t alen = sizeof tmp.peer;
+        int fd = accept4(io->fd, &tmp.peer.sa, &alen, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        if (fd < 0) {
+            if (errno == EINTR || errno == ECONNABORTED)
+                continue;
+            if (errno != EAGAIN && errno != EWOULDBLOCK)
+                log_warn("accept: %s", strerror(errno));
+            return;
+        }
+        unsigned n = atomic_fetch_add_explicit(&w->p->nconns, 1, memory_order_relaxed);
+        if (n >= w->conf->limits.max_connections) {
+            atomic_fetch_sub_explicit(&w->p->nconns, 1, memory_order_relaxed);
+            static const char busy[] = "HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n"
+                                       "Retry-After: 1\r\nConnection: close\r\n\r\n";
+            ssize_t r = write(fd, busy, sizeof busy - 1);
+            (void)r;
+            close(fd);
+            continue;
+        }
+        struct client *c = calloc(1, sizeof *c);
+        if (!c) {
+            atomic_fetch_sub_explicit(&w->p->nconns, 1, memory_order_relaxed);
+            close(fd);
+            continue;
+        }
+        c->peer = tmp.peer;
+        c->io.fd = fd;
+        c->io.cb = client_io;
+        c->timer.cb = client_timeout;
+        c->w = w;
+        c->state = C_IDLE;
+        set_nodelay(fd);
+        if (loop_add(l, &c->io) < 0) {
+            atomic_fetch_sub_explicit(&w->p->nconns, 1, memory_order_relaxed);
+            close(fd);
+            free(c);
+            continue;
+        }
+        c->next = w->clients;
+        if (c->next)
+            c->next->prev = c;
+        w->clients = c;
+        w->nclients++;
+        /* the first bytes are usually there already (or will be soon) */
+        loop_timer_arm(l, &c->timer, w->conf->limits.header_timeout);
+    }
+}
+
+/* ---------------------------------------------------------------- workers */
+
+static void worker_reap(struct loop *l, void *arg)
+{
+    struct worker *w = arg;
+    while (w->dead_clients) {
+        struct client *c = w->dead_clients;
+        w->dead_clients = c->next_dead;
+        free(c);
+    }
+    while (w->dead_uconns) {
+        struct uconn *u = w->dead_uconns;
+        w->dead_uconns = u->next;
+        free(u);
+    }
+    if (w->draining && w->nclients == 0)
+        loop_stop(l);
+}
+
+static void drain_timeout(struct loop *l, struct loop_timer *t)
+{
+    struct worker *w = container_of(t, struct worker, drain_timer);
+    log_warn("worker %u: shutdown timeout, closing %u connections", w->id, w->nclients);
+    while (w->clients)
+        client_close(w->clients);
+    loop_stop(l);
+}
+
+/* Runs in the worker when proxy_shutdown() wakes it. */
+static void worker_wake(struct loop *l, void *arg)
+{
+    struct worker *w = arg;
+    if (w->draining || !atomic_load(&w->p->stopping))
+        return;
+    w->draining = true;
+    for (uint32_t i = 0; i < w->nlisteners; i++) {
+        loop_del(l, &w->listeners[i].io);
+        close(w->listeners[i].io.fd);
+        w->listeners[i].io.fd = -1;
+    }
+    w->drain_timer.cb = drain_timeout;
+    loop_timer_arm(l, &w->drain_timer, w->conf->shutdown_timeout);
+    /* Close connections idle right now; busy ones close after their
+     * current response (draining turns keep-alive off). */
+    struct client *c = w->clients;
+    while (c) {
+        struct client *next = c->next;
+        if (c->state == C_IDLE && !(c->in && buf_len(c->in)))
+            client_close(c);
+        c = next;
+    }
+}
+
+static void *worker_main(void *arg)
+{
+    struct worker *w = arg;
+    loop_run(w->loop);
+    return NULL;
+}
+
+static int open_listener(const struct conf_addr *a, char *err, size_t errlen)
+{
+    int fd = socket(a->ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0) {
+        snprintf(err, errlen, "listen %s: socket: %s", a->text, strerror(errno));
+        return -1;
+    }
+    int one = 1;
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one);
+    if (a->ss.ss_family == AF_INET6)
+        setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof one);
+    if (bind(fd, (const struct sockaddr *)&a->ss, a->len) < 0 || listen(fd, 4096) < 0) {
+        snprintf(err, errlen, "listen %s: %s", a->text, strerror(errno));
+        close(fd);
+        return -1;
+    }
+    return fd;
+}
+
+static void worker_free(struct worker *w)
+{
+    if (!w->loop)
+        return;
+    worker_reap(w->loop, w);
+    for (uint32_t i = 0; i < w->nlisteners; i++)
+        if (w->listeners[i].io.fd >= 0)
+            close(w->listeners[i].io.fd);
+    buf_pool_drain(&w->bufs);
+    free(w->listeners);
+    free(w->pools);
+    free(w->pool_base);
+    free(w->cursors);
+    free(w->hdrs);
+    free(w->kinds);
+    loop_free(w->loop);
+    conf_unref(w->conf);
+}
+
+static bool worker_init(struct proxy *p, struct worker *w, uint32_t id, char *err, size_t errlen)
+{
+    struct conf *c = p->conf;
+    w->p = p;
+    w->id = id;
+    w->conf = conf_ref(c);
+    w->loop = loop_new();
+    if (!w->loop) {
+        snprintf(err, errlen, "event loop: %s", strerror(errno));
+        return false;
+    }
+    uint32_t bufsize = c->limits.max_header_bytes + 4096;
+    if (bufsize < 32768)
+        bufsize = 32768;
+    buf_pool_init(&w->bufs, bufsize, 256);
+    w->lim = (struct http_limits){ c->limits.max_request_line, c->limits.max_header_bytes,
+                                   c->limits.max_headers };
+    w->hdrs = calloc(c->limits.max_headers, sizeof *w->hdrs);
+    w->kinds = calloc(c->limits.max_headers, 1);
+    w->pool_base = calloc(c->nupstreams, sizeof *w->pool_base);
+    w->cursors = calloc(c->nupstreams, sizeof *w->cursors);
+    uint32_t npools = 0;
+    for (uint32_t i = 0; i < c->nupstreams; i++) {
+        w->pool_base[i] = npools;
+        npools += c->upstreams[i].nservers;
+        w->cursors[i].server = (id * 7919u) % c->upstreams[i].nservers;
+    }
+    w->pools = calloc(npools ? npools : 1, sizeof *w->pools);
+    w->listeners = calloc(c->nlisten, sizeof *w->listeners);
+    if (!w->hdrs || !w->kinds || !w->pool_base || !w->cursors || !w->pools || !w->listeners) {
+        snprintf(err, errlen, "out of memory");
+        return false;
+    }
+    for (uint32_t i = 0; i < c->nlisten; i++) {
+        int fd = open_listener(&c->listen[i], err, errlen);
+        if (fd < 0)
+            return false;
+        w->listeners[i].io.fd = fd;
+        w->listeners[i].io.cb = listener_io;
+        w->listeners[i].w = w;
+        w->nlisteners++;
+        if (loop_add(w->loop, &w->listeners[i].io) < 0) {
+            snprintf(err, errlen, "listen %s: epoll: %s", c->listen[i].text, strerror(errno));
+            return false;
+        }
+    }
+    if (getrandom(&w->reqid_seed, sizeof w->reqid_seed, 0) != sizeof w->reqid_seed)
+        w->reqid_seed = (uint64_t)loop_clock_ms() * 0x9e3779b97f4a7c15ull + id;
+    loop_set_before_sleep(w->loop, worker_reap, w);
+    loop_set_wake(w->loop, worker_wake, w);
+    return true;
+}
+
+struct proxy *proxy_start(struct conf *conf, char *err, size_t errlen)
+{
+    struct proxy *p = calloc(1, sizeof *p);
+    if (!p) {
+        snprintf(err, errlen, "out of memory");
+        return NULL;
+    }
+    p->conf = conf_ref(conf);
+    p->nworkers = conf->workers;
+    p->workers = calloc(p->nworkers, sizeof *p->workers);
+    if (!p->workers) {
+        snprintf(err, errlen, "out of memory");
+        conf_unref(p->conf);
+        free(p);
+        return NULL;
+    }
+    for (uint32_t i = 0; i < p->nworkers; i++) {
+        if (!worker_init(p, &p->workers[i], i, err, errlen)) {
+            for (uint32_t j = 0; j <= i; j++)
+                worker_free(&p->workers[j]);
+            free(p->workers);
+            conf_unref(p->conf);
+            free(p);
+            return NULL;
+        }
+    }
+    for (uint32_t i = 0; i < p->nworkers; i++) {
+        int rc = pthread_create(&p->workers[i].thread, NULL, worker_main, &p->workers[i]);
+        if (rc) {
+            snprintf(err, errlen, "pthread_create: %s", strerror(rc));
+            atomic_store(&p->stopping, true);
+            for (uint32_t j = 0; j < i; j++)
+                loop_wake(p->workers[j].loop);
+            for (uint32_t j = 0; j < i; j++)
+                pthread_join(p->workers[j].thread, NULL);
+            for (uint32_t j = 0; j < p->nworkers; j++)
+                worker_free(&p->workers[j]);
+            free(p->workers);
+            conf_unref(p->conf);
+            free(p);
+            return NULL;
+        }
+    }
+    return p;
+}
+
+void proxy_shutdown(struct proxy *p)
+{
+    atomic_store(&p->stopping, true);
+    for (uint32_t i = 0; i < p->nworkers; i++)
+        loop_wake(p->workers[i].loop);
+}
+
+void proxy_wait(struct proxy *p)
+{
+    for (uint32_t i = 0; i < p->nworkers; i++)
+        pthread_join(p->workers[i].thread, NULL);
+    for (uint32_t i = 0; i < p->nworkers; i++)
+        worker_free(&p->workers[i]);
+    free(p->workers);
+    conf_unref(p->conf);
+    free(p);
+}
