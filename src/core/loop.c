@@ -197,7 +197,9 @@ static void run_timers(struct loop *l)
         if (t->key > l->now)
             break;
         heap_remove(l, t);
-        if (t->deadline > l->now) {
+        if (t->deadline != t->key) {
+            /* re-armed later: re-key it, even if that deadline has passed
+             * too, so that overdue timers still fire in deadline order */
             heap_insert(l, t);
             continue;
         }

@@ -157,7 +157,7 @@ static bool parse_u64(const char *p, size_t n, uint64_t *out)
 /* Parse the header block from p (just after the start line's CRLF).
  * Returns the head length, HTTP_AGAIN or HTTP_ERROR. */
 static int parse_headers(const char *buf, const char *p, const char *end, struct http_msg *m,
-                         const struct http_limits *lim, int too_big_status)
+                         const struct http_limits *lim, int too_big_status, int bad_status)
 {
     m->nheaders = 0;
     for (;;) {
@@ -169,16 +169,16 @@ static int parse_headers(const char *buf, const char *p, const char *end, struct
             if (p + 1 >= end)
                 return HTTP_AGAIN;
             if (p[1] != '\n')
-                return fail(m, 400, "bare CR");
+                return fail(m, bad_status, "bare CR");
             size_t n = (size_t)(p + 2 - buf);
             if (n > lim->max_head)
                 return fail(m, too_big_status, "head too large");
             return (int)n;
         }
         if (*p == '\n')
-            return fail(m, 400, "bare LF");
+            return fail(m, bad_status, "bare LF");
         if (*p == ' ' || *p == '\t')
-            return fail(m, 400, "obs-fold");
+            return fail(m, bad_status, "obs-fold");
         const char *name = p;
         while (p < end && tchar[(unsigned char)*p])
             p++;
@@ -189,17 +189,17 @@ static int parse_headers(const char *buf, const char *p, const char *end, struct
         }
         if (*p != ':') {
             if (*p == ' ' || *p == '\t')
-                return fail(m, 400, "whitespace before colon");
-            return fail(m, 400, "invalid header name");
+                return fail(m, bad_status, "whitespace before colon");
+            return fail(m, bad_status, "invalid header name");
         }
         if (p == name)
-            return fail(m, 400, "empty header name");
+            return fail(m, bad_status, "empty header name");
         size_t name_len = (size_t)(p - name);
         p++;
         bool bad = false;
         const char *eol = line_end(p, end, &bad);
         if (bad)
-            return fail(m, 400, "bare CR or LF in header");
+            return fail(m, bad_status, "bare CR or LF in header");
         if (!eol) {
             if ((size_t)(end - buf) > lim->max_head)
                 return fail(m, too_big_status, "head too large");
@@ -212,7 +212,7 @@ static int parse_headers(const char *buf, const char *p, const char *end, struct
             ve--;
         for (const char *q = v; q < ve; q++)
             if (!is_value_char((unsigned char)*q))
-                return fail(m, 400, "control character in header value");
+                return fail(m, bad_status, "control character in header value");
         if (m->nheaders >= lim->max_headers)
             return fail(m, too_big_status, "too many headers");
         struct http_header *h = &m->headers[m->nheaders];
@@ -320,8 +320,10 @@ static int interpret(struct http_msg *m, bool is_request, int err)
                 return fail(m, err, "invalid Transfer-Encoding");
             /* RFC 9112 6.3: chunked final means chunked; otherwise the body
              * runs to the close. Content-Length is ignored (and dropped). */
-            m->body = (te_chunked_last && !te_unknown) ? HTTP_BODY_CHUNKED : HTTP_BODY_CLOSE;
-            m->keep_alive = m->keep_alive && m->body == HTTP_BODY_CHUNKED && !cl_seen;
+            m->body = te_chunked_last ? HTTP_BODY_CHUNKED : HTTP_BODY_CLOSE;
+            /* RFC 9112 6.1: TE in HTTP/1.0 means faulty framing: close after */
+            m->keep_alive = m->keep_alive && m->body == HTTP_BODY_CHUNKED && !cl_seen &&
+                            m->minor >= 1;
         }
     } else if (cl_seen) {
         m->body = HTTP_BODY_LENGTH;
@@ -446,8 +448,11 @@ int http_parse_request(const char *buf, size_t len, struct http_request *req,
     const char *eol = line_end(p, end, &bad);
     if (bad)
         return fail(m, 400, "bare CR or LF in request line");
-    if (!eol)
-        return (size_t)(end - v) > 8 ? fail(m, 400, "invalid HTTP version") : HTTP_AGAIN;
+    if (!eol) {
+        /* not counting a final CR whose LF has not arrived */
+        size_t vn = (size_t)(end - v) - (end > v && end[-1] == '\r');
+        return vn > 8 ? fail(m, 400, "invalid HTTP version") : HTTP_AGAIN;
+    }
     int minor = parse_version(v, (size_t)(eol - v));
     if (minor == -1)
         return fail(m, 400, "invalid HTTP version");
@@ -457,7 +462,7 @@ int http_parse_request(const char *buf, size_t len, struct http_request *req,
     if ((size_t)(eol - line) > lim->max_request_line)
         return fail(m, 414, "request line too long");
 
-    int r = parse_headers(buf, eol + 2, end, m, lim, 431);
+    int r = parse_headers(buf, eol + 2, end, m, lim, 431, 400);
     if (r <= 0)
         return r;
 
@@ -553,8 +558,12 @@ int http_parse_response(const char *buf, size_t len, struct http_response *res,
     const char *eol = line_end(p, end, &bad);
     if (bad)
         return fail(m, 502, "bare CR or LF in status line");
-    if (!eol)
-        return len > lim->max_request_line ? fail(m, 502, "status line too long") : HTTP_AGAIN;
+    if (!eol) {
+        size_t n = len - (len > 0 && buf[len - 1] == '\r');
+        return n > lim->max_request_line ? fail(m, 502, "status line too long") : HTTP_AGAIN;
+    }
+    if ((size_t)(eol - p) > lim->max_request_line)
+        return fail(m, 502, "status line too long");
     /* status-line = HTTP-version SP status-code SP [ reason-phrase ] */
     if (eol - p < 12 || p[8] != ' ' || p[12] != ' ' ||
         p[9] < '1' || p[9] > '5' || p[10] < '0' || p[10] > '9' || p[11] < '0' || p[11] > '9') {
@@ -574,7 +583,7 @@ int http_parse_response(const char *buf, size_t len, struct http_response *res,
         if (!is_value_char((unsigned char)*q))
             return fail(m, 502, "control character in reason phrase");
 
-    int r = parse_headers(buf, eol + 2, end, m, lim, 502);
+    int r = parse_headers(buf, eol + 2, end, m, lim, 502, 502);
     if (r <= 0)
         return r;
     if (interpret(m, false, 502) < 0)
@@ -589,6 +598,8 @@ int http_parse_response(const char *buf, size_t len, struct http_response *res,
             m->keep_alive = m->keep_alive && !m->has_te;
         m->body = HTTP_BODY_NONE;
     }
+    if (m->body == HTTP_BODY_CLOSE)
+        m->keep_alive = false;          /* the body ends with the connection */
     return r;
 }
 
@@ -600,6 +611,7 @@ enum {
     CH_EXT_BWS,     /* whitespace after the size or an extension part */
     CH_EXT_NAME0,   /* after ';' and BWS: first char of ext name */
     CH_EXT_NAME,
+    CH_EXT_NAME_BWS, /* whitespace after an ext name: "=" may follow */
     CH_EXT_EQ_BWS,  /* after '=' */
     CH_EXT_VAL,     /* token value */
     CH_EXT_QUOTED,
@@ -691,7 +703,13 @@ long http_chunked_feed(struct http_chunked *c, const char *in, size_t len,
             if (ch == '=') { c->state = CH_EXT_EQ_BWS; break; }
             if (ch == ';') { c->state = CH_EXT_NAME0; break; }
             if (ch == '\r') { c->state = CH_SIZE_LF; break; }
-            if (ch == ' ' || ch == '\t') { c->state = CH_EXT_BWS; break; }
+            if (ch == ' ' || ch == '\t') { c->state = CH_EXT_NAME_BWS; break; }
+            return HTTP_ERROR;
+        case CH_EXT_NAME_BWS:
+            if (ch == ' ' || ch == '\t') break;
+            if (ch == '=') { c->state = CH_EXT_EQ_BWS; break; }
+            if (ch == ';') { c->state = CH_EXT_NAME0; break; }
+            if (ch == '\r') { c->state = CH_SIZE_LF; break; }
             return HTTP_ERROR;
         case CH_EXT_EQ_BWS:
             if (ch == ' ' || ch == '\t') break;

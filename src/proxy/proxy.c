@@ -50,6 +50,7 @@ enum client_state {
     C_HEAD,         /* reading a request head */
     C_EXCHANGE,     /* a request is being proxied */
     C_CLOSING,      /* writing a local response, then close */
+    C_LINGER,       /* response written and write side shut: drain, then close */
 };
 
 struct client {
@@ -82,7 +83,7 @@ struct uconn {
     struct exchange *x;         /* NULL while idle in a pool */
     struct upool *pool;         /* where it goes back when idle */
     struct uconn *prev, *next;  /* pool list, or graveyard (next) */
-    bool readable, writable, hup, connecting, reused;
+    bool readable, writable, hup, connecting, reused, pooled;
 };
 
 struct exchange {
@@ -114,6 +115,7 @@ struct exchange {
     bool dechunk;               /* strip chunked framing (HTTP/1.0 client) */
     bool client_keep, upstream_keep;
     bool is_head, upgrade, tunnel, client_eof;
+    uint8_t req_minor;
     uint32_t resp_fwd;          /* bytes at the head of uin ready for the client */
     uint64_t resp_remaining;
     struct http_chunked resp_ch;
@@ -219,6 +221,7 @@ static size_t peer_text(const struct client *c, char *out, size_t len)
 /* ---------------------------------------------------------------- forward decls */
 
 static void client_close(struct client *c);
+static void client_linger(struct client *c);
 static void client_drive(struct client *c);
 static void client_local_response(struct client *c, int status, const char *why, bool keep);
 static void exchange_pump(struct exchange *x);
@@ -288,6 +291,7 @@ static void pool_remove(struct uconn *u)
     if (u->next)
         u->next->prev = u->prev;
     u->prev = u->next = NULL;
+    u->pooled = false;
     p->n--;
 }
 
@@ -295,7 +299,7 @@ static void uconn_close(struct uconn *u)
 {
     if (u->io.fd < 0)
         return;
-    if (!u->x && u->pool)
+    if (u->pooled)
         pool_remove(u);
     loop_timer_stop(u->w->loop, &u->timer);
     close(u->io.fd);
@@ -419,12 +423,12 @@ static void uconn_release(struct uconn *u, bool keep)
     struct worker *w = u->w;
     const struct conf_upstream *up = u->x->route->upstream;
     u->x = NULL;
-    if (!keep || w->draining || u->pool->n >= up->keepalive || u->io.fd < 0) {
-        u->x = NULL;
+    if (!keep || u->hup || w->draining || u->pool->n >= up->keepalive || u->io.fd < 0) {
         uconn_close(u);
         return;
     }
-    u->readable = u->hup = false;
+    u->readable = false;
+    u->pooled = true;
     u->next = u->pool->head;
     u->prev = NULL;
     if (u->next)
@@ -546,10 +550,16 @@ static bool client_flush(struct client *c)
             buf_consume(x->uin, done);
             x->resp_fwd -= (uint32_t)done;
         }
-        if (w > 0)
+        if (w > 0 && !c->writable)
             loop_timer_arm(c->w->loop, &c->timer, (x ? x->conf : c->w->conf)->limits.send_timeout);
     }
     release_if_empty(c->w, &c->out);
+    /* During an exchange the client's timer runs only while we wait on the
+     * client: its body (body_timeout), a blocked write (send_timeout), or a
+     * tunnel (idle_timeout). Waiting on the upstream is the upstream's timer. */
+    if (x && c->state == C_EXCHANGE && x->req_done && !x->tunnel &&
+        !c->out && !x->resp_fwd)
+        loop_timer_stop(c->w->loop, &c->timer);
     return true;
 }
 
@@ -600,17 +610,42 @@ static void client_local_response(struct client *c, int status, const char *why,
     buf_append(c->out, body, (size_t)blen);
     c->state = keep ? C_IDLE : C_CLOSING;
     if (!keep) {
-        shutdown(c->io.fd, SHUT_RD);
         buf_put(&w->bufs, c->in);
         c->in = NULL;
     }
     loop_timer_arm(w->loop, &c->timer, w->conf->limits.send_timeout);
     if (!client_flush(c))
         return;
-    if (!keep && !c->out)
-        client_close(c);
-    else if (keep)
+    if (keep) {
+        loop_timer_arm(w->loop, &c->timer, w->conf->limits.idle_timeout);
         client_drive(c);
+    } else {
+        client_drive(c);
+    }
+}
+
+/* Lingering close (as nginx does): after the last response, shut the write
+ * side and read whatever the client still sends for a moment, so that
+ * closing with unread bytes does not reset the connection and destroy the
+ * response before the client has read it. */
+static void client_linger(struct client *c)
+{
+    struct worker *w = c->w;
+    if (c->state != C_LINGER) {
+        c->state = C_LINGER;
+        shutdown(c->io.fd, SHUT_WR);
+        loop_timer_arm(w->loop, &c->timer, 2000);
+    }
+    char sink[4096];
+    for (int i = 0; i < 64; i++) {
+        ssize_t n = read(c->io.fd, sink, sizeof sink);
+        if (n > 0)
+            continue;
+        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR))
+            return;
+        break;
+    }
+    client_close(c);
 }
 
 /* ---------------------------------------------------------------- request head */
@@ -837,7 +872,8 @@ static void exchange_start(struct client *c, const struct http_request *r, size_
     x->req_remaining = m->body == HTTP_BODY_LENGTH ? m->content_length : 0;
     x->req_done = !has_body;
     http_chunked_init(&x->req_ch);
-    x->dechunk = m->minor == 0;     /* an HTTP/1.0 client cannot take chunked */
+    x->dechunk = m->minor == 0;
+    x->req_minor = (uint8_t)m->minor;     /* an HTTP/1.0 client cannot take chunked */
     c->state = C_EXCHANGE;
 
     /* choose the server first: a 1.0 request without Host names it */
@@ -855,7 +891,10 @@ static void exchange_start(struct client *c, const struct http_request *r, size_
         }
         buf_append(c->out, "HTTP/1.1 100 Continue\r\n\r\n", 25);
     }
-    loop_timer_arm(w->loop, &c->timer, conf->limits.body_timeout);
+    if (x->req_done)
+        loop_timer_stop(w->loop, &c->timer);
+    else
+        loop_timer_arm(w->loop, &c->timer, conf->limits.body_timeout);
 
     /* attach to the server picked above (upstream_attach picks again on retry) */
     int err = 0;
@@ -1019,6 +1058,8 @@ static int response_head(struct exchange *x)
             p += PUTLIT(p, "Connection: upgrade\r\n");
         else if (!x->client_keep)
             p += PUTLIT(p, "Connection: close\r\n");
+        else if (x->req_minor == 0)
+            p += PUTLIT(p, "Connection: keep-alive\r\n");
         p += PUTLIT(p, "\r\n");
         b->end = (uint32_t)(p - b->data);
         buf_consume(x->uin, (size_t)n);
@@ -1194,6 +1235,7 @@ static void exchange_pump(struct exchange *x)
                     loop_timer_arm(w->loop, &c->timer, x->conf->limits.idle_timeout);
             } else if (n == 0 || n == -2) {
                 if (x->tunnel) {
+                    /* half-close: pass it on, keep relaying the other way */
                     x->client_eof = true;
                     x->req_done = true;
                     if (x->u)
@@ -1223,11 +1265,14 @@ static void exchange_pump(struct exchange *x)
                     progress = true;
             }
         }
+        bool was_done = x->req_done;
         int st = frame_request(x);
         if (st) {
             exchange_fail(x, st, st == 413 ? "chunked body over max_body" : "invalid chunked body");
             return;
         }
+        if (!was_done && x->req_done && !(c->out && buf_len(c->out)) && !x->resp_fwd)
+            loop_timer_stop(w->loop, &c->timer);
 
         /* 2. portico -> upstream: the head, then validated body bytes */
         if (u && !u->connecting && u->writable && !x->req_sent) {
@@ -1260,6 +1305,7 @@ static void exchange_pump(struct exchange *x)
                 if (wr < 0 || (size_t)wr < want)
                     u->writable = false;
                 if (wr > 0) {
+                    loop_timer_arm(w->loop, &u->timer, x->route->upstream->response_timeout);
                     size_t done = (size_t)wr;
                     size_t a = done < hl ? done : hl;
                     x->uhead_sent += (uint32_t)a;
@@ -1393,7 +1439,10 @@ static void client_drive(struct client *c)
         if (!client_flush(c))
             return;
         if (!c->out)
-            client_close(c);
+            client_linger(c);
+        break;
+    case C_LINGER:
+        client_linger(c);
         break;
     }
 }
