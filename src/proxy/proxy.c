@@ -227,6 +227,7 @@ static void client_local_response(struct client *c, int status, const char *why,
 static void exchange_pump(struct exchange *x);
 static void exchange_fail(struct exchange *x, int status, const char *why);
 static void uconn_close(struct uconn *u);
+static void close_pools(struct worker *w);
 static void upstream_attach(struct exchange *x);
 
 /* ---------------------------------------------------------------- buffers */
@@ -1562,6 +1563,7 @@ static void worker_wake(struct loop *l, void *arg)
     }
     w->drain_timer.cb = drain_timeout;
     loop_timer_arm(l, &w->drain_timer, w->conf->shutdown_timeout);
+    close_pools(w);
     /* Close connections idle right now; busy ones close after their
      * current response (draining turns keep-alive off). */
     struct client *c = w->clients;
@@ -1600,10 +1602,23 @@ static int open_listener(const struct conf_addr *a, char *err, size_t errlen)
     return fd;
 }
 
+static void close_pools(struct worker *w)
+{
+    uint32_t npools = 0;
+    for (uint32_t i = 0; i < w->conf->nupstreams; i++)
+        npools += w->conf->upstreams[i].nservers;
+    for (uint32_t i = 0; w->pools && i < npools; i++)
+        while (w->pools[i].head)
+            uconn_close(w->pools[i].head);
+}
+
 static void worker_free(struct worker *w)
 {
     if (!w->loop)
         return;
+    while (w->clients)
+        client_close(w->clients);
+    close_pools(w);
     worker_reap(w->loop, w);
     for (uint32_t i = 0; i < w->nlisteners; i++)
         if (w->listeners[i].io.fd >= 0)
