@@ -161,6 +161,16 @@ static bool get_duration(struct ctx *x, yaml_node_t *n, const char *path, uint64
     return true;
 }
 
+/* A duration that must be > 0: a zero timeout would fire at once. */
+static bool get_timeout(struct ctx *x, yaml_node_t *n, const char *path, uint64_t *out)
+{
+    if (!get_duration(x, n, path, out))
+        return false;
+    if (*out == 0)
+        return bad(x, n, path, "must be greater than zero");
+    return true;
+}
+
 static bool get_size(struct ctx *x, yaml_node_t *n, const char *path, uint64_t *out,
                      uint64_t min, uint64_t max)
 {
@@ -247,10 +257,10 @@ static bool load_limits(struct ctx *x, yaml_node_t *m, const char *path, struct 
         join(kp, sizeof kp, path, k);
         uint64_t sz;
         bool ok;
-        if (!strcmp(k, "header_timeout")) ok = get_duration(x, v, kp, &l->header_timeout);
-        else if (!strcmp(k, "idle_timeout")) ok = get_duration(x, v, kp, &l->idle_timeout);
-        else if (!strcmp(k, "body_timeout")) ok = get_duration(x, v, kp, &l->body_timeout);
-        else if (!strcmp(k, "send_timeout")) ok = get_duration(x, v, kp, &l->send_timeout);
+        if (!strcmp(k, "header_timeout")) ok = get_timeout(x, v, kp, &l->header_timeout);
+        else if (!strcmp(k, "idle_timeout")) ok = get_timeout(x, v, kp, &l->idle_timeout);
+        else if (!strcmp(k, "body_timeout")) ok = get_timeout(x, v, kp, &l->body_timeout);
+        else if (!strcmp(k, "send_timeout")) ok = get_timeout(x, v, kp, &l->send_timeout);
         else if (!strcmp(k, "max_header_bytes")) {
             ok = get_size(x, v, kp, &sz, 1024, 1024 * 1024);
             l->max_header_bytes = (uint32_t)sz;
@@ -263,11 +273,6 @@ static bool load_limits(struct ctx *x, yaml_node_t *m, const char *path, struct 
         else ok = unknown(x, p_, path, k);
         if (!ok)
             return false;
-        if ((!strcmp(k, "header_timeout") || !strcmp(k, "idle_timeout") ||
-             !strcmp(k, "body_timeout") || !strcmp(k, "send_timeout")) &&
-            *(!strcmp(k, "header_timeout") ? &l->header_timeout : !strcmp(k, "idle_timeout") ? &l->idle_timeout :
-              !strcmp(k, "body_timeout") ? &l->body_timeout : &l->send_timeout) == 0)
-            return bad(x, v, kp, "must be greater than zero");
     }
     if (l->max_request_line > l->max_header_bytes)
         return bad(x, m, path, "max_request_line must not exceed max_header_bytes");
@@ -331,9 +336,9 @@ static bool load_upstream(struct ctx *x, yaml_node_t *m, const char *path, struc
             }
             ok = have_servers = true;
         } else if (!strcmp(k, "keepalive")) ok = get_uint(x, v, kp, &u->keepalive, 0, 100000);
-        else if (!strcmp(k, "connect_timeout")) ok = get_duration(x, v, kp, &u->connect_timeout);
-        else if (!strcmp(k, "response_timeout")) ok = get_duration(x, v, kp, &u->response_timeout);
-        else if (!strcmp(k, "idle_timeout")) ok = get_duration(x, v, kp, &u->idle_timeout);
+        else if (!strcmp(k, "connect_timeout")) ok = get_timeout(x, v, kp, &u->connect_timeout);
+        else if (!strcmp(k, "response_timeout")) ok = get_timeout(x, v, kp, &u->response_timeout);
+        else if (!strcmp(k, "idle_timeout")) ok = get_timeout(x, v, kp, &u->idle_timeout);
         else ok = unknown(x, p_, path, k);
         if (!ok)
             return false;
@@ -418,7 +423,7 @@ static bool load_root(struct ctx *x, struct conf *c, yaml_node_t *root)
         else if (!strcmp(k, "upstreams")) upstreams = v;
         else if (!strcmp(k, "routes")) routes = v;
         else if (!strcmp(k, "limits")) ok = load_limits(x, v, "limits", &c->limits);
-        else if (!strcmp(k, "shutdown_timeout")) ok = get_duration(x, v, k, &c->shutdown_timeout);
+        else if (!strcmp(k, "shutdown_timeout")) ok = get_timeout(x, v, k, &c->shutdown_timeout);
         else if (!strcmp(k, "workers")) {
             const char *s = scalar(v);
             if (s && !strcmp(s, "auto")) {
