@@ -320,10 +320,17 @@ static void uconn_timeout(struct loop *l, struct loop_timer *t)
         uconn_close(u);
         return;
     }
-    if (u->connecting)
+    if (u->connecting) {
         exchange_fail(x, 504, "upstream connect timeout");
-    else
-        exchange_fail(x, 504, "upstream response timeout");
+        return;
+    }
+    if (x->resp_fwd || (x->c->out && buf_len(x->c->out))) {
+        /* We stopped reading because the client is slow (backpressure):
+         * not the upstream's fault; the client's send_timeout decides. */
+        loop_timer_arm(u->w->loop, &u->timer, x->route->upstream->response_timeout);
+        return;
+    }
+    exchange_fail(x, 504, "upstream response timeout");
 }
 
 static void uconn_io(struct loop *l, struct loop_io *io, unsigned ev)
@@ -576,7 +583,11 @@ static void client_timeout(struct loop *l, struct loop_timer *t)
         client_local_response(c, 408, "request head timeout", false);
         break;
     case C_EXCHANGE:
-        if (c->x && !c->x->req_done && !c->x->resp_head_done && !c->x->tunnel)
+        if (c->x && !c->x->tunnel && c->x->req_fwd && !(c->out && buf_len(c->out))) {
+            /* we hold body bytes the upstream has not taken: it is the slow
+             * side, and its response_timeout decides */
+            loop_timer_arm(c->w->loop, &c->timer, c->x->conf->limits.body_timeout);
+        } else if (c->x && !c->x->req_done && !c->x->resp_head_done && !c->x->tunnel)
             exchange_fail(c->x, 408, "request body timeout");
         else
             client_close(c);
