@@ -1,0 +1,66 @@
+# tests/fuzz/fuzz.mk: libFuzzer targets. Run from the repository root:
+#
+#   make fuzz                                   build and run every target
+#   make -f tests/fuzz/fuzz.mk FUZZ_SECONDS=600 run-request
+#   make -f tests/fuzz/fuzz.mk build            build only
+#   make -f tests/fuzz/fuzz.mk check            replay the seed corpora once
+#   make -f tests/fuzz/fuzz.mk FUZZ_FLAGS='-jobs=4 -workers=4' run-chunked
+#
+# Every tests/fuzz/fuzz_<name>.c is a target, built into build/fuzz/fuzz_<name>
+# from that file plus $(SRCS_<name>) and linked with $(LIBS_<name>). It runs
+# for FUZZ_SECONDS on build/fuzz/corpus/<name>/ (where new inputs go) seeded
+# from tests/fuzz/corpus/<name>/, with tests/fuzz/<name>.dict or $(DICT_<name>)
+# if present. Crashes are written to build/fuzz/artifacts/<name>-*; replay one
+# with `build/fuzz/fuzz_<name> build/fuzz/artifacts/<name>-crash-...`.
+
+FUZZ_SECONDS ?= 60
+FUZZ_CC      ?= clang
+FUZZ_CFLAGS  ?= -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined
+override FUZZ_CFLAGS += -Isrc -D_GNU_SOURCE -std=c11 -Wall -Wextra
+FUZZ_FLAGS   ?=
+FUZZ_OUT     := build/fuzz
+
+FUZZ_TARGETS := $(patsubst tests/fuzz/fuzz_%.c,%,$(wildcard tests/fuzz/fuzz_*.c))
+
+SRCS_request  := src/http/http.c
+SRCS_response := src/http/http.c
+SRCS_chunked  := src/http/http.c
+DICT_request  := tests/fuzz/http.dict
+DICT_response := tests/fuzz/http.dict
+DICT_chunked  := tests/fuzz/http.dict
+
+# fuzz_conf (the YAML config loader in src/conf/) belongs to the owner of
+# src/conf/: adding tests/fuzz/fuzz_conf.c and tests/fuzz/corpus/conf/ is all
+# it takes; adjust these if the loader needs more of src/.
+SRCS_conf ?= $(wildcard src/conf/*.c) src/core/log.c
+LIBS_conf ?= -lyaml
+DICT_conf ?= $(wildcard tests/fuzz/conf.dict)
+
+FUZZ_BINS := $(FUZZ_TARGETS:%=$(FUZZ_OUT)/fuzz_%)
+FUZZ_RUNS := $(FUZZ_TARGETS:%=run-%)
+FUZZ_CHECKS := $(FUZZ_TARGETS:%=check-%)
+
+.PHONY: all build run check clean $(FUZZ_RUNS) $(FUZZ_CHECKS)
+all: run
+build: $(FUZZ_BINS)
+run: $(FUZZ_RUNS)
+check: $(FUZZ_CHECKS)
+
+.SECONDEXPANSION:
+$(FUZZ_BINS): $(FUZZ_OUT)/fuzz_%: tests/fuzz/fuzz_%.c $$(SRCS_$$*) $$(wildcard tests/fuzz/*.h) \
+              $$(wildcard src/*/*.h) tests/fuzz/fuzz.mk
+	@mkdir -p $(@D)
+	$(FUZZ_CC) $(FUZZ_CFLAGS) -o $@ $< $(SRCS_$*) $(LIBS_$*)
+
+$(FUZZ_RUNS): run-%: $(FUZZ_OUT)/fuzz_%
+	@mkdir -p $(FUZZ_OUT)/corpus/$* $(FUZZ_OUT)/artifacts
+	$< -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 \
+	   -artifact_prefix=$(FUZZ_OUT)/artifacts/$*- \
+	   $(addprefix -dict=,$(or $(DICT_$*),$(wildcard tests/fuzz/$*.dict))) \
+	   $(FUZZ_FLAGS) $(FUZZ_OUT)/corpus/$* $(wildcard tests/fuzz/corpus/$*)
+
+$(FUZZ_CHECKS): check-%: $(FUZZ_OUT)/fuzz_%
+	$< -runs=0 $(wildcard tests/fuzz/corpus/$*)
+
+clean:
+	rm -rf $(FUZZ_OUT)
