@@ -246,6 +246,16 @@ static int interpret(struct http_msg *m, bool is_request, int err)
             /* A list of identical values is the same length (RFC 9110 8.6);
              * anything but digits, or values that differ, is an error. */
             bool any = false;
+            /* no empty list elements here: "5," or ",5" is not a length */
+            for (uint32_t k = 0, elem = 0; k <= h->value_len; k++) {
+                if (k == h->value_len || h->value[k] == ',') {
+                    if (elem == 0)
+                        return fail(m, err, "invalid Content-Length");
+                    elem = 0;
+                } else if (h->value[k] != ' ' && h->value[k] != '\t') {
+                    elem++;
+                }
+            }
             while (list_next(&it, &e, &n)) {
                 uint64_t v;
                 if (!parse_u64(e, n, &v))
@@ -361,10 +371,12 @@ static bool valid_host(const char *h, size_t n)
                   c == ':' || c == '.'))
                 return false;
         }
-        if (i >= n)
-            return false;
+        if (i >= n || i == 1)
+            return false;               /* unterminated, or "[]" */
         i++;
     } else {
+        if (h[0] == ':')
+            return false;               /* a port without a host */
         for (; i < n && h[i] != ':'; i++) {
             unsigned char c = (unsigned char)h[i];
             if (!((c >= '0' && c <= '9') || (lower(c) >= 'a' && lower(c) <= 'z') ||

@@ -1393,6 +1393,24 @@ static void chunked_done_detection(void **state)
     assert_true(http_chunked_done(&c));
 }
 
+/* Empty list elements in Content-Length and hostless Host values are rejected. */
+static void request_strict_cl_list_and_host(void **state)
+{
+    (void)state;
+    struct http_request r;
+    assert_int_equal(preq("GET / HTTP/1.1\r\nHost: x\r\nContent-Length: 5,\r\n\r\n", &r), HTTP_ERROR);
+    assert_int_equal(r.m.status, 400);
+    assert_int_equal(preq("GET / HTTP/1.1\r\nHost: x\r\nContent-Length: ,5\r\n\r\n", &r), HTTP_ERROR);
+    assert_int_equal(r.m.status, 400);
+    assert_true(preq("GET / HTTP/1.1\r\nHost: x\r\nContent-Length: 5, 5\r\n\r\n", &r) > 0);
+    assert_int_equal(r.m.content_length, 5);
+    assert_int_equal(preq("GET / HTTP/1.1\r\nHost: []\r\n\r\n", &r), HTTP_ERROR);
+    assert_int_equal(r.m.status, 400);
+    assert_int_equal(preq("GET / HTTP/1.1\r\nHost: :80\r\n\r\n", &r), HTTP_ERROR);
+    assert_int_equal(r.m.status, 400);
+    assert_true(preq("GET / HTTP/1.1\r\nHost: [::1]:80\r\n\r\n", &r) > 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1440,6 +1458,7 @@ int main(void)
         cmocka_unit_test(chunked_invalid_sizes),
         cmocka_unit_test(chunked_bad_data_end),
         cmocka_unit_test(chunked_done_detection),
+        cmocka_unit_test(request_strict_cl_list_and_host),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
