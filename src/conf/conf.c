@@ -279,6 +279,138 @@ static bool load_limits(struct ctx *x, yaml_node_t *m, const char *path, struct 
     return true;
 }
 
+/* ---- upstream groups: balancing, health checks, servers ---- */
+
+static bool get_bool(struct ctx *x, yaml_node_t *n, const char *path, bool *out)
+{
+    const char *s = scalar(n);
+    if (s && (!strcmp(s, "true") || !strcmp(s, "yes") || !strcmp(s, "on")))
+        *out = true;
+    else if (s && (!strcmp(s, "false") || !strcmp(s, "no") || !strcmp(s, "off")))
+        *out = false;
+    else
+        return bad(x, n, path, "expected true or false");
+    return true;
+}
+
+/* An RFC 9110 token: header and cookie names. */
+static bool is_token(const char *s)
+{
+    if (!*s)
+        return false;
+    for (; *s; s++)
+        if (!isalnum((unsigned char)*s) && !strchr("!#$%&'*+-.^_`|~", *s))
+            return false;
+    return true;
+}
+
+static bool get_hash_key(struct ctx *x, yaml_node_t *n, const char *path, struct conf_hash_key *h)
+{
+    const char *s = scalar(n);
+    const char *name = NULL;
+    if (s && !strcmp(s, "path")) {
+        h->from = CONF_HASH_PATH;
+        h->name[0] = '\0';
+        h->name_len = 0;
+        return true;
+    }
+    if (s && !strncmp(s, "header:", 7)) {
+        h->from = CONF_HASH_HEADER;
+        name = s + 7;
+    } else if (s && !strncmp(s, "cookie:", 7)) {
+        h->from = CONF_HASH_COOKIE;
+        name = s + 7;
+    } else {
+        return bad(x, n, path, "expected \"header:NAME\", \"cookie:NAME\" or \"path\"");
+    }
+    if (!is_token(name))
+        return bad(x, n, path, "expected a header or cookie name after \"%.7s\"", s);
+    if (strlen(name) >= sizeof h->name)
+        return bad(x, n, path, "name longer than %zu characters", sizeof h->name - 1);
+    strcpy(h->name, name);
+    h->name_len = (uint32_t)strlen(name);
+    return true;
+}
+
+static bool get_status(struct ctx *x, yaml_node_t *n, const char *path, uint16_t *out)
+{
+    uint32_t v;
+    if (!get_uint(x, n, path, &v, 100, 599))
+        return false;
+    *out = (uint16_t)v;
+    return true;
+}
+
+static bool load_health(struct ctx *x, yaml_node_t *m, const char *path, struct conf_health *h)
+{
+    *h = (struct conf_health){ .enabled = true, .path = "/", .interval = 5000, .timeout = 2000,
+                               .rise = 2, .fall = 3 };
+    if (!expect_map(x, m, path))
+        return false;
+    FOR_PAIRS(x, m, k, v) {
+        char kp[256];
+        join(kp, sizeof kp, path, k);
+        bool ok;
+        if (!strcmp(k, "path")) {
+            const char *s = scalar(v);
+            if (!s || s[0] != '/')
+                return bad(x, v, kp, "expected a path starting with \"/\"");
+            if (strlen(s) >= sizeof h->path)
+                return bad(x, v, kp, "longer than %zu characters", sizeof h->path - 1);
+            for (const char *q = s; *q; q++)
+                if ((unsigned char)*q <= ' ' || *q == 0x7f)
+                    return bad(x, v, kp, "must not contain spaces or control characters");
+            strcpy(h->path, s);
+            ok = true;
+        } else if (!strcmp(k, "interval")) ok = get_timeout(x, v, kp, &h->interval);
+        else if (!strcmp(k, "timeout")) ok = get_timeout(x, v, kp, &h->timeout);
+        else if (!strcmp(k, "rise")) ok = get_uint(x, v, kp, &h->rise, 1, 1000);
+        else if (!strcmp(k, "fall")) ok = get_uint(x, v, kp, &h->fall, 1, 1000);
+        else if (!strcmp(k, "expect")) {
+            h->nexpect = 0;
+            if (v->type == YAML_SCALAR_NODE) {
+                ok = get_status(x, v, kp, &h->expect[0]);
+                h->nexpect = 1;
+            } else {
+                if (!expect_seq(x, v, kp))
+                    return false;
+                size_t n = (size_t)(v->data.sequence.items.top - v->data.sequence.items.start);
+                if (n == 0 || n > CONF_HEALTH_MAX_EXPECT)
+                    return bad(x, v, kp, "expected 1 to %d status codes", CONF_HEALTH_MAX_EXPECT);
+                for (size_t i = 0; i < n; i++) {
+                    char ip[300];
+                    snprintf(ip, sizeof ip, "%.250s[%zu]", kp, i);
+                    if (!get_status(x, node(x, v->data.sequence.items.start[i]), ip, &h->expect[i]))
+                        return false;
+                }
+                h->nexpect = (uint32_t)n;
+                ok = true;
+            }
+        } else ok = unknown(x, p_, path, k);
+        if (!ok)
+            return false;
+    }
+    return true;
+}
+
+static bool load_passive(struct ctx *x, yaml_node_t *m, const char *path, struct conf_passive *pa)
+{
+    if (!expect_map(x, m, path))
+        return false;
+    FOR_PAIRS(x, m, k, v) {
+        char kp[256];
+        join(kp, sizeof kp, path, k);
+        bool ok;
+        if (!strcmp(k, "max_fails")) ok = get_uint(x, v, kp, &pa->max_fails, 0, 1000000);
+        else if (!strcmp(k, "fail_timeout")) ok = get_timeout(x, v, kp, &pa->fail_timeout);
+        else if (!strcmp(k, "on_5xx")) ok = get_bool(x, v, kp, &pa->on_5xx);
+        else ok = unknown(x, p_, path, k);
+        if (!ok)
+            return false;
+    }
+    return true;
+}
+
 static bool load_server(struct ctx *x, yaml_node_t *n, const char *path, struct conf_server *s)
 {
     s->weight = 1;
@@ -293,6 +425,8 @@ static bool load_server(struct ctx *x, yaml_node_t *n, const char *path, struct 
         bool ok;
         if (!strcmp(k, "address")) ok = have_addr = get_addr(x, v, kp, &s->addr);
         else if (!strcmp(k, "weight")) ok = get_uint(x, v, kp, &s->weight, 1, 1000);
+        else if (!strcmp(k, "backup")) ok = get_bool(x, v, kp, &s->backup);
+        else if (!strcmp(k, "slow_start")) ok = get_duration(x, v, kp, &s->slow_start);
         else ok = unknown(x, p_, path, k);
         if (!ok)
             return false;
@@ -308,9 +442,14 @@ static bool load_upstream(struct ctx *x, yaml_node_t *m, const char *path, struc
     u->connect_timeout = 5000;
     u->response_timeout = 60000;
     u->idle_timeout = 60000;
+    u->balance = CONF_BALANCE_WEIGHTED;
+    u->passive = (struct conf_passive){ .max_fails = 3, .fail_timeout = 10000, .on_5xx = false };
+    u->retries = 2;
     if (!expect_map(x, m, path))
         return false;
     bool have_servers = false;
+    yaml_node_t *hash_key = NULL, *servers = NULL;
+    char hash_key_path[256] = "";
     FOR_PAIRS(x, m, k, v) {
         char kp[256];
         join(kp, sizeof kp, path, k);
@@ -335,16 +474,44 @@ static bool load_upstream(struct ctx *x, yaml_node_t *m, const char *path, struc
                     return false;
             }
             ok = have_servers = true;
+            servers = v;
         } else if (!strcmp(k, "keepalive")) ok = get_uint(x, v, kp, &u->keepalive, 0, 100000);
         else if (!strcmp(k, "connect_timeout")) ok = get_timeout(x, v, kp, &u->connect_timeout);
         else if (!strcmp(k, "response_timeout")) ok = get_timeout(x, v, kp, &u->response_timeout);
         else if (!strcmp(k, "idle_timeout")) ok = get_timeout(x, v, kp, &u->idle_timeout);
+        else if (!strcmp(k, "balance")) {
+            const char *s = scalar(v);
+            if (s && !strcmp(s, "weighted")) u->balance = CONF_BALANCE_WEIGHTED;
+            else if (s && !strcmp(s, "ip_hash")) u->balance = CONF_BALANCE_IP_HASH;
+            else if (s && !strcmp(s, "least_conn")) u->balance = CONF_BALANCE_LEAST_CONN;
+            else if (s && !strcmp(s, "hash")) u->balance = CONF_BALANCE_HASH;
+            else return bad(x, v, kp, "expected weighted, ip_hash, least_conn or hash");
+            ok = true;
+        } else if (!strcmp(k, "hash_key")) {
+            ok = get_hash_key(x, v, kp, &u->hash_key);
+            hash_key = v;
+            snprintf(hash_key_path, sizeof hash_key_path, "%s", kp);
+        } else if (!strcmp(k, "health")) ok = load_health(x, v, kp, &u->health);
+        else if (!strcmp(k, "passive")) ok = load_passive(x, v, kp, &u->passive);
+        else if (!strcmp(k, "retries")) ok = get_uint(x, v, kp, &u->retries, 0, 100);
         else ok = unknown(x, p_, path, k);
         if (!ok)
             return false;
     }
     if (!have_servers)
         return bad(x, m, path, "missing key \"servers\"");
+    if (u->balance == CONF_BALANCE_HASH && !hash_key)
+        return bad(x, m, path, "missing key \"hash_key\" (balance: hash needs one)");
+    if (u->balance != CONF_BALANCE_HASH && hash_key)
+        return bad(x, hash_key, hash_key_path, "only used with \"balance: hash\"");
+    bool any_primary = false;
+    for (uint32_t i = 0; i < u->nservers; i++)
+        any_primary |= !u->servers[i].backup;
+    if (!any_primary) {
+        char kp[256];
+        join(kp, sizeof kp, path, "servers");
+        return bad(x, servers, kp, "at least one server must not be a backup");
+    }
     return true;
 }
 

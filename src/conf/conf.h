@@ -22,9 +22,54 @@ struct conf_addr {
     char text[80];              /* as written: "127.0.0.1:8080", "[::1]:80", "app:9000" */
 };
 
+/* `balance:` of an upstream group (see balance/balance.h for the algorithms). */
+enum conf_balance {
+    CONF_BALANCE_WEIGHTED = 0,  /* smooth weighted round robin (the default) */
+    CONF_BALANCE_IP_HASH,       /* by client address, sticky while the server is up */
+    CONF_BALANCE_LEAST_CONN,    /* fewest requests in flight relative to weight */
+    CONF_BALANCE_HASH,          /* consistent hashing on `hash_key` */
+};
+
+/* `hash_key:` "header:NAME", "cookie:NAME" or "path" (for balance: hash). */
+enum conf_hash_from {
+    CONF_HASH_NONE = 0,
+    CONF_HASH_HEADER,
+    CONF_HASH_COOKIE,
+    CONF_HASH_PATH,             /* the request target's path, without the query */
+};
+
+struct conf_hash_key {
+    enum conf_hash_from from;
+    char name[128];             /* header or cookie name as written; "" for path */
+    uint32_t name_len;
+};
+
+#define CONF_HEALTH_MAX_EXPECT 32
+
+/* `health:` active checks; enabled only when the key is present. */
+struct conf_health {
+    bool enabled;
+    char path[256];             /* GET target, starts with "/"; default "/" */
+    uint64_t interval;          /* ms between two checks of one server; default 5s */
+    uint64_t timeout;           /* ms for connect + response status line; default 2s */
+    uint32_t rise;              /* consecutive successes to mark up; default 2 */
+    uint32_t fall;              /* consecutive failures to mark down; default 3 */
+    uint32_t nexpect;           /* 0: any 2xx status is healthy */
+    uint16_t expect[CONF_HEALTH_MAX_EXPECT];
+};
+
+/* `passive:` failures seen by real requests. */
+struct conf_passive {
+    uint32_t max_fails;         /* failures within fail_timeout that take a server out; 0 = off */
+    uint64_t fail_timeout;      /* ms: the counting window and how long the server stays out */
+    bool on_5xx;                /* a 5xx response counts as a failure */
+};
+
 struct conf_server {
     struct conf_addr addr;
     uint32_t weight;            /* >= 1 */
+    bool backup;                /* used only when every primary server is unavailable */
+    uint64_t slow_start;        /* ms over which a recovered server's weight ramps up; 0 = off */
 };
 
 struct conf_upstream {
@@ -36,6 +81,11 @@ struct conf_upstream {
     uint64_t connect_timeout;   /* ms */
     uint64_t response_timeout;  /* ms: from request sent to response head, and between reads */
     uint64_t idle_timeout;      /* ms an idle pooled connection is kept */
+    enum conf_balance balance;
+    struct conf_hash_key hash_key;  /* from != NONE exactly when balance == HASH */
+    struct conf_health health;
+    struct conf_passive passive;
+    uint32_t retries;           /* further servers tried after a failed attempt; default 2 */
 };
 
 struct conf_route {
