@@ -408,24 +408,3 @@ const char *balance_cookie_value(const char *h, size_t len, const char *name, si
     }
     return NULL;
 }
-
-/* ---------------------------------------------------------------- compatibility */
-
-uint32_t balance_pick(const struct conf_upstream *u, struct balance_cursor *cur, uint32_t skip)
-{
-    uint32_t n = u->nservers;
-    if (cur->server >= n)
-        cur->server = cur->used = 0;
-    for (uint32_t tries = 0; tries <= n; tries++) {
-        if (cur->used >= u->servers[cur->server].weight) {
-            cur->server = (cur->server + 1) % n;
-            cur->used = 0;
-        }
-        uint32_t s = cur->server;
-        cur->used++;
-        if (s != skip || n == 1)
-            return s;
-        cur->used = u->servers[s].weight;    /* move on from the failed one */
-    }
-    return cur->server;
-}

@@ -198,19 +198,4 @@ int balance_health_start(struct balance_group *const *groups, size_t n);
  * the groups, start again with the new ones. */
 void balance_health_stop(void);
 
-/* ------------------------------------------------------ compatibility */
-
-/* The first balancer, still used by proxy.c until it moves to balance_choose():
- * round robin over the group's servers, weighted by repeating each server
- * `weight` times in the cycle. The cursor is owned by the caller (one per
- * worker per group). Ignores health, backups and the `balance:` key. */
-struct balance_cursor {
-    uint32_t server;        /* index of the current server */
-    uint32_t used;          /* picks of it in this cycle */
-};
-
-/* Index of the next server to try. `skip` is a server to avoid when another
- * exists (the one that just failed), or UINT32_MAX. */
-uint32_t balance_pick(const struct conf_upstream *u, struct balance_cursor *cur, uint32_t skip);
-
 #endif

@@ -91,8 +91,15 @@ struct exchange {
     struct uconn *u;
     struct conf *conf;          /* the snapshot this request started on */
     const struct conf_route *route;
-    uint32_t server;
-    uint32_t attempts;
+    struct balance_group *group;    /* the route's upstream group */
+    int server;                     /* current attempt's server, valid while holding */
+    bool holding;                   /* balance_choose() not yet matched by a release */
+    bool stale_retried;             /* a dead keep-alive connection was replaced once */
+    bool idempotent;                /* GET HEAD OPTIONS PUT DELETE TRACE: may be re-sent */
+    uint32_t attempts;              /* attempts after the first */
+    uint64_t tried[BALANCE_TRIED_WORDS];
+    uint16_t key_len;               /* hash key (ip or hash_key), kept for retries */
+    char key[256];
     struct buf *uhead;          /* request head for the upstream; kept for a retry */
     uint32_t uhead_sent;
     struct buf *uin;            /* bytes from the upstream */
@@ -140,7 +147,7 @@ struct worker {
     struct buf_pool bufs;
     struct upool *pools;        /* [pool_base[u] + server] */
     uint32_t *pool_base;
-    struct balance_cursor *cursors;
+    struct balance_worker **bw;     /* [upstream index] */
     struct http_header *hdrs;
     uint8_t *kinds;
     struct http_limits lim;
@@ -155,6 +162,7 @@ struct worker {
 
 struct proxy {
     struct conf *conf;
+    struct balance_group **groups;  /* [upstream index], shared by the workers */
     struct worker *workers;
     uint32_t nworkers;
     atomic_uint nconns;
@@ -228,7 +236,8 @@ static void exchange_pump(struct exchange *x);
 static void exchange_fail(struct exchange *x, int status, const char *why);
 static void uconn_close(struct uconn *u);
 static void close_pools(struct worker *w);
-static void upstream_attach(struct exchange *x);
+static bool upstream_attach(struct exchange *x, bool fresh, int fail_status);
+static void attempt_failed(struct exchange *x, const char *why, int status, bool retry);
 
 /* ---------------------------------------------------------------- buffers */
 
@@ -321,7 +330,7 @@ static void uconn_timeout(struct loop *l, struct loop_timer *t)
         return;
     }
     if (u->connecting) {
-        exchange_fail(x, 504, "upstream connect timeout");
+        attempt_failed(x, "connect timeout", 504, true);
         return;
     }
     if (x->resp_fwd || (x->c->out && buf_len(x->c->out))) {
@@ -330,7 +339,11 @@ static void uconn_timeout(struct loop *l, struct loop_timer *t)
         loop_timer_arm(u->w->loop, &u->timer, x->route->upstream->response_timeout);
         return;
     }
-    exchange_fail(x, 504, "upstream response timeout");
+    if (x->resp_head_done) {
+        exchange_fail(x, 504, "upstream response timeout");
+        return;
+    }
+    attempt_failed(x, "response timeout", 504, x->idempotent);
 }
 
 static void uconn_io(struct loop *l, struct loop_io *io, unsigned ev)
@@ -359,16 +372,7 @@ static void uconn_io(struct loop *l, struct loop_io *io, unsigned ev)
         socklen_t len = sizeof err;
         getsockopt(u->io.fd, SOL_SOCKET, SO_ERROR, &err, &len);
         if (err) {
-            log_warn("upstream %s %s: connect: %s", x->route->upstream->name,
-                     x->route->upstream->servers[x->server].addr.text, strerror(err));
-            uconn_close(u);
-            x->attempts++;
-            if (x->attempts < 3 && x->attempts < x->route->upstream->nservers + 1 &&
-                x->route->upstream->nservers > 1) {
-                upstream_attach(x);
-                return;
-            }
-            exchange_fail(x, 502, "upstream connect failed");
+            attempt_failed(x, strerror(err), 502, true);
             return;
         }
         u->connecting = false;
@@ -379,11 +383,11 @@ static void uconn_io(struct loop *l, struct loop_io *io, unsigned ev)
 
 /* Take an idle pooled connection, or open a new one. */
 static struct uconn *uconn_get(struct worker *w, const struct conf_upstream *up, uint32_t server,
-                               int *err)
+                               bool fresh, int *err)
 {
     struct upool *pool = &w->pools[w->pool_base[up->index] + server];
     struct uconn *u = pool->head;
-    if (u) {
+    if (u && !fresh) {
         pool_remove(u);
         loop_timer_stop(w->loop, &u->timer);
         u->reused = true;
@@ -446,31 +450,89 @@ static void uconn_release(struct uconn *u, bool keep)
     loop_timer_arm(w->loop, &u->timer, up->idle_timeout);
 }
 
-/* Pick a server and attach a connection; on failure answer 502. */
-static void upstream_attach(struct exchange *x)
+/* The current attempt is over: give its server back to the balancer,
+ * reporting how it went when `report` (passive health). */
+static void attempt_end(struct exchange *x, bool report, bool ok)
+{
+    if (!x->holding)
+        return;
+    if (report)
+        balance_report(x->group, x->server, ok, loop_now(x->c->w->loop));
+    balance_release(x->group, x->server);
+    x->holding = false;
+}
+
+/* Choose a server (skipping those this request tried) and attach a pooled or
+ * new connection to it. Without one: 503 when every server is down, 502 when
+ * the attempts are used up. With fresh, the same server again on a new
+ * connection (a reused keep-alive connection the server had closed).
+ * When every server has been tried, answer fail_status (the status of the
+ * last failure). Returns false when the exchange has ended (x is freed). */
+static bool upstream_attach(struct exchange *x, bool fresh, int fail_status)
 {
     struct worker *w = x->c->w;
     const struct conf_upstream *up = x->route->upstream;
     for (;;) {
-        uint32_t skip = x->attempts ? x->server : UINT32_MAX;
-        x->server = balance_pick(up, &w->cursors[up->index], skip);
+        if (!fresh) {
+            struct balance_ctx ctx = { .now_ms = loop_now(w->loop) };
+            if (up->balance == CONF_BALANCE_IP_HASH) {
+                ctx.addr = x->key;
+                ctx.addr_len = x->key_len;
+            } else if (up->balance == CONF_BALANCE_HASH) {
+                ctx.key = x->key;
+                ctx.key_len = x->key_len;
+            }
+            int s = balance_choose(x->group, w->bw[up->index], &ctx, x->tried);
+            if (s < 0) {
+                exchange_fail(x, s == BALANCE_NONE ? 503 : fail_status,
+                              s == BALANCE_NONE ? "no server available" : "every server failed");
+                return false;
+            }
+            x->server = s;
+            x->holding = true;
+            x->tried[s / 64] |= 1ull << (s % 64);
+        }
         int err = 0;
-        struct uconn *u = uconn_get(w, up, x->server, &err);
+        struct uconn *u = uconn_get(w, up, (uint32_t)x->server, fresh, &err);
         if (u) {
             u->x = x;
             x->u = u;
             x->uhead_sent = 0;
+            x->req_sent = false;
             if (!u->connecting)
                 loop_timer_arm(w->loop, &u->timer, up->response_timeout);
-            return;
+            return true;
         }
         log_warn("upstream %s %s: connect: %s", up->name, up->servers[x->server].addr.text,
                  strerror(err));
-        if (++x->attempts >= 3 || x->attempts > up->nservers || up->nservers == 1) {
+        attempt_end(x, true, false);
+        fresh = false;
+        fail_status = 502;
+        if (x->attempts >= up->retries) {
             exchange_fail(x, 502, "upstream connect failed");
-            return;
+            return false;
         }
+        x->attempts++;
     }
+}
+
+/* The current attempt failed before a response head. Close its connection,
+ * report the failure, and try another server when nothing of the request
+ * body is lost (`retry`: the failure allows it); otherwise answer `status`. */
+static void attempt_failed(struct exchange *x, const char *why, int status, bool retry)
+{
+    const struct conf_upstream *up = x->route->upstream;
+    log_warn("upstream %s %s: %s", up->name, up->servers[x->server].addr.text, why);
+    if (x->u)
+        uconn_close(x->u);
+    attempt_end(x, true, false);
+    if (retry && !x->body_started && !x->resp_head_done && x->attempts < up->retries) {
+        x->attempts++;
+        if (upstream_attach(x, false, status))
+            exchange_pump(x);
+        return;
+    }
+    exchange_fail(x, status, why);
 }
 
 /* ---------------------------------------------------------------- client lifecycle */
@@ -484,6 +546,7 @@ static void client_free_later(struct client *c)
 static void exchange_free(struct exchange *x, bool upstream_keep)
 {
     struct worker *w = x->c->w;
+    attempt_end(x, false, false);
     if (x->u) {
         struct uconn *u = x->u;
         x->u = NULL;
@@ -616,7 +679,8 @@ static void client_local_response(struct client *c, int status, const char *why,
     char head[256];
     int hlen = snprintf(head, sizeof head,
                         "HTTP/1.1 %d %s\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n"
-                        "%s\r\n", status, reason, blen,
+                        "%s%s\r\n", status, reason, blen,
+                        status == 503 ? "Retry-After: 1\r\n" : "",
                         keep ? "" : "Connection: close\r\n");
     buf_append(c->out, head, (size_t)hlen);
     buf_append(c->out, body, (size_t)blen);
@@ -719,6 +783,58 @@ static bool is_hop_by_hop(const struct http_msg *m, uint32_t i)
     }
 }
 
+static bool is_idempotent(const char *m, size_t n)
+{
+    static const char *const list[] = { "GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE" };
+    for (size_t i = 0; i < sizeof list / sizeof list[0]; i++)
+        if (strlen(list[i]) == n && memcmp(m, list[i], n) == 0)
+            return true;
+    return false;
+}
+
+/* Copy what the upstream's balancing hashes on into x->key: the client
+ * address for ip_hash, the configured header, cookie or path for hash. */
+static void balance_key(struct exchange *x, const struct http_request *r)
+{
+    const struct conf_upstream *up = x->route->upstream;
+    const struct client *c = x->c;
+    const char *k = NULL;
+    size_t n = 0;
+    if (up->balance == CONF_BALANCE_IP_HASH) {
+        if (c->peer.sa.sa_family == AF_INET6) {
+            k = (const char *)&c->peer.v6.sin6_addr;
+            n = 16;
+        } else {
+            k = (const char *)&c->peer.v4.sin_addr;
+            n = 4;
+        }
+    } else if (up->balance == CONF_BALANCE_HASH) {
+        const struct conf_hash_key *hk = &up->hash_key;
+        const struct http_msg *m = &r->m;
+        if (hk->from == CONF_HASH_PATH && r->path) {
+            const char *q = memchr(r->path, '?', r->path_len);
+            k = r->path;
+            n = q ? (size_t)(q - r->path) : r->path_len;
+        }
+        for (uint32_t i = 0; !k && i < m->nheaders; i++) {
+            const struct http_header *h = &m->headers[i];
+            if (hk->from == CONF_HASH_HEADER && h->name_len == hk->name_len &&
+                http_ieq(h->name, hk->name, h->name_len)) {
+                k = h->value;
+                n = h->value_len;
+            } else if (hk->from == CONF_HASH_COOKIE && h->name_len == 6 &&
+                       http_ieq(h->name, "cookie", 6)) {
+                k = balance_cookie_value(h->value, h->value_len, hk->name, hk->name_len, &n);
+            }
+        }
+    }
+    if (n > sizeof x->key)
+        n = sizeof x->key;
+    if (k)
+        memcpy(x->key, k, n);
+    x->key_len = k ? (uint16_t)n : 0;
+}
+
 /* Build the upstream request head into b. False if it does not fit. */
 static bool build_request_head(struct exchange *x, const struct http_request *r, struct buf *b)
 {
@@ -805,7 +921,7 @@ static bool build_request_head(struct exchange *x, const struct http_request *r,
         if (r->host)
             p += put(p, r->host, r->host_len);
         else {
-            const char *t = x->route->upstream->servers[x->server].addr.text;
+            const char *t = x->route->upstream->name;     /* as nginx: the upstream's name */
             p += put(p, t, strlen(t));
         }
         p += PUTLIT(p, "\r\n");
@@ -888,9 +1004,9 @@ static void exchange_start(struct client *c, const struct http_request *r, size_
     x->req_minor = (uint8_t)m->minor;     /* an HTTP/1.0 client cannot take chunked */
     c->state = C_EXCHANGE;
 
-    /* choose the server first: a 1.0 request without Host names it */
-    x->server = balance_pick(rt->upstream, &w->cursors[rt->upstream->index], UINT32_MAX);
-    x->attempts = 0;
+    x->group = w->p->groups[rt->upstream->index];
+    x->idempotent = is_idempotent(r->method, r->method_len);
+    balance_key(x, r);
     if (!(x->uhead = buf_get(&w->bufs)) || !build_request_head(x, r, x->uhead)) {
         exchange_fail(x, 431, "request head too large to forward");
         return;
@@ -908,26 +1024,8 @@ static void exchange_start(struct client *c, const struct http_request *r, size_
     else
         loop_timer_arm(w->loop, &c->timer, conf->limits.body_timeout);
 
-    /* attach to the server picked above (upstream_attach picks again on retry) */
-    int err = 0;
-    struct uconn *u = uconn_get(w, rt->upstream, x->server, &err);
-    if (!u) {
-        log_warn("upstream %s %s: connect: %s", rt->upstream->name,
-                 rt->upstream->servers[x->server].addr.text, strerror(err));
-        x->attempts = 1;
-        if (rt->upstream->nservers > 1)
-            upstream_attach(x);
-        else
-            exchange_fail(x, 502, "upstream connect failed");
-        if (!c->x || !x->u)
-            return;
-    } else {
-        u->x = x;
-        x->u = u;
-        if (!u->connecting)
-            loop_timer_arm(w->loop, &u->timer, rt->upstream->response_timeout);
-    }
-    exchange_pump(x);
+    if (upstream_attach(x, false, 502))
+        exchange_pump(x);
 }
 
 static void client_read_head(struct client *c)
@@ -999,6 +1097,7 @@ static int response_head(struct exchange *x)
         if (n < 0) {
             log_warn("upstream %s %s: bad response: %s", x->route->upstream->name,
                      x->route->upstream->servers[x->server].addr.text, r.m.error);
+            attempt_end(x, true, false);
             exchange_fail(x, 502, r.m.error);
             return -1;
         }
@@ -1013,6 +1112,9 @@ static int response_head(struct exchange *x)
         }
         x->status = r.status;
         x->tunnel = r.status == 101;
+        if (x->holding)
+            balance_report(x->group, x->server,
+                           !(r.status >= 500 && balance_fail_on_5xx(x->group)), loop_now(w->loop));
         x->resp_body = (uint8_t)m->body;
         x->resp_remaining = m->content_length;
         x->upstream_keep = m->keep_alive && m->minor >= 1 && !x->tunnel;
@@ -1300,18 +1402,20 @@ static void exchange_pump(struct exchange *x)
                 ssize_t wr = writev(u->io.fd, iov, n);
                 if (wr < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) {
                     int e = errno;
-                    bool retry = u->reused && !x->body_started && !x->resp_head_done;
-                    uconn_close(u);
-                    if (retry) {
-                        log_debug("reused upstream connection failed (%s): retrying", strerror(e));
-                        x->attempts++;
-                        upstream_attach(x);
-                        if (c->x != x)
+                    if (u->reused && !x->body_started && !x->stale_retried) {
+                        /* the server closed an idle keep-alive connection as
+                         * we used it: same server, new connection */
+                        log_debug("reused upstream connection failed (%s): reconnecting", strerror(e));
+                        uconn_close(u);
+                        x->stale_retried = true;
+                        if (!upstream_attach(x, true, 502))
                             return;
                         progress = true;
                         continue;
                     }
-                    exchange_fail(x, 502, "upstream write failed");
+                    /* nothing sent yet: any request may go elsewhere */
+                    attempt_failed(x, strerror(e), 502,
+                                   x->idempotent || (x->uhead_sent == 0 && !x->body_started));
                     return;
                 }
                 if (wr < 0 || (size_t)wr < want)
@@ -1369,24 +1473,24 @@ static void exchange_pump(struct exchange *x)
                     loop_timer_arm(w->loop, &u->timer, x->route->upstream->response_timeout);
                 } else if (n == 0 || n == -2) {
                     bool nothing = !x->resp_head_done && buf_len(x->uin) == 0;
-                    bool retry = nothing && u->reused && !x->body_started;
-                    uconn_close(u);
+                    bool stale = nothing && u->reused && !x->body_started && !x->stale_retried;
                     if (x->resp_head_done && x->resp_body == HTTP_BODY_CLOSE) {
+                        uconn_close(u);
                         x->resp_done = true;
                         progress = true;
-                    } else if (retry) {
-                        x->attempts++;
-                        x->req_sent = false;
-                        upstream_attach(x);
-                        if (c->x != x)
+                    } else if (stale) {
+                        uconn_close(u);
+                        x->stale_retried = true;
+                        if (!upstream_attach(x, true, 502))
                             return;
                         progress = true;
                         continue;
                     } else if (!x->resp_head_done) {
-                        exchange_fail(x, 502, n == 0 ? "upstream closed before responding"
-                                                     : "upstream connection reset");
+                        attempt_failed(x, n == 0 ? "closed before responding" : "connection reset",
+                                       502, x->idempotent);
                         return;
                     } else {
+                        uconn_close(u);
                         /* cut mid-body: flush what we have, then close */
                         x->client_keep = false;
                         x->resp_done = true;
@@ -1638,7 +1742,9 @@ static void worker_free(struct worker *w)
     free(w->listeners);
     free(w->pools);
     free(w->pool_base);
-    free(w->cursors);
+    for (uint32_t i = 0; w->bw && i < w->conf->nupstreams; i++)
+        balance_worker_free(w->bw[i]);
+    free(w->bw);
     free(w->hdrs);
     free(w->kinds);
     loop_free(w->loop);
@@ -1665,16 +1771,19 @@ static bool worker_init(struct proxy *p, struct worker *w, uint32_t id, char *er
     w->hdrs = calloc(c->limits.max_headers, sizeof *w->hdrs);
     w->kinds = calloc(c->limits.max_headers, 1);
     w->pool_base = calloc(c->nupstreams, sizeof *w->pool_base);
-    w->cursors = calloc(c->nupstreams, sizeof *w->cursors);
+    w->bw = calloc(c->nupstreams, sizeof *w->bw);
     uint32_t npools = 0;
-    for (uint32_t i = 0; i < c->nupstreams; i++) {
+    for (uint32_t i = 0; w->pool_base && i < c->nupstreams; i++) {
         w->pool_base[i] = npools;
         npools += c->upstreams[i].nservers;
-        w->cursors[i].server = (id * 7919u) % c->upstreams[i].nservers;
+        if (w->bw && !(w->bw[i] = balance_worker_new(p->groups[i], id))) {
+            snprintf(err, errlen, "out of memory");
+            return false;
+        }
     }
     w->pools = calloc(npools ? npools : 1, sizeof *w->pools);
     w->listeners = calloc(c->nlisten, sizeof *w->listeners);
-    if (!w->hdrs || !w->kinds || !w->pool_base || !w->cursors || !w->pools || !w->listeners) {
+    if (!w->hdrs || !w->kinds || !w->pool_base || !w->bw || !w->pools || !w->listeners) {
         snprintf(err, errlen, "out of memory");
         return false;
     }
@@ -1698,6 +1807,14 @@ static bool worker_init(struct proxy *p, struct worker *w, uint32_t id, char *er
     return true;
 }
 
+static void free_groups(struct proxy *p)
+{
+    for (uint32_t i = 0; p->groups && i < p->conf->nupstreams; i++)
+        balance_group_free(p->groups[i]);
+    free(p->groups);
+    p->groups = NULL;
+}
+
 struct proxy *proxy_start(struct conf *conf, char *err, size_t errlen)
 {
     struct proxy *p = calloc(1, sizeof *p);
@@ -1706,10 +1823,26 @@ struct proxy *proxy_start(struct conf *conf, char *err, size_t errlen)
         return NULL;
     }
     p->conf = conf_ref(conf);
+    p->groups = calloc(conf->nupstreams, sizeof *p->groups);
+    for (uint32_t i = 0; p->groups && i < conf->nupstreams; i++) {
+        if (!(p->groups[i] = balance_group_new(&conf->upstreams[i], err, errlen))) {
+            free_groups(p);
+            conf_unref(p->conf);
+            free(p);
+            return NULL;
+        }
+    }
+    if (!p->groups) {
+        snprintf(err, errlen, "out of memory");
+        conf_unref(p->conf);
+        free(p);
+        return NULL;
+    }
     p->nworkers = conf->workers;
     p->workers = calloc(p->nworkers, sizeof *p->workers);
     if (!p->workers) {
         snprintf(err, errlen, "out of memory");
+        free_groups(p);
         conf_unref(p->conf);
         free(p);
         return NULL;
@@ -1719,6 +1852,7 @@ struct proxy *proxy_start(struct conf *conf, char *err, size_t errlen)
             for (uint32_t j = 0; j <= i; j++)
                 worker_free(&p->workers[j]);
             free(p->workers);
+            free_groups(p);
             conf_unref(p->conf);
             free(p);
             return NULL;
@@ -1736,11 +1870,16 @@ struct proxy *proxy_start(struct conf *conf, char *err, size_t errlen)
             for (uint32_t j = 0; j < p->nworkers; j++)
                 worker_free(&p->workers[j]);
             free(p->workers);
+            free_groups(p);
             conf_unref(p->conf);
             free(p);
             return NULL;
         }
     }
+    /* one health checker for the process, whatever the number of workers */
+    int hrc = balance_health_start(p->groups, conf->nupstreams);
+    if (hrc < 0)
+        log_error("health checks not started: %s", strerror(-hrc));
     return p;
 }
 
@@ -1755,9 +1894,11 @@ void proxy_wait(struct proxy *p)
 {
     for (uint32_t i = 0; i < p->nworkers; i++)
         pthread_join(p->workers[i].thread, NULL);
+    balance_health_stop();
     for (uint32_t i = 0; i < p->nworkers; i++)
         worker_free(&p->workers[i]);
     free(p->workers);
+    free_groups(p);
     conf_unref(p->conf);
     free(p);
 }

@@ -877,20 +877,6 @@ static void cookie_value(void **state)
     assert_null(balance_cookie_value("", 0, "a", 1, &n));
 }
 
-static void compat_balance_pick(void **state)
-{
-    (void)state;
-    struct conf_upstream *u = upstream(CONF_BALANCE_WEIGHTED, 2,
-                                       (struct spec[]){ { .weight = 2 }, { .weight = 1 } });
-    struct balance_cursor cur = { 0, 0 };
-    uint32_t seq[6];
-    for (int i = 0; i < 6; i++)
-        seq[i] = balance_pick(u, &cur, UINT32_MAX);
-    uint32_t want[6] = { 0, 0, 1, 0, 0, 1 };
-    assert_memory_equal(seq, want, sizeof want);
-    assert_int_equal(balance_pick(u, &cur, 0), 1);
-    upstream_free(u);
-}
 
 /* ---------------------------------------------------------------- configuration */
 
@@ -1074,7 +1060,6 @@ int main(void)
         cmocka_unit_test(health_checker_marks_down_and_up),
         cmocka_unit_test(health_checker_expect_list_and_timeout),
         cmocka_unit_test(cookie_value),
-        cmocka_unit_test(compat_balance_pick),
         cmocka_unit_test(conf_upstream_keys),
         cmocka_unit_test(conf_upstream_errors),
     };
