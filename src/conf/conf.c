@@ -103,6 +103,8 @@ int conf_parse_size(const char *s, uint64_t *bytes)
     return 0;
 }
 
+bool conf_resolve_names = true;
+
 bool conf_parse_addr(const char *s, struct conf_addr *out, char *err, size_t errlen)
 {
     char host[256];
@@ -138,10 +140,11 @@ bool conf_parse_addr(const char *s, struct conf_addr *out, char *err, size_t err
     if (!strcmp(host, "*"))
         strcpy(host, "0.0.0.0");
     struct addrinfo hints = { .ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM,
-                              .ai_flags = AI_NUMERICSERV | AI_ADDRCONFIG };
+                              .ai_flags = AI_NUMERICSERV | AI_ADDRCONFIG |
+                                          (conf_resolve_names ? 0 : AI_NUMERICHOST) };
     struct addrinfo *ai = NULL;
     int rc = getaddrinfo(host, port, &hints, &ai);
-    if (rc != 0 && (hints.ai_flags = AI_NUMERICSERV, rc = getaddrinfo(host, port, &hints, &ai)) != 0) {
+    if (rc != 0 && (hints.ai_flags &= ~AI_ADDRCONFIG, rc = getaddrinfo(host, port, &hints, &ai)) != 0) {
         snprintf(err, errlen, "cannot resolve \"%s\": %s", host, gai_strerror(rc));
         return false;
     }

@@ -129,6 +129,10 @@ struct conf *conf_load_string(const char *name, const char *text, size_t len,
 struct conf *conf_ref(struct conf *c);
 void conf_unref(struct conf *c);
 
+/* Whether conf_parse_addr() may resolve host names (default true). The
+ * config fuzzer turns it off: a lookup per input would stall it on DNS. */
+extern bool conf_resolve_names;
+
 /* Parse "host:port", "[v6]:port" or "*:port" (resolving host names). */
 bool conf_parse_addr(const char *s, struct conf_addr *out, char *err, size_t errlen);
 /* Value parsers shared with the tests: 0 on success, -1 if malformed. */
