@@ -1586,7 +1586,9 @@ static void listener_io(struct loop *l, struct loop_io *io, unsigned ev)
     (void)ev;
     struct listener *ls = container_of(io, struct listener, io);
     struct worker *w = ls->w;
-    for (int i = 0; i < 64 && !w->draining; i++) {
+    /* Edge-triggered: accept until the queue is empty, or connections that
+     * arrived in the same burst would wait for the next one. */
+    while (!w->draining) {
         struct client tmp;
         socklen_t alen = sizeof tmp.peer;
         int fd = accept4(io->fd, &tmp.peer.sa, &alen, SOCK_NONBLOCK | SOCK_CLOEXEC);
