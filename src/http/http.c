@@ -233,7 +233,7 @@ static int interpret(struct http_msg *m, bool is_request, int err)
     bool cl_seen = false, te_chunked_last = false, te_bad = false, te_unknown = false;
     uint64_t cl = 0;
     int nchunked = 0;
-    m->has_cl = m->has_te = m->conn_upgrade = m->has_upgrade = false;
+    m->has_cl = m->has_te = m->conn_upgrade = m->has_upgrade = m->conn_other = false;
     bool conn_close = false, conn_keep = false;
 
     for (uint32_t i = 0; i < m->nheaders; i++) {
@@ -300,6 +300,8 @@ static int interpret(struct http_msg *m, bool is_request, int err)
                     conn_keep = true;
                 else if (NAME_IS(e, n, "upgrade"))
                     m->conn_upgrade = true;
+                else
+                    m->conn_other = true;
             }
             break;
         case HTTP_H_UPGRADE:

@@ -72,6 +72,8 @@ struct http_msg {
     uint64_t content_length;        /* when body == HTTP_BODY_LENGTH */
     bool keep_alive;                /* persistence after this message */
     bool conn_upgrade;              /* Connection lists "upgrade" */
+    bool conn_other;                /* Connection lists a token other than close,
+                                       keep-alive, upgrade: a header to drop */
     bool has_upgrade;               /* an Upgrade header is present */
     bool has_cl, has_te;
     int status;                     /* on HTTP_ERROR: the status to answer */

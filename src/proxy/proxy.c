@@ -219,6 +219,18 @@ static size_t make_request_id(struct worker *w, char *out)
 
 static size_t peer_text(const struct client *c, char *out, size_t len)
 {
+    if (c->peer.sa.sa_family == AF_INET && len >= 16) {
+        /* the common case, without inet_ntop's printf machinery */
+        const uint8_t *b = (const uint8_t *)&c->peer.v4.sin_addr;
+        size_t n = 0;
+        for (int i = 0; i < 4; i++) {
+            if (i)
+                out[n++] = '.';
+            n += put_u64(out + n, b[i]);
+        }
+        out[n] = '\0';
+        return n;
+    }
     const void *a = c->peer.sa.sa_family == AF_INET6 ? (const void *)&c->peer.v6.sin6_addr
                                                       : (const void *)&c->peer.v4.sin_addr;
     if (!inet_ntop(c->peer.sa.sa_family, a, out, (socklen_t)len))
@@ -779,7 +791,8 @@ static bool is_hop_by_hop(const struct http_msg *m, uint32_t i)
     case HTTP_H_HTTP2_SETTINGS:
         return true;
     default:
-        return http_connection_lists(m, m->headers[i].name, m->headers[i].name_len);
+        return m->conn_other &&
+               http_connection_lists(m, m->headers[i].name, m->headers[i].name_len);
     }
 }
 
