@@ -22,7 +22,7 @@ import statistics
 import sys
 import time
 
-PROXIES = ("portico", "nginx", "haproxy")
+PROXIES = ("portico", "portico3", "nginx", "haproxy")
 SIZES = ("small", "32k")
 EXPECTED_BODY = {"small": 13, "32k": 32768}
 
@@ -261,6 +261,19 @@ def cmd_report(results_path, idle_path):
                      fmt_ratio(pm["p99"] / best_p99 if best_p99 else None)])
     print(table(["size", "cpu us/req", "req/s", "p99"], rows))
     print()
+
+    rows = []
+    for size in SIZES:
+        one, three = med.get(("portico", size)), med.get(("portico3", size))
+        if one and three and one["cpu_us"]:
+            rows.append([size, fmt_ratio(three["cpu_us"] / one["cpu_us"]),
+                         fmt_ratio(three["rps"] / one["rps"] if one["rps"] else None)])
+    if rows:
+        print("portico3 (three servers, weighted, active + passive health checks) / portico (one server):")
+        print("the CPU per request that balancing and health checking add; target below 1.05x")
+        print()
+        print(table(["size", "cpu us/req", "req/s"], rows))
+        print()
 
     idle = read_tsv(idle_path)
     if idle:

@@ -40,7 +40,7 @@ ROUNDS=${BENCH_ROUNDS:-3}
 WARMUP=${BENCH_WARMUP:-1}; WARMUP=${WARMUP%s}
 IDLE_CONNS=${BENCH_IDLE_CONNS:-9000}
 IDLE_WINDOW=${BENCH_IDLE_WINDOW:-256}
-PROXIES=${BENCH_PROXIES:-portico nginx haproxy}
+PROXIES=${BENCH_PROXIES:-portico portico3 nginx haproxy}
 PORTICO_BIN=${PORTICO_BIN:-$ROOT/build/portico}
 OUT=${BENCH_OUT:-$ROOT/build/bench}
 PROXY_CPU=${BENCH_PROXY_CPU:-0}
@@ -55,7 +55,7 @@ for v in DURATION CONNS ROUNDS WARMUP IDLE_CONNS IDLE_WINDOW PROXY_CPU LOAD_CPU;
 done
 [ "$DURATION" -ge 1 ] && [ "$ROUNDS" -ge 1 ] && [ "$CONNS" -ge 1 ] || die "duration, rounds and connections must be >= 1"
 for p in $PROXIES; do
-    case $p in portico|nginx|haproxy) ;; *) die "unknown proxy '$p' in BENCH_PROXIES" ;; esac
+    case $p in portico|portico3|nginx|haproxy) ;; *) die "unknown proxy '$p' in BENCH_PROXIES" ;; esac
 done
 [ -x "$PY" ] || die "$PY not found"
 for t in wrk nginx haproxy taskset; do
@@ -180,6 +180,9 @@ start_upstream() {
     mkdir -p "$d/tmp" "$d/www" "$d/logs"
     "${LIB[@]}" mkfile "$d/www/32k" 32768 || die "cannot write the 32 KiB file"
     port=$(free_port) || die "no free port"
+    # two more ports on the same upstream process: portico3's group of three
+    UPSTREAM_PORT2=$(free_port) || die "no free port"
+    UPSTREAM_PORT3=$(free_port) || die "no free port"
     cat >"$d/nginx.conf" <<EOF
 # shared upstream for every proxy under test
 daemon off;
@@ -204,6 +207,8 @@ http {
     open_file_cache max=16 inactive=600s;
     server {
         listen 127.0.0.1:$port backlog=4096;
+        listen 127.0.0.1:$UPSTREAM_PORT2 backlog=4096;
+        listen 127.0.0.1:$UPSTREAM_PORT3 backlog=4096;
         root $d/www;
         location = /small { default_type text/plain; return 200 "hello world!\n"; }
         location = /32k { }
@@ -308,6 +313,31 @@ routes:
 EOF
 }
 
+write_portico3_conf() {  # DIR PORT: the same, over a group of three with health checks
+    local d=$1 port=$2
+    cat >"$d/portico.yaml" <<EOF
+# portico under test: one worker, a balanced group of three servers with
+# active (1s) and passive health checks: what balancing costs per request
+listen: [ "127.0.0.1:$port" ]
+workers: 1
+
+upstreams:
+  bench:
+    balance: weighted
+    servers:
+      - { address: "127.0.0.1:$UPSTREAM_PORT", weight: 2 }
+      - { address: "127.0.0.1:$UPSTREAM_PORT2" }
+      - { address: "127.0.0.1:$UPSTREAM_PORT3" }
+    keepalive: 64
+    health: { path: /small, interval: 1s, timeout: 1s }
+    passive: { max_fails: 3, fail_timeout: 10s }
+
+routes:
+  - match: { prefix: / }
+    upstream: bench
+EOF
+}
+
 start_proxy() {         # start_proxy NAME TAG: sets PID_OF[NAME] PORT_OF[NAME], or WHY_NOT[NAME]
     local name=$1 tag=$2 d port pid
     d=$WORK/$name-$tag
@@ -321,13 +351,14 @@ start_proxy() {         # start_proxy NAME TAG: sets PID_OF[NAME] PORT_OF[NAME],
         haproxy)
             write_haproxy_conf "$d" "$port"
             spawn "$d/stdout.log" taskset -c "$PROXY_CPU" haproxy -f "$d/haproxy.cfg" -db ;;
-        portico)
+        portico|portico3)
             if [ ! -x "$PORTICO_BIN" ]; then
                 WHY_NOT[$name]="$PORTICO_BIN not found (make all)"
-                say "portico unavailable: ${WHY_NOT[$name]}"
+                say "$name unavailable: ${WHY_NOT[$name]}"
                 return 1
             fi
-            write_portico_conf "$d" "$port"
+            if [ "$name" = portico3 ]; then write_portico3_conf "$d" "$port"
+            else write_portico_conf "$d" "$port"; fi
             spawn "$d/stdout.log" taskset -c "$PROXY_CPU" "$PORTICO_BIN" -c "$d/portico.yaml" ;;
     esac
     pid=$BG_PID
@@ -418,7 +449,7 @@ version_of() {
     case $1 in
         nginx) nginx -v 2>&1 | sed 's/^nginx version: //' ;;
         haproxy) haproxy -v 2>&1 | head -n1 | awk '{print "haproxy/" $3}' ;;
-        portico)
+        portico|portico3)
             if [ ! -x "$PORTICO_BIN" ]; then echo "(not built: $PORTICO_BIN)"
             elif out=$(timeout 5 "$PORTICO_BIN" --version 2>&1); then echo "${out%%$'\n'*}"
             else echo "(--version failed: ${out%%$'\n'*})"; fi ;;
@@ -448,6 +479,7 @@ echo
 if [ "$IDLE_CONNS" -gt 0 ]; then
     echo "Idle keep-alive connections: $IDLE_CONNS per proxy ($IDLE_WINDOW opening at once), fresh instance each"
     for p in $PROXIES; do
+        [ "$p" = portico3 ] && continue     # the same binary: one idle test is enough
         if ! start_proxy "$p" idle; then
             printf '%s\tfail\t0\t0\t0\t0\t0\t0\t%s\n' "$p" "${WHY_NOT[$p]:-did not start}" >>"$IDLE"
             printf '  %-8s unavailable\n' "$p"
