@@ -453,6 +453,8 @@ int http_parse_request(const char *buf, size_t len, struct http_request *req,
         return HTTP_AGAIN;
     if (p == t || *p != ' ')
         return fail(m, 400, "invalid request-target");
+    if (memchr(t, '#', (size_t)(p - t)))
+        return fail(m, 400, "fragment in request-target");   /* RFC 9112 3.2 */
     req->target = t;
     req->target_len = (uint32_t)(p - t);
     p++;
@@ -543,12 +545,13 @@ int http_parse_request(const char *buf, size_t len, struct http_request *req,
     }
     if (nhost > 1)
         return fail(m, 400, "more than one Host");
-    if (nhost == 1 && !valid_host(host_hdr, host_hdr_len) &&
-        !(host_hdr_len == 0 && req->host))
+    /* An empty Host is valid (RFC 9112 3.2: a target without an authority);
+     * it just names no host to route on. */
+    if (nhost == 1 && host_hdr_len && !valid_host(host_hdr, host_hdr_len))
         return fail(m, 400, "invalid Host");
     if (nhost == 0 && m->minor >= 1)
         return fail(m, 400, "missing Host");
-    if (!req->host && nhost == 1) {
+    if (!req->host && nhost == 1 && host_hdr_len) {
         req->host = host_hdr;
         req->host_len = host_hdr_len;
     }

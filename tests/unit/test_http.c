@@ -676,7 +676,7 @@ static void req_host(void **state)
     REJECT_REQ("GET / HTTP/1.0\r\nHost: a\r\nhost: a\r\n\r\n", 400);
 
     static const char *const bad[] = {
-        "", "a b", "a/b", "a@b", "a\\b", "a?b", "a#b", "a\"b", "a<b", "[::1", "[::1]x",
+        "a b", "a/b", "a@b", "a\\b", "a?b", "a#b", "a\"b", "a<b", "[::1", "[::1]x",
         "[::g]", "a:8x", "a:-1", "a:80:80", "caf\xc3\xa9", "a\tb",
     };
     static const char *const good[] = {
@@ -1409,6 +1409,12 @@ static void request_strict_cl_list_and_host(void **state)
     assert_int_equal(preq("GET / HTTP/1.1\r\nHost: :80\r\n\r\n", &r), HTTP_ERROR);
     assert_int_equal(r.m.status, 400);
     assert_true(preq("GET / HTTP/1.1\r\nHost: [::1]:80\r\n\r\n", &r) > 0);
+    /* an empty Host is valid and names no host */
+    assert_true(preq("GET / HTTP/1.1\r\nHost:\r\n\r\n", &r) > 0);
+    assert_null(r.host);
+    /* no fragment in a request-target */
+    assert_int_equal(preq("GET /a#b HTTP/1.1\r\nHost: x\r\n\r\n", &r), HTTP_ERROR);
+    assert_int_equal(r.m.status, 400);
 }
 
 int main(void)
