@@ -1196,7 +1196,8 @@ static int response_head(struct exchange *x)
         if (x->tunnel) {
             x->req_body = REQ_TUNNEL;
             x->req_done = false;
-            x->resp_body = HTTP_BODY_CLOSE;
+            x->resp_body = HTTP_BODY_CLOSE;    /* bytes flow until either side closes */
+            x->resp_done = false;
             x->client_keep = x->upstream_keep = false;
         }
         /* the request head is no longer needed for a retry */
