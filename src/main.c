@@ -1,4 +1,5 @@
 /* main.c: command line, signals, start and stop. */
+#include "admin/admin.h"
 #include "conf/conf.h"
 #include "core/log.h"
 #include "proxy/proxy.h"
@@ -80,8 +81,17 @@ int main(int argc, char **argv)
         conf_unref(conf);
         return 1;
     }
-    log_info("portico %s: %u workers, listening on %s%s", PORTICO_VERSION, conf->workers,
-             conf->listen[0].text, conf->nlisten > 1 ? " and more" : "");
+    struct admin *admin = NULL;
+    if (conf->admin_enabled && !(admin = admin_start(p, err, sizeof err))) {
+        log_error("%s", err);
+        proxy_shutdown(p);
+        proxy_wait(p);
+        conf_unref(conf);
+        return 1;
+    }
+    log_info("portico %s: %u workers, listening on %s%s%s%s", PORTICO_VERSION, conf->workers,
+             conf->listen[0].text, conf->nlisten > 1 ? " and more" : "",
+             admin ? ", admin on " : "", admin ? conf->admin_listen.text : "");
 
     for (;;) {
         int sig = 0;
@@ -93,6 +103,7 @@ int main(int argc, char **argv)
         }
         log_info("signal %d ignored", sig);
     }
+    admin_stop(admin);
     proxy_shutdown(p);
     proxy_wait(p);
     conf_unref(conf);

@@ -580,6 +580,47 @@ static bool load_route(struct ctx *x, struct conf *c, yaml_node_t *m, const char
     return true;
 }
 
+/* admin: { listen: "127.0.0.1:9901", token_file: /etc/portico/admin.token } */
+static bool load_admin(struct ctx *x, yaml_node_t *m, struct conf *c)
+{
+    if (!expect_map(x, m, "admin"))
+        return false;
+    c->admin_enabled = true;
+    conf_parse_addr("127.0.0.1:9901", &c->admin_listen, x->err, x->errlen);
+    FOR_PAIRS(x, m, k, v) {
+        char kp[256];
+        join(kp, sizeof kp, "admin", k);
+        if (!strcmp(k, "listen")) {
+            if (!get_addr(x, v, kp, &c->admin_listen))
+                return false;
+        } else if (!strcmp(k, "token_file")) {
+            const char *path = scalar(v);
+            if (!path || !*path)
+                return bad(x, v, kp, "expected a file name");
+            FILE *f = fopen(path, "r");
+            if (!f)
+                return bad(x, v, kp, "%s: %s", path, strerror(errno));
+            char tok[512];
+            size_t n = fread(tok, 1, sizeof tok - 1, f);
+            fclose(f);
+            tok[n] = '\0';
+            while (n && (tok[n - 1] == '\n' || tok[n - 1] == '\r' || tok[n - 1] == ' ' || tok[n - 1] == '\t'))
+                tok[--n] = '\0';
+            if (n < 16)
+                return bad(x, v, kp, "%s: the token must be at least 16 characters", path);
+            for (size_t i = 0; i < n; i++)
+                if ((unsigned char)tok[i] <= 0x20 || (unsigned char)tok[i] >= 0x7f)
+                    return bad(x, v, kp, "%s: the token must be one line of visible ASCII", path);
+            free(c->admin_token);
+            if (!(c->admin_token = strdup(tok)))
+                return bad(x, v, kp, "out of memory");
+        } else {
+            return unknown(x, p_, "admin", k);
+        }
+    }
+    return true;
+}
+
 static bool load_root(struct ctx *x, struct conf *c, yaml_node_t *root)
 {
     if (!root)
@@ -594,6 +635,7 @@ static bool load_root(struct ctx *x, struct conf *c, yaml_node_t *root)
         else if (!strcmp(k, "routes")) routes = v;
         else if (!strcmp(k, "limits")) ok = load_limits(x, v, "limits", &c->limits);
         else if (!strcmp(k, "shutdown_timeout")) ok = get_timeout(x, v, k, &c->shutdown_timeout);
+        else if (!strcmp(k, "admin")) ok = load_admin(x, v, c);
         else if (!strcmp(k, "workers")) {
             const char *s = scalar(v);
             if (s && !strcmp(s, "auto")) {
@@ -690,6 +732,7 @@ static void conf_free(struct conf *c)
     free(c->upstreams);
     free(c->routes);
     free(c->listen);
+    free(c->admin_token);
     free(c->path);
     free(c);
 }

@@ -25,6 +25,7 @@
 #include "core/log.h"
 #include "core/loop.h"
 #include "http/http.h"
+#include "obs/obs.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -38,6 +39,7 @@
 #include <sys/random.h>
 #include <sys/socket.h>
 #include <sys/uio.h>
+#include <time.h>
 #include <unistd.h>
 
 #define container_of(p, T, m) ((T *)(void *)((char *)(p) - offsetof(T, m)))
@@ -98,6 +100,9 @@ struct exchange {
     bool idempotent;                /* GET HEAD OPTIONS PUT DELETE TRACE: may be re-sent */
     uint32_t attempts;              /* attempts after the first */
     uint64_t tried[BALANCE_TRIED_WORDS];
+    uint64_t t0_us, up_t0_us;       /* request start; current attempt's start */
+    char method[8];                 /* for metrics: the method, truncated */
+    uint8_t method_len;
     uint16_t key_len;               /* hash key (ip or hash_key), kept for retries */
     char key[256];
     struct buf *uhead;          /* request head for the upstream; kept for a retry */
@@ -145,6 +150,7 @@ struct worker {
     struct listener *listeners;
     uint32_t nlisteners;
     struct buf_pool bufs;
+    struct obs_worker *obs;
     struct upool *pools;        /* [pool_base[u] + server] */
     uint32_t *pool_base;
     struct balance_worker **bw;     /* [upstream index] */
@@ -195,6 +201,13 @@ static size_t put_u64(char *dst, uint64_t v)
     for (size_t i = 0; i < n; i++)
         dst[i] = tmp[n - 1 - i];
     return n;
+}
+
+static uint64_t now_us(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
 }
 
 static uint64_t splitmix(uint64_t *s)
@@ -511,6 +524,7 @@ static bool upstream_attach(struct exchange *x, bool fresh, int fail_status)
             x->u = u;
             x->uhead_sent = 0;
             x->req_sent = false;
+            x->up_t0_us = now_us();
             if (!u->connecting)
                 loop_timer_arm(w->loop, &u->timer, up->response_timeout);
             return true;
@@ -535,6 +549,7 @@ static void attempt_failed(struct exchange *x, const char *why, int status, bool
 {
     const struct conf_upstream *up = x->route->upstream;
     log_warn("upstream %s %s: %s", up->name, up->servers[x->server].addr.text, why);
+    obs_add(&x->c->w->obs->upstreams[up->index].errors, 1);
     if (x->u)
         uconn_close(x->u);
     attempt_end(x, true, false);
@@ -559,6 +574,9 @@ static void exchange_free(struct exchange *x, bool upstream_keep)
 {
     struct worker *w = x->c->w;
     attempt_end(x, false, false);
+    /* a request that ends without a status: the client went away (nginx's 499) */
+    obs_request(w->obs, (uint32_t)(x->route - x->conf->routes), x->method, x->method_len,
+                x->status ? x->status : 499, now_us() - x->t0_us);
     if (x->u) {
         struct uconn *u = x->u;
         x->u = NULL;
@@ -591,6 +609,7 @@ static void client_close(struct client *c)
     if (c->next)
         c->next->prev = c->prev;
     w->nclients--;
+    obs_add(&w->obs->conns_closed, 1);
     atomic_fetch_sub_explicit(&w->p->nconns, 1, memory_order_relaxed);
     client_free_later(c);
 }
@@ -623,6 +642,7 @@ static bool client_flush(struct client *c)
             return false;
         }
         size_t done = (size_t)w;
+        obs_add(&c->w->obs->bytes_out, done);
         if ((size_t)w < want)
             c->writable = false;
         size_t a = done < outlen ? done : outlen;
@@ -676,8 +696,14 @@ static void client_timeout(struct loop *l, struct loop_timer *t)
 static void client_local_response(struct client *c, int status, const char *why, bool keep)
 {
     struct worker *w = c->w;
-    if (c->x)
+    if (c->x) {
+        c->x->status = status;
         exchange_free(c->x, false);
+    } else {
+        obs_request(w->obs, UINT32_MAX, "", 0, status, 0);
+        if (status >= 400 && status < 500)
+            obs_add(&w->obs->rejected, 1);
+    }
     if (!ensure_buf(w, &c->out)) {
         client_close(c);
         return;
@@ -1018,6 +1044,9 @@ static void exchange_start(struct client *c, const struct http_request *r, size_
     c->state = C_EXCHANGE;
 
     x->group = w->p->groups[rt->upstream->index];
+    x->t0_us = now_us();
+    x->method_len = (uint8_t)(r->method_len < sizeof x->method ? r->method_len : sizeof x->method);
+    memcpy(x->method, r->method, x->method_len);
     x->idempotent = is_idempotent(r->method, r->method_len);
     balance_key(x, r);
     if (!(x->uhead = buf_get(&w->bufs)) || !build_request_head(x, r, x->uhead)) {
@@ -1074,6 +1103,8 @@ static void client_read_head(struct client *c)
             return;
         }
         ssize_t n = read_into(c->io.fd, c->in, &c->readable, c->hup);
+        if (n > 0)
+            obs_add(&w->obs->bytes_in, (uint64_t)n);
         if (n == 0 || n == -2) {
             /* closed: quietly if between requests, otherwise it gave up */
             client_close(c);
@@ -1125,6 +1156,7 @@ static int response_head(struct exchange *x)
         }
         x->status = r.status;
         x->tunnel = r.status == 101;
+        obs_upstream_time(w->obs, x->route->upstream->index, now_us() - x->up_t0_us);
         if (x->holding)
             balance_report(x->group, x->server,
                            !(r.status >= 500 && balance_fail_on_5xx(x->group)), loop_now(w->loop));
@@ -1355,6 +1387,8 @@ static void exchange_pump(struct exchange *x)
                 return;
             }
             ssize_t n = read_into(c->io.fd, c->in, &c->readable, c->hup);
+            if (n > 0)
+                obs_add(&w->obs->bytes_in, (uint64_t)n);
             if (n > 0) {
                 progress = true;
                 if (!x->tunnel)
@@ -1385,6 +1419,8 @@ static void exchange_pump(struct exchange *x)
                     return;
                 }
                 ssize_t n = read_into(c->io.fd, c->in, &c->readable, c->hup);
+                if (n > 0)
+                    obs_add(&w->obs->bytes_in, (uint64_t)n);
                 if (n == 0 || n == -2) {
                     client_close(c);
                     return;
@@ -1647,6 +1683,7 @@ static void listener_io(struct loop *l, struct loop_io *io, unsigned ev)
             c->next->prev = c;
         w->clients = c;
         w->nclients++;
+        obs_add(&w->obs->conns_total, 1);
         /* the first bytes are usually there already (or will be soon) */
         loop_timer_arm(l, &c->timer, w->conf->limits.header_timeout);
     }
@@ -1755,6 +1792,7 @@ static void worker_free(struct worker *w)
         if (w->listeners[i].io.fd >= 0)
             close(w->listeners[i].io.fd);
     buf_pool_drain(&w->bufs);
+    obs_worker_free(w->obs);
     free(w->listeners);
     free(w->pools);
     free(w->pool_base);
@@ -1782,6 +1820,10 @@ static bool worker_init(struct proxy *p, struct worker *w, uint32_t id, char *er
     if (bufsize < 32768)
         bufsize = 32768;
     buf_pool_init(&w->bufs, bufsize, 256);
+    if (!(w->obs = obs_worker_new(c))) {
+        snprintf(err, errlen, "out of memory");
+        return false;
+    }
     w->lim = (struct http_limits){ c->limits.max_request_line, c->limits.max_header_bytes,
                                    c->limits.max_headers };
     w->hdrs = calloc(c->limits.max_headers, sizeof *w->hdrs);
@@ -1917,4 +1959,19 @@ void proxy_wait(struct proxy *p)
     free_groups(p);
     conf_unref(p->conf);
     free(p);
+}
+
+const struct conf *proxy_conf(const struct proxy *p) { return p->conf; }
+
+size_t proxy_obs(const struct proxy *p, struct obs_worker **out, size_t max)
+{
+    size_t n = 0;
+    for (uint32_t i = 0; i < p->nworkers && n < max; i++)
+        out[n++] = p->workers[i].obs;
+    return n;
+}
+
+struct balance_group *proxy_group(const struct proxy *p, uint32_t upstream)
+{
+    return upstream < p->conf->nupstreams ? p->groups[upstream] : NULL;
 }

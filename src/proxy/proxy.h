@@ -11,6 +11,7 @@
 #define PORTICO_PROXY_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 struct conf;
 struct proxy;
@@ -23,5 +24,13 @@ struct proxy *proxy_start(struct conf *conf, char *err, size_t errlen);
 void proxy_shutdown(struct proxy *p);
 /* Wait for the workers to exit and free everything. */
 void proxy_wait(struct proxy *p);
+
+/* For the admin listener (any thread, until proxy_wait()): the running
+ * configuration, each worker's metrics, and each upstream's group. */
+struct obs_worker;
+struct balance_group;
+const struct conf *proxy_conf(const struct proxy *p);
+size_t proxy_obs(const struct proxy *p, struct obs_worker **out, size_t max);
+struct balance_group *proxy_group(const struct proxy *p, uint32_t upstream);
 
 #endif

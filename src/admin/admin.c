@@ -1,0 +1,338 @@
+/* admin/admin.c: see admin.h. */
+#include "admin.h"
+
+#include "balance/balance.h"
+#include "conf/conf.h"
+#include "core/log.h"
+#include "core/loop.h"
+#include "http/http.h"
+#include "obs/obs.h"
+#include "proxy/proxy.h"
+
+#include <errno.h>
+#include <poll.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <sys/socket.h>
+#include <sys/time.h>
+#include <unistd.h>
+
+#define ADMIN_MAX_REQUEST 8192
+#define ADMIN_IO_TIMEOUT_MS 2000
+#define ADMIN_MAX_WORKERS 256
+
+struct admin {
+    struct proxy *p;
+    int fd, stopfd;
+    pthread_t thread;
+    uint64_t started_ms;
+};
+
+static void respond(int fd, int status, const char *ctype, const char *body, size_t len,
+                    const char *extra)
+{
+    char head[512];
+    int n = snprintf(head, sizeof head,
+                     "HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %zu\r\n"
+                     "Cache-Control: no-store\r\n%sConnection: close\r\n\r\n",
+                     status, http_reason(status), ctype, len, extra ? extra : "");
+    struct iovec iov[2] = { { head, (size_t)n }, { (void *)body, len } };
+    struct msghdr msg = { .msg_iov = iov, .msg_iovlen = 2 };
+    size_t left = (size_t)n + len;
+    while (left) {
+        ssize_t w = sendmsg(fd, &msg, MSG_NOSIGNAL);
+        if (w <= 0)
+            return;
+        left -= (size_t)w;
+        while (msg.msg_iovlen && (size_t)w >= msg.msg_iov[0].iov_len) {
+            w -= (ssize_t)msg.msg_iov[0].iov_len;
+            msg.msg_iov++;
+            msg.msg_iovlen--;
+        }
+        if (msg.msg_iovlen) {
+            msg.msg_iov[0].iov_base = (char *)msg.msg_iov[0].iov_base + w;
+            msg.msg_iov[0].iov_len -= (size_t)w;
+        }
+    }
+}
+
+static void text(int fd, int status, const char *body)
+{
+    respond(fd, status, "text/plain; charset=utf-8", body, strlen(body), NULL);
+}
+
+static const char *state_name(enum balance_state s)
+{
+    switch (s) {
+    case BALANCE_UP: return "up";
+    default: return "down";
+    }
+}
+
+static bool ready(struct admin *a)
+{
+    const struct conf *c = proxy_conf(a->p);
+    uint64_t now = loop_clock_ms();
+    for (uint32_t u = 0; u < c->nupstreams; u++) {
+        struct balance_group *g = proxy_group(a->p, u);
+        bool any = false;
+        for (uint32_t s = 0; s < balance_group_size(g) && !any; s++)
+            any = balance_server_state(g, (int)s, now) == BALANCE_UP;
+        if (!any)
+            return false;
+    }
+    return true;
+}
+
+static void upstream_metrics(struct admin *a, struct obs_text *t)
+{
+    const struct conf *c = proxy_conf(a->p);
+    uint64_t now = loop_clock_ms();
+    obs_printf(t, "# HELP portico_upstream_up Whether a server is in service (1) or out (0).\n"
+                  "# TYPE portico_upstream_up gauge\n");
+    for (uint32_t u = 0; u < c->nupstreams; u++) {
+        struct balance_group *g = proxy_group(a->p, u);
+        for (uint32_t s = 0; s < balance_group_size(g); s++)
+            obs_printf(t, "portico_upstream_up{upstream=\"%s\",server=\"%s\"} %d\n",
+                       balance_group_name(g), balance_server_name(g, (int)s),
+                       balance_server_state(g, (int)s, now) == BALANCE_UP);
+    }
+    obs_printf(t, "# HELP portico_upstream_active_requests Requests in flight per server.\n"
+                  "# TYPE portico_upstream_active_requests gauge\n");
+    for (uint32_t u = 0; u < c->nupstreams; u++) {
+        struct balance_group *g = proxy_group(a->p, u);
+        for (uint32_t s = 0; s < balance_group_size(g); s++)
+            obs_printf(t, "portico_upstream_active_requests{upstream=\"%s\",server=\"%s\"} %u\n",
+                       balance_group_name(g), balance_server_name(g, (int)s),
+                       balance_server_active(g, (int)s));
+    }
+    obs_printf(t, "# HELP portico_upstream_state_changes_total Times a server went up or down.\n"
+                  "# TYPE portico_upstream_state_changes_total counter\n");
+    for (uint32_t u = 0; u < c->nupstreams; u++) {
+        struct balance_group *g = proxy_group(a->p, u);
+        for (uint32_t s = 0; s < balance_group_size(g); s++)
+            obs_printf(t, "portico_upstream_state_changes_total{upstream=\"%s\",server=\"%s\"} %llu\n",
+                       balance_group_name(g), balance_server_name(g, (int)s),
+                       (unsigned long long)balance_server_changes(g, (int)s));
+    }
+}
+
+static void status_json(struct admin *a, struct obs_text *t)
+{
+    struct obs_worker *ws[ADMIN_MAX_WORKERS];
+    size_t n = proxy_obs(a->p, ws, ADMIN_MAX_WORKERS);
+    struct obs_totals tot;
+    obs_totals(ws, n, &tot);
+    const struct conf *c = proxy_conf(a->p);
+    uint64_t now = loop_clock_ms();
+    obs_printf(t, "{\"uptime_seconds\":%.3f,\"workers\":%zu,\"requests\":%llu,\"errors_4xx\":%llu,"
+                  "\"errors_5xx\":%llu,\"connections_active\":%llu,\"connections_total\":%llu,"
+                  "\"bytes_in\":%llu,\"bytes_out\":%llu,\"duration_sum_seconds\":%.6f,"
+                  "\"duration_buckets\":[",
+               (double)(now - a->started_ms) / 1000.0, n, (unsigned long long)tot.requests,
+               (unsigned long long)tot.errors_4xx, (unsigned long long)tot.errors_5xx,
+               (unsigned long long)tot.conns_active, (unsigned long long)tot.conns_total,
+               (unsigned long long)tot.bytes_in, (unsigned long long)tot.bytes_out,
+               (double)tot.duration_sum_us / 1e6);
+    for (unsigned i = 0; i <= OBS_NBUCKETS; i++) {
+        if (i < OBS_NBUCKETS)
+            obs_printf(t, "%s{\"le\":%g,\"count\":%llu}", i ? "," : "", obs_bucket_bounds[i],
+                       (unsigned long long)tot.duration_bucket[i]);
+        else
+            obs_printf(t, ",{\"le\":\"+Inf\",\"count\":%llu}", (unsigned long long)tot.duration_bucket[i]);
+    }
+    obs_printf(t, "],\"upstreams\":[");
+    for (uint32_t u = 0; u < c->nupstreams; u++) {
+        struct balance_group *g = proxy_group(a->p, u);
+        obs_printf(t, "%s{\"name\":\"%s\",\"servers\":[", u ? "," : "", balance_group_name(g));
+        for (uint32_t s = 0; s < balance_group_size(g); s++)
+            obs_printf(t, "%s{\"address\":\"%s\",\"state\":\"%s\",\"backup\":%s,\"active\":%u,"
+                          "\"state_changes\":%llu}",
+                       s ? "," : "", balance_server_name(g, (int)s),
+                       state_name(balance_server_state(g, (int)s, now)),
+                       balance_server_backup(g, (int)s) ? "true" : "false",
+                       balance_server_active(g, (int)s),
+                       (unsigned long long)balance_server_changes(g, (int)s));
+        obs_printf(t, "]}");
+    }
+    obs_printf(t, "]}\n");
+}
+
+/* Constant-time comparison of the presented token. */
+static bool token_ok(const struct conf *c, const struct http_request *r)
+{
+    if (!c->admin_token)
+        return true;
+    size_t tl = strlen(c->admin_token);
+    for (uint32_t i = 0; i < r->m.nheaders; i++) {
+        const struct http_header *h = &r->m.headers[i];
+        if (h->name_len != 13 || !http_ieq(h->name, "authorization", 13))
+            continue;
+        if (h->value_len != 7 + tl || !http_ieq(h->value, "bearer ", 7))
+            return false;
+        unsigned char diff = 0;
+        for (size_t k = 0; k < tl; k++)
+            diff |= (unsigned char)(h->value[7 + k] ^ c->admin_token[k]);
+        return diff == 0;
+    }
+    return false;
+}
+
+static void serve(struct admin *a, int fd)
+{
+    struct timeval tv = { ADMIN_IO_TIMEOUT_MS / 1000, (ADMIN_IO_TIMEOUT_MS % 1000) * 1000 };
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+    char buf[ADMIN_MAX_REQUEST];
+    size_t len = 0;
+    struct http_header hdrs[64];
+    uint8_t kinds[64];
+    struct http_limits lim = { 4096, sizeof buf, 64 };
+    struct http_request r;
+    int n;
+    for (;;) {
+        ssize_t got = read(fd, buf + len, sizeof buf - len);
+        if (got <= 0)
+            return;
+        len += (size_t)got;
+        r.m.headers = hdrs;
+        r.m.kinds = kinds;
+        n = http_parse_request(buf, len, &r, &lim);
+        if (n != HTTP_AGAIN)
+            break;
+        if (len == sizeof buf) {
+            text(fd, 431, "request head too large\n");
+            return;
+        }
+    }
+    if (n < 0) {
+        text(fd, r.m.status, "bad request\n");
+        return;
+    }
+    const char *path = r.path ? r.path : "/";
+    size_t plen = r.path ? r.path_len : 1;
+    const char *q = memchr(path, '?', plen);
+    if (q)
+        plen = (size_t)(q - path);
+#define PATH_IS(lit) (plen == sizeof(lit) - 1 && memcmp(path, lit, plen) == 0)
+    bool get = r.method_len == 3 && memcmp(r.method, "GET", 3) == 0;
+    bool head = r.is_head;
+    if (!get && !head) {
+        respond(fd, 405, "text/plain", "GET only\n", 9, "Allow: GET, HEAD\r\n");
+        return;
+    }
+    if (PATH_IS("/health")) {
+        text(fd, 200, "ok\n");
+        return;
+    }
+    if (PATH_IS("/ready")) {
+        if (ready(a))
+            text(fd, 200, "ready\n");
+        else
+            text(fd, 503, "not ready: an upstream has no server up\n");
+        return;
+    }
+    const struct conf *c = proxy_conf(a->p);
+    if (!token_ok(c, &r)) {
+        respond(fd, 401, "text/plain", "unauthorized\n", 13,
+                "WWW-Authenticate: Bearer realm=\"portico admin\"\r\n");
+        return;
+    }
+    struct obs_text t = { 0 };
+    if (PATH_IS("/metrics")) {
+        struct obs_worker *ws[ADMIN_MAX_WORKERS];
+        size_t nw = proxy_obs(a->p, ws, ADMIN_MAX_WORKERS);
+        obs_expose(&t, c, ws, nw);
+        upstream_metrics(a, &t);
+        if (!t.oom)
+            respond(fd, 200, "text/plain; version=0.0.4; charset=utf-8", t.buf, head ? 0 : t.len, NULL);
+    } else if (PATH_IS("/status")) {
+        status_json(a, &t);
+        if (!t.oom)
+            respond(fd, 200, "application/json", t.buf, head ? 0 : t.len, NULL);
+    } else {
+        text(fd, 404, "not found: try /health, /ready, /metrics, /status\n");
+        return;
+    }
+    if (t.oom)
+        text(fd, 500, "out of memory\n");
+    free(t.buf);
+#undef PATH_IS
+}
+
+static void *admin_main(void *arg)
+{
+    struct admin *a = arg;
+    for (;;) {
+        struct pollfd pfd[2] = { { a->fd, POLLIN, 0 }, { a->stopfd, POLLIN, 0 } };
+        if (poll(pfd, 2, -1) < 0) {
+            if (errno == EINTR)
+                continue;
+            break;
+        }
+        if (pfd[1].revents)
+            break;
+        if (!(pfd[0].revents & POLLIN))
+            continue;
+        int fd = accept4(a->fd, NULL, NULL, SOCK_CLOEXEC);
+        if (fd < 0)
+            continue;
+        serve(a, fd);
+        close(fd);
+    }
+    return NULL;
+}
+
+struct admin *admin_start(struct proxy *p, char *err, size_t errlen)
+{
+    const struct conf *c = proxy_conf(p);
+    struct admin *a = calloc(1, sizeof *a);
+    if (!a) {
+        snprintf(err, errlen, "out of memory");
+        return NULL;
+    }
+    a->p = p;
+    a->started_ms = loop_clock_ms();
+    a->fd = socket(c->admin_listen.ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    a->stopfd = eventfd(0, EFD_CLOEXEC);
+    int one = 1;
+    if (a->fd >= 0)
+        setsockopt(a->fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    if (a->fd < 0 || a->stopfd < 0 ||
+        bind(a->fd, (const struct sockaddr *)&c->admin_listen.ss, c->admin_listen.len) < 0 ||
+        listen(a->fd, 64) < 0) {
+        snprintf(err, errlen, "admin listen %s: %s", c->admin_listen.text, strerror(errno));
+        if (a->fd >= 0)
+            close(a->fd);
+        if (a->stopfd >= 0)
+            close(a->stopfd);
+        free(a);
+        return NULL;
+    }
+    int rc = pthread_create(&a->thread, NULL, admin_main, a);
+    if (rc) {
+        snprintf(err, errlen, "admin thread: %s", strerror(rc));
+        close(a->fd);
+        close(a->stopfd);
+        free(a);
+        return NULL;
+    }
+    return a;
+}
+
+void admin_stop(struct admin *a)
+{
+    if (!a)
+        return;
+    uint64_t one = 1;
+    ssize_t w = write(a->stopfd, &one, sizeof one);
+    (void)w;
+    pthread_join(a->thread, NULL);
+    close(a->fd);
+    close(a->stopfd);
+    free(a);
+}

@@ -1,0 +1,23 @@
+/* admin/admin.h: the admin listener: liveness, readiness, Prometheus
+ * metrics and a JSON status, on its own address (default 127.0.0.1:9901).
+ *
+ * It runs in one thread of its own, one short request at a time with
+ * blocking I/O bounded by timeouts: it is for probes, scrapers and
+ * operators, never on the request path. `GET /health` and `GET /ready` are
+ * open (Kubernetes probes cannot send a token); everything else needs
+ * `Authorization: Bearer <token>` when admin.token_file is set.
+ */
+#ifndef PORTICO_ADMIN_H
+#define PORTICO_ADMIN_H
+
+#include <stddef.h>
+
+struct proxy;
+struct admin;
+
+/* Bind and start serving; NULL with err set on failure. */
+struct admin *admin_start(struct proxy *p, char *err, size_t errlen);
+/* Stop the thread and close the listener. */
+void admin_stop(struct admin *a);
+
+#endif

@@ -1,0 +1,93 @@
+/* obs/obs.h: request metrics kept per worker and summed when scraped, and
+ * their Prometheus text exposition.
+ *
+ * Each worker owns a struct obs_worker and is its only writer: updates are
+ * relaxed atomic load+store pairs (plain moves on x86, no lock prefix), so
+ * the request path pays a few instructions per metric. A scrape reads every
+ * worker's values with relaxed loads and sums them; it may see one worker a
+ * request ahead of another, never a torn value.
+ *
+ * Labels are bounded by the configuration: routes x method classes x a fixed
+ * set of status codes, so no input can grow the registry.
+ */
+#ifndef PORTICO_OBS_H
+#define PORTICO_OBS_H
+
+#include <stdatomic.h>
+#include <stddef.h>
+#include <stdint.h>
+
+struct conf;
+
+#define OBS_NBUCKETS 14             /* request duration histogram buckets (+Inf extra) */
+#define OBS_NMETHODS 9
+#define OBS_NCODES 32
+
+typedef _Atomic uint64_t obs_counter;
+
+/* Per-route counters of one worker. */
+struct obs_route {
+    obs_counter requests[OBS_NMETHODS][OBS_NCODES];
+    obs_counter duration_bucket[OBS_NBUCKETS + 1];
+    obs_counter duration_sum_us;
+    obs_counter duration_count;
+};
+
+/* Per-upstream counters of one worker. */
+struct obs_upstream {
+    obs_counter duration_bucket[OBS_NBUCKETS + 1];
+    obs_counter duration_sum_us;
+    obs_counter duration_count;
+    obs_counter errors;             /* attempts that failed (connect, timeout, reset) */
+};
+
+struct obs_worker {
+    struct obs_route *routes;       /* [conf->nroutes + 1]: the last one is "no route" */
+    struct obs_upstream *upstreams; /* [conf->nupstreams] */
+    uint32_t nroutes, nupstreams;
+    obs_counter conns_total;
+    obs_counter conns_active;       /* gauge, kept as accepted - closed */
+    obs_counter conns_closed;
+    obs_counter bytes_in, bytes_out;
+    obs_counter rejected;           /* malformed requests answered 4xx by the parser */
+};
+
+/* Allocate a worker's counters for a configuration. NULL on out of memory. */
+struct obs_worker *obs_worker_new(const struct conf *c);
+void obs_worker_free(struct obs_worker *w);
+
+static inline void obs_add(obs_counter *c, uint64_t n)
+{
+    atomic_store_explicit(c, atomic_load_explicit(c, memory_order_relaxed) + n,
+                          memory_order_relaxed);
+}
+
+/* Record one finished request: route index (nroutes for "no route"),
+ * method, status, total duration and bytes. */
+void obs_request(struct obs_worker *w, uint32_t route, const char *method, size_t method_len,
+                 int status, uint64_t duration_us);
+/* Record one upstream attempt that produced a response head. */
+void obs_upstream_time(struct obs_worker *w, uint32_t upstream, uint64_t duration_us);
+
+/* Prometheus text exposition (format 0.0.4) of the sum over `workers`, plus
+ * whatever `extra` appends (upstream health, process metrics). Returns a
+ * malloc'd NUL-terminated string, or NULL on out of memory. */
+struct obs_text {
+    char *buf;
+    size_t len, cap;
+    int oom;
+};
+void obs_printf(struct obs_text *t, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+void obs_expose(struct obs_text *t, const struct conf *c, struct obs_worker *const *workers,
+                size_t nworkers);
+
+/* Totals over workers, for the status page. */
+struct obs_totals {
+    uint64_t requests, errors_5xx, errors_4xx, conns_active, conns_total, bytes_in, bytes_out;
+    uint64_t duration_bucket[OBS_NBUCKETS + 1];
+    uint64_t duration_count, duration_sum_us;
+};
+void obs_totals(struct obs_worker *const *workers, size_t nworkers, struct obs_totals *out);
+extern const double obs_bucket_bounds[OBS_NBUCKETS];    /* seconds */
+
+#endif
