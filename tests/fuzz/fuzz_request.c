@@ -61,8 +61,10 @@ static void one(const char *buf, size_t len, const struct http_limits *lim)
     CHECK((size_t)(r.target + r.target_len - r.method) + 9 <= lim->max_request_line);
     if (r.host || r.host_len)
         CHECK(r.host_len == 0 || fz_within(buf, head, r.host, r.host_len));
-    if (r.m.minor == 1)
-        CHECK(r.host != NULL);
+    /* HTTP/1.1 needs a Host field, but an empty one is valid and names no
+     * host: then host is NULL unless the target is in absolute form. */
+    if (r.host)
+        CHECK(r.host_len > 0);
     if (r.path || r.path_len)
         CHECK(fz_within(buf, head, r.path, r.path_len));
     CHECK(!(r.method_len == 7 && memcmp(r.method, "CONNECT", 7) == 0));
