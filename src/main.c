@@ -101,6 +101,11 @@ int main(int argc, char **argv)
             log_info("signal %d: stopping gracefully", sig);
             break;
         }
+        if (sig == SIGUSR1) {
+            log_info("SIGUSR1: reopening the access log");
+            proxy_reopen_logs(p);
+            continue;
+        }
         log_info("signal %d ignored", sig);
     }
     admin_stop(admin);

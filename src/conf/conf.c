@@ -580,6 +580,37 @@ static bool load_route(struct ctx *x, struct conf *c, yaml_node_t *m, const char
     return true;
 }
 
+/* access_log: off | { path: stdout | stderr | FILE, format: json } */
+static bool load_access_log(struct ctx *x, yaml_node_t *v, struct conf *c)
+{
+    const char *s = scalar(v);
+    if (s && (!strcmp(s, "off") || !strcmp(s, "false")))
+        return true;
+    if (!expect_map(x, v, "access_log"))
+        return false;
+    char *path = NULL;
+    FOR_PAIRS(x, v, k, val) {
+        char kp[256];
+        join(kp, sizeof kp, "access_log", k);
+        if (!strcmp(k, "path")) {
+            if (!get_string(x, val, kp, &path))
+                return false;
+        } else if (!strcmp(k, "format")) {
+            const char *f = scalar(val);
+            if (!f || strcmp(f, "json") != 0) {
+                free(path);
+                return bad(x, val, kp, "the only format is json");
+            }
+        } else {
+            free(path);
+            return unknown(x, p_, "access_log", k);
+        }
+    }
+    free(c->access_log);
+    c->access_log = path ? path : strdup("stdout");
+    return c->access_log != NULL;
+}
+
 /* admin: { listen: "127.0.0.1:9901", token_file: /etc/portico/admin.token } */
 static bool load_admin(struct ctx *x, yaml_node_t *m, struct conf *c)
 {
@@ -636,6 +667,7 @@ static bool load_root(struct ctx *x, struct conf *c, yaml_node_t *root)
         else if (!strcmp(k, "limits")) ok = load_limits(x, v, "limits", &c->limits);
         else if (!strcmp(k, "shutdown_timeout")) ok = get_timeout(x, v, k, &c->shutdown_timeout);
         else if (!strcmp(k, "admin")) ok = load_admin(x, v, c);
+        else if (!strcmp(k, "access_log")) ok = load_access_log(x, v, c);
         else if (!strcmp(k, "workers")) {
             const char *s = scalar(v);
             if (s && !strcmp(s, "auto")) {
@@ -733,6 +765,7 @@ static void conf_free(struct conf *c)
     free(c->routes);
     free(c->listen);
     free(c->admin_token);
+    free(c->access_log);
     free(c->path);
     free(c);
 }

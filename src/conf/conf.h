@@ -119,6 +119,7 @@ struct conf {
     uint32_t nroutes;
     struct conf_limits limits;
     uint64_t shutdown_timeout;  /* ms */
+    char *access_log;           /* "stdout", "stderr" or a file; NULL: off */
     bool admin_enabled;         /* an `admin:` section is present */
     struct conf_addr admin_listen;
     char *admin_token;          /* from admin.token_file; NULL: no token required */

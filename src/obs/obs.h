@@ -16,6 +16,7 @@
 #include <stdatomic.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <time.h>
 
 struct conf;
 
@@ -89,5 +90,52 @@ struct obs_totals {
 };
 void obs_totals(struct obs_worker *const *workers, size_t nworkers, struct obs_totals *out);
 extern const double obs_bucket_bounds[OBS_NBUCKETS];    /* seconds */
+
+/* ---- access log ----
+ *
+ * JSON lines, one per request, written by a background thread so that a
+ * worker never blocks on a slow disk or pipe. Each worker formats lines into
+ * its own obs_alog_buf and hands full buffers (and, at the end of every loop
+ * iteration, partial ones) to the writer. The hand-off queue is bounded: if
+ * the writer falls behind by more than OBS_ALOG_QUEUE buffers, lines are
+ * dropped and counted rather than memory growing without bound.
+ */
+#define OBS_ALOG_BUF (64 * 1024)
+#define OBS_ALOG_QUEUE 256
+
+struct obs_alog;
+
+struct obs_alog_buf {
+    struct obs_alog *log;
+    char *data;                     /* OBS_ALOG_BUF bytes, NULL when the log is off */
+    size_t len;
+    time_t second;                  /* cache of the formatted time, per second */
+    char stamp[24];                 /* "2026-11-22T05:30:00" */
+};
+
+struct obs_alog_entry {
+    const char *request_id;
+    size_t request_id_len;
+    const char *client;             /* address text */
+    const char *method, *path, *route, *upstream, *server;
+    size_t method_len, path_len;
+    int status;
+    uint64_t bytes_in, bytes_out;
+    uint64_t duration_us, upstream_us;  /* upstream_us 0: no upstream answered */
+};
+
+/* Open "stdout", "stderr" or a file (appended to). NULL with err on failure. */
+struct obs_alog *obs_alog_open(const char *path, char *err, size_t errlen);
+/* Reopen the file (after log rotation). Thread-safe. */
+void obs_alog_reopen(struct obs_alog *l);
+/* Flush everything queued and stop the writer. */
+void obs_alog_close(struct obs_alog *l);
+uint64_t obs_alog_dropped(const struct obs_alog *l);
+
+void obs_alog_buf_init(struct obs_alog_buf *b, struct obs_alog *l);
+void obs_alog_buf_free(struct obs_alog_buf *b);
+void obs_alog_write(struct obs_alog_buf *b, const struct obs_alog_entry *e);
+/* Hand what is buffered to the writer (end of a loop iteration). */
+void obs_alog_flush(struct obs_alog_buf *b);
 
 #endif

@@ -103,6 +103,11 @@ struct exchange {
     uint64_t t0_us, up_t0_us;       /* request start; current attempt's start */
     char method[8];                 /* for metrics: the method, truncated */
     uint8_t method_len;
+    uint8_t reqid_len;
+    uint16_t path_len;
+    char reqid[64];                 /* X-Request-Id sent upstream (for the access log) */
+    char path[256];                 /* request target, cut, for the access log */
+    uint64_t bytes_in, bytes_out, upstream_us;
     uint16_t key_len;               /* hash key (ip or hash_key), kept for retries */
     char key[256];
     struct buf *uhead;          /* request head for the upstream; kept for a retry */
@@ -151,6 +156,7 @@ struct worker {
     uint32_t nlisteners;
     struct buf_pool bufs;
     struct obs_worker *obs;
+    struct obs_alog_buf alog;
     struct upool *pools;        /* [pool_base[u] + server] */
     uint32_t *pool_base;
     struct balance_worker **bw;     /* [upstream index] */
@@ -168,6 +174,7 @@ struct worker {
 
 struct proxy {
     struct conf *conf;
+    struct obs_alog *alog;          /* NULL: access_log off */
     struct balance_group **groups;  /* [upstream index], shared by the workers */
     struct worker *workers;
     uint32_t nworkers;
@@ -257,6 +264,8 @@ static void client_close(struct client *c);
 static void client_linger(struct client *c);
 static void client_drive(struct client *c);
 static void client_local_response(struct client *c, int status, const char *why, bool keep);
+static void client_reject(struct client *c, const struct http_request *r, int status,
+                          const char *why, bool keep, size_t consume);
 static void exchange_pump(struct exchange *x);
 static void exchange_fail(struct exchange *x, int status, const char *why);
 static void uconn_close(struct uconn *u);
@@ -575,8 +584,23 @@ static void exchange_free(struct exchange *x, bool upstream_keep)
     struct worker *w = x->c->w;
     attempt_end(x, false, false);
     /* a request that ends without a status: the client went away (nginx's 499) */
+    uint64_t dur = now_us() - x->t0_us;
     obs_request(w->obs, (uint32_t)(x->route - x->conf->routes), x->method, x->method_len,
-                x->status ? x->status : 499, now_us() - x->t0_us);
+                x->status ? x->status : 499, dur);
+    if (w->alog.log) {
+        char client[64];
+        peer_text(x->c, client, sizeof client);
+        struct obs_alog_entry e = {
+            .request_id = x->reqid, .request_id_len = x->reqid_len, .client = client,
+            .method = x->method, .method_len = x->method_len, .path = x->path,
+            .path_len = x->path_len, .route = x->route->prefix,
+            .upstream = x->route->upstream->name,
+            .server = x->upstream_us ? x->route->upstream->servers[x->server].addr.text : NULL,
+            .status = x->status ? x->status : 499, .bytes_in = x->bytes_in,
+            .bytes_out = x->bytes_out, .duration_us = dur, .upstream_us = x->upstream_us,
+        };
+        obs_alog_write(&w->alog, &e);
+    }
     if (x->u) {
         struct uconn *u = x->u;
         x->u = NULL;
@@ -643,6 +667,8 @@ static bool client_flush(struct client *c)
         }
         size_t done = (size_t)w;
         obs_add(&c->w->obs->bytes_out, done);
+        if (x)
+            x->bytes_out += done;
         if ((size_t)w < want)
             c->writable = false;
         size_t a = done < outlen ? done : outlen;
@@ -675,7 +701,7 @@ static void client_timeout(struct loop *l, struct loop_timer *t)
         client_close(c);
         break;
     case C_HEAD:
-        client_local_response(c, 408, "request head timeout", false);
+        client_reject(c, NULL, 408, "request head timeout", false, 0);
         break;
     case C_EXCHANGE:
         if (c->x && !c->x->tunnel && c->x->req_fwd && !(c->out && buf_len(c->out))) {
@@ -699,10 +725,6 @@ static void client_local_response(struct client *c, int status, const char *why,
     if (c->x) {
         c->x->status = status;
         exchange_free(c->x, false);
-    } else {
-        obs_request(w->obs, UINT32_MAX, "", 0, status, 0);
-        if (status >= 400 && status < 500)
-            obs_add(&w->obs->rejected, 1);
     }
     if (!ensure_buf(w, &c->out)) {
         client_close(c);
@@ -736,6 +758,34 @@ static void client_local_response(struct client *c, int status, const char *why,
     } else {
         client_drive(c);
     }
+}
+
+/* Answer a request that never became an exchange (malformed, no route, too
+ * large, too slow): count it, log it, answer it. `r` is NULL when the head
+ * could not be parsed. `consume` head bytes are dropped from c->in after
+ * logging (r points into them), so that a kept connection moves on. */
+static void client_reject(struct client *c, const struct http_request *r, int status,
+                          const char *why, bool keep, size_t consume)
+{
+    struct worker *w = c->w;
+    const char *method = r ? r->method : "";
+    size_t mlen = r ? r->method_len : 0;
+    obs_request(w->obs, UINT32_MAX, method, mlen, status, 0);
+    if (status != 404)
+        obs_add(&w->obs->rejected, 1);
+    if (w->alog.log) {
+        char client[64];
+        peer_text(c, client, sizeof client);
+        struct obs_alog_entry e = {
+            .request_id = "", .client = client, .method = method, .method_len = mlen,
+            .path = r ? r->target : "", .path_len = r ? r->target_len : 0, .route = "",
+            .status = status,
+        };
+        obs_alog_write(&w->alog, &e);
+    }
+    if (consume)
+        buf_consume(c->in, consume);
+    client_local_response(c, status, why, keep);
 }
 
 /* Lingering close (as nginx does): after the last response, shut the write
@@ -943,6 +993,8 @@ static bool build_request_head(struct exchange *x, const struct http_request *r,
             if (have_reqid || !h->value_len)
                 continue;
             have_reqid = true;
+            x->reqid_len = (uint8_t)(h->value_len < sizeof x->reqid ? h->value_len : sizeof x->reqid);
+            memcpy(x->reqid, h->value, x->reqid_len);
             break;
         default:
             if (is_hop_by_hop(m, i))
@@ -978,7 +1030,10 @@ static bool build_request_head(struct exchange *x, const struct http_request *r,
     }
     if (!have_reqid) {
         p += PUTLIT(p, "X-Request-Id: ");
-        p += make_request_id(c->w, p);
+        size_t idlen = make_request_id(c->w, p);
+        memcpy(x->reqid, p, idlen);
+        x->reqid_len = (uint8_t)idlen;
+        p += idlen;
         p += PUTLIT(p, "\r\n");
     }
     p += PUTLIT(p, "Via: 1.1 portico\r\n");
@@ -1013,12 +1068,11 @@ static void exchange_start(struct client *c, const struct http_request *r, size_
     const struct conf_route *rt = route_match(conf, r);
     bool has_body = m->body == HTTP_BODY_CHUNKED || (m->body == HTTP_BODY_LENGTH && m->content_length);
     if (!rt) {
-        buf_consume(c->in, head_len);
-        client_local_response(c, 404, "no route", m->keep_alive && !has_body);
+        client_reject(c, r, 404, "no route", m->keep_alive && !has_body, head_len);
         return;
     }
     if (m->body == HTTP_BODY_LENGTH && m->content_length > conf->limits.max_body) {
-        client_local_response(c, 413, "Content-Length over max_body", false);
+        client_reject(c, r, 413, "Content-Length over max_body", false, 0);
         return;
     }
 
@@ -1047,6 +1101,11 @@ static void exchange_start(struct client *c, const struct http_request *r, size_
     x->t0_us = now_us();
     x->method_len = (uint8_t)(r->method_len < sizeof x->method ? r->method_len : sizeof x->method);
     memcpy(x->method, r->method, x->method_len);
+    x->bytes_in = head_len;
+    if (w->alog.log) {
+        x->path_len = (uint16_t)(r->target_len < sizeof x->path ? r->target_len : sizeof x->path);
+        memcpy(x->path, r->target, x->path_len);
+    }
     x->idempotent = is_idempotent(r->method, r->method_len);
     balance_key(x, r);
     if (!(x->uhead = buf_get(&w->bufs)) || !build_request_head(x, r, x->uhead)) {
@@ -1084,11 +1143,11 @@ static void client_read_head(struct client *c)
                 return;
             }
             if (n == HTTP_ERROR) {
-                client_local_response(c, r.m.status, r.m.error, false);
+                client_reject(c, NULL, r.m.status, r.m.error, false, 0);
                 return;
             }
             if (buf_len(c->in) >= w->lim.max_head) {
-                client_local_response(c, 431, "request head too large", false);
+                client_reject(c, NULL, 431, "request head too large", false, 0);
                 return;
             }
             if (c->state == C_IDLE) {
@@ -1156,7 +1215,10 @@ static int response_head(struct exchange *x)
         }
         x->status = r.status;
         x->tunnel = r.status == 101;
-        obs_upstream_time(w->obs, x->route->upstream->index, now_us() - x->up_t0_us);
+        x->upstream_us = now_us() - x->up_t0_us;
+        if (!x->upstream_us)
+            x->upstream_us = 1;
+        obs_upstream_time(w->obs, x->route->upstream->index, x->upstream_us);
         if (x->holding)
             balance_report(x->group, x->server,
                            !(r.status >= 500 && balance_fail_on_5xx(x->group)), loop_now(w->loop));
@@ -1387,8 +1449,10 @@ static void exchange_pump(struct exchange *x)
                 return;
             }
             ssize_t n = read_into(c->io.fd, c->in, &c->readable, c->hup);
-            if (n > 0)
+            if (n > 0) {
                 obs_add(&w->obs->bytes_in, (uint64_t)n);
+                x->bytes_in += (uint64_t)n;
+            }
             if (n > 0) {
                 progress = true;
                 if (!x->tunnel)
@@ -1694,6 +1758,7 @@ static void listener_io(struct loop *l, struct loop_io *io, unsigned ev)
 static void worker_reap(struct loop *l, void *arg)
 {
     struct worker *w = arg;
+    obs_alog_flush(&w->alog);       /* this iteration's access log lines */
     while (w->dead_clients) {
         struct client *c = w->dead_clients;
         w->dead_clients = c->next_dead;
@@ -1792,6 +1857,8 @@ static void worker_free(struct worker *w)
         if (w->listeners[i].io.fd >= 0)
             close(w->listeners[i].io.fd);
     buf_pool_drain(&w->bufs);
+    obs_alog_flush(&w->alog);
+    obs_alog_buf_free(&w->alog);
     obs_worker_free(w->obs);
     free(w->listeners);
     free(w->pools);
@@ -1820,6 +1887,7 @@ static bool worker_init(struct proxy *p, struct worker *w, uint32_t id, char *er
     if (bufsize < 32768)
         bufsize = 32768;
     buf_pool_init(&w->bufs, bufsize, 256);
+    obs_alog_buf_init(&w->alog, p->alog);
     if (!(w->obs = obs_worker_new(c))) {
         snprintf(err, errlen, "out of memory");
         return false;
@@ -1865,8 +1933,11 @@ static bool worker_init(struct proxy *p, struct worker *w, uint32_t id, char *er
     return true;
 }
 
-static void free_groups(struct proxy *p)
+/* What the workers share: upstream groups and the access log writer. */
+static void free_shared(struct proxy *p)
 {
+    obs_alog_close(p->alog);
+    p->alog = NULL;
     for (uint32_t i = 0; p->groups && i < p->conf->nupstreams; i++)
         balance_group_free(p->groups[i]);
     free(p->groups);
@@ -1881,10 +1952,15 @@ struct proxy *proxy_start(struct conf *conf, char *err, size_t errlen)
         return NULL;
     }
     p->conf = conf_ref(conf);
+    if (conf->access_log && !(p->alog = obs_alog_open(conf->access_log, err, errlen))) {
+        conf_unref(p->conf);
+        free(p);
+        return NULL;
+    }
     p->groups = calloc(conf->nupstreams, sizeof *p->groups);
     for (uint32_t i = 0; p->groups && i < conf->nupstreams; i++) {
         if (!(p->groups[i] = balance_group_new(&conf->upstreams[i], err, errlen))) {
-            free_groups(p);
+            free_shared(p);
             conf_unref(p->conf);
             free(p);
             return NULL;
@@ -1900,7 +1976,7 @@ struct proxy *proxy_start(struct conf *conf, char *err, size_t errlen)
     p->workers = calloc(p->nworkers, sizeof *p->workers);
     if (!p->workers) {
         snprintf(err, errlen, "out of memory");
-        free_groups(p);
+        free_shared(p);
         conf_unref(p->conf);
         free(p);
         return NULL;
@@ -1910,7 +1986,7 @@ struct proxy *proxy_start(struct conf *conf, char *err, size_t errlen)
             for (uint32_t j = 0; j <= i; j++)
                 worker_free(&p->workers[j]);
             free(p->workers);
-            free_groups(p);
+            free_shared(p);
             conf_unref(p->conf);
             free(p);
             return NULL;
@@ -1928,7 +2004,7 @@ struct proxy *proxy_start(struct conf *conf, char *err, size_t errlen)
             for (uint32_t j = 0; j < p->nworkers; j++)
                 worker_free(&p->workers[j]);
             free(p->workers);
-            free_groups(p);
+            free_shared(p);
             conf_unref(p->conf);
             free(p);
             return NULL;
@@ -1956,7 +2032,7 @@ void proxy_wait(struct proxy *p)
     for (uint32_t i = 0; i < p->nworkers; i++)
         worker_free(&p->workers[i]);
     free(p->workers);
-    free_groups(p);
+    free_shared(p);
     conf_unref(p->conf);
     free(p);
 }
@@ -1974,4 +2050,9 @@ size_t proxy_obs(const struct proxy *p, struct obs_worker **out, size_t max)
 struct balance_group *proxy_group(const struct proxy *p, uint32_t upstream)
 {
     return upstream < p->conf->nupstreams ? p->groups[upstream] : NULL;
+}
+
+void proxy_reopen_logs(struct proxy *p)
+{
+    obs_alog_reopen(p->alog);
 }

@@ -25,6 +25,9 @@ void proxy_shutdown(struct proxy *p);
 /* Wait for the workers to exit and free everything. */
 void proxy_wait(struct proxy *p);
 
+/* Reopen the access log file (SIGUSR1, after rotation). Thread-safe. */
+void proxy_reopen_logs(struct proxy *p);
+
 /* For the admin listener (any thread, until proxy_wait()): the running
  * configuration, each worker's metrics, and each upstream's group. */
 struct obs_worker;
