@@ -1364,6 +1364,7 @@ static int frame_request(struct exchange *x)
 {
     struct client *c = x->c;
     struct buf *b = c->in;
+    uint32_t before = x->req_fwd;
     while (!x->req_done && b && x->req_fwd < buf_len(b)) {
         size_t avail = buf_len(b) - x->req_fwd;
         switch (x->req_body) {
@@ -1394,6 +1395,7 @@ static int frame_request(struct exchange *x)
             x->req_done = true;
         }
     }
+    x->bytes_in += x->req_fwd - before;    /* body bytes, for the access log */
     return 0;
 }
 
@@ -1449,10 +1451,8 @@ static void exchange_pump(struct exchange *x)
                 return;
             }
             ssize_t n = read_into(c->io.fd, c->in, &c->readable, c->hup);
-            if (n > 0) {
+            if (n > 0)
                 obs_add(&w->obs->bytes_in, (uint64_t)n);
-                x->bytes_in += (uint64_t)n;
-            }
             if (n > 0) {
                 progress = true;
                 if (!x->tunnel)
