@@ -22,7 +22,7 @@ import statistics
 import sys
 import time
 
-PROXIES = ("portico", "portico3", "nginx", "haproxy")
+PROXIES = ("portico", "portico3", "porticolog", "nginx", "haproxy")
 SIZES = ("small", "32k")
 EXPECTED_BODY = {"small": 13, "32k": 32768}
 
@@ -271,6 +271,19 @@ def cmd_report(results_path, idle_path):
     if rows:
         print("portico3 (three servers, weighted, active + passive health checks) / portico (one server):")
         print("the CPU per request that balancing and health checking add; target below 1.05x")
+        print()
+        print(table(["size", "cpu us/req", "req/s"], rows))
+        print()
+
+    rows = []
+    for size in SIZES:
+        one, log = med.get(("portico", size)), med.get(("porticolog", size))
+        if one and log and one["cpu_us"]:
+            rows.append([size, fmt_ratio(log["cpu_us"] / one["cpu_us"]),
+                         fmt_ratio(log["rps"] / one["rps"] if one["rps"] else None)])
+    if rows:
+        print("porticolog (JSON access log to a file) / portico (no access log; metrics are always on):")
+        print("the CPU per request the access log adds; target below 1.05x")
         print()
         print(table(["size", "cpu us/req", "req/s"], rows))
         print()
