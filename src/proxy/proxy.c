@@ -317,6 +317,20 @@ static ssize_t read_into(int fd, struct buf *b, bool *readable, bool hup)
     return -2;
 }
 
+#define READ_NOMEM (-3)
+
+/* Read from the client into c->in (taken from the pool if needed), counting
+ * the bytes. read_into()'s results, or READ_NOMEM without a buffer. */
+static ssize_t client_read(struct client *c)
+{
+    if (!ensure_buf(c->w, &c->in))
+        return READ_NOMEM;
+    ssize_t n = read_into(c->io.fd, c->in, &c->readable, c->hup);
+    if (n > 0)
+        obs_add(&c->w->obs->bytes_in, (uint64_t)n);
+    return n;
+}
+
 /* ---------------------------------------------------------------- upstream conns */
 
 static void uconn_free_later(struct uconn *u)
@@ -1157,13 +1171,11 @@ static void client_read_head(struct client *c)
         }
         if (!c->readable)
             break;
-        if (!ensure_buf(w, &c->in)) {
+        ssize_t n = client_read(c);
+        if (n == READ_NOMEM) {
             client_local_response(c, 503, "out of memory", false);
             return;
         }
-        ssize_t n = read_into(c->io.fd, c->in, &c->readable, c->hup);
-        if (n > 0)
-            obs_add(&w->obs->bytes_in, (uint64_t)n);
         if (n == 0 || n == -2) {
             /* closed: quietly if between requests, otherwise it gave up */
             client_close(c);
@@ -1446,13 +1458,11 @@ static void exchange_pump(struct exchange *x)
 
         /* 1. client -> portico: body bytes (or tunnel bytes) */
         if (!x->req_done && c->readable && !x->client_eof) {
-            if (!ensure_buf(w, &c->in)) {
+            ssize_t n = client_read(c);
+            if (n == READ_NOMEM) {
                 exchange_fail(x, 503, "out of memory");
                 return;
             }
-            ssize_t n = read_into(c->io.fd, c->in, &c->readable, c->hup);
-            if (n > 0)
-                obs_add(&w->obs->bytes_in, (uint64_t)n);
             if (n > 0) {
                 progress = true;
                 if (!x->tunnel)
@@ -1478,13 +1488,11 @@ static void exchange_pump(struct exchange *x)
             if (c->in && buf_room(c->in) == 0)
                 buf_compact(c->in);
             if (!c->in || buf_room(c->in)) {
-                if (!ensure_buf(w, &c->in)) {
+                ssize_t n = client_read(c);
+                if (n == READ_NOMEM) {
                     exchange_fail(x, 503, "out of memory");
                     return;
                 }
-                ssize_t n = read_into(c->io.fd, c->in, &c->readable, c->hup);
-                if (n > 0)
-                    obs_add(&w->obs->bytes_in, (uint64_t)n);
                 if (n == 0 || n == -2) {
                     client_close(c);
                     return;

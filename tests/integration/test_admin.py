@@ -112,7 +112,13 @@ def test_status_json_and_readiness(start_upstream, start_portico, tmp_path):
         time.sleep(0.05)
     assert requests.get(admin + "/ready", timeout=5).status_code == 503
     requests.get("http://127.0.0.1:%d/count" % port, timeout=5)
-    st = requests.get(admin + "/status", headers=auth(), timeout=5).json()
+    # the request is counted as its exchange ends, just after the last byte is sent
+    deadline = time.time() + 5
+    while True:
+        st = requests.get(admin + "/status", headers=auth(), timeout=5).json()
+        if st["requests"] >= 1 or time.time() > deadline:
+            break
+        time.sleep(0.02)
     assert st["requests"] >= 1
     ups = {u["name"]: u for u in st["upstreams"]}
     assert ups["app"]["servers"][0]["state"] == "down"
