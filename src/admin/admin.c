@@ -231,7 +231,7 @@ static void serve(struct admin *a, int fd)
          * token), so it is open; the policy forbids every outside source. */
         respond(fd, 200, "text/html; charset=utf-8", status_page_html, head ? 0 : status_page_len,
                 "Content-Security-Policy: default-src 'none'; script-src 'unsafe-inline'; "
-                "style-src 'unsafe-inline'; connect-src 'self'; img-src 'self'; "
+                "style-src 'unsafe-inline'; connect-src 'self'; img-src data:; "
                 "base-uri 'none'; form-action 'none'; frame-ancestors 'none'\r\n"
                 "X-Content-Type-Options: nosniff\r\nReferrer-Policy: no-referrer\r\n");
         return;

@@ -1,0 +1,385 @@
+"""The live status page (`GET /` on the admin listener) in headless Chromium.
+
+A real portico with an admin token and one upstream group of two servers (one
+alive, one dead and marked down by a fast active health check) takes a known
+amount of traffic; Chromium then loads the page with the token in the URL
+fragment and the numbers it shows are compared with what was sent and with
+/status.
+
+The page runs under `--virtual-time-budget`: Chromium fast-forwards the
+page's 2 s refresh timer, so several polls of /status happen within a second
+of real time (the virtual clock stands still while a fetch is pending).
+
+Set PORTICO_UPDATE_SCREENSHOT=1 to also write docs/status-page.png (taken
+under background traffic); otherwise the screenshot only goes to the test's
+temporary directory, so running the tests leaves the tree clean.
+"""
+import http.server
+import os
+import random
+import shutil
+import signal
+import subprocess
+import threading
+import time
+import urllib.error
+import urllib.request
+from html.parser import HTMLParser
+
+import pytest
+import requests
+
+from conftest import ROOT, free_port, make_config, wait_for
+
+CHROMIUM = "/usr/bin/chromium"
+TOKEN = "status-page-token-0123456789"
+APP_HOST = "app.local"
+
+pytestmark = pytest.mark.skipif(
+    not os.access(CHROMIUM, os.X_OK),
+    reason="%s is missing: install it with `scripts/deps.sh browser` (CI does, in .ci/run)" % CHROMIUM)
+
+
+# --------------------------------------------------------------------------
+# helpers
+
+def start_setup(start_upstream, start_portico, tmp_path):
+    """portico with a token, group `app` = [live upstream, dead address] with a
+    100 ms health check, and a route for Host app.local only (any other host
+    gets 404 from portico itself). Returns (portico, live, dead, admin URL)."""
+    live = start_upstream("u1")
+    dead = "127.0.0.1:%d" % free_port()
+    tok = tmp_path / "admin.token"
+    tok.write_text(TOKEN + "\n")
+    admin_port, port = free_port(), free_port()
+    cfg = make_config(port, {"app": {"servers": [live.address, dead]}},
+                      routes=[{"host": APP_HOST, "prefix": "/", "upstream": "app"}],
+                      extra='admin: { listen: "127.0.0.1:%d", token_file: %s }' % (admin_port, tok))
+    line = '      - { address: "%s" }' % dead
+    assert line in cfg
+    cfg = cfg.replace(line, line + "\n    health: { path: /health, interval: 100ms, timeout: 500ms,"
+                                   " fall: 1, rise: 1 }")
+    p = start_portico(cfg, port=port)
+    admin = "http://127.0.0.1:%d" % admin_port
+
+    def states():
+        st = status(admin)
+        return {s["address"]: s["state"] for u in st["upstreams"] for s in u["servers"]}
+
+    got = wait_for(lambda: states() == {live.address: "up", dead: "down"}, 10, 0.05)
+    assert got, "health checks did not settle: %r" % states()
+    return p, live, dead, admin
+
+
+def status(admin):
+    r = requests.get(admin + "/status", headers={"Authorization": "Bearer " + TOKEN}, timeout=5)
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def histogram_quantile(q, buckets):
+    """Prometheus' histogram_quantile over /status buckets (per-bucket counts)."""
+    bk = [(float("inf") if b["le"] == "+Inf" else float(b["le"]), b["count"]) for b in buckets]
+    total = sum(c for _, c in bk)
+    if not total:
+        return None
+    rank, cum, lo = q * total, 0, 0.0
+    for le, c in bk:
+        if c and cum + c >= rank:
+            return lo if le == float("inf") else lo + (le - lo) * (rank - cum) / c
+        cum += c
+        if le != float("inf"):
+            lo = le
+    return lo
+
+
+_runs = [0]
+
+
+def chromium(url, tmp_path, *extra, timeout=120):
+    """Run headless Chromium on `url`; returns its stdout (the DOM with --dump-dom)."""
+    _runs[0] += 1
+    profile = tmp_path / ("chromium-profile-%d" % _runs[0])
+    args = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu",
+            "--disable-background-networking", "--disable-component-update", "--disable-sync",
+            "--no-first-run", "--disable-dev-shm-usage", "--user-data-dir=%s" % profile,
+            "--virtual-time-budget=5000"] + list(extra) + [url]
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            stdin=subprocess.DEVNULL, start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)     # its own session: chromium and its children only
+        proc.communicate()
+        pytest.fail("chromium did not finish within %ds" % timeout)
+    assert proc.returncode == 0, "chromium exited %d:\n%s" % (proc.returncode, err.decode()[-3000:])
+    return out.decode("utf-8")
+
+
+class Dom(HTMLParser):
+    """The parts of a dumped DOM the tests read: `text[id]`, `attr[id]`, and
+    `rows[server address]` = {td class: text} for `tr[data-server]`."""
+
+    VOID = {"meta", "link", "input", "br", "img", "hr", "polyline", "path", "col", "source"}
+
+    def __init__(self, html):
+        super().__init__()
+        self.text, self.attr, self.rows = {}, {}, {}
+        self.stack = []
+        self.feed(html)
+        self.close()
+
+    def handle_starttag(self, tag, attrs):
+        a = dict(attrs)
+        if "id" in a:
+            self.attr[a["id"]] = a
+        if tag in self.VOID:
+            if "id" in a:
+                self.text[a["id"]] = ""
+            return
+        node = {"tag": tag, "a": a, "parts": []}
+        if tag == "tr" and "data-server" in a:
+            node["cells"] = self.rows[a["data-server"]] = {"_attrs": a}
+        self.stack.append(node)
+
+    def handle_startendtag(self, tag, attrs):
+        a = dict(attrs)
+        if "id" in a:
+            self.attr[a["id"]] = a
+            self.text[a["id"]] = ""
+
+    def handle_endtag(self, tag):
+        while self.stack:
+            node = self.stack.pop()
+            text = "".join(node["parts"])
+            if self.stack:
+                self.stack[-1]["parts"].append(text)
+            if "id" in node["a"]:
+                self.text[node["a"]["id"]] = text.strip()
+            if node["tag"] == "td":
+                row = next((n for n in reversed(self.stack) if "cells" in n), None)
+                if row is not None:
+                    for cls in node["a"].get("class", "").split():
+                        row["cells"][cls] = text.strip()
+            if node["tag"] == tag:
+                break
+
+    def handle_data(self, data):
+        if self.stack:
+            self.stack[-1]["parts"].append(data)
+
+
+def number(dom, ident):
+    """The number an element shows (thousands separators removed)."""
+    t = dom.text.get(ident)
+    assert t is not None, "no element #%s in the page" % ident
+    try:
+        return float(t.replace(",", ""))
+    except ValueError:
+        raise AssertionError("#%s shows %r, not a number" % (ident, t))
+
+
+def send(port, host, path, n, want):
+    s = requests.Session()
+    for _ in range(n):
+        r = s.get("http://127.0.0.1:%d%s" % (port, path), headers={"Host": host}, timeout=5)
+        assert r.status_code == want, (path, r.status_code, r.text[:200])
+    s.close()
+
+
+# --------------------------------------------------------------------------
+# tests
+
+def test_page_is_open_self_contained_html(start_upstream, start_portico, tmp_path):
+    p, live, dead, admin = start_setup(start_upstream, start_portico, tmp_path)
+    r = requests.get(admin + "/", timeout=5)              # no token: the page holds no data
+    assert r.status_code == 200
+    assert r.headers["Content-Type"] == "text/html; charset=utf-8"
+    assert r.headers["Cache-Control"] == "no-store"
+    csp = r.headers["Content-Security-Policy"]
+    assert "default-src 'none'" in csp and "connect-src 'self'" in csp
+    body = r.text
+    assert body.startswith("<!doctype html>") and body.rstrip().endswith("</html>")
+    assert len(r.content) < 20000
+    low = body.lower()
+    for external in ("http://", "https://", "src=", "@import", "url("):
+        assert external not in low, "the page refers to something outside itself: %r" % external
+    h = requests.head(admin + "/", timeout=5)
+    assert h.status_code == 200 and h.content == b""
+    # the page does not open /status: that still needs the token
+    assert requests.get(admin + "/status", timeout=5).status_code == 401
+    assert requests.post(admin + "/", timeout=5).status_code == 405
+
+
+def test_page_without_token_says_401(start_upstream, start_portico, tmp_path):
+    p, live, dead, admin = start_setup(start_upstream, start_portico, tmp_path)
+    dom = Dom(chromium(admin + "/", tmp_path, "--dump-dom"))
+    assert "401" in dom.text["msg"] and "token" in dom.text["msg"], dom.text["msg"]
+    assert "show" in dom.attr["auth"].get("class", "")  # the token form is offered
+    assert dom.text["req-total"] == "-"                  # and nothing is shown
+    assert dom.rows == {}
+    dom = Dom(chromium(admin + "/#token=wrong-token-000000000000", tmp_path, "--dump-dom"))
+    assert "401" in dom.text["msg"] and "refused" in dom.text["msg"], dom.text["msg"]
+
+
+def test_page_shows_the_numbers(start_upstream, start_portico, tmp_path):
+    p, live, dead, admin = start_setup(start_upstream, start_portico, tmp_path)
+    send(p.port, APP_HOST, "/count", 50, 200)
+    send(p.port, APP_HOST, "/status?code=500", 3, 500)  # the upstream's 500s, passed through
+    send(p.port, "nowhere.local", "/x", 7, 404)         # no route: portico's own 404
+    assert wait_for(lambda: status(admin)["requests"] == 60, 5), status(admin)
+    before = status(admin)
+
+    dom = Dom(chromium(admin + "/#token=" + TOKEN, tmp_path, "--dump-dom"))
+    after = status(admin)
+    assert after["duration_buckets"] == before["duration_buckets"]
+
+    assert dom.text["msg"] == "", dom.text["msg"]
+    assert dom.text["updated"].startswith("updated"), dom.text["updated"]
+    # several polls happened: rates are over an interval, which saw no request
+    assert dom.text["rate-scope"].startswith("last "), dom.text["rate-scope"]
+    assert number(dom, "req-rate") == 0
+    assert number(dom, "req-total") == 60
+    assert number(dom, "err-5xx-total") == 3
+    assert number(dom, "err-4xx-total") == 7
+    # idle interval: the shares and percentiles fall back to all time, and say so
+    assert dom.text["err-scope"].startswith("all time"), dom.text["err-scope"]
+    assert dom.text["lat-scope"].startswith("all time"), dom.text["lat-scope"]
+    assert number(dom, "err-5xx") == 5.0                 # 3 of 60
+    assert number(dom, "err-4xx") == 11.7                # 7 of 60
+    p50, p90, p99 = (number(dom, q) for q in ("p50", "p90", "p99"))
+    assert 0 < p50 <= p90 <= p99 < 30000
+    for ident, q in (("p50", 0.5), ("p90", 0.9), ("p99", 0.99)):
+        want = histogram_quantile(q, before["duration_buckets"])
+        got = float(dom.attr[ident]["data-value"])
+        assert abs(got - want) < 1e-9, (ident, got, want)
+    assert number(dom, "conns") == after["connections_active"]
+    assert number(dom, "conns-total") == after["connections_total"] >= 3
+    assert float(dom.attr["bytes-in"]["data-value"]) == after["bytes_in"] > 0
+    assert float(dom.attr["bytes-out"]["data-value"]) == after["bytes_out"] > 0
+
+    assert set(dom.rows) == {live.address, dead}
+    up, down = dom.rows[live.address], dom.rows[dead]
+    assert up["state"] == "up" and up["_attrs"]["data-upstream"] == "app"
+    assert down["state"] == "down"
+    assert up["changes"] == "0" and int(down["changes"]) >= 1
+    assert up["active"] == "0" and down["active"] == "0"
+    assert up["backup"] != "backup" and down["backup"] != "backup"
+    assert dom.text["up-summary"] == "1 of 2 up"
+    # features that do not exist yet are said to be off, with no made-up numbers
+    assert dom.text["cache"].startswith("not enabled"), dom.text["cache"]
+    assert dom.text["ratelimit"].startswith("not enabled"), dom.text["ratelimit"]
+
+
+class PacedAdmin:
+    """A pass-through in front of the admin listener that holds every /status
+    answer for `delay` seconds. Chromium's virtual clock stands still while a
+    fetch is pending, so the page's polls end up `delay` seconds apart in real
+    time, as in a browser, and rates are measured over real 2 s intervals."""
+
+    def __init__(self, admin, delay):
+        outer = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):
+                if self.path.startswith("/status"):
+                    time.sleep(delay)
+                req = urllib.request.Request(admin + self.path)
+                if self.headers.get("Authorization"):
+                    req.add_header("Authorization", self.headers["Authorization"])
+                try:
+                    with urllib.request.urlopen(req, timeout=10) as r:
+                        code, ctype, body = r.status, r.headers["Content-Type"], r.read()
+                except urllib.error.HTTPError as e:
+                    code, ctype, body = e.code, e.headers["Content-Type"], e.read()
+                self.send_response(code)
+                self.send_header("Content-Type", ctype)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+                outer.polls += self.path.startswith("/status")
+
+            def log_message(self, *a):
+                pass
+
+        self.polls = 0
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = "http://127.0.0.1:%d" % self.server.server_address[1]
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join()
+
+
+class Traffic:
+    """Background clients: mostly fast requests, some slow ones, a few 404 and 500."""
+
+    def __init__(self, port, clients=4, seed=5):
+        self.port, self.stop_ev, self.sent = port, threading.Event(), 0
+        self.lock = threading.Lock()
+        self.threads = [threading.Thread(target=self.run, args=(seed + i,), daemon=True)
+                        for i in range(clients)]
+        for t in self.threads:
+            t.start()
+
+    def run(self, seed):
+        rnd, s = random.Random(seed), requests.Session()
+        base = "http://127.0.0.1:%d" % self.port
+        while not self.stop_ev.is_set():
+            x = rnd.random()
+            host, path = APP_HOST, "/count"
+            if x < 0.15:
+                path = "/slow?delay=%.3f" % rnd.uniform(0.002, 0.06)
+            elif x < 0.17:
+                path = "/slow?delay=%.3f" % rnd.uniform(0.1, 0.4)
+            elif x < 0.22:
+                host, path = "nowhere.local", "/x"
+            elif x < 0.24:
+                path = "/status?code=500"
+            try:
+                s.get(base + path, headers={"Host": host}, timeout=5)
+            except requests.RequestException:
+                pass
+            with self.lock:
+                self.sent += 1
+            self.stop_ev.wait(0.01)
+        s.close()
+
+    def stop(self):
+        self.stop_ev.set()
+        for t in self.threads:
+            t.join()
+
+
+def test_page_under_traffic_and_screenshot(start_upstream, start_portico, tmp_path):
+    p, live, dead, admin = start_setup(start_upstream, start_portico, tmp_path)
+    traffic = Traffic(p.port)
+    paced = PacedAdmin(admin, 2.0)
+    shot = tmp_path / "status-page.png"
+    try:
+        time.sleep(1.0)
+        html = chromium(paced.url + "/#token=" + TOKEN, tmp_path, "--dump-dom", "--hide-scrollbars",
+                        "--window-size=1280,900", "--screenshot=%s" % shot)
+    finally:
+        paced.close()
+        traffic.stop()
+    dom = Dom(html)
+    assert paced.polls >= 2
+    assert dom.text["msg"] == "", dom.text["msg"]
+    scope = dom.text["rate-scope"]
+    assert scope.startswith("last ") and scope.endswith(" s"), scope
+    assert 1.5 <= float(scope.split()[1]) <= 4.0, scope
+    rate = number(dom, "req-rate")
+    assert 0 < rate <= traffic.sent, (rate, traffic.sent)
+    assert number(dom, "req-total") > 0
+    assert dom.text["lat-scope"] == scope                 # percentiles over the same interval
+    assert 0 < number(dom, "p50") <= number(dom, "p90") <= number(dom, "p99")
+    assert dom.rows[live.address]["state"] == "up" and dom.rows[dead]["state"] == "down"
+
+    png = shot.read_bytes()
+    assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 10000
+    if os.environ.get("PORTICO_UPDATE_SCREENSHOT") == "1":
+        shutil.copyfile(shot, os.path.join(ROOT, "docs", "status-page.png"))
