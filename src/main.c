@@ -75,15 +75,22 @@ int main(int argc, char **argv)
     pthread_sigmask(SIG_BLOCK, &set, NULL);
     signal(SIGPIPE, SIG_IGN);
 
-    struct proxy *p = proxy_start(conf, err, sizeof err);
-    if (!p) {
+    struct admin *admin = NULL;
+    if (conf->admin_enabled && !(admin = admin_open(conf, err, sizeof err))) {
         log_error("%s", err);
         conf_unref(conf);
         return 1;
     }
-    struct admin *admin = NULL;
-    if (conf->admin_enabled && !(admin = admin_start(p, err, sizeof err))) {
+    struct proxy *p = proxy_start(conf, err, sizeof err);
+    if (!p) {
         log_error("%s", err);
+        admin_stop(admin);
+        conf_unref(conf);
+        return 1;
+    }
+    if (admin && admin_run(admin, p, err, sizeof err) < 0) {
+        log_error("%s", err);
+        admin_stop(admin);
         proxy_shutdown(p);
         proxy_wait(p);
         conf_unref(conf);

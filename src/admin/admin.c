@@ -30,6 +30,7 @@ struct admin {
     struct proxy *p;
     int fd, stopfd;
     pthread_t thread;
+    bool running;
     uint64_t started_ms;
 };
 
@@ -298,15 +299,13 @@ static void *admin_main(void *arg)
     return NULL;
 }
 
-struct admin *admin_start(struct proxy *p, char *err, size_t errlen)
+struct admin *admin_open(const struct conf *c, char *err, size_t errlen)
 {
-    const struct conf *c = proxy_conf(p);
     struct admin *a = calloc(1, sizeof *a);
     if (!a) {
         snprintf(err, errlen, "out of memory");
         return NULL;
     }
-    a->p = p;
     a->started_ms = loop_clock_ms();
     a->fd = socket(c->admin_listen.ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
     a->stopfd = eventfd(0, EFD_CLOEXEC);
@@ -324,15 +323,19 @@ struct admin *admin_start(struct proxy *p, char *err, size_t errlen)
         free(a);
         return NULL;
     }
+    return a;
+}
+
+int admin_run(struct admin *a, struct proxy *p, char *err, size_t errlen)
+{
+    a->p = p;
     int rc = pthread_create(&a->thread, NULL, admin_main, a);
     if (rc) {
         snprintf(err, errlen, "admin thread: %s", strerror(rc));
-        close(a->fd);
-        close(a->stopfd);
-        free(a);
-        return NULL;
+        return -1;
     }
-    return a;
+    a->running = true;
+    return 0;
 }
 
 void admin_stop(struct admin *a)
@@ -342,7 +345,8 @@ void admin_stop(struct admin *a)
     uint64_t one = 1;
     ssize_t w = write(a->stopfd, &one, sizeof one);
     (void)w;
-    pthread_join(a->thread, NULL);
+    if (a->running)
+        pthread_join(a->thread, NULL);
     close(a->fd);
     close(a->stopfd);
     free(a);

@@ -15,9 +15,14 @@
 struct proxy;
 struct admin;
 
-/* Bind and start serving; NULL with err set on failure. */
-struct admin *admin_start(struct proxy *p, char *err, size_t errlen);
-/* Stop the thread and close the listener. */
+struct conf;
+
+/* Bind the admin address (before the proxy's listeners, so that once the
+ * proxy accepts, the admin port does too); NULL with err set on failure. */
+struct admin *admin_open(const struct conf *c, char *err, size_t errlen);
+/* Start answering, for the running proxy. 0, or -1 with err set. */
+int admin_run(struct admin *a, struct proxy *p, char *err, size_t errlen);
+/* Stop the thread (if running) and close the listener. NULL is fine. */
 void admin_stop(struct admin *a);
 
 #endif

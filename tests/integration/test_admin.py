@@ -94,6 +94,30 @@ def test_metrics_move_with_traffic(start_upstream, start_portico, tmp_path):
     assert buckets == sorted(buckets) and buckets[-1] == 8
 
 
+def promtool():
+    import os
+    import shutil
+    p = shutil.which("promtool")
+    cached = os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"),
+                          "portico", "tools", "promtool")
+    return p or (cached if os.access(cached, os.X_OK) else None)
+
+
+def test_promtool_accepts_metrics(start_upstream, start_portico, tmp_path):
+    """`promtool check metrics` on a scrape after traffic (scripts/check-deploy.sh fetches promtool)."""
+    import subprocess
+    import pytest
+    tool = promtool()
+    if not tool:
+        pytest.skip("promtool not found: scripts/check-deploy.sh installs it")
+    p, up, admin = start(start_upstream, start_portico, tmp_path)
+    for _ in range(3):
+        requests.get("http://127.0.0.1:%d/count" % p.port, timeout=5)
+    text = requests.get(admin + "/metrics", headers=auth(), timeout=5).text
+    r = subprocess.run([tool, "check", "metrics"], input=text, capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
 def test_status_json_and_readiness(start_upstream, start_portico, tmp_path):
     dead = "127.0.0.1:%d" % free_port()
     up = start_upstream("u1")
