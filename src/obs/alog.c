@@ -1,6 +1,8 @@
 /* obs/alog.c: the access log writer. See obs.h. */
 #include "obs.h"
 
+#include "core/fmt.h"
+
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
@@ -209,24 +211,10 @@ static size_t json_str(char *o, const char *s, size_t n)
     return k;
 }
 
-/* Decimal digits of v at o; returns the count. */
-static size_t put_u64(char *o, uint64_t v)
-{
-    char tmp[24];
-    size_t n = 0;
-    do {
-        tmp[n++] = (char)('0' + v % 10);
-        v /= 10;
-    } while (v);
-    for (size_t i = 0; i < n; i++)
-        o[i] = tmp[n - 1 - i];
-    return n;
-}
-
 /* Microseconds as milliseconds with three decimals: 1234567 -> "1234.567". */
 static size_t put_ms(char *o, uint64_t us)
 {
-    size_t k = put_u64(o, us / 1000);
+    size_t k = fmt_u64(o, us / 1000);
     unsigned f = (unsigned)(us % 1000);
     o[k++] = '.';
     o[k++] = (char)('0' + f / 100);
@@ -279,11 +267,11 @@ void obs_alog_write(struct obs_alog_buf *b, const struct obs_alog_entry *e)
     LIT("\",\"route\":\"");
     CSTR(e->route);
     LIT("\",\"status\":");
-    k += put_u64(o + k, e->status > 0 ? (uint64_t)e->status : 0);
+    k += fmt_u64(o + k, e->status > 0 ? (uint64_t)e->status : 0);
     LIT(",\"bytes_in\":");
-    k += put_u64(o + k, e->bytes_in);
+    k += fmt_u64(o + k, e->bytes_in);
     LIT(",\"bytes_out\":");
-    k += put_u64(o + k, e->bytes_out);
+    k += fmt_u64(o + k, e->bytes_out);
     LIT(",\"duration_ms\":");
     k += put_ms(o + k, e->duration_us);
     LIT(",\"upstream_ms\":");

@@ -22,6 +22,7 @@
 #include "balance/balance.h"
 #include "conf/conf.h"
 #include "core/buf.h"
+#include "core/fmt.h"
 #include "core/log.h"
 #include "core/loop.h"
 #include "http/http.h"
@@ -197,19 +198,6 @@ static size_t put(char *dst, const char *s, size_t n)
 }
 #define PUTLIT(dst, lit) put(dst, lit, sizeof(lit) - 1)
 
-static size_t put_u64(char *dst, uint64_t v)
-{
-    char tmp[24];
-    size_t n = 0;
-    do {
-        tmp[n++] = (char)('0' + v % 10);
-        v /= 10;
-    } while (v);
-    for (size_t i = 0; i < n; i++)
-        dst[i] = tmp[n - 1 - i];
-    return n;
-}
-
 static uint64_t now_us(void)
 {
     struct timespec ts;
@@ -246,7 +234,7 @@ static size_t peer_text(const struct client *c, char *out, size_t len)
         for (int i = 0; i < 4; i++) {
             if (i)
                 out[n++] = '.';
-            n += put_u64(out + n, b[i]);
+            n += fmt_u64(out + n, b[i]);
         }
         out[n] = '\0';
         return n;
@@ -1055,7 +1043,7 @@ static bool build_request_head(struct exchange *x, const struct http_request *r,
         p += PUTLIT(p, "Transfer-Encoding: chunked\r\n");
     else if (m->has_cl) {
         p += PUTLIT(p, "Content-Length: ");
-        p += put_u64(p, m->content_length);
+        p += fmt_u64(p, m->content_length);
         p += PUTLIT(p, "\r\n");
     }
     if (x->upgrade) {
@@ -1281,7 +1269,7 @@ static int response_head(struct exchange *x)
         }
         if (m->has_cl && !m->has_te && r.status >= 200 && r.status != 204) {
             p += PUTLIT(p, "Content-Length: ");
-            p += put_u64(p, m->content_length);
+            p += fmt_u64(p, m->content_length);
             p += PUTLIT(p, "\r\n");
         }
         if (x->resp_body == HTTP_BODY_CHUNKED && !x->dechunk)
