@@ -24,7 +24,8 @@ static void usage(FILE *f)
             "  -t, --test          validate the configuration and exit (0: valid, 1: not)\n"
             "  -v, --version       print the version and exit\n"
             "  -h, --help          this help\n"
-            "Signals: SIGTERM/SIGINT stop gracefully.\n");
+            "Signals: SIGTERM/SIGINT stop gracefully, SIGHUP reloads the configuration,\n"
+            "SIGUSR1 reopens the log files.\n");
 }
 
 int main(int argc, char **argv)
@@ -111,6 +112,11 @@ int main(int argc, char **argv)
         if (sig == SIGUSR1) {
             log_info("SIGUSR1: reopening the access log");
             proxy_reopen_logs(p);
+            continue;
+        }
+        if (sig == SIGHUP) {
+            log_info("SIGHUP: reloading %s", path);
+            proxy_reload(p, err, sizeof err);   /* logs either way */
             continue;
         }
         log_info("signal %d ignored", sig);

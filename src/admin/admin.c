@@ -75,61 +75,100 @@ static const char *state_name(enum balance_state s)
     }
 }
 
-static bool ready(struct admin *a)
+static bool ready(const struct proxy_gen *g)
 {
-    const struct conf *c = proxy_conf(a->p);
+    const struct conf *c = proxy_gen_conf(g);
     uint64_t now = loop_clock_ms();
     for (uint32_t u = 0; u < c->nupstreams; u++) {
-        struct balance_group *g = proxy_group(a->p, u);
+        struct balance_group *bg = proxy_gen_group(g, u);
         bool any = false;
-        for (uint32_t s = 0; s < balance_group_size(g) && !any; s++)
-            any = balance_server_state(g, (int)s, now) == BALANCE_UP;
+        for (uint32_t s = 0; s < balance_group_size(bg) && !any; s++)
+            any = balance_server_state(bg, (int)s, now) == BALANCE_UP;
         if (!any)
             return false;
     }
     return true;
 }
 
-static void upstream_metrics(struct admin *a, struct obs_text *t)
+static void upstream_metrics(const struct proxy_gen *g, struct obs_text *t)
 {
-    const struct conf *c = proxy_conf(a->p);
+    const struct conf *c = proxy_gen_conf(g);
     uint64_t now = loop_clock_ms();
     obs_printf(t, "# HELP portico_upstream_up Whether a server is in service (1) or out (0).\n"
                   "# TYPE portico_upstream_up gauge\n");
     for (uint32_t u = 0; u < c->nupstreams; u++) {
-        struct balance_group *g = proxy_group(a->p, u);
-        for (uint32_t s = 0; s < balance_group_size(g); s++)
+        struct balance_group *bg = proxy_gen_group(g, u);
+        for (uint32_t s = 0; s < balance_group_size(bg); s++)
             obs_printf(t, "portico_upstream_up{upstream=\"%s\",server=\"%s\"} %d\n",
-                       balance_group_name(g), balance_server_name(g, (int)s),
-                       balance_server_state(g, (int)s, now) == BALANCE_UP);
+                       balance_group_name(bg), balance_server_name(bg, (int)s),
+                       balance_server_state(bg, (int)s, now) == BALANCE_UP);
     }
     obs_printf(t, "# HELP portico_upstream_active_requests Requests in flight per server.\n"
                   "# TYPE portico_upstream_active_requests gauge\n");
     for (uint32_t u = 0; u < c->nupstreams; u++) {
-        struct balance_group *g = proxy_group(a->p, u);
-        for (uint32_t s = 0; s < balance_group_size(g); s++)
+        struct balance_group *bg = proxy_gen_group(g, u);
+        for (uint32_t s = 0; s < balance_group_size(bg); s++)
             obs_printf(t, "portico_upstream_active_requests{upstream=\"%s\",server=\"%s\"} %u\n",
-                       balance_group_name(g), balance_server_name(g, (int)s),
-                       balance_server_active(g, (int)s));
+                       balance_group_name(bg), balance_server_name(bg, (int)s),
+                       balance_server_active(bg, (int)s));
     }
     obs_printf(t, "# HELP portico_upstream_state_changes_total Times a server went up or down.\n"
                   "# TYPE portico_upstream_state_changes_total counter\n");
     for (uint32_t u = 0; u < c->nupstreams; u++) {
-        struct balance_group *g = proxy_group(a->p, u);
-        for (uint32_t s = 0; s < balance_group_size(g); s++)
+        struct balance_group *bg = proxy_gen_group(g, u);
+        for (uint32_t s = 0; s < balance_group_size(bg); s++)
             obs_printf(t, "portico_upstream_state_changes_total{upstream=\"%s\",server=\"%s\"} %llu\n",
-                       balance_group_name(g), balance_server_name(g, (int)s),
-                       (unsigned long long)balance_server_changes(g, (int)s));
+                       balance_group_name(bg), balance_server_name(bg, (int)s),
+                       (unsigned long long)balance_server_changes(bg, (int)s));
     }
 }
 
-static void status_json(struct admin *a, struct obs_text *t)
+static void reload_metrics(struct admin *a, struct obs_text *t)
+{
+    struct proxy_reload_stats st;
+    proxy_reload_stats(a->p, &st);
+    obs_printf(t, "# HELP portico_config_generation Number of the running configuration (1 at start, +1 per reload).\n"
+                  "# TYPE portico_config_generation gauge\n"
+                  "portico_config_generation %llu\n"
+                  "# HELP portico_config_reloads_total Configuration reloads, by result.\n"
+                  "# TYPE portico_config_reloads_total counter\n"
+                  "portico_config_reloads_total{result=\"success\"} %llu\n"
+                  "portico_config_reloads_total{result=\"failure\"} %llu\n"
+                  "# HELP portico_config_last_reload_successful Whether the last reload was applied (1) or refused (0); 1 before any.\n"
+                  "# TYPE portico_config_last_reload_successful gauge\n"
+                  "portico_config_last_reload_successful %d\n"
+                  "# HELP portico_config_loaded_timestamp_seconds When the running configuration was loaded.\n"
+                  "# TYPE portico_config_loaded_timestamp_seconds gauge\n"
+                  "portico_config_loaded_timestamp_seconds %lld\n",
+               (unsigned long long)st.generation, (unsigned long long)st.ok,
+               (unsigned long long)st.failed, st.last_attempt == 0 || st.last_ok,
+               (long long)st.loaded_at);
+}
+
+/* JSON string body (escaped), for messages that may quote file contents. */
+static void json_text(struct obs_text *t, const char *s)
+{
+    for (; *s; s++) {
+        unsigned char ch = (unsigned char)*s;
+        if (ch == '"' || ch == '\\')
+            obs_printf(t, "\\%c", ch);
+        else if (ch < 0x20 || ch >= 0x7f)
+            obs_printf(t, "\\u%04x", ch);
+        else
+            obs_printf(t, "%c", ch);
+    }
+}
+
+static void status_json(struct admin *a, const struct proxy_gen *g, struct obs_text *t)
 {
     struct obs_worker *ws[ADMIN_MAX_WORKERS];
-    size_t n = proxy_obs(a->p, ws, ADMIN_MAX_WORKERS);
     struct obs_totals tot;
+    size_t n = proxy_obs_lock(a->p, ws, ADMIN_MAX_WORKERS);
     obs_totals(ws, n, &tot);
-    const struct conf *c = proxy_conf(a->p);
+    proxy_obs_unlock(a->p);
+    struct proxy_reload_stats st;
+    proxy_reload_stats(a->p, &st);
+    const struct conf *c = proxy_gen_conf(g);
     uint64_t now = loop_clock_ms();
     obs_printf(t, "{\"uptime_seconds\":%.3f,\"workers\":%zu,\"requests\":%llu,\"errors_4xx\":%llu,"
                   "\"errors_5xx\":%llu,\"connections_active\":%llu,\"connections_total\":%llu,"
@@ -140,25 +179,37 @@ static void status_json(struct admin *a, struct obs_text *t)
                (unsigned long long)tot.conns_active, (unsigned long long)tot.conns_total,
                (unsigned long long)tot.bytes_in, (unsigned long long)tot.bytes_out,
                (double)tot.duration_sum_us / 1e6);
-    for (unsigned i = 0; i <= OBS_NBUCKETS; i++) {
-        if (i < OBS_NBUCKETS)
-            obs_printf(t, "%s{\"le\":%g,\"count\":%llu}", i ? "," : "", obs_bucket_bounds[i],
-                       (unsigned long long)tot.duration_bucket[i]);
-        else
-            obs_printf(t, ",{\"le\":\"+Inf\",\"count\":%llu}", (unsigned long long)tot.duration_bucket[i]);
+    for (unsigned i = 0; i < tot.nbuckets; i++)
+        obs_printf(t, "%s{\"le\":%g,\"count\":%llu}", i ? "," : "", tot.bounds[i],
+                   (unsigned long long)tot.duration_bucket[i]);
+    obs_printf(t, "%s{\"le\":\"+Inf\",\"count\":%llu}", tot.nbuckets ? "," : "",
+               (unsigned long long)tot.duration_bucket[tot.nbuckets]);
+    obs_printf(t, "],\"config\":{\"path\":\"");
+    json_text(t, c->path);
+    obs_printf(t, "\",\"generation\":%llu,\"loaded_at\":%lld,\"reloads_ok\":%llu,"
+                  "\"reloads_failed\":%llu,\"last_reload_ok\":%s,\"last_error\":",
+               (unsigned long long)st.generation, (long long)st.loaded_at,
+               (unsigned long long)st.ok, (unsigned long long)st.failed,
+               st.last_attempt == 0 || st.last_ok ? "true" : "false");
+    if (st.last_error[0]) {
+        obs_printf(t, "\"");
+        json_text(t, st.last_error);
+        obs_printf(t, "\"");
+    } else {
+        obs_printf(t, "null");
     }
-    obs_printf(t, "],\"upstreams\":[");
+    obs_printf(t, "},\"upstreams\":[");
     for (uint32_t u = 0; u < c->nupstreams; u++) {
-        struct balance_group *g = proxy_group(a->p, u);
-        obs_printf(t, "%s{\"name\":\"%s\",\"servers\":[", u ? "," : "", balance_group_name(g));
-        for (uint32_t s = 0; s < balance_group_size(g); s++)
+        struct balance_group *bg = proxy_gen_group(g, u);
+        obs_printf(t, "%s{\"name\":\"%s\",\"servers\":[", u ? "," : "", balance_group_name(bg));
+        for (uint32_t s = 0; s < balance_group_size(bg); s++)
             obs_printf(t, "%s{\"address\":\"%s\",\"state\":\"%s\",\"backup\":%s,\"active\":%u,"
                           "\"state_changes\":%llu}",
-                       s ? "," : "", balance_server_name(g, (int)s),
-                       state_name(balance_server_state(g, (int)s, now)),
-                       balance_server_backup(g, (int)s) ? "true" : "false",
-                       balance_server_active(g, (int)s),
-                       (unsigned long long)balance_server_changes(g, (int)s));
+                       s ? "," : "", balance_server_name(bg, (int)s),
+                       state_name(balance_server_state(bg, (int)s, now)),
+                       balance_server_backup(bg, (int)s) ? "true" : "false",
+                       balance_server_active(bg, (int)s),
+                       (unsigned long long)balance_server_changes(bg, (int)s));
         obs_printf(t, "]}");
     }
     obs_printf(t, "]}\n");
@@ -182,6 +233,94 @@ static bool token_ok(const struct conf *c, const struct http_request *r)
         return diff == 0;
     }
     return false;
+}
+
+static void serve_request(struct admin *a, int fd, const struct http_request *r,
+                          const struct proxy_gen *g)
+{
+    const char *path = r->path ? r->path : "/";
+    size_t plen = r->path ? r->path_len : 1;
+    const char *q = memchr(path, '?', plen);
+    if (q)
+        plen = (size_t)(q - path);
+#define PATH_IS(lit) (plen == sizeof(lit) - 1 && memcmp(path, lit, plen) == 0)
+    bool get = r->method_len == 3 && memcmp(r->method, "GET", 3) == 0;
+    bool head = r->is_head;
+    bool post = r->method_len == 4 && memcmp(r->method, "POST", 4) == 0;
+    if (PATH_IS("/reload")) {
+        if (!post) {
+            respond(fd, 405, "text/plain", "POST only\n", 10, "Allow: POST\r\n");
+            return;
+        }
+    } else if (!get && !head) {
+        respond(fd, 405, "text/plain", "GET only\n", 9, "Allow: GET, HEAD\r\n");
+        return;
+    }
+    if (PATH_IS("/")) {
+        /* The status page holds no data (its script fetches /status with the
+         * token), so it is open; the policy forbids every outside source. */
+        respond(fd, 200, "text/html; charset=utf-8", status_page_html, head ? 0 : status_page_len,
+                "Content-Security-Policy: default-src 'none'; script-src 'unsafe-inline'; "
+                "style-src 'unsafe-inline'; connect-src 'self'; img-src data:; "
+                "base-uri 'none'; form-action 'none'; frame-ancestors 'none'\r\n"
+                "X-Content-Type-Options: nosniff\r\nReferrer-Policy: no-referrer\r\n");
+        return;
+    }
+    if (PATH_IS("/health")) {
+        text(fd, 200, "ok\n");
+        return;
+    }
+    if (PATH_IS("/ready")) {
+        if (ready(g))
+            text(fd, 200, "ready\n");
+        else
+            text(fd, 503, "not ready: an upstream has no server up\n");
+        return;
+    }
+    if (!token_ok(proxy_gen_conf(g), r)) {
+        respond(fd, 401, "text/plain", "unauthorized\n", 13,
+                "WWW-Authenticate: Bearer realm=\"portico admin\"\r\n");
+        return;
+    }
+    struct obs_text t = { 0 };
+    if (PATH_IS("/reload")) {
+        char err[1024];
+        if (proxy_reload(a->p, err, sizeof err) == 0) {
+            struct proxy_reload_stats st;
+            proxy_reload_stats(a->p, &st);
+            obs_printf(&t, "{\"reloaded\":true,\"generation\":%llu}\n",
+                       (unsigned long long)st.generation);
+            if (!t.oom)
+                respond(fd, 200, "application/json", t.buf, t.len, NULL);
+        } else {
+            obs_printf(&t, "{\"reloaded\":false,\"error\":\"");
+            json_text(&t, err);
+            obs_printf(&t, "\"}\n");
+            /* the request was fine; the file it asked to load was not */
+            if (!t.oom)
+                respond(fd, 422, "application/json", t.buf, t.len, NULL);
+        }
+    } else if (PATH_IS("/metrics")) {
+        struct obs_worker *ws[ADMIN_MAX_WORKERS];
+        size_t nw = proxy_obs_lock(a->p, ws, ADMIN_MAX_WORKERS);
+        obs_expose(&t, ws, nw);
+        proxy_obs_unlock(a->p);
+        upstream_metrics(g, &t);
+        reload_metrics(a, &t);
+        if (!t.oom)
+            respond(fd, 200, "text/plain; version=0.0.4; charset=utf-8", t.buf, head ? 0 : t.len, NULL);
+    } else if (PATH_IS("/status")) {
+        status_json(a, g, &t);
+        if (!t.oom)
+            respond(fd, 200, "application/json", t.buf, head ? 0 : t.len, NULL);
+    } else {
+        text(fd, 404, "not found: try /, /health, /ready, /metrics, /status, POST /reload\n");
+        return;
+    }
+    if (t.oom)
+        text(fd, 500, "out of memory\n");
+    free(t.buf);
+#undef PATH_IS
 }
 
 static void serve(struct admin *a, int fd)
@@ -215,65 +354,11 @@ static void serve(struct admin *a, int fd)
         text(fd, r.m.status, "bad request\n");
         return;
     }
-    const char *path = r.path ? r.path : "/";
-    size_t plen = r.path ? r.path_len : 1;
-    const char *q = memchr(path, '?', plen);
-    if (q)
-        plen = (size_t)(q - path);
-#define PATH_IS(lit) (plen == sizeof(lit) - 1 && memcmp(path, lit, plen) == 0)
-    bool get = r.method_len == 3 && memcmp(r.method, "GET", 3) == 0;
-    bool head = r.is_head;
-    if (!get && !head) {
-        respond(fd, 405, "text/plain", "GET only\n", 9, "Allow: GET, HEAD\r\n");
-        return;
-    }
-    if (PATH_IS("/")) {
-        /* The status page holds no data (its script fetches /status with the
-         * token), so it is open; the policy forbids every outside source. */
-        respond(fd, 200, "text/html; charset=utf-8", status_page_html, head ? 0 : status_page_len,
-                "Content-Security-Policy: default-src 'none'; script-src 'unsafe-inline'; "
-                "style-src 'unsafe-inline'; connect-src 'self'; img-src data:; "
-                "base-uri 'none'; form-action 'none'; frame-ancestors 'none'\r\n"
-                "X-Content-Type-Options: nosniff\r\nReferrer-Policy: no-referrer\r\n");
-        return;
-    }
-    if (PATH_IS("/health")) {
-        text(fd, 200, "ok\n");
-        return;
-    }
-    if (PATH_IS("/ready")) {
-        if (ready(a))
-            text(fd, 200, "ready\n");
-        else
-            text(fd, 503, "not ready: an upstream has no server up\n");
-        return;
-    }
-    const struct conf *c = proxy_conf(a->p);
-    if (!token_ok(c, &r)) {
-        respond(fd, 401, "text/plain", "unauthorized\n", 13,
-                "WWW-Authenticate: Bearer realm=\"portico admin\"\r\n");
-        return;
-    }
-    struct obs_text t = { 0 };
-    if (PATH_IS("/metrics")) {
-        struct obs_worker *ws[ADMIN_MAX_WORKERS];
-        size_t nw = proxy_obs(a->p, ws, ADMIN_MAX_WORKERS);
-        obs_expose(&t, c, ws, nw);
-        upstream_metrics(a, &t);
-        if (!t.oom)
-            respond(fd, 200, "text/plain; version=0.0.4; charset=utf-8", t.buf, head ? 0 : t.len, NULL);
-    } else if (PATH_IS("/status")) {
-        status_json(a, &t);
-        if (!t.oom)
-            respond(fd, 200, "application/json", t.buf, head ? 0 : t.len, NULL);
-    } else {
-        text(fd, 404, "not found: try /, /health, /ready, /metrics, /status\n");
-        return;
-    }
-    if (t.oom)
-        text(fd, 500, "out of memory\n");
-    free(t.buf);
-#undef PATH_IS
+    /* A body (none is expected) is left unread: the answer says
+     * Connection: close and the socket is closed after it. */
+    struct proxy_gen *g = proxy_gen_get(a->p);
+    serve_request(a, fd, &r, g);
+    proxy_gen_put(g);
 }
 
 static void *admin_main(void *arg)

@@ -138,6 +138,28 @@ void balance_group_free(struct balance_group *g)
     free(g);
 }
 
+void balance_group_inherit(struct balance_group *g, const struct balance_group *old)
+{
+    for (uint32_t i = 0; i < g->n; i++) {
+        const struct conf_addr *a = &g->sc[i].addr;
+        for (uint32_t j = 0; j < old->n; j++) {
+            const struct conf_addr *b = &old->sc[j].addr;
+            if (a->len != b->len || memcmp(&a->ss, &b->ss, a->len) != 0 || strcmp(a->text, b->text))
+                continue;
+            const struct lb_server *o = &old->st[j];
+            struct lb_server *n = &g->st[i];
+            if (g->health.enabled)
+                atomic_store_explicit(&n->hc_down, atomic_load(&o->hc_down), memory_order_relaxed);
+            atomic_store_explicit(&n->down_until, atomic_load(&o->down_until), memory_order_relaxed);
+            atomic_store_explicit(&n->fail_word, atomic_load(&o->fail_word), memory_order_relaxed);
+            atomic_store_explicit(&n->recovered_at, atomic_load(&o->recovered_at), memory_order_relaxed);
+            atomic_store_explicit(&n->changes, atomic_load(&o->changes), memory_order_relaxed);
+            break;
+        }
+    }
+    atomic_fetch_add_explicit(&g->gen, 1, memory_order_release);
+}
+
 struct balance_worker *balance_worker_new(const struct balance_group *g, uint32_t seed)
 {
     struct balance_worker *w = calloc(1, sizeof *w + (size_t)g->n * sizeof w->cur[0]);

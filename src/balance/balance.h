@@ -98,6 +98,14 @@ struct balance_group *balance_group_new(const struct conf_upstream *u, char *err
  * the snapshot and free them when its last reference goes. */
 void balance_group_free(struct balance_group *g);
 
+/* On a reload: give the servers of a new group `g` the run-time state of the
+ * servers with the same address in `old` (the same upstream in the previous
+ * configuration): down or up (active verdict only if g has health checks,
+ * since nothing else would bring it back), the passive failure window, the
+ * slow_start ramp, the transition count. A server down before the reload
+ * stays down after it. Call before g is shared with anyone. */
+void balance_group_inherit(struct balance_group *g, const struct balance_group *old);
+
 /* Per-worker picking state for one group (smooth-WRR current weights and a
  * rotation counter). Owned and used by one thread only. `seed` (e.g. the
  * worker id) desynchronises workers so they do not all send their first

@@ -652,6 +652,53 @@ static bool load_admin(struct ctx *x, yaml_node_t *m, struct conf *c)
     return true;
 }
 
+/* metrics: { enabled: true, buckets: [0.005, 0.01, 25ms, ...] } (seconds, or durations) */
+static bool load_metrics(struct ctx *x, yaml_node_t *m, struct conf_metrics *mt)
+{
+    if (!expect_map(x, m, "metrics"))
+        return false;
+    FOR_PAIRS(x, m, k, v) {
+        char kp[256];
+        join(kp, sizeof kp, "metrics", k);
+        if (!strcmp(k, "enabled")) {
+            if (!get_bool(x, v, kp, &mt->enabled))
+                return false;
+        } else if (!strcmp(k, "buckets")) {
+            if (!expect_seq(x, v, kp))
+                return false;
+            size_t n = (size_t)(v->data.sequence.items.top - v->data.sequence.items.start);
+            if (n == 0 || n > CONF_MAX_BUCKETS)
+                return bad(x, v, kp, "expected 1 to %d upper bounds", CONF_MAX_BUCKETS);
+            for (size_t i = 0; i < n; i++) {
+                char ip[300];
+                snprintf(ip, sizeof ip, "%s[%zu]", kp, i);
+                yaml_node_t *b = node(x, v->data.sequence.items.start[i]);
+                const char *s = scalar(b);
+                uint64_t ms;
+                double d = -1;
+                char *end = NULL;
+                if (s && conf_parse_duration(s, &ms) == 0 && *s && !isdigit((unsigned char)s[strlen(s) - 1]))
+                    d = (double)ms / 1000.0;
+                else if (s && *s) {
+                    errno = 0;
+                    d = strtod(s, &end);
+                    if (errno || *end || !(d > 0) || d > 1e6)
+                        d = -1;
+                }
+                if (!(d > 0))
+                    return bad(x, b, ip, "expected seconds (0.005) or a duration (5ms) above zero");
+                if (i && d <= mt->buckets[i - 1])
+                    return bad(x, b, ip, "bounds must increase strictly");
+                mt->buckets[i] = d;
+            }
+            mt->nbuckets = (uint32_t)n;
+        } else {
+            return unknown(x, p_, "metrics", k);
+        }
+    }
+    return true;
+}
+
 static bool load_root(struct ctx *x, struct conf *c, yaml_node_t *root)
 {
     if (!root)
@@ -668,6 +715,7 @@ static bool load_root(struct ctx *x, struct conf *c, yaml_node_t *root)
         else if (!strcmp(k, "shutdown_timeout")) ok = get_timeout(x, v, k, &c->shutdown_timeout);
         else if (!strcmp(k, "admin")) ok = load_admin(x, v, c);
         else if (!strcmp(k, "access_log")) ok = load_access_log(x, v, c);
+        else if (!strcmp(k, "metrics")) ok = load_metrics(x, v, &c->metrics);
         else if (!strcmp(k, "workers")) {
             const char *s = scalar(v);
             if (s && !strcmp(s, "auto")) {
@@ -789,6 +837,13 @@ struct conf *conf_load_string(const char *name, const char *text, size_t len,
         .send_timeout = 60000, .max_header_bytes = 16384, .max_headers = 100,
         .max_request_line = 8192, .max_body = 16ull << 20, .max_connections = 10000,
     };
+
+    static const double default_buckets[] = {
+        0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30,
+    };
+    c->metrics.enabled = true;
+    c->metrics.nbuckets = sizeof default_buckets / sizeof default_buckets[0];
+    memcpy(c->metrics.buckets, default_buckets, sizeof default_buckets);
 
     yaml_parser_t parser;
     yaml_parser_initialize(&parser);

@@ -107,6 +107,15 @@ struct conf_limits {
     uint32_t max_connections;   /* per process */
 };
 
+#define CONF_MAX_BUCKETS 30
+
+/* `metrics:` what the request path records for /metrics. */
+struct conf_metrics {
+    bool enabled;               /* false: no per-request series (requests, durations) */
+    uint32_t nbuckets;          /* histogram upper bounds, strictly increasing */
+    double buckets[CONF_MAX_BUCKETS];   /* seconds; +Inf is implicit */
+};
+
 struct conf {
     atomic_int refs;
     char *path;
@@ -123,6 +132,7 @@ struct conf {
     bool admin_enabled;         /* an `admin:` section is present */
     struct conf_addr admin_listen;
     char *admin_token;          /* from admin.token_file; NULL: no token required */
+    struct conf_metrics metrics;
 };
 
 /* Load and validate. On error returns NULL and writes a message to err. */

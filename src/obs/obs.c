@@ -8,9 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-const double obs_bucket_bounds[OBS_NBUCKETS] = {
-    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30,
-};
+_Static_assert(OBS_MAX_BUCKETS == CONF_MAX_BUCKETS, "one bound on histogram buckets");
 
 static const char *const method_names[OBS_NMETHODS] = {
     "GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "CONNECT", "OTHER",
@@ -39,22 +37,26 @@ static unsigned code_index(int status)
     return CODE_OTHER;
 }
 
-static unsigned bucket_index(uint64_t us)
+static unsigned bucket_index(const struct obs_worker *w, uint64_t us)
 {
-    double s = (double)us / 1e6;
     unsigned i = 0;
-    while (i < OBS_NBUCKETS && s > obs_bucket_bounds[i])
+    while (i < w->nbuckets && us > w->bucket_us[i])
         i++;
     return i;
 }
 
-struct obs_worker *obs_worker_new(const struct conf *c)
+struct obs_worker *obs_worker_new(struct conf *c)
 {
     struct obs_worker *w = calloc(1, sizeof *w);
     if (!w)
         return NULL;
+    w->layout = conf_ref(c);
     w->nroutes = c->nroutes + 1;
     w->nupstreams = c->nupstreams;
+    w->enabled = c->metrics.enabled;
+    w->nbuckets = c->metrics.nbuckets;
+    for (uint32_t i = 0; i < w->nbuckets; i++)
+        w->bucket_us[i] = (uint64_t)(c->metrics.buckets[i] * 1e6 + 0.5);
     w->routes = calloc(w->nroutes, sizeof *w->routes);
     w->upstreams = calloc(w->nupstreams ? w->nupstreams : 1, sizeof *w->upstreams);
     if (!w->routes || !w->upstreams) {
@@ -68,6 +70,7 @@ void obs_worker_free(struct obs_worker *w)
 {
     if (!w)
         return;
+    conf_unref(w->layout);
     free(w->routes);
     free(w->upstreams);
     free(w);
@@ -76,24 +79,173 @@ void obs_worker_free(struct obs_worker *w)
 void obs_request(struct obs_worker *w, uint32_t route, const char *method, size_t method_len,
                  int status, uint64_t duration_us)
 {
+    if (!w->enabled)
+        return;
     if (route >= w->nroutes)
         route = w->nroutes - 1;
     struct obs_route *r = &w->routes[route];
     obs_add(&r->requests[method_index(method, method_len)][code_index(status)], 1);
-    obs_add(&r->duration_bucket[bucket_index(duration_us)], 1);
+    obs_add(&r->duration_bucket[bucket_index(w, duration_us)], 1);
     obs_add(&r->duration_sum_us, duration_us);
     obs_add(&r->duration_count, 1);
 }
 
 void obs_upstream_time(struct obs_worker *w, uint32_t upstream, uint64_t duration_us)
 {
-    if (upstream >= w->nupstreams)
+    if (!w->enabled || upstream >= w->nupstreams)
         return;
     struct obs_upstream *u = &w->upstreams[upstream];
-    obs_add(&u->duration_bucket[bucket_index(duration_us)], 1);
+    obs_add(&u->duration_bucket[bucket_index(w, duration_us)], 1);
     obs_add(&u->duration_sum_us, duration_us);
     obs_add(&u->duration_count, 1);
 }
+
+/* ---------------------------------------------------------------- names */
+
+static bool same_route(const struct conf_route *a, const struct conf_route *b)
+{
+    if (!a->host != !b->host)
+        return false;
+    if (a->host && strcmp(a->host, b->host) != 0)
+        return false;
+    return strcmp(a->prefix, b->prefix) == 0;
+}
+
+static uint64_t route_hash(const struct conf_route *r)
+{
+    uint64_t h = 1469598103934665603ull;
+    for (const char *s = r->host ? r->host : ""; *s; s++)
+        h = (h ^ (unsigned char)*s) * 1099511628211ull;
+    h = (h ^ 0xff) * 1099511628211ull;
+    for (const char *s = r->prefix; *s; s++)
+        h = (h ^ (unsigned char)*s) * 1099511628211ull;
+    return h;
+}
+
+void obs_map_routes(const struct conf *from, const struct conf *to, uint32_t *map)
+{
+    /* an open-addressing table of `to`'s routes: O(routes), whatever their number */
+    size_t cap = 16;
+    while (cap < (size_t)to->nroutes * 2)
+        cap *= 2;
+    uint32_t *tab = malloc(cap * sizeof *tab);
+    if (tab) {
+        memset(tab, 0xff, cap * sizeof *tab);
+        for (uint32_t i = 0; i < to->nroutes; i++) {
+            size_t k = route_hash(&to->routes[i]) & (cap - 1);
+            while (tab[k] != OBS_NONE && !same_route(&to->routes[tab[k]], &to->routes[i]))
+                k = (k + 1) & (cap - 1);
+            if (tab[k] == OBS_NONE)
+                tab[k] = i;         /* the first of duplicates wins */
+        }
+    }
+    for (uint32_t i = 0; i < from->nroutes; i++) {
+        map[i] = OBS_NONE;
+        if (!tab) {                 /* out of memory: the slow way */
+            for (uint32_t j = 0; j < to->nroutes && map[i] == OBS_NONE; j++)
+                if (same_route(&from->routes[i], &to->routes[j]))
+                    map[i] = j;
+            continue;
+        }
+        size_t k = route_hash(&from->routes[i]) & (cap - 1);
+        while (tab[k] != OBS_NONE) {
+            if (same_route(&to->routes[tab[k]], &from->routes[i])) {
+                map[i] = tab[k];
+                break;
+            }
+            k = (k + 1) & (cap - 1);
+        }
+    }
+    map[from->nroutes] = to->nroutes;
+    free(tab);
+}
+
+void obs_map_upstreams(const struct conf *from, const struct conf *to, uint32_t *map)
+{
+    for (uint32_t i = 0; i < from->nupstreams; i++) {
+        map[i] = OBS_NONE;
+        for (uint32_t j = 0; j < to->nupstreams; j++)
+            if (!strcmp(from->upstreams[i].name, to->upstreams[j].name)) {
+                map[i] = j;
+                break;
+            }
+    }
+}
+
+static uint64_t ld(const obs_counter *c) { return atomic_load_explicit(c, memory_order_relaxed); }
+
+static bool same_buckets(const struct obs_worker *a, const struct obs_worker *b)
+{
+    return a->nbuckets == b->nbuckets &&
+           memcmp(a->bucket_us, b->bucket_us, a->nbuckets * sizeof a->bucket_us[0]) == 0;
+}
+
+static void add_route(struct obs_route *to, const struct obs_route *from, bool hist)
+{
+    for (unsigned m = 0; m < OBS_NMETHODS; m++)
+        for (unsigned k = 0; k < OBS_NCODES; k++)
+            obs_add(&to->requests[m][k], ld(&from->requests[m][k]));
+    if (!hist)
+        return;
+    for (unsigned i = 0; i <= OBS_MAX_BUCKETS; i++)
+        obs_add(&to->duration_bucket[i], ld(&from->duration_bucket[i]));
+    obs_add(&to->duration_sum_us, ld(&from->duration_sum_us));
+    obs_add(&to->duration_count, ld(&from->duration_count));
+}
+
+static void add_upstream(struct obs_upstream *to, const struct obs_upstream *from, bool hist)
+{
+    obs_add(&to->errors, ld(&from->errors));
+    if (!hist)
+        return;
+    for (unsigned i = 0; i <= OBS_MAX_BUCKETS; i++)
+        obs_add(&to->duration_bucket[i], ld(&from->duration_bucket[i]));
+    obs_add(&to->duration_sum_us, ld(&from->duration_sum_us));
+    obs_add(&to->duration_count, ld(&from->duration_count));
+}
+
+/* Sum `from` into `to` (laid out for to->layout); the maps are scratch space. */
+static void sum_into(struct obs_worker *to, const struct obs_worker *from, uint32_t *rmap,
+                     uint32_t *umap)
+{
+    bool hist = same_buckets(to, from);
+    bool same = to->layout == from->layout;
+    if (!same) {
+        obs_map_routes(from->layout, to->layout, rmap);
+        obs_map_upstreams(from->layout, to->layout, umap);
+    }
+    for (uint32_t i = 0; i < from->nroutes; i++) {
+        uint32_t j = same ? i : rmap[i];
+        if (j < to->nroutes)
+            add_route(&to->routes[j], &from->routes[i], hist);
+    }
+    for (uint32_t i = 0; i < from->nupstreams; i++) {
+        uint32_t j = same ? i : umap[i];
+        if (j < to->nupstreams)
+            add_upstream(&to->upstreams[j], &from->upstreams[i], hist);
+    }
+    obs_add(&to->conns_total, ld(&from->conns_total));
+    obs_add(&to->conns_closed, ld(&from->conns_closed));
+    obs_add(&to->bytes_in, ld(&from->bytes_in));
+    obs_add(&to->bytes_out, ld(&from->bytes_out));
+    obs_add(&to->rejected, ld(&from->rejected));
+}
+
+void obs_worker_carry(struct obs_worker *to, const struct obs_worker *from)
+{
+    uint32_t *rmap = malloc(((size_t)from->nroutes + 1) * sizeof *rmap);
+    uint32_t *umap = malloc(((size_t)from->nupstreams + 1) * sizeof *umap);
+    if (rmap && umap) {
+        sum_into(to, from, rmap, umap);
+    } else {                    /* out of memory: keep at least the connection gauge right */
+        obs_add(&to->conns_total, ld(&from->conns_total));
+        obs_add(&to->conns_closed, ld(&from->conns_closed));
+    }
+    free(rmap);
+    free(umap);
+}
+
+/* ---------------------------------------------------------------- exposition */
 
 void obs_printf(struct obs_text *t, const char *fmt, ...)
 {
@@ -125,8 +277,6 @@ void obs_printf(struct obs_text *t, const char *fmt, ...)
     }
 }
 
-static uint64_t ld(const obs_counter *c) { return atomic_load_explicit(c, memory_order_relaxed); }
-
 /* Label values are names from the configuration; escape them anyway. */
 static const char *esc(const char *s, char *out, size_t len)
 {
@@ -140,16 +290,16 @@ static const char *esc(const char *s, char *out, size_t len)
     return out;
 }
 
-static void histogram(struct obs_text *t, const char *name, const char *label,
-                      const uint64_t *b, uint64_t sum_us, uint64_t count)
+static void histogram(struct obs_text *t, const struct obs_worker *lay, const char *name,
+                      const char *label, const obs_counter *b, uint64_t sum_us, uint64_t count)
 {
     uint64_t cum = 0;
-    for (unsigned i = 0; i < OBS_NBUCKETS; i++) {
-        cum += b[i];
-        obs_printf(t, "%s_bucket{%s,le=\"%g\"} %llu\n", name, label, obs_bucket_bounds[i],
-                   (unsigned long long)cum);
+    for (unsigned i = 0; i < lay->nbuckets; i++) {
+        cum += ld(&b[i]);
+        obs_printf(t, "%s_bucket{%s,le=\"%g\"} %llu\n", name, label,
+                   lay->layout->metrics.buckets[i], (unsigned long long)cum);
     }
-    cum += b[OBS_NBUCKETS];
+    cum += ld(&b[lay->nbuckets]);
     obs_printf(t, "%s_bucket{%s,le=\"+Inf\"} %llu\n", name, label, (unsigned long long)cum);
     obs_printf(t, "%s_sum{%s} %.6f\n", name, label, (double)sum_us / 1e6);
     obs_printf(t, "%s_count{%s} %llu\n", name, label, (unsigned long long)count);
@@ -164,20 +314,46 @@ static const char *route_name(const struct conf *c, uint32_t i, char *buf, size_
     return buf;
 }
 
-void obs_expose(struct obs_text *t, const struct conf *c, struct obs_worker *const *workers,
-                size_t nworkers)
+void obs_expose(struct obs_text *t, struct obs_worker *const *workers, size_t nworkers)
 {
-    uint32_t nroutes = c->nroutes + 1;
+    if (!nworkers)
+        return;
+    /* Sum every worker into one scratch worker laid out like the first. */
+    struct conf *c = workers[0]->layout;
+    struct obs_worker *sum = obs_worker_new(c);
+    uint32_t *self = malloc(((size_t)c->nroutes + 1) * sizeof *self);
+    size_t maxr = 0, maxu = 0;
+    for (size_t w = 0; w < nworkers; w++) {
+        if (workers[w]->nroutes > maxr)
+            maxr = workers[w]->nroutes;
+        if (workers[w]->nupstreams > maxu)
+            maxu = workers[w]->nupstreams;
+    }
+    uint32_t *rmap = malloc((maxr + 1) * sizeof *rmap);
+    uint32_t *umap = malloc((maxu + 1) * sizeof *umap);
+    if (!sum || !self || !rmap || !umap) {
+        t->oom = 1;
+        goto out;
+    }
+    for (size_t w = 0; w < nworkers; w++)
+        sum_into(sum, workers[w], rmap, umap);
+    /* two routes with the same host and prefix are one series (the first) */
+    obs_map_routes(c, c, self);
+    for (uint32_t r = 0; r < c->nroutes; r++)
+        if (self[r] != r && self[r] < sum->nroutes)
+            add_route(&sum->routes[self[r]], &sum->routes[r], true);
+
     char rn[600], e1[700], e2[700], label[1500];
+    uint32_t nroutes = sum->nroutes;
 
     obs_printf(t, "# HELP portico_http_requests_total Requests answered, by route, method and status code.\n"
                   "# TYPE portico_http_requests_total counter\n");
     for (uint32_t r = 0; r < nroutes; r++) {
+        if (r < c->nroutes && self[r] != r)
+            continue;
         for (unsigned m = 0; m < OBS_NMETHODS; m++) {
             for (unsigned k = 0; k <= CODE_OTHER; k++) {
-                uint64_t v = 0;
-                for (size_t w = 0; w < nworkers; w++)
-                    v += ld(&workers[w]->routes[r].requests[m][k]);
+                uint64_t v = ld(&sum->routes[r].requests[m][k]);
                 if (!v)
                     continue;
                 char code[8];
@@ -195,41 +371,28 @@ void obs_expose(struct obs_text *t, const struct conf *c, struct obs_worker *con
     obs_printf(t, "# HELP portico_http_request_duration_seconds Time from a request's first byte to its response's last, by route.\n"
                   "# TYPE portico_http_request_duration_seconds histogram\n");
     for (uint32_t r = 0; r < nroutes; r++) {
-        uint64_t b[OBS_NBUCKETS + 1] = { 0 }, sum = 0, count = 0;
-        for (size_t w = 0; w < nworkers; w++) {
-            const struct obs_route *x = &workers[w]->routes[r];
-            for (unsigned i = 0; i <= OBS_NBUCKETS; i++)
-                b[i] += ld(&x->duration_bucket[i]);
-            sum += ld(&x->duration_sum_us);
-            count += ld(&x->duration_count);
-        }
+        if (r < c->nroutes && self[r] != r)
+            continue;
+        const struct obs_route *x = &sum->routes[r];
         snprintf(label, sizeof label, "route=\"%s\"", esc(route_name(c, r, rn, sizeof rn), e1, sizeof e1));
-        histogram(t, "portico_http_request_duration_seconds", label, b, sum, count);
+        histogram(t, sum, "portico_http_request_duration_seconds", label, x->duration_bucket,
+                  ld(&x->duration_sum_us), ld(&x->duration_count));
     }
 
     obs_printf(t, "# HELP portico_upstream_request_duration_seconds Time from sending a request upstream to its response head, by upstream.\n"
                   "# TYPE portico_upstream_request_duration_seconds histogram\n");
     for (uint32_t u = 0; u < c->nupstreams; u++) {
-        uint64_t b[OBS_NBUCKETS + 1] = { 0 }, sum = 0, count = 0;
-        for (size_t w = 0; w < nworkers; w++) {
-            const struct obs_upstream *x = &workers[w]->upstreams[u];
-            for (unsigned i = 0; i <= OBS_NBUCKETS; i++)
-                b[i] += ld(&x->duration_bucket[i]);
-            sum += ld(&x->duration_sum_us);
-            count += ld(&x->duration_count);
-        }
+        const struct obs_upstream *x = &sum->upstreams[u];
         snprintf(label, sizeof label, "upstream=\"%s\"", esc(c->upstreams[u].name, e2, sizeof e2));
-        histogram(t, "portico_upstream_request_duration_seconds", label, b, sum, count);
+        histogram(t, sum, "portico_upstream_request_duration_seconds", label, x->duration_bucket,
+                  ld(&x->duration_sum_us), ld(&x->duration_count));
     }
     obs_printf(t, "# HELP portico_upstream_errors_total Upstream attempts that failed (connect, timeout, reset, bad response).\n"
                   "# TYPE portico_upstream_errors_total counter\n");
-    for (uint32_t u = 0; u < c->nupstreams; u++) {
-        uint64_t v = 0;
-        for (size_t w = 0; w < nworkers; w++)
-            v += ld(&workers[w]->upstreams[u].errors);
+    for (uint32_t u = 0; u < c->nupstreams; u++)
         obs_printf(t, "portico_upstream_errors_total{upstream=\"%s\"} %llu\n",
-                   esc(c->upstreams[u].name, e2, sizeof e2), (unsigned long long)v);
-    }
+                   esc(c->upstreams[u].name, e2, sizeof e2),
+                   (unsigned long long)ld(&sum->upstreams[u].errors));
 
     struct obs_totals tot;
     obs_totals(workers, nworkers, &tot);
@@ -254,13 +417,24 @@ void obs_expose(struct obs_text *t, const struct conf *c, struct obs_worker *con
                (unsigned long long)tot.conns_active, (unsigned long long)tot.conns_total,
                (unsigned long long)tot.bytes_in, (unsigned long long)tot.bytes_out,
                (unsigned long long)rejected);
+out:
+    obs_worker_free(sum);
+    free(self);
+    free(rmap);
+    free(umap);
 }
 
 void obs_totals(struct obs_worker *const *workers, size_t nworkers, struct obs_totals *out)
 {
     memset(out, 0, sizeof *out);
+    if (!nworkers)
+        return;
+    const struct obs_worker *first = workers[0];
+    out->nbuckets = first->nbuckets;
+    memcpy(out->bounds, first->layout->metrics.buckets, first->nbuckets * sizeof out->bounds[0]);
     for (size_t w = 0; w < nworkers; w++) {
         const struct obs_worker *x = workers[w];
+        bool hist = same_buckets(first, x);
         uint64_t total = ld(&x->conns_total), closed = ld(&x->conns_closed);
         out->conns_total += total;
         out->conns_active += total >= closed ? total - closed : 0;
@@ -278,7 +452,9 @@ void obs_totals(struct obs_worker *const *workers, size_t nworkers, struct obs_t
                     else if (code >= 400)
                         out->errors_4xx += v;
                 }
-            for (unsigned i = 0; i <= OBS_NBUCKETS; i++)
+            if (!hist)
+                continue;
+            for (unsigned i = 0; i <= x->nbuckets; i++)
                 out->duration_bucket[i] += ld(&rt->duration_bucket[i]);
             out->duration_count += ld(&rt->duration_count);
             out->duration_sum_us += ld(&rt->duration_sum_us);

@@ -8,44 +8,55 @@
  * request ahead of another, never a torn value.
  *
  * Labels are bounded by the configuration: routes x method classes x a fixed
- * set of status codes, so no input can grow the registry.
+ * set of status codes, so no input can grow the registry. An obs_worker is
+ * laid out for one configuration snapshot (its `layout`: the routes, the
+ * upstreams, the histogram buckets). On a reload the worker makes a new one
+ * for the new snapshot and carries the old counts over by name
+ * (obs_worker_carry), so counters of routes and upstreams that stay keep
+ * counting; requests still in flight on the old snapshot are recorded into
+ * the new one through obs_map_routes / obs_map_upstreams.
  */
 #ifndef PORTICO_OBS_H
 #define PORTICO_OBS_H
 
 #include <stdatomic.h>
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <time.h>
 
 struct conf;
 
-#define OBS_NBUCKETS 14             /* request duration histogram buckets (+Inf extra) */
+#define OBS_MAX_BUCKETS 30          /* histogram upper bounds (+Inf extra); = CONF_MAX_BUCKETS */
 #define OBS_NMETHODS 9
 #define OBS_NCODES 32
+#define OBS_NONE UINT32_MAX         /* obs_map_*: no such route or upstream in the target */
 
 typedef _Atomic uint64_t obs_counter;
 
 /* Per-route counters of one worker. */
 struct obs_route {
     obs_counter requests[OBS_NMETHODS][OBS_NCODES];
-    obs_counter duration_bucket[OBS_NBUCKETS + 1];
+    obs_counter duration_bucket[OBS_MAX_BUCKETS + 1];
     obs_counter duration_sum_us;
     obs_counter duration_count;
 };
 
 /* Per-upstream counters of one worker. */
 struct obs_upstream {
-    obs_counter duration_bucket[OBS_NBUCKETS + 1];
+    obs_counter duration_bucket[OBS_MAX_BUCKETS + 1];
     obs_counter duration_sum_us;
     obs_counter duration_count;
     obs_counter errors;             /* attempts that failed (connect, timeout, reset) */
 };
 
 struct obs_worker {
-    struct obs_route *routes;       /* [conf->nroutes + 1]: the last one is "no route" */
-    struct obs_upstream *upstreams; /* [conf->nupstreams] */
-    uint32_t nroutes, nupstreams;
+    struct conf *layout;            /* a reference: route and upstream names, buckets */
+    struct obs_route *routes;       /* [layout->nroutes + 1]: the last one is "no route" */
+    struct obs_upstream *upstreams; /* [layout->nupstreams] */
+    uint32_t nroutes, nupstreams, nbuckets;
+    bool enabled;                   /* layout->metrics.enabled */
+    uint64_t bucket_us[OBS_MAX_BUCKETS];
     obs_counter conns_total;
     obs_counter conns_active;       /* gauge, kept as accepted - closed */
     obs_counter conns_closed;
@@ -53,9 +64,22 @@ struct obs_worker {
     obs_counter rejected;           /* malformed requests answered 4xx by the parser */
 };
 
-/* Allocate a worker's counters for a configuration. NULL on out of memory. */
-struct obs_worker *obs_worker_new(const struct conf *c);
+/* Allocate a worker's counters laid out for `c` (takes a reference to it).
+ * NULL on out of memory. */
+struct obs_worker *obs_worker_new(struct conf *c);
 void obs_worker_free(struct obs_worker *w);
+
+/* Add everything counted in `from` to `to`: routes by host+prefix, upstreams
+ * by name, histograms only when the bucket bounds are the same (otherwise
+ * they start again from zero). Both belong to the calling worker. */
+void obs_worker_carry(struct obs_worker *to, const struct obs_worker *from);
+
+/* map[i] for each route i of `from` (and its "no route" slot at
+ * from->nroutes): the index of the route with the same host and prefix in
+ * `to` (the first one, if several), to->nroutes for "no route", or OBS_NONE.
+ * obs_map_upstreams: by name, map[i] for i < from->nupstreams. */
+void obs_map_routes(const struct conf *from, const struct conf *to, uint32_t *map);
+void obs_map_upstreams(const struct conf *from, const struct conf *to, uint32_t *map);
 
 static inline void obs_add(obs_counter *c, uint64_t n)
 {
@@ -63,33 +87,37 @@ static inline void obs_add(obs_counter *c, uint64_t n)
                           memory_order_relaxed);
 }
 
-/* Record one finished request: route index (nroutes for "no route"),
- * method, status, total duration and bytes. */
+/* Record one finished request: route index in w's layout (nroutes or
+ * OBS_NONE for "no route"), method, status, total duration. */
 void obs_request(struct obs_worker *w, uint32_t route, const char *method, size_t method_len,
                  int status, uint64_t duration_us);
-/* Record one upstream attempt that produced a response head. */
+/* Record one upstream attempt that produced a response head (upstream index
+ * in w's layout; OBS_NONE: not counted). */
 void obs_upstream_time(struct obs_worker *w, uint32_t upstream, uint64_t duration_us);
 
 /* Prometheus text exposition (format 0.0.4) of the sum over `workers`, plus
- * whatever `extra` appends (upstream health, process metrics). Returns a
- * malloc'd NUL-terminated string, or NULL on out of memory. */
+ * whatever the caller appends (upstream health, process metrics). Series are
+ * named after workers[0]'s layout; a worker laid out for another snapshot
+ * (one that has not switched yet during a reload) is mapped by name. */
 struct obs_text {
     char *buf;
     size_t len, cap;
     int oom;
 };
 void obs_printf(struct obs_text *t, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-void obs_expose(struct obs_text *t, const struct conf *c, struct obs_worker *const *workers,
-                size_t nworkers);
+void obs_expose(struct obs_text *t, struct obs_worker *const *workers, size_t nworkers);
 
-/* Totals over workers, for the status page. */
+/* Totals over workers, for the status page. The histogram is over the
+ * buckets of workers[0]'s layout (workers with other buckets are left out of
+ * it); `bounds` are those buckets in seconds. */
 struct obs_totals {
     uint64_t requests, errors_5xx, errors_4xx, conns_active, conns_total, bytes_in, bytes_out;
-    uint64_t duration_bucket[OBS_NBUCKETS + 1];
+    uint32_t nbuckets;
+    double bounds[OBS_MAX_BUCKETS];
+    uint64_t duration_bucket[OBS_MAX_BUCKETS + 1];
     uint64_t duration_count, duration_sum_us;
 };
 void obs_totals(struct obs_worker *const *workers, size_t nworkers, struct obs_totals *out);
-extern const double obs_bucket_bounds[OBS_NBUCKETS];    /* seconds */
 
 /* ---- access log ----
  *

@@ -47,6 +47,7 @@
 
 struct worker;
 struct exchange;
+struct wgen;
 
 enum client_state {
     C_IDLE,         /* keep-alive, waiting for the first byte of a request */
@@ -84,7 +85,8 @@ struct uconn {
     struct loop_timer timer;
     struct worker *w;
     struct exchange *x;         /* NULL while idle in a pool */
-    struct upool *pool;         /* where it goes back when idle */
+    struct wgen *wg;            /* the generation whose pool it belongs to */
+    struct upool *pool;         /* where it goes back when idle: in wg->pools */
     struct uconn *prev, *next;  /* pool list, or graveyard (next) */
     bool readable, writable, hup, connecting, reused, pooled;
 };
@@ -92,7 +94,8 @@ struct uconn {
 struct exchange {
     struct client *c;
     struct uconn *u;
-    struct conf *conf;          /* the snapshot this request started on */
+    struct wgen *wg;            /* the generation this request started on (counted in users) */
+    struct conf *conf;          /* wg's snapshot (wg holds the reference) */
     const struct conf_route *route;
     struct balance_group *group;    /* the route's upstream group */
     int server;                     /* current attempt's server, valid while holding */
@@ -145,6 +148,47 @@ struct exchange {
 struct listener {
     struct loop_io io;
     struct worker *w;
+    struct listener *next_dead;
+    struct sockaddr_storage ss; /* the bound address, to match it across reloads */
+    socklen_t len;
+    char text[80];
+};
+
+/* A generation: one configuration snapshot and what is built from it for the
+ * whole process (upstream groups, the access log, listening sockets for
+ * addresses the previous generation did not have). proxy_reload() builds
+ * one, publishes it as p->gen and wakes the workers; each worker adopts it
+ * (worker_adopt) and keeps older ones only while requests started on them
+ * are in flight. Reference-counted: p->gen holds one, each worker's wgen one. */
+struct proxy_gen {
+    atomic_int refs;
+    uint64_t id;                /* 1, 2, ...: a reload's number */
+    struct conf *conf;          /* a reference */
+    struct balance_group **groups;  /* [conf->nupstreams], shared by the workers */
+    struct alog_ref *alog;      /* a reference; NULL: access_log off */
+    int *lfd;                   /* [nworkers][conf->nlisten]: sockets opened for this
+                                   generation; -1 where a worker reuses its own or took it */
+    uint32_t nworkers;
+};
+
+/* The access log writer, shared by generations that log to the same place. */
+struct alog_ref {
+    atomic_int refs;
+    struct obs_alog *log;
+    char *path;
+};
+
+/* A worker's part of a generation: keep-alive pools and balancing state. */
+struct wgen {
+    struct proxy_gen *g;        /* a reference */
+    struct wgen *next;          /* older generations still in use */
+    uint32_t users;             /* exchanges that started on it */
+    struct upool *pools;        /* [pool_base[u] + server] */
+    uint32_t *pool_base;
+    uint32_t npools;
+    struct balance_worker **bw; /* [upstream index] */
+    uint32_t *route_map;        /* route / upstream index -> index in the worker's obs */
+    uint32_t *up_map;           /* layout; NULL while that layout is this snapshot */
 };
 
 struct worker {
@@ -152,20 +196,21 @@ struct worker {
     uint32_t id;
     pthread_t thread;
     struct loop *loop;
-    struct conf *conf;
-    struct listener *listeners;
+    struct conf *conf;          /* cur->g->conf: what new requests use */
+    struct wgen *cur;           /* the newest generation, then older ones in use */
+    atomic_uint_fast64_t gen_id;    /* id of cur->g, for proxy_reload() to wait on */
+    struct listener **listeners;    /* [nlisteners]; NULL where a bind failed */
     uint32_t nlisteners;
     struct buf_pool bufs;
-    struct obs_worker *obs;
+    struct obs_worker *obs;     /* replaced (under p->mu) when a reload changes its layout */
     struct obs_alog_buf alog;
-    struct upool *pools;        /* [pool_base[u] + server] */
-    uint32_t *pool_base;
-    struct balance_worker **bw;     /* [upstream index] */
     struct http_header *hdrs;
     uint8_t *kinds;
+    uint32_t max_headers;       /* room in hdrs / kinds */
     struct http_limits lim;
     struct client *dead_clients;
     struct uconn *dead_uconns;
+    struct listener *dead_listeners;
     struct client *clients;
     uint32_t nclients;
     bool draining;
@@ -174,13 +219,15 @@ struct worker {
 };
 
 struct proxy {
-    struct conf *conf;
-    struct obs_alog *alog;          /* NULL: access_log off */
-    struct balance_group **groups;  /* [upstream index], shared by the workers */
+    pthread_mutex_t mu;             /* guards gen, and workers' obs pointers against scrapes */
+    pthread_mutex_t reload_mu;      /* one reload at a time */
+    struct proxy_gen *gen;          /* the current generation */
+    uint32_t bufsize;               /* every worker's buffer size, fixed at start */
     struct worker *workers;
     uint32_t nworkers;
     atomic_uint nconns;
     atomic_bool stopping;
+    struct proxy_reload_stats stats;    /* under reload_mu; read under mu */
 };
 
 /* ---------------------------------------------------------------- utils */
@@ -258,6 +305,7 @@ static void exchange_pump(struct exchange *x);
 static void exchange_fail(struct exchange *x, int status, const char *why);
 static void uconn_close(struct uconn *u);
 static void close_pools(struct worker *w);
+static void wgen_close_pools(struct wgen *wg);
 static bool upstream_attach(struct exchange *x, bool fresh, int fail_status);
 static void attempt_failed(struct exchange *x, const char *why, int status, bool retry);
 
@@ -418,10 +466,10 @@ static void uconn_io(struct loop *l, struct loop_io *io, unsigned ev)
 }
 
 /* Take an idle pooled connection, or open a new one. */
-static struct uconn *uconn_get(struct worker *w, const struct conf_upstream *up, uint32_t server,
-                               bool fresh, int *err)
+static struct uconn *uconn_get(struct worker *w, struct wgen *wg, const struct conf_upstream *up,
+                               uint32_t server, bool fresh, int *err)
 {
-    struct upool *pool = &w->pools[w->pool_base[up->index] + server];
+    struct upool *pool = &wg->pools[wg->pool_base[up->index] + server];
     struct uconn *u = pool->head;
     if (u && !fresh) {
         pool_remove(u);
@@ -452,6 +500,7 @@ static struct uconn *uconn_get(struct worker *w, const struct conf_upstream *up,
     u->io.cb = uconn_io;
     u->timer.cb = uconn_timeout;
     u->w = w;
+    u->wg = wg;
     u->pool = pool;
     u->connecting = rc < 0;
     u->writable = rc == 0;
@@ -471,7 +520,10 @@ static void uconn_release(struct uconn *u, bool keep)
     struct worker *w = u->w;
     const struct conf_upstream *up = u->x->route->upstream;
     u->x = NULL;
-    if (!keep || u->hup || w->draining || u->pool->n >= up->keepalive || u->io.fd < 0) {
+    /* a connection of an older generation is not pooled: its pools are gone
+     * with the requests still using it */
+    if (!keep || u->hup || w->draining || u->wg != w->cur || u->pool->n >= up->keepalive ||
+        u->io.fd < 0) {
         uconn_close(u);
         return;
     }
@@ -518,7 +570,7 @@ static bool upstream_attach(struct exchange *x, bool fresh, int fail_status)
                 ctx.key = x->key;
                 ctx.key_len = x->key_len;
             }
-            int s = balance_choose(x->group, w->bw[up->index], &ctx, x->tried);
+            int s = balance_choose(x->group, x->wg->bw[up->index], &ctx, x->tried);
             if (s < 0) {
                 exchange_fail(x, s == BALANCE_NONE ? 503 : fail_status,
                               s == BALANCE_NONE ? "no server available" : "every server failed");
@@ -529,7 +581,7 @@ static bool upstream_attach(struct exchange *x, bool fresh, int fail_status)
             x->tried[s / 64] |= 1ull << (s % 64);
         }
         int err = 0;
-        struct uconn *u = uconn_get(w, up, (uint32_t)x->server, fresh, &err);
+        struct uconn *u = uconn_get(w, x->wg, up, (uint32_t)x->server, fresh, &err);
         if (u) {
             u->x = x;
             x->u = u;
@@ -560,7 +612,9 @@ static void attempt_failed(struct exchange *x, const char *why, int status, bool
 {
     const struct conf_upstream *up = x->route->upstream;
     log_warn("upstream %s %s: %s", up->name, up->servers[x->server].addr.text, why);
-    obs_add(&x->c->w->obs->upstreams[up->index].errors, 1);
+    uint32_t ui = x->wg->up_map ? x->wg->up_map[up->index] : up->index;
+    if (ui < x->c->w->obs->nupstreams)
+        obs_add(&x->c->w->obs->upstreams[ui].errors, 1);
     if (x->u)
         uconn_close(x->u);
     attempt_end(x, true, false);
@@ -587,7 +641,8 @@ static void exchange_free(struct exchange *x, bool upstream_keep)
     attempt_end(x, false, false);
     /* a request that ends without a status: the client went away (nginx's 499) */
     uint64_t dur = now_us() - x->t0_us;
-    obs_request(w->obs, (uint32_t)(x->route - x->conf->routes), x->method, x->method_len,
+    uint32_t ri = (uint32_t)(x->route - x->conf->routes);
+    obs_request(w->obs, x->wg->route_map ? x->wg->route_map[ri] : ri, x->method, x->method_len,
                 x->status ? x->status : 499, dur);
     if (w->alog.log) {
         char client[64];
@@ -610,7 +665,7 @@ static void exchange_free(struct exchange *x, bool upstream_keep)
     }
     buf_put(&w->bufs, x->uhead);
     buf_put(&w->bufs, x->uin);
-    conf_unref(x->conf);
+    x->wg->users--;             /* an older wgen with no users goes in worker_reap() */
     x->c->x = NULL;
     free(x);
 }
@@ -1085,7 +1140,9 @@ static void exchange_start(struct client *c, const struct http_request *r, size_
     }
     x->c = c;
     c->x = x;
-    x->conf = conf_ref(conf);
+    x->wg = w->cur;
+    x->wg->users++;
+    x->conf = conf;
     x->route = rt;
     x->is_head = r->is_head;
     x->expect_continue = r->expect_continue && has_body;
@@ -1099,7 +1156,7 @@ static void exchange_start(struct client *c, const struct http_request *r, size_
     x->req_minor = (uint8_t)m->minor;     /* an HTTP/1.0 client cannot take chunked */
     c->state = C_EXCHANGE;
 
-    x->group = w->p->groups[rt->upstream->index];
+    x->group = x->wg->g->groups[rt->upstream->index];
     x->t0_us = now_us();
     x->method_len = (uint8_t)(r->method_len < sizeof x->method ? r->method_len : sizeof x->method);
     memcpy(x->method, r->method, x->method_len);
@@ -1218,7 +1275,8 @@ static int response_head(struct exchange *x)
         x->upstream_us = now_us() - x->up_t0_us;
         if (!x->upstream_us)
             x->upstream_us = 1;
-        obs_upstream_time(w->obs, x->route->upstream->index, x->upstream_us);
+        uint32_t ui = x->route->upstream->index;
+        obs_upstream_time(w->obs, x->wg->up_map ? x->wg->up_map[ui] : ui, x->upstream_us);
         if (x->holding)
             balance_report(x->group, x->server,
                            !(r.status >= 500 && balance_fail_on_5xx(x->group)), loop_now(w->loop));
@@ -1696,6 +1754,8 @@ static void listener_io(struct loop *l, struct loop_io *io, unsigned ev)
     (void)ev;
     struct listener *ls = container_of(io, struct listener, io);
     struct worker *w = ls->w;
+    if (io->fd < 0)
+        return;                 /* retired earlier in this batch */
     /* Edge-triggered: accept until the queue is empty, or connections that
      * arrived in the same burst would wait for the next one. */
     while (!w->draining) {
@@ -1749,6 +1809,359 @@ static void listener_io(struct loop *l, struct loop_io *io, unsigned ev)
     }
 }
 
+/* ---------------------------------------------------------------- listeners */
+
+static int open_listener(const struct conf_addr *a, char *err, size_t errlen)
+{
+    int fd = socket(a->ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0) {
+        snprintf(err, errlen, "listen %s: socket: %s", a->text, strerror(errno));
+        return -1;
+    }
+    int one = 1;
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one);
+    if (a->ss.ss_family == AF_INET6)
+        setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof one);
+    if (bind(fd, (const struct sockaddr *)&a->ss, a->len) < 0 || listen(fd, 4096) < 0) {
+        snprintf(err, errlen, "listen %s: %s", a->text, strerror(errno));
+        close(fd);
+        return -1;
+    }
+    return fd;
+}
+
+static bool same_addr(const struct sockaddr_storage *ss, socklen_t len, const struct conf_addr *a)
+{
+    return len == a->len && memcmp(ss, &a->ss, len) == 0;
+}
+
+static bool conf_listens_on(const struct conf *c, const struct conf_addr *a)
+{
+    for (uint32_t i = 0; i < c->nlisten; i++)
+        if (same_addr(&c->listen[i].ss, c->listen[i].len, a))
+            return true;
+    return false;
+}
+
+/* Watch fd (a bound, listening socket; taken over, closed on failure). */
+static struct listener *listener_new(struct worker *w, const struct conf_addr *a, int fd)
+{
+    struct listener *ls = calloc(1, sizeof *ls);
+    if (!ls) {
+        log_error("worker %u: listen %s: out of memory", w->id, a->text);
+        close(fd);
+        return NULL;
+    }
+    ls->io.fd = fd;
+    ls->io.cb = listener_io;
+    ls->w = w;
+    ls->ss = a->ss;
+    ls->len = a->len;
+    snprintf(ls->text, sizeof ls->text, "%s", a->text);
+    int rc = loop_add(w->loop, &ls->io);
+    if (rc < 0) {
+        log_error("worker %u: listen %s: epoll: %s", w->id, a->text, strerror(-rc));
+        close(fd);
+        free(ls);
+        return NULL;
+    }
+    return ls;
+}
+
+/* Stop listening. The struct is freed in worker_reap(): an event for it may
+ * still be in the batch being dispatched. */
+static void listener_retire(struct worker *w, struct listener *ls)
+{
+    if (!ls)
+        return;
+    if (ls->io.fd >= 0) {
+        loop_del(w->loop, &ls->io);
+        close(ls->io.fd);
+        ls->io.fd = -1;
+    }
+    ls->next_dead = w->dead_listeners;
+    w->dead_listeners = ls;
+}
+
+/* ---------------------------------------------------------------- generations */
+
+static void alog_unref(struct alog_ref *a)
+{
+    if (a && atomic_fetch_sub_explicit(&a->refs, 1, memory_order_acq_rel) == 1) {
+        obs_alog_close(a->log);
+        free(a->path);
+        free(a);
+    }
+}
+
+static struct alog_ref *alog_open(const char *path, char *err, size_t errlen)
+{
+    struct alog_ref *a = calloc(1, sizeof *a);
+    if (!a || !(a->path = strdup(path))) {
+        free(a);
+        snprintf(err, errlen, "access log: out of memory");
+        return NULL;
+    }
+    if (!(a->log = obs_alog_open(path, err, errlen))) {
+        free(a->path);
+        free(a);
+        return NULL;
+    }
+    atomic_init(&a->refs, 1);
+    return a;
+}
+
+static struct proxy_gen *gen_ref(struct proxy_gen *g)
+{
+    atomic_fetch_add_explicit(&g->refs, 1, memory_order_relaxed);
+    return g;
+}
+
+/* Drop a reference; the last one frees the generation. Its groups must no
+ * longer be in the health checker (proxy_reload restarts it first). */
+static void gen_unref(struct proxy_gen *g)
+{
+    if (!g || atomic_fetch_sub_explicit(&g->refs, 1, memory_order_acq_rel) != 1)
+        return;
+    for (size_t i = 0; g->lfd && i < (size_t)g->nworkers * g->conf->nlisten; i++)
+        if (g->lfd[i] >= 0)
+            close(g->lfd[i]);
+    free(g->lfd);
+    for (uint32_t i = 0; g->groups && i < g->conf->nupstreams; i++)
+        balance_group_free(g->groups[i]);
+    free(g->groups);
+    alog_unref(g->alog);
+    conf_unref(g->conf);
+    free(g);
+}
+
+/* Build generation `id` for conf (taking a reference) to follow `old` (NULL
+ * at start): upstream groups, each inheriting its servers' health from old's
+ * group of the same name; the access log (old's writer if the path is the
+ * same); and, for every address old did not listen on, one socket per
+ * worker, so that a port in use refuses the reload before anything changed.
+ * NULL with err on failure, with nothing left open. */
+static struct proxy_gen *gen_new(struct conf *conf, const struct proxy_gen *old, uint32_t nworkers,
+                                 uint64_t id, char *err, size_t errlen)
+{
+    struct proxy_gen *g = calloc(1, sizeof *g);
+    if (!g) {
+        snprintf(err, errlen, "out of memory");
+        return NULL;
+    }
+    atomic_init(&g->refs, 1);
+    g->id = id;
+    g->conf = conf_ref(conf);
+    g->nworkers = nworkers;
+    size_t nfd = (size_t)nworkers * conf->nlisten;
+    g->lfd = malloc(nfd * sizeof *g->lfd);
+    g->groups = calloc(conf->nupstreams, sizeof *g->groups);
+    if (!g->lfd || !g->groups) {
+        free(g->lfd);
+        g->lfd = NULL;
+        snprintf(err, errlen, "out of memory");
+        goto fail;
+    }
+    for (size_t i = 0; i < nfd; i++)
+        g->lfd[i] = -1;
+    for (uint32_t i = 0; i < conf->nupstreams; i++) {
+        if (!(g->groups[i] = balance_group_new(&conf->upstreams[i], err, errlen)))
+            goto fail;
+        for (uint32_t j = 0; old && j < old->conf->nupstreams; j++)
+            if (!strcmp(old->conf->upstreams[j].name, conf->upstreams[i].name))
+                balance_group_inherit(g->groups[i], old->groups[j]);
+    }
+    if (conf->access_log) {
+        if (old && old->alog && !strcmp(old->alog->path, conf->access_log)) {
+            g->alog = old->alog;
+            atomic_fetch_add_explicit(&g->alog->refs, 1, memory_order_relaxed);
+        } else if (!(g->alog = alog_open(conf->access_log, err, errlen))) {
+            goto fail;
+        }
+    }
+    for (uint32_t a = 0; a < conf->nlisten; a++) {
+        if (old && conf_listens_on(old->conf, &conf->listen[a]))
+            continue;
+        for (uint32_t w = 0; w < nworkers; w++) {
+            int fd = open_listener(&conf->listen[a], err, errlen);
+            if (fd < 0)
+                goto fail;
+            g->lfd[(size_t)w * conf->nlisten + a] = fd;
+        }
+    }
+    return g;
+fail:
+    gen_unref(g);
+    return NULL;
+}
+
+static void wgen_close_pools(struct wgen *wg)
+{
+    for (uint32_t i = 0; wg->pools && i < wg->npools; i++)
+        while (wg->pools[i].head)
+            uconn_close(wg->pools[i].head);
+}
+
+static void wgen_free(struct wgen *wg)
+{
+    wgen_close_pools(wg);
+    for (uint32_t i = 0; wg->bw && i < wg->g->conf->nupstreams; i++)
+        balance_worker_free(wg->bw[i]);
+    free(wg->bw);
+    free(wg->pools);
+    free(wg->pool_base);
+    free(wg->route_map);
+    free(wg->up_map);
+    gen_unref(wg->g);
+    free(wg);
+}
+
+static struct wgen *wgen_new(struct worker *w, struct proxy_gen *g)
+{
+    const struct conf *c = g->conf;
+    struct wgen *wg = calloc(1, sizeof *wg);
+    if (!wg)
+        return NULL;
+    wg->g = gen_ref(g);
+    wg->pool_base = calloc(c->nupstreams, sizeof *wg->pool_base);
+    wg->bw = calloc(c->nupstreams, sizeof *wg->bw);
+    if (!wg->pool_base || !wg->bw)
+        goto fail;
+    for (uint32_t i = 0; i < c->nupstreams; i++) {
+        wg->pool_base[i] = wg->npools;
+        wg->npools += c->upstreams[i].nservers;
+        if (!(wg->bw[i] = balance_worker_new(g->groups[i], w->id)))
+            goto fail;
+    }
+    wg->pools = calloc(wg->npools ? wg->npools : 1, sizeof *wg->pools);
+    if (!wg->pools)
+        goto fail;
+    return wg;
+fail:
+    wgen_free(wg);
+    return NULL;
+}
+
+/* Point every generation's route and upstream indexes at the worker's
+ * metrics layout (identity, NULL maps, for the generation it was made for).
+ * Without memory a map stays NULL: obs clamps indexes, so a request of an
+ * old generation is then miscounted, never out of bounds. */
+static void worker_maps(struct worker *w)
+{
+    const struct conf *lay = w->obs->layout;
+    for (struct wgen *wg = w->cur; wg; wg = wg->next) {
+        free(wg->route_map);
+        free(wg->up_map);
+        wg->route_map = wg->up_map = NULL;
+        const struct conf *c = wg->g->conf;
+        if (c == lay)
+            continue;
+        wg->route_map = malloc(((size_t)c->nroutes + 1) * sizeof *wg->route_map);
+        wg->up_map = malloc(((size_t)c->nupstreams + 1) * sizeof *wg->up_map);
+        if (wg->route_map)
+            obs_map_routes(c, lay, wg->route_map);
+        if (wg->up_map)
+            obs_map_upstreams(c, lay, wg->up_map);
+    }
+}
+
+/* Switch this worker to generation g: its listeners (kept where the address
+ * stays, taken from g or opened here where it is new, closed where it is
+ * gone), request limits, access log, metrics layout (counts carried over by
+ * name) and a fresh wgen for new requests. Requests in flight finish on the
+ * generation they started on; its idle pooled connections are closed.
+ * False when out of memory: the worker keeps its generation. */
+static bool worker_adopt(struct worker *w, struct proxy_gen *g)
+{
+    struct conf *c = g->conf;
+    struct wgen *wg = wgen_new(w, g);
+    struct listener **nl = calloc(c->nlisten, sizeof *nl);
+    struct obs_worker *obs = NULL;
+    if (wg && nl && (!w->obs || w->obs->layout != c))
+        obs = obs_worker_new(c);
+    if (wg && nl && c->limits.max_headers > w->max_headers) {
+        struct http_header *h = realloc(w->hdrs, c->limits.max_headers * sizeof *h);
+        if (h)
+            w->hdrs = h;
+        uint8_t *k = h ? realloc(w->kinds, c->limits.max_headers) : NULL;
+        if (k) {
+            w->kinds = k;
+            w->max_headers = c->limits.max_headers;
+        }
+    }
+    if (!wg || !nl || (!obs && !w->obs) || c->limits.max_headers > w->max_headers) {
+        log_error("worker %u: out of memory switching to configuration %llu; keeping %llu", w->id,
+                  (unsigned long long)g->id, (unsigned long long)atomic_load(&w->gen_id));
+        if (wg)
+            wgen_free(wg);
+        free(nl);
+        obs_worker_free(obs);
+        return false;
+    }
+
+    for (uint32_t i = 0; i < c->nlisten; i++) {
+        const struct conf_addr *a = &c->listen[i];
+        for (uint32_t j = 0; j < w->nlisteners && !nl[i]; j++) {
+            if (w->listeners[j] && same_addr(&w->listeners[j]->ss, w->listeners[j]->len, a)) {
+                nl[i] = w->listeners[j];
+                w->listeners[j] = NULL;
+            }
+        }
+        if (nl[i])
+            continue;
+        size_t slot = (size_t)w->id * c->nlisten + i;
+        int fd = g->lfd[slot];
+        g->lfd[slot] = -1;
+        if (fd < 0) {
+            /* the address is new to this worker but not to the generation
+             * before g (this worker missed it): bind here */
+            char err[256];
+            fd = open_listener(a, err, sizeof err);
+            if (fd < 0) {
+                log_error("worker %u: %s", w->id, err);
+                continue;
+            }
+        }
+        nl[i] = listener_new(w, a, fd);
+    }
+    for (uint32_t j = 0; j < w->nlisteners; j++) {
+        if (w->listeners[j]) {
+            log_info("worker %u: no longer listening on %s", w->id, w->listeners[j]->text);
+            listener_retire(w, w->listeners[j]);
+        }
+    }
+    free(w->listeners);
+    w->listeners = nl;
+    w->nlisteners = c->nlisten;
+
+    w->lim = (struct http_limits){ c->limits.max_request_line, c->limits.max_header_bytes,
+                                   c->limits.max_headers };
+    struct obs_alog *al = g->alog ? g->alog->log : NULL;
+    if (w->alog.log != al) {
+        obs_alog_flush(&w->alog);           /* the old writer lives while our old wgen does */
+        obs_alog_buf_free(&w->alog);
+        obs_alog_buf_init(&w->alog, al);
+    }
+    if (obs) {
+        struct obs_worker *old = w->obs;
+        if (old)
+            obs_worker_carry(obs, old);
+        pthread_mutex_lock(&w->p->mu);
+        w->obs = obs;
+        pthread_mutex_unlock(&w->p->mu);
+        obs_worker_free(old);
+    }
+    wg->next = w->cur;
+    w->cur = wg;
+    w->conf = c;
+    for (struct wgen *o = wg->next; o; o = o->next)
+        wgen_close_pools(o);
+    worker_maps(w);
+    atomic_store(&w->gen_id, g->id);
+    return true;
+}
+
 /* ---------------------------------------------------------------- workers */
 
 static void worker_reap(struct loop *l, void *arg)
@@ -1765,6 +2178,21 @@ static void worker_reap(struct loop *l, void *arg)
         w->dead_uconns = u->next;
         free(u);
     }
+    while (w->dead_listeners) {
+        struct listener *ls = w->dead_listeners;
+        w->dead_listeners = ls->next_dead;
+        free(ls);
+    }
+    /* older generations whose last request has ended */
+    for (struct wgen **pp = w->cur ? &w->cur->next : NULL; pp && *pp;) {
+        struct wgen *o = *pp;
+        if (o->users == 0) {
+            *pp = o->next;
+            wgen_free(o);
+        } else {
+            pp = &o->next;
+        }
+    }
     if (w->draining && w->nclients == 0)
         loop_stop(l);
 }
@@ -1778,17 +2206,25 @@ static void drain_timeout(struct loop *l, struct loop_timer *t)
     loop_stop(l);
 }
 
-/* Runs in the worker when proxy_shutdown() wakes it. */
+/* Runs in the worker when proxy_shutdown() or proxy_reload() wakes it. */
 static void worker_wake(struct loop *l, void *arg)
 {
     struct worker *w = arg;
-    if (w->draining || !atomic_load(&w->p->stopping))
+    if (w->draining)
         return;
+    if (!atomic_load(&w->p->stopping)) {
+        pthread_mutex_lock(&w->p->mu);
+        struct proxy_gen *g = gen_ref(w->p->gen);
+        pthread_mutex_unlock(&w->p->mu);
+        if (g != w->cur->g)
+            worker_adopt(w, g);
+        gen_unref(g);
+        return;
+    }
     w->draining = true;
     for (uint32_t i = 0; i < w->nlisteners; i++) {
-        loop_del(l, &w->listeners[i].io);
-        close(w->listeners[i].io.fd);
-        w->listeners[i].io.fd = -1;
+        listener_retire(w, w->listeners[i]);
+        w->listeners[i] = NULL;
     }
     w->drain_timer.cb = drain_timeout;
     loop_timer_arm(l, &w->drain_timer, w->conf->shutdown_timeout);
@@ -1811,34 +2247,10 @@ static void *worker_main(void *arg)
     return NULL;
 }
 
-static int open_listener(const struct conf_addr *a, char *err, size_t errlen)
-{
-    int fd = socket(a->ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-    if (fd < 0) {
-        snprintf(err, errlen, "listen %s: socket: %s", a->text, strerror(errno));
-        return -1;
-    }
-    int one = 1;
-    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
-    setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one);
-    if (a->ss.ss_family == AF_INET6)
-        setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof one);
-    if (bind(fd, (const struct sockaddr *)&a->ss, a->len) < 0 || listen(fd, 4096) < 0) {
-        snprintf(err, errlen, "listen %s: %s", a->text, strerror(errno));
-        close(fd);
-        return -1;
-    }
-    return fd;
-}
-
 static void close_pools(struct worker *w)
 {
-    uint32_t npools = 0;
-    for (uint32_t i = 0; i < w->conf->nupstreams; i++)
-        npools += w->conf->upstreams[i].nservers;
-    for (uint32_t i = 0; w->pools && i < npools; i++)
-        while (w->pools[i].head)
-            uconn_close(w->pools[i].head);
+    for (struct wgen *wg = w->cur; wg; wg = wg->next)
+        wgen_close_pools(wg);
 }
 
 static void worker_free(struct worker *w)
@@ -1848,96 +2260,68 @@ static void worker_free(struct worker *w)
     while (w->clients)
         client_close(w->clients);
     close_pools(w);
-    worker_reap(w->loop, w);
     for (uint32_t i = 0; i < w->nlisteners; i++)
-        if (w->listeners[i].io.fd >= 0)
-            close(w->listeners[i].io.fd);
+        listener_retire(w, w->listeners[i]);
+    worker_reap(w->loop, w);
+    while (w->cur) {
+        struct wgen *wg = w->cur;
+        w->cur = wg->next;
+        wgen_free(wg);
+    }
+    worker_reap(w->loop, w);
     buf_pool_drain(&w->bufs);
     obs_alog_flush(&w->alog);
     obs_alog_buf_free(&w->alog);
     obs_worker_free(w->obs);
     free(w->listeners);
-    free(w->pools);
-    free(w->pool_base);
-    for (uint32_t i = 0; w->bw && i < w->conf->nupstreams; i++)
-        balance_worker_free(w->bw[i]);
-    free(w->bw);
     free(w->hdrs);
     free(w->kinds);
     loop_free(w->loop);
-    conf_unref(w->conf);
+}
+
+static uint32_t bufsize_for(const struct conf *c)
+{
+    uint32_t b = c->limits.max_header_bytes + 4096;
+    return b < 32768 ? 32768 : b;
 }
 
 static bool worker_init(struct proxy *p, struct worker *w, uint32_t id, char *err, size_t errlen)
 {
-    struct conf *c = p->conf;
     w->p = p;
     w->id = id;
-    w->conf = conf_ref(c);
     w->loop = loop_new();
     if (!w->loop) {
         snprintf(err, errlen, "event loop: %s", strerror(errno));
         return false;
     }
-    uint32_t bufsize = c->limits.max_header_bytes + 4096;
-    if (bufsize < 32768)
-        bufsize = 32768;
-    buf_pool_init(&w->bufs, bufsize, 256);
-    obs_alog_buf_init(&w->alog, p->alog);
-    if (!(w->obs = obs_worker_new(c))) {
-        snprintf(err, errlen, "out of memory");
-        return false;
-    }
-    w->lim = (struct http_limits){ c->limits.max_request_line, c->limits.max_header_bytes,
-                                   c->limits.max_headers };
-    w->hdrs = calloc(c->limits.max_headers, sizeof *w->hdrs);
-    w->kinds = calloc(c->limits.max_headers, 1);
-    w->pool_base = calloc(c->nupstreams, sizeof *w->pool_base);
-    w->bw = calloc(c->nupstreams, sizeof *w->bw);
-    uint32_t npools = 0;
-    for (uint32_t i = 0; w->pool_base && i < c->nupstreams; i++) {
-        w->pool_base[i] = npools;
-        npools += c->upstreams[i].nservers;
-        if (w->bw && !(w->bw[i] = balance_worker_new(p->groups[i], id))) {
-            snprintf(err, errlen, "out of memory");
-            return false;
-        }
-    }
-    w->pools = calloc(npools ? npools : 1, sizeof *w->pools);
-    w->listeners = calloc(c->nlisten, sizeof *w->listeners);
-    if (!w->hdrs || !w->kinds || !w->pool_base || !w->bw || !w->pools || !w->listeners) {
-        snprintf(err, errlen, "out of memory");
-        return false;
-    }
-    for (uint32_t i = 0; i < c->nlisten; i++) {
-        int fd = open_listener(&c->listen[i], err, errlen);
-        if (fd < 0)
-            return false;
-        w->listeners[i].io.fd = fd;
-        w->listeners[i].io.cb = listener_io;
-        w->listeners[i].w = w;
-        w->nlisteners++;
-        if (loop_add(w->loop, &w->listeners[i].io) < 0) {
-            snprintf(err, errlen, "listen %s: epoll: %s", c->listen[i].text, strerror(errno));
-            return false;
-        }
-    }
+    buf_pool_init(&w->bufs, p->bufsize, 256);
+    obs_alog_buf_init(&w->alog, NULL);
     if (getrandom(&w->reqid_seed, sizeof w->reqid_seed, 0) != sizeof w->reqid_seed)
         w->reqid_seed = (uint64_t)loop_clock_ms() * 0x9e3779b97f4a7c15ull + id;
     loop_set_before_sleep(w->loop, worker_reap, w);
     loop_set_wake(w->loop, worker_wake, w);
+    if (!worker_adopt(w, p->gen)) {
+        snprintf(err, errlen, "out of memory");
+        return false;
+    }
+    for (uint32_t i = 0; i < w->nlisteners; i++) {
+        if (!w->listeners[i]) {
+            snprintf(err, errlen, "listen %s: cannot watch the socket", w->conf->listen[i].text);
+            return false;
+        }
+    }
     return true;
 }
 
-/* What the workers share: upstream groups and the access log writer. */
-static void free_shared(struct proxy *p)
+static void proxy_free(struct proxy *p)
 {
-    obs_alog_close(p->alog);
-    p->alog = NULL;
-    for (uint32_t i = 0; p->groups && i < p->conf->nupstreams; i++)
-        balance_group_free(p->groups[i]);
-    free(p->groups);
-    p->groups = NULL;
+    for (uint32_t i = 0; p->workers && i < p->nworkers; i++)
+        worker_free(&p->workers[i]);
+    free(p->workers);
+    gen_unref(p->gen);
+    pthread_mutex_destroy(&p->mu);
+    pthread_mutex_destroy(&p->reload_mu);
+    free(p);
 }
 
 struct proxy *proxy_start(struct conf *conf, char *err, size_t errlen)
@@ -1947,44 +2331,23 @@ struct proxy *proxy_start(struct conf *conf, char *err, size_t errlen)
         snprintf(err, errlen, "out of memory");
         return NULL;
     }
-    p->conf = conf_ref(conf);
-    if (conf->access_log && !(p->alog = obs_alog_open(conf->access_log, err, errlen))) {
-        conf_unref(p->conf);
-        free(p);
-        return NULL;
-    }
-    p->groups = calloc(conf->nupstreams, sizeof *p->groups);
-    for (uint32_t i = 0; p->groups && i < conf->nupstreams; i++) {
-        if (!(p->groups[i] = balance_group_new(&conf->upstreams[i], err, errlen))) {
-            free_shared(p);
-            conf_unref(p->conf);
-            free(p);
-            return NULL;
-        }
-    }
-    if (!p->groups) {
-        snprintf(err, errlen, "out of memory");
-        conf_unref(p->conf);
-        free(p);
-        return NULL;
-    }
+    pthread_mutex_init(&p->mu, NULL);
+    pthread_mutex_init(&p->reload_mu, NULL);
     p->nworkers = conf->workers;
+    p->bufsize = bufsize_for(conf);
+    p->gen = gen_new(conf, NULL, p->nworkers, 1, err, errlen);
     p->workers = calloc(p->nworkers, sizeof *p->workers);
-    if (!p->workers) {
-        snprintf(err, errlen, "out of memory");
-        free_shared(p);
-        conf_unref(p->conf);
-        free(p);
+    if (!p->gen || !p->workers) {
+        if (p->gen)
+            snprintf(err, errlen, "out of memory");
+        proxy_free(p);
         return NULL;
     }
+    p->stats.generation = 1;
+    p->stats.loaded_at = time(NULL);
     for (uint32_t i = 0; i < p->nworkers; i++) {
         if (!worker_init(p, &p->workers[i], i, err, errlen)) {
-            for (uint32_t j = 0; j <= i; j++)
-                worker_free(&p->workers[j]);
-            free(p->workers);
-            free_shared(p);
-            conf_unref(p->conf);
-            free(p);
+            proxy_free(p);
             return NULL;
         }
     }
@@ -1997,17 +2360,12 @@ struct proxy *proxy_start(struct conf *conf, char *err, size_t errlen)
                 loop_wake(p->workers[j].loop);
             for (uint32_t j = 0; j < i; j++)
                 pthread_join(p->workers[j].thread, NULL);
-            for (uint32_t j = 0; j < p->nworkers; j++)
-                worker_free(&p->workers[j]);
-            free(p->workers);
-            free_shared(p);
-            conf_unref(p->conf);
-            free(p);
+            proxy_free(p);
             return NULL;
         }
     }
     /* one health checker for the process, whatever the number of workers */
-    int hrc = balance_health_start(p->groups, conf->nupstreams);
+    int hrc = balance_health_start(p->gen->groups, conf->nupstreams);
     if (hrc < 0)
         log_error("health checks not started: %s", strerror(-hrc));
     return p;
@@ -2025,30 +2383,142 @@ void proxy_wait(struct proxy *p)
     for (uint32_t i = 0; i < p->nworkers; i++)
         pthread_join(p->workers[i].thread, NULL);
     balance_health_stop();
-    for (uint32_t i = 0; i < p->nworkers; i++)
-        worker_free(&p->workers[i]);
-    free(p->workers);
-    free_shared(p);
-    conf_unref(p->conf);
-    free(p);
+    proxy_free(p);
 }
 
-const struct conf *proxy_conf(const struct proxy *p) { return p->conf; }
+/* ---------------------------------------------------------------- reload */
 
-size_t proxy_obs(const struct proxy *p, struct obs_worker **out, size_t max)
+static int reload_locked(struct proxy *p, char *err, size_t errlen)
 {
+    if (atomic_load(&p->stopping)) {
+        snprintf(err, errlen, "shutting down");
+        return -1;
+    }
+    struct proxy_gen *old = p->gen;     /* only reload_mu holders replace it */
+    struct conf *c = conf_load(old->conf->path, err, errlen);
+    if (!c)
+        return -1;
+    if (c->workers != p->nworkers) {
+        log_warn("reload: workers %u -> %u takes a restart; still %u", p->nworkers, c->workers,
+                 p->nworkers);
+        c->workers = p->nworkers;
+    }
+    if (bufsize_for(c) > p->bufsize) {
+        snprintf(err, errlen, "%s: limits.max_header_bytes: raising it to %u takes a restart "
+                 "(buffers were sized for %u at start)", c->path, c->limits.max_header_bytes,
+                 p->bufsize - 4096);
+        conf_unref(c);
+        return -1;
+    }
+    const struct conf *oc = old->conf;
+    if (c->admin_enabled != oc->admin_enabled ||
+        (c->admin_enabled && (c->admin_listen.len != oc->admin_listen.len ||
+                              memcmp(&c->admin_listen.ss, &oc->admin_listen.ss, c->admin_listen.len))))
+        log_warn("reload: a new admin.listen takes a restart; the admin listener stays %s%s",
+                 oc->admin_enabled ? "on " : "off", oc->admin_enabled ? oc->admin_listen.text : "");
+    struct proxy_gen *g = gen_new(c, old, p->nworkers, old->id + 1, err, errlen);
+    conf_unref(c);
+    if (!g)
+        return -1;
+
+    pthread_mutex_lock(&p->mu);
+    p->gen = g;
+    pthread_mutex_unlock(&p->mu);
+    /* the checker must let go of old's groups before old can be freed */
+    balance_health_stop();
+    int hrc = balance_health_start(g->groups, g->conf->nupstreams);
+    if (hrc < 0)
+        log_error("health checks not restarted: %s", strerror(-hrc));
+    for (uint32_t i = 0; i < p->nworkers; i++)
+        loop_wake(p->workers[i].loop);
+    /* Wait until every worker has switched, so that when this returns every
+     * new request is served by the new configuration. A worker switches at
+     * its next loop iteration: microseconds, unless it is out of memory. */
+    uint64_t deadline = loop_clock_ms() + 10000;
+    for (uint32_t i = 0; i < p->nworkers; i++) {
+        while (atomic_load(&p->workers[i].gen_id) != g->id && !atomic_load(&p->stopping)) {
+            if (loop_clock_ms() > deadline) {
+                log_warn("reload: worker %u has not switched to configuration %llu yet", i,
+                         (unsigned long long)g->id);
+                break;
+            }
+            struct timespec ts = { 0, 1000000 };
+            nanosleep(&ts, NULL);
+        }
+    }
+    gen_unref(old);
+    log_info("configuration %llu loaded from %s: %u routes, %u upstreams, %u listeners",
+             (unsigned long long)g->id, g->conf->path, g->conf->nroutes, g->conf->nupstreams,
+             g->conf->nlisten);
+    return 0;
+}
+
+int proxy_reload(struct proxy *p, char *err, size_t errlen)
+{
+    pthread_mutex_lock(&p->reload_mu);
+    int rc = reload_locked(p, err, errlen);
+    pthread_mutex_lock(&p->mu);
+    p->stats.last_attempt = time(NULL);
+    p->stats.last_ok = rc == 0;
+    if (rc == 0) {
+        p->stats.ok++;
+        p->stats.generation = p->gen->id;
+        p->stats.loaded_at = p->stats.last_attempt;
+        p->stats.last_error[0] = '\0';
+    } else {
+        p->stats.failed++;
+        snprintf(p->stats.last_error, sizeof p->stats.last_error, "%s", err);
+    }
+    pthread_mutex_unlock(&p->mu);
+    if (rc < 0)
+        log_error("reload refused: %s; configuration %llu keeps serving", err,
+                  (unsigned long long)p->gen->id);
+    pthread_mutex_unlock(&p->reload_mu);
+    return rc;
+}
+
+void proxy_reload_stats(struct proxy *p, struct proxy_reload_stats *out)
+{
+    pthread_mutex_lock(&p->mu);
+    *out = p->stats;
+    pthread_mutex_unlock(&p->mu);
+}
+
+/* ---------------------------------------------------------------- for the admin thread */
+
+struct proxy_gen *proxy_gen_get(struct proxy *p)
+{
+    pthread_mutex_lock(&p->mu);
+    struct proxy_gen *g = gen_ref(p->gen);
+    pthread_mutex_unlock(&p->mu);
+    return g;
+}
+
+void proxy_gen_put(struct proxy_gen *g) { gen_unref(g); }
+
+const struct conf *proxy_gen_conf(const struct proxy_gen *g) { return g->conf; }
+
+struct balance_group *proxy_gen_group(const struct proxy_gen *g, uint32_t upstream)
+{
+    return upstream < g->conf->nupstreams ? g->groups[upstream] : NULL;
+}
+
+size_t proxy_obs_lock(struct proxy *p, struct obs_worker **out, size_t max)
+{
+    pthread_mutex_lock(&p->mu);
     size_t n = 0;
     for (uint32_t i = 0; i < p->nworkers && n < max; i++)
-        out[n++] = p->workers[i].obs;
+        if (p->workers[i].obs)
+            out[n++] = p->workers[i].obs;
     return n;
 }
 
-struct balance_group *proxy_group(const struct proxy *p, uint32_t upstream)
-{
-    return upstream < p->conf->nupstreams ? p->groups[upstream] : NULL;
-}
+void proxy_obs_unlock(struct proxy *p) { pthread_mutex_unlock(&p->mu); }
 
 void proxy_reopen_logs(struct proxy *p)
 {
-    obs_alog_reopen(p->alog);
+    struct proxy_gen *g = proxy_gen_get(p);
+    if (g->alog)
+        obs_alog_reopen(g->alog->log);
+    proxy_gen_put(g);
 }

@@ -10,8 +10,10 @@
 #ifndef PORTICO_PROXY_H
 #define PORTICO_PROXY_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <time.h>
 
 struct conf;
 struct proxy;
@@ -28,12 +30,43 @@ void proxy_wait(struct proxy *p);
 /* Reopen the access log file (SIGUSR1, after rotation). Thread-safe. */
 void proxy_reopen_logs(struct proxy *p);
 
-/* For the admin listener (any thread, until proxy_wait()): the running
- * configuration, each worker's metrics, and each upstream's group. */
+/* Reload (SIGHUP, POST /reload): load the configuration file again, validate
+ * it, build a new generation (upstream groups that keep their servers'
+ * health by name, the access log, sockets for new listen addresses) and
+ * switch every worker to it. New requests use the new configuration as soon
+ * as this returns; requests in flight finish on the one they started on;
+ * listeners whose address stays keep their sockets (no connection is
+ * refused), new addresses are bound, removed ones closed. On any error
+ * (invalid file, port in use, out of memory) nothing changes: -1 with err
+ * set, logged. Some keys take a restart and are kept as they are, with a
+ * warning: workers, admin.listen, and a larger limits.max_header_bytes
+ * (that one refuses the reload). Serialised; call from any thread but a
+ * worker. 0 on success. */
+int proxy_reload(struct proxy *p, char *err, size_t errlen);
+
+struct proxy_reload_stats {
+    uint64_t generation;        /* the running configuration: 1 at start, +1 per reload */
+    uint64_t ok, failed;        /* reloads since start */
+    time_t loaded_at;           /* when the running configuration was loaded */
+    time_t last_attempt;        /* 0: no reload yet */
+    bool last_ok;
+    char last_error[512];
+};
+void proxy_reload_stats(struct proxy *p, struct proxy_reload_stats *out);
+
+/* For the admin listener (any thread, until proxy_wait()). A generation is
+ * the running configuration with its upstream groups; hold it with
+ * proxy_gen_get() for as long as you use what it points to. */
 struct obs_worker;
 struct balance_group;
-const struct conf *proxy_conf(const struct proxy *p);
-size_t proxy_obs(const struct proxy *p, struct obs_worker **out, size_t max);
-struct balance_group *proxy_group(const struct proxy *p, uint32_t upstream);
+struct proxy_gen;
+struct proxy_gen *proxy_gen_get(struct proxy *p);
+void proxy_gen_put(struct proxy_gen *g);
+const struct conf *proxy_gen_conf(const struct proxy_gen *g);
+struct balance_group *proxy_gen_group(const struct proxy_gen *g, uint32_t upstream);
+/* Each worker's metrics, locked against a reload replacing them: call
+ * proxy_obs_unlock() when done reading (do not call into the proxy between). */
+size_t proxy_obs_lock(struct proxy *p, struct obs_worker **out, size_t max);
+void proxy_obs_unlock(struct proxy *p);
 
 #endif
