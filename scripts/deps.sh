@@ -6,7 +6,7 @@
 #   scripts/deps.sh fuzz     also clang's libFuzzer runtime
 set -euo pipefail
 
-pkgs=(build-essential pkg-config libyaml-dev libcmocka-dev
+pkgs=(build-essential pkg-config libyaml-dev libcmocka-dev wrk
       python3-pytest python3-requests)
 for extra in "$@"; do
     case "$extra" in

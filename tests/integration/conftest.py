@@ -624,7 +624,13 @@ def start_portico(portico_bin, tmp_path, request):
     for p in started:
         if p.proc.poll() is not None and not p.expect_exit:
             crashed.append("%s exited unexpectedly with status %s" % (p.name, p.proc.returncode))
-        p.stop()
+            p.stop()
+            continue
+        rc = p.stop()
+        # SIGTERM is a graceful stop: anything but 0 (a sanitizer's report, a
+        # leak, a crash while draining) is a failure of the test that ran it
+        if rc != 0 and not p.expect_exit:
+            crashed.append("%s exited with status %s after SIGTERM" % (p.name, rc))
     if crashed:
         pytest.fail("; ".join(crashed) + " (see its log)", pytrace=False)
 
