@@ -2,6 +2,7 @@
 #include "admin/admin.h"
 #include "conf/conf.h"
 #include "core/log.h"
+#include "core/sdnotify.h"
 #include "proxy/proxy.h"
 
 #include <errno.h>
@@ -101,6 +102,8 @@ int main(int argc, char **argv)
              conf->listen[0].text, conf->nlisten > 1 ? " and more" : "",
              admin ? ", admin on " : "", admin ? conf->admin_listen.text : "");
 
+    sd_notify_send("READY=1\nSTATUS=serving");
+
     for (;;) {
         int sig = 0;
         if (sigwait(&set, &sig) != 0)
@@ -116,11 +119,12 @@ int main(int argc, char **argv)
         }
         if (sig == SIGHUP) {
             log_info("SIGHUP: reloading %s", path);
-            proxy_reload(p, err, sizeof err);   /* logs either way */
+            proxy_reload(p, err, sizeof err);   /* logs, and tells systemd, either way */
             continue;
         }
         log_info("signal %d ignored", sig);
     }
+    sd_notify_send("STOPPING=1");
     admin_stop(admin);
     proxy_shutdown(p);
     proxy_wait(p);

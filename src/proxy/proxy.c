@@ -25,6 +25,7 @@
 #include "core/fmt.h"
 #include "core/log.h"
 #include "core/loop.h"
+#include "core/sdnotify.h"
 #include "http/http.h"
 #include "obs/obs.h"
 
@@ -2456,6 +2457,7 @@ static int reload_locked(struct proxy *p, char *err, size_t errlen)
 int proxy_reload(struct proxy *p, char *err, size_t errlen)
 {
     pthread_mutex_lock(&p->reload_mu);
+    sd_notify_reloading();
     int rc = reload_locked(p, err, errlen);
     pthread_mutex_lock(&p->mu);
     p->stats.last_attempt = time(NULL);
@@ -2473,6 +2475,10 @@ int proxy_reload(struct proxy *p, char *err, size_t errlen)
     if (rc < 0)
         log_error("reload refused: %s; configuration %llu keeps serving", err,
                   (unsigned long long)p->gen->id);
+    char msg[128];
+    snprintf(msg, sizeof msg, "READY=1\nSTATUS=serving configuration %llu%s",
+             (unsigned long long)p->gen->id, rc < 0 ? " (last reload refused)" : "");
+    sd_notify_send(msg);
     pthread_mutex_unlock(&p->reload_mu);
     return rc;
 }

@@ -299,3 +299,44 @@ def test_reload_under_wrk_load_fails_nothing(setup):
     assert gens == list(range(2, 12))
     assert s.ups[0].stats()["requests"] > 100 and s.ups[1].stats()["requests"] > 100
     assert "reload refused" not in s.p.log_text()
+
+
+def test_systemd_notify_protocol(portico_bin, start_upstream, tmp_path):
+    """Type=notify: READY=1 once serving, RELOADING=1 then READY=1 around a reload
+    (good or bad), STOPPING=1 on SIGTERM."""
+    up = start_upstream("u1")
+    port = free_port()
+    cfg = tmp_path / "p.yaml"
+    cfg.write_text(make_config(port, {"app": {"servers": [up.address]}}))
+    sock_path = str(tmp_path / "notify.sock")
+    ns = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    ns.bind(sock_path)
+    ns.settimeout(10)
+    env = dict(os.environ, NOTIFY_SOCKET=sock_path)
+    log = open(tmp_path / "p.log", "wb")
+    proc = subprocess.Popen([portico_bin, "-c", str(cfg)], env=env, stdout=log,
+                            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    try:
+        msg = ns.recv(4096).decode()
+        assert msg.startswith("READY=1"), msg
+        assert port_accepts(port)           # ready means serving
+        proc.send_signal(signal.SIGHUP)
+        msg = ns.recv(4096).decode()
+        assert msg.startswith("RELOADING=1\nMONOTONIC_USEC="), msg
+        assert int(msg.split("MONOTONIC_USEC=")[1]) > 0
+        msg = ns.recv(4096).decode()
+        assert msg.startswith("READY=1") and "configuration 2" in msg, msg
+        cfg.write_text("broken: [\n")
+        proc.send_signal(signal.SIGHUP)
+        assert ns.recv(4096).decode().startswith("RELOADING=1")
+        msg = ns.recv(4096).decode()
+        assert msg.startswith("READY=1") and "refused" in msg, msg
+        proc.send_signal(signal.SIGTERM)
+        assert ns.recv(4096).decode() == "STOPPING=1"
+        assert proc.wait(10) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        log.close()
+        ns.close()
