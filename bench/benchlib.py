@@ -22,7 +22,7 @@ import statistics
 import sys
 import time
 
-PROXIES = ("portico", "portico3", "porticolog", "nginx", "haproxy")
+PROXIES = ("portico", "portico3", "porticolog", "porticooff", "nginx", "haproxy")
 SIZES = ("small", "32k")
 EXPECTED_BODY = {"small": 13, "32k": 32768}
 
@@ -282,10 +282,25 @@ def cmd_report(results_path, idle_path):
             rows.append([size, fmt_ratio(log["cpu_us"] / one["cpu_us"]),
                          fmt_ratio(log["rps"] / one["rps"] if one["rps"] else None)])
     if rows:
-        print("porticolog (JSON access log to a file) / portico (no access log; metrics are always on):")
-        print("the CPU per request the access log adds; target below 1.05x")
+        print("porticolog (JSON access log to a file) / portico (no access log, metrics on):")
+        print("the CPU per request the access log adds")
         print()
         print(table(["size", "cpu us/req", "req/s"], rows))
+        print()
+
+    rows = []
+    for size in SIZES:
+        off, log = med.get(("porticooff", size)), med.get(("porticolog", size))
+        one = med.get(("portico", size))
+        if off and log and off["cpu_us"]:
+            rows.append([size, fmt_ratio(log["cpu_us"] / off["cpu_us"]),
+                         fmt_ratio(one["cpu_us"] / off["cpu_us"]) if one else "-",
+                         fmt_ratio(log["rps"] / off["rps"] if off["rps"] else None)])
+    if rows:
+        print("porticolog (access log + metrics) / porticooff (both off: metrics.enabled false, no log):")
+        print("the CPU per request observability costs; target below 1.05x. Middle column: metrics alone")
+        print()
+        print(table(["size", "log+metrics cpu", "metrics cpu", "req/s"], rows))
         print()
 
     idle = read_tsv(idle_path)

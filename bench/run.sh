@@ -40,7 +40,7 @@ ROUNDS=${BENCH_ROUNDS:-3}
 WARMUP=${BENCH_WARMUP:-1}; WARMUP=${WARMUP%s}
 IDLE_CONNS=${BENCH_IDLE_CONNS:-9000}
 IDLE_WINDOW=${BENCH_IDLE_WINDOW:-256}
-PROXIES=${BENCH_PROXIES:-portico portico3 porticolog nginx haproxy}
+PROXIES=${BENCH_PROXIES:-portico portico3 porticolog porticooff nginx haproxy}
 PORTICO_BIN=${PORTICO_BIN:-$ROOT/build/portico}
 OUT=${BENCH_OUT:-$ROOT/build/bench}
 PROXY_CPU=${BENCH_PROXY_CPU:-0}
@@ -55,7 +55,7 @@ for v in DURATION CONNS ROUNDS WARMUP IDLE_CONNS IDLE_WINDOW PROXY_CPU LOAD_CPU;
 done
 [ "$DURATION" -ge 1 ] && [ "$ROUNDS" -ge 1 ] && [ "$CONNS" -ge 1 ] || die "duration, rounds and connections must be >= 1"
 for p in $PROXIES; do
-    case $p in portico|portico3|porticolog|nginx|haproxy) ;; *) die "unknown proxy '$p' in BENCH_PROXIES" ;; esac
+    case $p in portico|portico3|porticolog|porticooff|nginx|haproxy) ;; *) die "unknown proxy '$p' in BENCH_PROXIES" ;; esac
 done
 [ -x "$PY" ] || die "$PY not found"
 for t in wrk nginx haproxy taskset; do
@@ -351,7 +351,7 @@ start_proxy() {         # start_proxy NAME TAG: sets PID_OF[NAME] PORT_OF[NAME],
         haproxy)
             write_haproxy_conf "$d" "$port"
             spawn "$d/stdout.log" taskset -c "$PROXY_CPU" haproxy -f "$d/haproxy.cfg" -db ;;
-        portico|portico3|porticolog)
+        portico|portico3|porticolog|porticooff)
             if [ ! -x "$PORTICO_BIN" ]; then
                 WHY_NOT[$name]="$PORTICO_BIN not found (make all)"
                 say "$name unavailable: ${WHY_NOT[$name]}"
@@ -361,6 +361,8 @@ start_proxy() {         # start_proxy NAME TAG: sets PID_OF[NAME] PORT_OF[NAME],
             else write_portico_conf "$d" "$port"; fi
             # porticolog: the same, writing a JSON access log line per request to a file
             [ "$name" = porticolog ] && printf 'access_log: { path: %s/access.log, format: json }\n' "$d" >>"$d/portico.yaml"
+            # porticooff: the same, without access log and without per-request metrics
+            [ "$name" = porticooff ] && printf 'metrics: { enabled: false }\n' >>"$d/portico.yaml"
             spawn "$d/stdout.log" taskset -c "$PROXY_CPU" "$PORTICO_BIN" -c "$d/portico.yaml" ;;
     esac
     pid=$BG_PID
@@ -451,7 +453,7 @@ version_of() {
     case $1 in
         nginx) nginx -v 2>&1 | sed 's/^nginx version: //' ;;
         haproxy) haproxy -v 2>&1 | head -n1 | awk '{print "haproxy/" $3}' ;;
-        portico|portico3|porticolog)
+        portico|portico3|porticolog|porticooff)
             if [ ! -x "$PORTICO_BIN" ]; then echo "(not built: $PORTICO_BIN)"
             elif out=$(timeout 5 "$PORTICO_BIN" --version 2>&1); then echo "${out%%$'\n'*}"
             else echo "(--version failed: ${out%%$'\n'*})"; fi ;;
@@ -481,7 +483,7 @@ echo
 if [ "$IDLE_CONNS" -gt 0 ]; then
     echo "Idle keep-alive connections: $IDLE_CONNS per proxy ($IDLE_WINDOW opening at once), fresh instance each"
     for p in $PROXIES; do
-        [ "$p" = portico3 ] || [ "$p" = porticolog ] && continue  # same binary: one idle test is enough
+        [ "$p" = portico3 ] || [ "$p" = porticolog ] || [ "$p" = porticooff ] && continue  # same binary: one idle test is enough
         if ! start_proxy "$p" idle; then
             printf '%s\tfail\t0\t0\t0\t0\t0\t0\t%s\n' "$p" "${WHY_NOT[$p]:-did not start}" >>"$IDLE"
             printf '  %-8s unavailable\n' "$p"
