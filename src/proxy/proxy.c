@@ -1957,15 +1957,13 @@ static struct proxy_gen *gen_new(struct conf *conf, const struct proxy_gen *old,
     g->nworkers = nworkers;
     size_t nfd = (size_t)nworkers * conf->nlisten;
     g->lfd = malloc(nfd * sizeof *g->lfd);
+    for (size_t i = 0; g->lfd && i < nfd; i++)
+        g->lfd[i] = -1;
     g->groups = calloc(conf->nupstreams, sizeof *g->groups);
     if (!g->lfd || !g->groups) {
-        free(g->lfd);
-        g->lfd = NULL;
         snprintf(err, errlen, "out of memory");
         goto fail;
     }
-    for (size_t i = 0; i < nfd; i++)
-        g->lfd[i] = -1;
     for (uint32_t i = 0; i < conf->nupstreams; i++) {
         if (!(g->groups[i] = balance_group_new(&conf->upstreams[i], err, errlen)))
             goto fail;
