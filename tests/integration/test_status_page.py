@@ -240,6 +240,7 @@ def test_page_shows_the_numbers(start_upstream, start_portico, tmp_path):
     assert dom.text["rate-scope"].startswith("last "), dom.text["rate-scope"]
     assert number(dom, "req-rate") == 0
     assert number(dom, "req-total") == 60
+    assert dom.text["config"] == "#1"                   # no reload yet
     assert number(dom, "err-5xx-total") == 3
     assert number(dom, "err-4xx-total") == 7
     # idle interval: the shares and percentiles fall back to all time, and say so
@@ -269,6 +270,30 @@ def test_page_shows_the_numbers(start_upstream, start_portico, tmp_path):
     # features that do not exist yet are said to be off, with no made-up numbers
     assert dom.text["cache"].startswith("not enabled"), dom.text["cache"]
     assert dom.text["ratelimit"].startswith("not enabled"), dom.text["ratelimit"]
+
+
+def test_page_shows_a_refused_reload(start_upstream, start_portico, tmp_path):
+    """After a refused reload the header says so, in red, with the error as its tooltip;
+    after a good one it shows the new generation."""
+    p, live, dead, admin = start_setup(start_upstream, start_portico, tmp_path)
+    good = open(p.config_path).read()
+    with open(p.config_path, "w") as f:
+        f.write(good.replace("routes:", "routes: 7\nrotues:", 1))
+    auth = {"Authorization": "Bearer " + TOKEN}
+    r = requests.post(admin + "/reload", headers=auth, timeout=10)
+    assert r.status_code == 422
+    err = r.json()["error"]
+    dom = Dom(chromium(admin + "/#token=" + TOKEN, tmp_path, "--dump-dom"))
+    assert dom.text["config"] == "#1 (last reload refused)", dom.text["config"]
+    assert dom.attr["config"]["class"] == "bad"
+    assert dom.attr["config"]["title"] == err
+    with open(p.config_path, "w") as f:
+        f.write(good)
+    assert requests.post(admin + "/reload", headers=auth, timeout=10).status_code == 200
+    dom = Dom(chromium(admin + "/#token=" + TOKEN, tmp_path, "--dump-dom"))
+    assert dom.text["config"] == "#2"
+    assert dom.attr["config"].get("class", "") == ""
+    assert dom.attr["config"]["title"] == "loaded from " + p.config_path
 
 
 class PacedAdmin:
