@@ -79,6 +79,8 @@ struct client {
 struct upool {
     struct uconn *head;         /* idle connections, most recent first */
     uint32_t n;
+    uint32_t max;               /* the upstream's keepalive */
+    uint64_t idle_timeout;      /* the upstream's idle_timeout, ms */
 };
 
 struct uconn {
@@ -190,6 +192,8 @@ struct wgen {
     struct balance_worker **bw; /* [upstream index] */
     uint32_t *route_map;        /* route / upstream index -> index in the worker's obs */
     uint32_t *up_map;           /* layout; NULL while that layout is this snapshot */
+    uint32_t *pool_map;         /* older generation: pool index -> the same upstream name
+                                   and server address in the newest one, or UINT32_MAX */
 };
 
 struct worker {
@@ -516,14 +520,28 @@ static struct uconn *uconn_get(struct worker *w, struct wgen *wg, const struct c
     return u;
 }
 
+/* A connection of an older generation goes to the pool of the same server
+ * in the newest one, if it still has it (a reload keeps warm connections). */
+static bool uconn_move_to_current(struct uconn *u)
+{
+    struct wgen *cur = u->w->cur;
+    if (!u->wg->pool_map)
+        return false;
+    uint32_t j = u->wg->pool_map[u->pool - u->wg->pools];
+    if (j == UINT32_MAX)
+        return false;
+    u->wg = cur;
+    u->pool = &cur->pools[j];
+    return true;
+}
+
 static void uconn_release(struct uconn *u, bool keep)
 {
     struct worker *w = u->w;
-    const struct conf_upstream *up = u->x->route->upstream;
     u->x = NULL;
-    /* a connection of an older generation is not pooled: its pools are gone
-     * with the requests still using it */
-    if (!keep || u->hup || w->draining || u->wg != w->cur || u->pool->n >= up->keepalive ||
+    if (keep && u->wg != w->cur)
+        uconn_move_to_current(u);
+    if (!keep || u->hup || w->draining || u->wg != w->cur || u->pool->n >= u->pool->max ||
         u->io.fd < 0) {
         uconn_close(u);
         return;
@@ -536,7 +554,7 @@ static void uconn_release(struct uconn *u, bool keep)
         u->next->prev = u;
     u->pool->head = u;
     u->pool->n++;
-    loop_timer_arm(w->loop, &u->timer, up->idle_timeout);
+    loop_timer_arm(w->loop, &u->timer, u->pool->idle_timeout);
 }
 
 /* The current attempt is over: give its server back to the balancer,
@@ -2012,8 +2030,61 @@ static void wgen_free(struct wgen *wg)
     free(wg->pool_base);
     free(wg->route_map);
     free(wg->up_map);
+    free(wg->pool_map);
     gen_unref(wg->g);
     free(wg);
+}
+
+/* old->pool_map: each of old's pools to the pool of the same upstream name
+ * and server address in cur. Without memory: NULL, nothing moves. */
+static void wgen_pool_map(struct wgen *old, const struct wgen *cur)
+{
+    const struct conf *oc = old->g->conf, *nc = cur->g->conf;
+    free(old->pool_map);
+    old->pool_map = malloc((old->npools ? old->npools : 1) * sizeof *old->pool_map);
+    if (!old->pool_map)
+        return;
+    for (uint32_t i = 0; i < oc->nupstreams; i++) {
+        const struct conf_upstream *ou = &oc->upstreams[i], *nu = NULL;
+        for (uint32_t j = 0; j < nc->nupstreams && !nu; j++)
+            if (!strcmp(nc->upstreams[j].name, ou->name))
+                nu = &nc->upstreams[j];
+        for (uint32_t k = 0; k < ou->nservers; k++) {
+            uint32_t to = UINT32_MAX;
+            const struct conf_addr *a = &ou->servers[k].addr;
+            for (uint32_t m = 0; nu && m < nu->nservers && to == UINT32_MAX; m++) {
+                const struct conf_addr *b = &nu->servers[m].addr;
+                if (a->len == b->len && !memcmp(&a->ss, &b->ss, a->len))
+                    to = cur->pool_base[nu->index] + m;
+            }
+            old->pool_map[old->pool_base[i] + k] = to;
+        }
+    }
+}
+
+/* Move old's idle connections into cur's pools where the server stays; close
+ * the others (and any beyond the new keepalive). */
+static void wgen_hand_over_pools(struct wgen *old)
+{
+    for (uint32_t i = 0; i < old->npools; i++) {
+        while (old->pools[i].head) {
+            struct uconn *u = old->pools[i].head;
+            pool_remove(u);
+            u->x = NULL;
+            if (!uconn_move_to_current(u) || u->pool->n >= u->pool->max) {
+                u->pooled = false;
+                uconn_close(u);
+                continue;
+            }
+            u->pooled = true;
+            u->prev = NULL;
+            u->next = u->pool->head;
+            if (u->next)
+                u->next->prev = u;
+            u->pool->head = u;
+            u->pool->n++;
+        }
+    }
 }
 
 static struct wgen *wgen_new(struct worker *w, struct proxy_gen *g)
@@ -2036,6 +2107,12 @@ static struct wgen *wgen_new(struct worker *w, struct proxy_gen *g)
     wg->pools = calloc(wg->npools ? wg->npools : 1, sizeof *wg->pools);
     if (!wg->pools)
         goto fail;
+    for (uint32_t i = 0; i < c->nupstreams; i++) {
+        for (uint32_t k = 0; k < c->upstreams[i].nservers; k++) {
+            wg->pools[wg->pool_base[i] + k].max = c->upstreams[i].keepalive;
+            wg->pools[wg->pool_base[i] + k].idle_timeout = c->upstreams[i].idle_timeout;
+        }
+    }
     return wg;
 fail:
     wgen_free(wg);
@@ -2154,8 +2231,10 @@ static bool worker_adopt(struct worker *w, struct proxy_gen *g)
     wg->next = w->cur;
     w->cur = wg;
     w->conf = c;
-    for (struct wgen *o = wg->next; o; o = o->next)
-        wgen_close_pools(o);
+    for (struct wgen *o = wg->next; o; o = o->next) {
+        wgen_pool_map(o, wg);
+        wgen_hand_over_pools(o);
+    }
     worker_maps(w);
     atomic_store(&w->gen_id, g->id);
     return true;

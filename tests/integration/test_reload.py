@@ -340,3 +340,47 @@ def test_systemd_notify_protocol(portico_bin, start_upstream, tmp_path):
             proc.wait()
         log.close()
         ns.close()
+
+
+def test_reload_keeps_warm_upstream_connections(start_upstream, start_portico, tmp_path):
+    """Idle keep-alive connections to a server that stays are handed to the new
+    configuration; those to a server that went away are closed."""
+    s = Setup(start_upstream, start_portico, tmp_path, workers=1)
+
+    def count(path="/count"):
+        r = requests.get(s.base + path, headers={"Host": "test.local"}, timeout=5)
+        assert r.status_code == 200
+        return r.json()
+    first = count()
+    assert first["conn_requests"] == 1
+    # the same upstream, another route added: the pooled connection is reused
+    s.write(s.config(s.ups[0]).replace("routes:\n", "routes:\n  - match: { prefix: /other/ }\n    upstream: app\n"))
+    assert s.reload_http().status_code == 200
+    again = count()
+    assert again["conn"] == first["conn"] and again["conn_requests"] == 2, (first, again)
+    # requests in flight across a reload give their connections to the new pool:
+    # two at once need two upstream connections
+    slow = [RawConn(s.port, timeout=10), RawConn(s.port, timeout=10)]
+    for c in slow:
+        c.send(b"GET /slow?delay=1 HTTP/1.1\r\nHost: test.local\r\n\r\n")
+    assert wait_for(lambda: s.ups[0].stats()["heads"] >= 4, 5)
+    conns = s.ups[0].stats()["connections"]
+    assert conns == 2
+    s.write(s.config(s.ups[0]))
+    assert s.reload_http().status_code == 200
+    for c in slow:
+        assert c.read_response().status == 200
+        c.close()
+    # both are reused by two requests at once on the new configuration: no new one
+    a, b = RawConn(s.port), RawConn(s.port)
+    a.send(b"GET /slow?delay=0.3 HTTP/1.1\r\nHost: test.local\r\n\r\n")
+    b.send(b"GET /slow?delay=0.3 HTTP/1.1\r\nHost: test.local\r\n\r\n")
+    assert a.read_response().status == 200 and b.read_response().status == 200
+    a.close()
+    b.close()
+    assert s.ups[0].stats()["connections"] == conns
+    # a server that is gone: its connections are not carried over
+    s.write(s.config(s.ups[1]))
+    assert s.reload_http().status_code == 200
+    assert count()["id"] == "u2"
+    assert count()["conn_requests"] == 2
