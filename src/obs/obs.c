@@ -45,6 +45,13 @@ static unsigned bucket_index(const struct obs_worker *w, uint64_t us)
     return i;
 }
 
+static void hist_record(const struct obs_worker *w, struct obs_hist *h, uint64_t us)
+{
+    obs_add(&h->bucket[bucket_index(w, us)], 1);
+    obs_add(&h->sum_us, us);
+    obs_add(&h->count, 1);
+}
+
 struct obs_worker *obs_worker_new(struct conf *c)
 {
     struct obs_worker *w = calloc(1, sizeof *w);
@@ -85,19 +92,14 @@ void obs_request(struct obs_worker *w, uint32_t route, const char *method, size_
         route = w->nroutes - 1;
     struct obs_route *r = &w->routes[route];
     obs_add(&r->requests[method_index(method, method_len)][code_index(status)], 1);
-    obs_add(&r->duration_bucket[bucket_index(w, duration_us)], 1);
-    obs_add(&r->duration_sum_us, duration_us);
-    obs_add(&r->duration_count, 1);
+    hist_record(w, &r->duration, duration_us);
 }
 
 void obs_upstream_time(struct obs_worker *w, uint32_t upstream, uint64_t duration_us)
 {
     if (!w->enabled || upstream >= w->nupstreams)
         return;
-    struct obs_upstream *u = &w->upstreams[upstream];
-    obs_add(&u->duration_bucket[bucket_index(w, duration_us)], 1);
-    obs_add(&u->duration_sum_us, duration_us);
-    obs_add(&u->duration_count, 1);
+    hist_record(w, &w->upstreams[upstream].duration, duration_us);
 }
 
 /* ---------------------------------------------------------------- names */
@@ -180,28 +182,28 @@ static bool same_buckets(const struct obs_worker *a, const struct obs_worker *b)
            memcmp(a->bucket_us, b->bucket_us, a->nbuckets * sizeof a->bucket_us[0]) == 0;
 }
 
+static void add_hist(struct obs_hist *to, const struct obs_hist *from)
+{
+    for (unsigned i = 0; i <= OBS_MAX_BUCKETS; i++)
+        obs_add(&to->bucket[i], ld(&from->bucket[i]));
+    obs_add(&to->sum_us, ld(&from->sum_us));
+    obs_add(&to->count, ld(&from->count));
+}
+
 static void add_route(struct obs_route *to, const struct obs_route *from, bool hist)
 {
     for (unsigned m = 0; m < OBS_NMETHODS; m++)
         for (unsigned k = 0; k < OBS_NCODES; k++)
             obs_add(&to->requests[m][k], ld(&from->requests[m][k]));
-    if (!hist)
-        return;
-    for (unsigned i = 0; i <= OBS_MAX_BUCKETS; i++)
-        obs_add(&to->duration_bucket[i], ld(&from->duration_bucket[i]));
-    obs_add(&to->duration_sum_us, ld(&from->duration_sum_us));
-    obs_add(&to->duration_count, ld(&from->duration_count));
+    if (hist)
+        add_hist(&to->duration, &from->duration);
 }
 
 static void add_upstream(struct obs_upstream *to, const struct obs_upstream *from, bool hist)
 {
     obs_add(&to->errors, ld(&from->errors));
-    if (!hist)
-        return;
-    for (unsigned i = 0; i <= OBS_MAX_BUCKETS; i++)
-        obs_add(&to->duration_bucket[i], ld(&from->duration_bucket[i]));
-    obs_add(&to->duration_sum_us, ld(&from->duration_sum_us));
-    obs_add(&to->duration_count, ld(&from->duration_count));
+    if (hist)
+        add_hist(&to->duration, &from->duration);
 }
 
 /* Sum `from` into `to` (laid out for to->layout); the maps are scratch space. */
@@ -291,8 +293,10 @@ static const char *esc(const char *s, char *out, size_t len)
 }
 
 static void histogram(struct obs_text *t, const struct obs_worker *lay, const char *name,
-                      const char *label, const obs_counter *b, uint64_t sum_us, uint64_t count)
+                      const char *label, const struct obs_hist *h)
 {
+    const obs_counter *b = h->bucket;
+    uint64_t sum_us = ld(&h->sum_us), count = ld(&h->count);
     uint64_t cum = 0;
     for (unsigned i = 0; i < lay->nbuckets; i++) {
         cum += ld(&b[i]);
@@ -375,8 +379,7 @@ void obs_expose(struct obs_text *t, struct obs_worker *const *workers, size_t nw
             continue;
         const struct obs_route *x = &sum->routes[r];
         snprintf(label, sizeof label, "route=\"%s\"", esc(route_name(c, r, rn, sizeof rn), e1, sizeof e1));
-        histogram(t, sum, "portico_http_request_duration_seconds", label, x->duration_bucket,
-                  ld(&x->duration_sum_us), ld(&x->duration_count));
+        histogram(t, sum, "portico_http_request_duration_seconds", label, &x->duration);
     }
 
     obs_printf(t, "# HELP portico_upstream_request_duration_seconds Time from sending a request upstream to its response head, by upstream.\n"
@@ -384,8 +387,7 @@ void obs_expose(struct obs_text *t, struct obs_worker *const *workers, size_t nw
     for (uint32_t u = 0; u < c->nupstreams; u++) {
         const struct obs_upstream *x = &sum->upstreams[u];
         snprintf(label, sizeof label, "upstream=\"%s\"", esc(c->upstreams[u].name, e2, sizeof e2));
-        histogram(t, sum, "portico_upstream_request_duration_seconds", label, x->duration_bucket,
-                  ld(&x->duration_sum_us), ld(&x->duration_count));
+        histogram(t, sum, "portico_upstream_request_duration_seconds", label, &x->duration);
     }
     obs_printf(t, "# HELP portico_upstream_errors_total Upstream attempts that failed (connect, timeout, reset, bad response).\n"
                   "# TYPE portico_upstream_errors_total counter\n");
@@ -455,9 +457,9 @@ void obs_totals(struct obs_worker *const *workers, size_t nworkers, struct obs_t
             if (!hist)
                 continue;
             for (unsigned i = 0; i <= x->nbuckets; i++)
-                out->duration_bucket[i] += ld(&rt->duration_bucket[i]);
-            out->duration_count += ld(&rt->duration_count);
-            out->duration_sum_us += ld(&rt->duration_sum_us);
+                out->duration_bucket[i] += ld(&rt->duration.bucket[i]);
+            out->duration_count += ld(&rt->duration.count);
+            out->duration_sum_us += ld(&rt->duration.sum_us);
         }
     }
 }

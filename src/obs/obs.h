@@ -34,19 +34,22 @@ struct conf;
 
 typedef _Atomic uint64_t obs_counter;
 
+/* A duration histogram: per-bucket (not cumulative) counts, the last one +Inf. */
+struct obs_hist {
+    obs_counter bucket[OBS_MAX_BUCKETS + 1];
+    obs_counter sum_us;
+    obs_counter count;
+};
+
 /* Per-route counters of one worker. */
 struct obs_route {
     obs_counter requests[OBS_NMETHODS][OBS_NCODES];
-    obs_counter duration_bucket[OBS_MAX_BUCKETS + 1];
-    obs_counter duration_sum_us;
-    obs_counter duration_count;
+    struct obs_hist duration;
 };
 
 /* Per-upstream counters of one worker. */
 struct obs_upstream {
-    obs_counter duration_bucket[OBS_MAX_BUCKETS + 1];
-    obs_counter duration_sum_us;
-    obs_counter duration_count;
+    struct obs_hist duration;
     obs_counter errors;             /* attempts that failed (connect, timeout, reset) */
 };
 

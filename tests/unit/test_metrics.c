@@ -105,9 +105,9 @@ static void test_buckets_are_upper_bounds(void **state)
     obs_request(w, 0, "GET", 3, 200, 10000);     /* exactly 10ms: le="0.01" */
     obs_request(w, 0, "GET", 3, 200, 10001);
     obs_request(w, 0, "GET", 3, 200, 5000000);   /* +Inf */
-    assert_int_equal(w->routes[0].duration_bucket[0], 1);
-    assert_int_equal(w->routes[0].duration_bucket[1], 1);
-    assert_int_equal(w->routes[0].duration_bucket[2], 1);
+    assert_int_equal(w->routes[0].duration.bucket[0], 1);
+    assert_int_equal(w->routes[0].duration.bucket[1], 1);
+    assert_int_equal(w->routes[0].duration.bucket[2], 1);
     struct obs_text t = { 0 };
     obs_expose(&t, &w, 1);
     assert_false(t.oom);
@@ -131,7 +131,7 @@ static void test_disabled_records_nothing_per_request(void **state)
     obs_totals(&w, 1, &tot);
     assert_int_equal(tot.requests, 0);
     assert_int_equal(tot.conns_total, 1);
-    assert_int_equal(w->upstreams[0].duration_count, 0);
+    assert_int_equal(w->upstreams[0].duration.count, 0);
     obs_worker_free(w);
     conf_unref(c);
 }
@@ -170,11 +170,11 @@ static void test_carry_across_reload(void **state)
 
     struct obs_worker *wb = obs_worker_new(b);
     obs_worker_carry(wb, wa);
-    assert_int_equal(wb->routes[2].duration_count, 5);
-    assert_int_equal(wb->routes[0].duration_count, 1);
-    assert_int_equal(wb->routes[1].duration_count, 0);  /* /new/ starts at zero */
-    assert_int_equal(wb->routes[3].duration_count, 1);
-    assert_int_equal(wb->upstreams[1].duration_count, 1);
+    assert_int_equal(wb->routes[2].duration.count, 5);
+    assert_int_equal(wb->routes[0].duration.count, 1);
+    assert_int_equal(wb->routes[1].duration.count, 0);  /* /new/ starts at zero */
+    assert_int_equal(wb->routes[3].duration.count, 1);
+    assert_int_equal(wb->upstreams[1].duration.count, 1);
     assert_int_equal(wb->upstreams[0].errors, 0);
     assert_int_equal(wb->conns_total, 9);
     assert_int_equal(wb->conns_closed, 2);
@@ -183,7 +183,7 @@ static void test_carry_across_reload(void **state)
     struct conf *c = load(CONF_B "metrics: { buckets: [ 1 ] }\n");
     struct obs_worker *wc = obs_worker_new(c);
     obs_worker_carry(wc, wb);
-    assert_int_equal(wc->routes[2].duration_count, 0);
+    assert_int_equal(wc->routes[2].duration.count, 0);
     struct obs_totals tot;
     obs_totals(&wc, 1, &tot);
     assert_int_equal(tot.requests, 7);
