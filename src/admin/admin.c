@@ -307,6 +307,7 @@ static void serve_request(struct admin *a, int fd, const struct http_request *r,
         proxy_obs_unlock(a->p);
         upstream_metrics(g, &t);
         reload_metrics(a, &t);
+        obs_process_metrics(&t);
         if (!t.oom)
             respond(fd, 200, "text/plain; version=0.0.4; charset=utf-8", t.buf, head ? 0 : t.len, NULL);
     } else if (PATH_IS("/status")) {

@@ -3,10 +3,14 @@
 
 #include "conf/conf.h"
 
+#include <dirent.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
+#include <time.h>
+#include <unistd.h>
 
 _Static_assert(OBS_MAX_BUCKETS == CONF_MAX_BUCKETS, "one bound on histogram buckets");
 
@@ -424,6 +428,81 @@ out:
     free(self);
     free(rmap);
     free(umap);
+}
+
+void obs_process_metrics(struct obs_text *t)
+{
+    /* /proc/self/stat: fields after the command (which may hold spaces and
+     * parentheses, so parse from the last ')'): 3 state ... 14 utime 15 stime
+     * ... 20 num_threads 22 starttime 23 vsize 24 rss (pages) */
+    char buf[1024];
+    FILE *f = fopen("/proc/self/stat", "r");
+    size_t n = f ? fread(buf, 1, sizeof buf - 1, f) : 0;
+    if (f)
+        fclose(f);
+    buf[n] = '\0';
+    char *p = strrchr(buf, ')');
+    unsigned long long v[25] = { 0 };
+    if (p) {
+        p += 2;                         /* ") " then field 3 */
+        for (int i = 3; i <= 24 && *p; i++) {
+            char *end;
+            v[i] = strtoull(p, &end, 10);
+            if (end == p)               /* the state letter (field 3) */
+                end = p + 1;
+            p = end;
+            while (*p == ' ')
+                p++;
+        }
+    }
+    long tck = sysconf(_SC_CLK_TCK), page = sysconf(_SC_PAGESIZE);
+    if (tck <= 0)
+        tck = 100;
+    /* the boot time, to turn starttime (ticks since boot) into a timestamp */
+    double boot = 0;
+    if ((f = fopen("/proc/stat", "r"))) {
+        char line[256];
+        while (fgets(line, sizeof line, f))
+            if (!strncmp(line, "btime ", 6))
+                boot = strtod(line + 6, NULL);
+        fclose(f);
+    }
+    unsigned fds = 0;
+    DIR *d = opendir("/proc/self/fd");
+    if (d) {
+        struct dirent *e;
+        while ((e = readdir(d)))
+            fds += e->d_name[0] != '.';
+        closedir(d);
+        if (fds)
+            fds--;                      /* the directory's own descriptor */
+    }
+    struct rlimit rl = { 0, 0 };
+    getrlimit(RLIMIT_NOFILE, &rl);
+    obs_printf(t, "# HELP process_cpu_seconds_total Total user and system CPU time spent in seconds.\n"
+                  "# TYPE process_cpu_seconds_total counter\n"
+                  "process_cpu_seconds_total %.2f\n"
+                  "# HELP process_resident_memory_bytes Resident memory size in bytes.\n"
+                  "# TYPE process_resident_memory_bytes gauge\n"
+                  "process_resident_memory_bytes %llu\n"
+                  "# HELP process_virtual_memory_bytes Virtual memory size in bytes.\n"
+                  "# TYPE process_virtual_memory_bytes gauge\n"
+                  "process_virtual_memory_bytes %llu\n"
+                  "# HELP process_open_fds Number of open file descriptors.\n"
+                  "# TYPE process_open_fds gauge\n"
+                  "process_open_fds %u\n"
+                  "# HELP process_max_fds Maximum number of open file descriptors.\n"
+                  "# TYPE process_max_fds gauge\n"
+                  "process_max_fds %llu\n"
+                  "# HELP process_start_time_seconds Start time of the process since unix epoch in seconds.\n"
+                  "# TYPE process_start_time_seconds gauge\n"
+                  "process_start_time_seconds %.2f\n"
+                  "# HELP process_threads Number of OS threads in the process.\n"
+                  "# TYPE process_threads gauge\n"
+                  "process_threads %llu\n",
+               (double)(v[14] + v[15]) / (double)tck, v[24] * (unsigned long long)page, v[23], fds,
+               rl.rlim_cur == RLIM_INFINITY ? 0ull : (unsigned long long)rl.rlim_cur,
+               boot + (double)v[22] / (double)tck, v[20]);
 }
 
 void obs_totals(struct obs_worker *const *workers, size_t nworkers, struct obs_totals *out)

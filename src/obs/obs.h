@@ -110,6 +110,13 @@ struct obs_text {
 void obs_printf(struct obs_text *t, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 void obs_expose(struct obs_text *t, struct obs_worker *const *workers, size_t nworkers);
 
+/* The standard process metrics every Prometheus client library exports
+ * (process_cpu_seconds_total, process_resident_memory_bytes,
+ * process_virtual_memory_bytes, process_open_fds, process_max_fds,
+ * process_start_time_seconds, process_threads), read from /proc/self. The
+ * CPU alert and the dashboard in deploy/ use them. */
+void obs_process_metrics(struct obs_text *t);
+
 /* Totals over workers, for the status page. The histogram is over the
  * buckets of workers[0]'s layout (workers with other buckets are left out of
  * it); `bounds` are those buckets in seconds. */

@@ -522,6 +522,7 @@ class Portico:
             f.write(config_text)
         self._log = open(self.log_path, "wb")
         self.expect_exit = False
+        self.started = time.time()
         self.proc = subprocess.Popen([binary, "-c", self.config_path], stdout=self._log,
                                      stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         self.pid = self.proc.pid

@@ -1,5 +1,6 @@
 """Admin listener: /health, /ready, /metrics, /status and the bearer token."""
 import json
+import os
 import re
 import time
 
@@ -158,3 +159,27 @@ def test_bad_token_file_is_a_config_error(portico_bin, tmp_path):
     r = subprocess.run([portico_bin, "-t", "-c", str(cfg)], capture_output=True, text=True)
     assert r.returncode == 1
     assert re.search(r"c\.yaml:\d+:\d+: admin\.token_file: /nonexistent/token: No such file", r.stderr)
+
+
+def test_process_metrics(start_upstream, start_portico, tmp_path):
+    """process_* as Prometheus client libraries export them, matching /proc for the process."""
+    p, up, admin = start(start_upstream, start_portico, tmp_path)
+    for _ in range(50):
+        requests.get("http://127.0.0.1:%d/count" % p.port, headers={"Host": "test.local"}, timeout=5)
+    text = requests.get(admin + "/metrics", headers=auth(), timeout=5).text
+    with open("/proc/%d/stat" % p.pid) as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    tck = os.sysconf("SC_CLK_TCK")
+    cpu = (int(fields[11]) + int(fields[12])) / tck        # utime, stime (fields 14, 15)
+    got = metric(text, "process_cpu_seconds_total")
+    assert 0 <= got and abs(got - cpu) <= 0.05, (got, cpu)
+    rss = metric(text, "process_resident_memory_bytes")
+    assert abs(rss - p.rss_kib() * 1024) < 0.2 * rss, (rss, p.rss_kib())
+    assert metric(text, "process_virtual_memory_bytes") > rss
+    fds = len(os.listdir("/proc/%d/fd" % p.pid))
+    assert abs(metric(text, "process_open_fds") - fds) <= 3, (metric(text, "process_open_fds"), fds)
+    assert metric(text, "process_max_fds") > 0
+    t0 = metric(text, "process_start_time_seconds")
+    assert abs(t0 - p.started) < 5, (t0, p.started)
+    threads = int(fields[17])
+    assert metric(text, "process_threads") == threads >= 4   # main, 2 workers, admin
