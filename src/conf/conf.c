@@ -595,6 +595,13 @@ static bool load_access_log(struct ctx *x, yaml_node_t *v, struct conf *c)
         if (!strcmp(k, "path")) {
             if (!get_string(x, val, kp, &path))
                 return false;
+        } else if (!strcmp(k, "flush")) {
+            if (!get_timeout(x, val, kp, &c->access_log_flush) ||
+                (c->access_log_flush > 60000 &&
+                 !bad(x, val, kp, "at most 1m: lines would wait too long"))) {
+                free(path);
+                return false;
+            }
         } else if (!strcmp(k, "format")) {
             const char *f = scalar(val);
             if (!f || strcmp(f, "json") != 0) {
@@ -832,6 +839,7 @@ struct conf *conf_load_string(const char *name, const char *text, size_t len,
     long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
     c->workers = ncpu > 0 ? (uint32_t)ncpu : 1;
     c->shutdown_timeout = 30000;
+    c->access_log_flush = 200;
     c->limits = (struct conf_limits){
         .header_timeout = 10000, .idle_timeout = 60000, .body_timeout = 60000,
         .send_timeout = 60000, .max_header_bytes = 16384, .max_headers = 100,

@@ -129,6 +129,7 @@ struct conf {
     struct conf_limits limits;
     uint64_t shutdown_timeout;  /* ms */
     char *access_log;           /* "stdout", "stderr" or a file; NULL: off */
+    uint64_t access_log_flush;  /* ms a buffered line may wait before it is written */
     bool admin_enabled;         /* an `admin:` section is present */
     struct conf_addr admin_listen;
     char *admin_token;          /* from admin.token_file; NULL: no token required */

@@ -220,6 +220,7 @@ struct worker {
     uint32_t nclients;
     bool draining;
     struct loop_timer drain_timer;
+    struct loop_timer alog_timer;   /* hands buffered access log lines over after access_log.flush */
     uint64_t reqid_seed, reqid_n;
 };
 
@@ -654,6 +655,24 @@ static void client_free_later(struct client *c)
     c->w->dead_clients = c;
 }
 
+/* Buffer one access log line. A full buffer goes to the writer at once;
+ * a partial one when the timer armed by its first line fires, so that under
+ * load the hand-off (a lock, a wake-up and a write(2) in the writer) is paid
+ * once per 64 KiB, not once per loop iteration. */
+static void alog_write(struct worker *w, const struct obs_alog_entry *e)
+{
+    obs_alog_write(&w->alog, e);
+    if (w->alog.len && !loop_timer_armed(&w->alog_timer))
+        loop_timer_arm(w->loop, &w->alog_timer, w->conf->access_log_flush);
+}
+
+static void alog_timeout(struct loop *l, struct loop_timer *t)
+{
+    (void)l;
+    struct worker *w = container_of(t, struct worker, alog_timer);
+    obs_alog_flush(&w->alog);
+}
+
 static void exchange_free(struct exchange *x, bool upstream_keep)
 {
     struct worker *w = x->c->w;
@@ -675,7 +694,7 @@ static void exchange_free(struct exchange *x, bool upstream_keep)
             .status = x->status ? x->status : 499, .bytes_in = x->bytes_in,
             .bytes_out = x->bytes_out, .duration_us = dur, .upstream_us = x->upstream_us,
         };
-        obs_alog_write(&w->alog, &e);
+        alog_write(w, &e);
     }
     if (x->u) {
         struct uconn *u = x->u;
@@ -857,7 +876,7 @@ static void client_reject(struct client *c, const struct http_request *r, int st
             .path = r ? r->target : "", .path_len = r ? r->target_len : 0, .route = "",
             .status = status,
         };
-        obs_alog_write(&w->alog, &e);
+        alog_write(w, &e);
     }
     if (consume)
         buf_consume(c->in, consume);
@@ -2245,7 +2264,6 @@ static bool worker_adopt(struct worker *w, struct proxy_gen *g)
 static void worker_reap(struct loop *l, void *arg)
 {
     struct worker *w = arg;
-    obs_alog_flush(&w->alog);       /* this iteration's access log lines */
     while (w->dead_clients) {
         struct client *c = w->dead_clients;
         w->dead_clients = c->next_dead;
@@ -2300,6 +2318,7 @@ static void worker_wake(struct loop *l, void *arg)
         return;
     }
     w->draining = true;
+    obs_alog_flush(&w->alog);
     for (uint32_t i = 0; i < w->nlisteners; i++) {
         listener_retire(w, w->listeners[i]);
         w->listeners[i] = NULL;
@@ -2376,6 +2395,7 @@ static bool worker_init(struct proxy *p, struct worker *w, uint32_t id, char *er
     obs_alog_buf_init(&w->alog, NULL);
     if (getrandom(&w->reqid_seed, sizeof w->reqid_seed, 0) != sizeof w->reqid_seed)
         w->reqid_seed = (uint64_t)loop_clock_ms() * 0x9e3779b97f4a7c15ull + id;
+    w->alog_timer.cb = alog_timeout;
     loop_set_before_sleep(w->loop, worker_reap, w);
     loop_set_wake(w->loop, worker_wake, w);
     if (!worker_adopt(w, p->gen)) {
