@@ -187,25 +187,65 @@ void obs_alog_flush(struct obs_alog_buf *b)
     b->len = 0;
 }
 
-/* Append s as the body of a JSON string (escaped). */
+/* Bytes a JSON string can hold as they are: printable ASCII but '"' and '\\'. */
+static const unsigned char json_plain[256] = {
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    1, 1, 0, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
+    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
+    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
+    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 1, 1, 1,
+    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
+    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0,
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+};
+
+/* Whether none of 8 bytes needs escaping: each is in 0x20..0x7e and is not
+ * '"' or '\\'. The classic "has a byte less than n" test, (v - n*ones) &
+ * ~v & highs, is exact for whether any byte qualifies (n <= 0x80). */
+static inline int plain8(uint64_t v)
+{
+    const uint64_t ones = 0x0101010101010101ull, highs = 0x8080808080808080ull;
+    uint64_t q = v ^ (ones * '"'), b = v ^ (ones * '\\'), d = v ^ (ones * 0x7f);
+    uint64_t bad = ((v - ones * 0x20) & ~v) | ((q - ones) & ~q) | ((b - ones) & ~b) |
+                   ((d - ones) & ~d) | v;
+    return (bad & highs) == 0;
+}
+
+/* Append s as the body of a JSON string (escaped). Plain bytes go 8 at a
+ * time: most values (ids, addresses, paths) have nothing to escape. */
 static size_t json_str(char *o, const char *s, size_t n)
 {
     static const char hex[] = "0123456789abcdef";
-    size_t k = 0;
-    for (size_t i = 0; i < n; i++) {
-        unsigned char c = (unsigned char)s[i];
-        if (c == '"' || c == '\\') {
+    size_t k = 0, i = 0;
+    while (i < n) {
+        uint64_t v;
+        if (i + 8 <= n && (memcpy(&v, s + i, 8), plain8(v))) {
+            memcpy(o + k, &v, 8);
+            i += 8;
+            k += 8;
+            continue;
+        }
+        unsigned char c = (unsigned char)s[i++];
+        if (json_plain[c]) {
+            o[k++] = (char)c;
+        } else if (c == '"' || c == '\\') {
             o[k++] = '\\';
             o[k++] = (char)c;
-        } else if (c < 0x20 || c >= 0x7f) {
+        } else {
             o[k++] = '\\';
             o[k++] = 'u';
             o[k++] = '0';
             o[k++] = '0';
             o[k++] = hex[c >> 4];
             o[k++] = hex[c & 15];
-        } else {
-            o[k++] = (char)c;
         }
     }
     return k;

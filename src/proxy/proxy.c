@@ -114,6 +114,8 @@ struct exchange {
     uint16_t path_len;
     char reqid[64];                 /* X-Request-Id sent upstream (for the access log) */
     char path[256];                 /* request target, cut, for the access log */
+    char client[48];                /* the client's address as text (X-Forwarded-For, log) */
+    uint8_t client_len;
     uint64_t bytes_in, bytes_out, upstream_us;
     uint16_t key_len;               /* hash key (ip or hash_key), kept for retries */
     char key[256];
@@ -683,10 +685,8 @@ static void exchange_free(struct exchange *x, bool upstream_keep)
     obs_request(w->obs, x->wg->route_map ? x->wg->route_map[ri] : ri, x->method, x->method_len,
                 x->status ? x->status : 499, dur);
     if (w->alog.log) {
-        char client[64];
-        peer_text(x->c, client, sizeof client);
         struct obs_alog_entry e = {
-            .request_id = x->reqid, .request_id_len = x->reqid_len, .client = client,
+            .request_id = x->reqid, .request_id_len = x->reqid_len, .client = x->client,
             .method = x->method, .method_len = x->method_len, .path = x->path,
             .path_len = x->path_len, .route = x->route->prefix,
             .upstream = x->route->upstream->name,
@@ -1080,7 +1080,7 @@ static bool build_request_head(struct exchange *x, const struct http_request *r,
                 }
                 if (!first)
                     p += PUTLIT(p, ", ");
-                p += peer_text(c, p, 64);
+                p += put(p, x->client, x->client_len);
                 p += PUTLIT(p, "\r\n");
             }
             continue;
@@ -1114,7 +1114,7 @@ static bool build_request_head(struct exchange *x, const struct http_request *r,
     }
     if (!xff) {
         p += PUTLIT(p, "X-Forwarded-For: ");
-        p += peer_text(c, p, 64);
+        p += put(p, x->client, x->client_len);
         p += PUTLIT(p, "\r\n");
     }
     p += PUTLIT(p, "X-Forwarded-Proto: http\r\n");
@@ -1204,6 +1204,7 @@ static void exchange_start(struct client *c, const struct http_request *r, size_
         memcpy(x->path, r->target, x->path_len);
     }
     x->idempotent = is_idempotent(r->method, r->method_len);
+    x->client_len = (uint8_t)peer_text(c, x->client, sizeof x->client);
     balance_key(x, r);
     if (!(x->uhead = buf_get(&w->bufs)) || !build_request_head(x, r, x->uhead)) {
         exchange_fail(x, 431, "request head too large to forward");
