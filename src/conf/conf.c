@@ -567,6 +567,11 @@ static bool load_route(struct ctx *x, struct conf *c, yaml_node_t *m, const char
             if (!r->upstream)
                 return bad(x, v, kp, "no upstream named \"%s\"", name);
             up = v;
+        } else if (!strcmp(k, "audit")) {
+            if (!get_bool(x, v, kp, &r->audit))
+                return false;
+            if (r->audit && !c->audit_log)
+                return bad(x, v, kp, "needs a top-level audit_log to write to");
         } else {
             return unknown(x, p_, path, k);
         }
@@ -616,6 +621,35 @@ static bool load_access_log(struct ctx *x, yaml_node_t *v, struct conf *c)
     free(c->access_log);
     c->access_log = path ? path : strdup("stdout");
     return c->access_log != NULL;
+}
+
+/* audit_log: off | { path: stdout | stderr | FILE } */
+static bool load_audit_log(struct ctx *x, yaml_node_t *v, struct conf *c)
+{
+    const char *s = scalar(v);
+    if (s && (!strcmp(s, "off") || !strcmp(s, "false")))
+        return true;
+    if (!expect_map(x, v, "audit_log"))
+        return false;
+    char *path = NULL;
+    FOR_PAIRS(x, v, k, val) {
+        char kp[256];
+        join(kp, sizeof kp, "audit_log", k);
+        if (!strcmp(k, "path")) {
+            free(path);
+            path = NULL;
+            if (!get_string(x, val, kp, &path))
+                return false;
+        } else {
+            free(path);
+            return unknown(x, p_, "audit_log", k);
+        }
+    }
+    if (!path)
+        return bad(x, v, "audit_log", "missing key \"path\" (a file, stdout or stderr)");
+    free(c->audit_log);
+    c->audit_log = path;
+    return true;
 }
 
 /* admin: { listen: "127.0.0.1:9901", token_file: /etc/portico/admin.token } */
@@ -723,6 +757,7 @@ static bool load_root(struct ctx *x, struct conf *c, yaml_node_t *root)
         else if (!strcmp(k, "admin")) ok = load_admin(x, v, c);
         else if (!strcmp(k, "access_log")) ok = load_access_log(x, v, c);
         else if (!strcmp(k, "metrics")) ok = load_metrics(x, v, &c->metrics);
+        else if (!strcmp(k, "audit_log")) ok = load_audit_log(x, v, c);
         else if (!strcmp(k, "workers")) {
             const char *s = scalar(v);
             if (s && !strcmp(s, "auto")) {
@@ -821,6 +856,7 @@ static void conf_free(struct conf *c)
     free(c->listen);
     free(c->admin_token);
     free(c->access_log);
+    free(c->audit_log);
     free(c->path);
     free(c);
 }

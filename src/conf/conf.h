@@ -93,6 +93,7 @@ struct conf_route {
     char *prefix;               /* path prefix, "/" by default */
     size_t host_len, prefix_len;
     struct conf_upstream *upstream;
+    bool audit;                 /* every request is written to the audit log */
 };
 
 struct conf_limits {
@@ -130,6 +131,7 @@ struct conf {
     uint64_t shutdown_timeout;  /* ms */
     char *access_log;           /* "stdout", "stderr" or a file; NULL: off */
     uint64_t access_log_flush;  /* ms a buffered line may wait before it is written */
+    char *audit_log;            /* "stdout", "stderr" or a file; NULL: off */
     bool admin_enabled;         /* an `admin:` section is present */
     struct conf_addr admin_listen;
     char *admin_token;          /* from admin.token_file; NULL: no token required */

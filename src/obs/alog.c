@@ -2,6 +2,7 @@
 #include "obs.h"
 
 #include "core/fmt.h"
+#include "core/log.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -25,6 +26,7 @@ struct obs_alog {
     bool own_fd;
     char *path;
     atomic_uint_fast64_t dropped;
+    _Atomic int64_t warned_at;      /* second of the last "dropping lines" warning */
 };
 
 static int open_path(const char *path, bool *own)
@@ -183,6 +185,10 @@ void obs_alog_flush(struct obs_alog_buf *b)
         for (size_t i = 0; i < b->len; i++)
             lines += b->data[i] == '\n';
         atomic_fetch_add_explicit(&l->dropped, lines, memory_order_relaxed);
+        int64_t now = (int64_t)time(NULL), last = atomic_load(&l->warned_at);
+        if (now != last && atomic_compare_exchange_strong(&l->warned_at, &last, now))
+            log_warn("%s: the writer is behind, %zu lines dropped (%llu in all)", l->path, lines,
+                     (unsigned long long)atomic_load(&l->dropped));
     }
     b->len = 0;
 }
@@ -263,17 +269,9 @@ static size_t put_ms(char *o, uint64_t us)
     return k;
 }
 
-#define ALOG_MAX_FIELD 512      /* longer values (paths) are cut in the log */
-#define ALOG_MAX_LINE (ALOG_MAX_FIELD * 6 * 2 + 1024)
-
-void obs_alog_write(struct obs_alog_buf *b, const struct obs_alog_entry *e)
+/* "2026-11-22T05:30:00.123Z", with the part up to the second cached per second. */
+static size_t put_time(struct obs_alog_buf *b, char *o)
 {
-    if (!b->log)
-        return;
-    if (b->len + ALOG_MAX_LINE > OBS_ALOG_BUF)
-        obs_alog_flush(b);
-    if (!b->data && !(b->data = malloc(OBS_ALOG_BUF)))
-        return;
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);
     if (ts.tv_sec != b->second) {
@@ -282,21 +280,54 @@ void obs_alog_write(struct obs_alog_buf *b, const struct obs_alog_entry *e)
         strftime(b->stamp, sizeof b->stamp, "%Y-%m-%dT%H:%M:%S", &tm);
         b->second = ts.tv_sec;
     }
+    unsigned ms = (unsigned)(ts.tv_nsec / 1000000);
+    memcpy(o, b->stamp, 19);
+    o[19] = '.';
+    o[20] = (char)('0' + ms / 100);
+    o[21] = (char)('0' + ms / 10 % 10);
+    o[22] = (char)('0' + ms % 10);
+    o[23] = 'Z';
+    return 24;
+}
+
+#define ALOG_MAX_FIELD 512      /* longer values (paths) are cut in the log */
+#define ALOG_FIXED 1024         /* a line's names, numbers and punctuation, with room */
+
+/* Output bytes a string field can take: cut at ALOG_MAX_FIELD input bytes,
+ * at most 6 output bytes ("\u00XX") for each. */
+_Static_assert(ALOG_FIXED + 13 * 6 * ALOG_MAX_FIELD <= OBS_ALOG_BUF,
+               "a line of up to 13 string fields fits in an empty buffer");
+static size_t room(size_t n) { return 6 * (n < ALOG_MAX_FIELD ? n : ALOG_MAX_FIELD); }
+static size_t sroom(const char *s) { return s ? room(strlen(s)) : 0; }
+
+/* Make sure `need` bytes fit in b's buffer (handing a full one over first).
+ * False without memory: the line is not written. */
+static bool reserve(struct obs_alog_buf *b, size_t need)
+{
+    if (b->len + need > OBS_ALOG_BUF)
+        obs_alog_flush(b);
+    if (!b->data && !(b->data = malloc(OBS_ALOG_BUF)))
+        return false;
+    return true;
+}
+
+void obs_alog_write(struct obs_alog_buf *b, const struct obs_alog_entry *e)
+{
+    if (!b->log)
+        return;
+    size_t need = ALOG_FIXED + room(e->request_id_len) + sroom(e->client) + room(e->method_len) +
+                  room(e->path_len) + sroom(e->route) + sroom(e->upstream) + sroom(e->server);
+    if (!reserve(b, need))
+        return;
     char *o = b->data + b->len;
     size_t k = 0;
 #define LIT(s) (memcpy(o + k, s, sizeof(s) - 1), k += sizeof(s) - 1)
 #define STR(p, n) (k += json_str(o + k, (p), (n) < ALOG_MAX_FIELD ? (n) : ALOG_MAX_FIELD))
 #define CSTR(p) STR((p), strlen(p))
     /* formatted by hand: snprintf was most of the log's cost per request */
-    unsigned ms = (unsigned)(ts.tv_nsec / 1000000);
     LIT("{\"time\":\"");
-    memcpy(o + k, b->stamp, 19);
-    k += 19;
-    o[k++] = '.';
-    o[k++] = (char)('0' + ms / 100);
-    o[k++] = (char)('0' + ms / 10 % 10);
-    o[k++] = (char)('0' + ms % 10);
-    LIT("Z\",\"request_id\":\"");
+    k += put_time(b, o + k);
+    LIT("\",\"request_id\":\"");
     STR(e->request_id, e->request_id_len);
     LIT("\",\"client\":\"");
     CSTR(e->client);
@@ -339,5 +370,135 @@ void obs_alog_write(struct obs_alog_buf *b, const struct obs_alog_entry *e)
 #undef LIT
 #undef STR
 #undef CSTR
+    b->len += k;
+}
+
+/* ---------------------------------------------------------------- audit */
+
+const char *obs_audit_outcome(int status)
+{
+    if (status == 499)
+        return "aborted";
+    if (status == 401 || status == 403 || status == 407 || status == 429)
+        return "denied";
+    if (status >= 100 && status < 400)
+        return "success";
+    return "failure";
+}
+
+static int b64val(unsigned char c)
+{
+    if (c >= 'A' && c <= 'Z')
+        return c - 'A';
+    if (c >= 'a' && c <= 'z')
+        return c - 'a' + 26;
+    if (c >= '0' && c <= '9')
+        return c - '0' + 52;
+    if (c == '+')
+        return 62;
+    if (c == '/')
+        return 63;
+    return -1;
+}
+
+size_t obs_basic_user(const char *v, size_t len, char *out, size_t outlen)
+{
+    /* "Basic" 1*SP token68 (RFC 7617); the scheme is case-insensitive */
+    if (len < 6 || strncasecmp(v, "basic ", 6) != 0)
+        return 0;
+    size_t i = 6;
+    while (i < len && v[i] == ' ')
+        i++;
+    size_t n = 0;
+    uint32_t acc = 0;
+    int bits = 0;
+    for (; i < len; i++) {
+        unsigned char c = (unsigned char)v[i];
+        if (c == '=')
+            break;
+        int d = b64val(c);
+        if (d < 0)
+            return 0;
+        acc = (acc << 6) | (uint32_t)d;
+        bits += 6;
+        if (bits < 8)
+            continue;
+        bits -= 8;
+        char ch = (char)((acc >> bits) & 0xff);
+        if (ch == ':')
+            return n;               /* the rest is the password: never decoded */
+        if (n < outlen)
+            out[n] = ch;
+        n++;
+        if (n > 4096)               /* a bound on the work for any input */
+            return 0;
+    }
+    return 0;                       /* no ':': not user:password */
+}
+
+void obs_audit_write(struct obs_alog_buf *b, const struct obs_audit_entry *e)
+{
+    if (!b->log)
+        return;
+    size_t need = ALOG_FIXED + room(e->request_id_len) + sroom(e->client) +
+                  room(e->forwarded_for_len) + room(e->user_len) + room(e->user_agent_len) +
+                  room(e->host_len) + room(e->method_len) + room(e->path_len) + sroom(e->route) +
+                  sroom(e->upstream) + sroom(e->server);
+    if (!reserve(b, need))
+        return;
+    char *o = b->data + b->len;
+    size_t k = 0;
+#define LIT(s) (memcpy(o + k, s, sizeof(s) - 1), k += sizeof(s) - 1)
+#define STR(p, n) (k += json_str(o + k, (p), (n) < ALOG_MAX_FIELD ? (n) : ALOG_MAX_FIELD))
+#define OPT(p, n)                                                                  \
+    do {                                                                           \
+        if (p) {                                                                   \
+            LIT("\"");                                                             \
+            STR((p), (n));                                                         \
+            LIT("\"");                                                             \
+        } else {                                                                   \
+            LIT("null");                                                           \
+        }                                                                          \
+    } while (0)
+    LIT("{\"time\":\"");
+    k += put_time(b, o + k);
+    LIT("\",\"request_id\":\"");
+    STR(e->request_id, e->request_id_len);
+    LIT("\",\"client\":\"");
+    STR(e->client, strlen(e->client));
+    LIT("\",\"forwarded_for\":");
+    OPT(e->forwarded_for, e->forwarded_for_len);
+    LIT(",\"user\":");
+    OPT(e->user, e->user_len);
+    LIT(",\"user_agent\":");
+    OPT(e->user_agent, e->user_agent_len);
+    LIT(",\"method\":\"");
+    STR(e->method, e->method_len);
+    LIT("\",\"host\":");
+    OPT(e->host, e->host_len);
+    LIT(",\"path\":\"");
+    STR(e->path, e->path_len);
+    LIT("\",\"route\":\"");
+    STR(e->route, strlen(e->route));
+    LIT("\",\"upstream\":");
+    OPT(e->upstream, e->upstream ? strlen(e->upstream) : 0);
+    LIT(",\"server\":");
+    OPT(e->server, e->server ? strlen(e->server) : 0);
+    LIT(",\"status\":");
+    k += fmt_u64(o + k, e->status > 0 ? (uint64_t)e->status : 0);
+    LIT(",\"outcome\":\"");
+    const char *oc = obs_audit_outcome(e->status);
+    memcpy(o + k, oc, strlen(oc));
+    k += strlen(oc);
+    LIT("\",\"bytes_in\":");
+    k += fmt_u64(o + k, e->bytes_in);
+    LIT(",\"bytes_out\":");
+    k += fmt_u64(o + k, e->bytes_out);
+    LIT(",\"duration_ms\":");
+    k += put_ms(o + k, e->duration_us);
+    LIT("}\n");
+#undef LIT
+#undef STR
+#undef OPT
     b->len += k;
 }

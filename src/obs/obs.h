@@ -133,10 +133,12 @@ void obs_totals(struct obs_worker *const *workers, size_t nworkers, struct obs_t
  *
  * JSON lines, one per request, written by a background thread so that a
  * worker never blocks on a slow disk or pipe. Each worker formats lines into
- * its own obs_alog_buf and hands full buffers (and, at the end of every loop
- * iteration, partial ones) to the writer. The hand-off queue is bounded: if
- * the writer falls behind by more than OBS_ALOG_QUEUE buffers, lines are
- * dropped and counted rather than memory growing without bound.
+ * its own obs_alog_buf and hands full buffers (and partial ones, when the
+ * caller decides: the proxy after access_log.flush) to the writer. The
+ * hand-off queue is bounded: if the writer falls behind by more than
+ * OBS_ALOG_QUEUE buffers, lines are dropped, counted and warned about (at
+ * most once a second) rather than memory growing without bound. The audit
+ * log is a second writer of the same kind with its own line format.
  */
 #define OBS_ALOG_BUF (64 * 1024)
 #define OBS_ALOG_QUEUE 256
@@ -173,7 +175,36 @@ uint64_t obs_alog_dropped(const struct obs_alog *l);
 void obs_alog_buf_init(struct obs_alog_buf *b, struct obs_alog *l);
 void obs_alog_buf_free(struct obs_alog_buf *b);
 void obs_alog_write(struct obs_alog_buf *b, const struct obs_alog_entry *e);
-/* Hand what is buffered to the writer (end of a loop iteration). */
+/* Hand what is buffered to the writer. */
 void obs_alog_flush(struct obs_alog_buf *b);
+
+/* ---- audit log ----
+ *
+ * One JSON line per request on a route with `audit: true`: who (client
+ * address, X-Forwarded-For as received, the Basic-auth user name, never a
+ * password or token), what (method, host, target, route), when, where it went
+ * (upstream, server) and the outcome. Written with an obs_alog of its own. */
+struct obs_audit_entry {
+    const char *request_id;
+    size_t request_id_len;
+    const char *client;             /* address text */
+    const char *forwarded_for, *user, *user_agent, *host;   /* NULL: absent */
+    size_t forwarded_for_len, user_len, user_agent_len, host_len;
+    const char *method, *path, *route, *upstream, *server;  /* upstream, server: NULL ok */
+    size_t method_len, path_len;
+    int status;                     /* 499: the client went away first */
+    uint64_t bytes_in, bytes_out, duration_us;
+};
+void obs_audit_write(struct obs_alog_buf *b, const struct obs_audit_entry *e);
+
+/* "success" (1xx-3xx), "denied" (401, 403, 407, 429), "aborted" (499: the
+ * client went away before the response), "failure" (any other). */
+const char *obs_audit_outcome(int status);
+
+/* The user name of an `Authorization: Basic <base64 user:password>` value:
+ * its length (copied to out, at most outlen bytes, cut there), or 0 when the
+ * value is not Basic, not valid base64 or has no ':'. Only the bytes before
+ * the ':' are ever decoded into out: the password is not copied anywhere. */
+size_t obs_basic_user(const char *value, size_t len, char *out, size_t outlen);
 
 #endif
