@@ -123,6 +123,19 @@ static void upstream_metrics(const struct proxy_gen *g, struct obs_text *t)
     }
 }
 
+static void log_metrics(const struct proxy_gen *g, struct obs_text *t)
+{
+    uint64_t access, audit;
+    proxy_gen_log_drops(g, &access, &audit);
+    obs_printf(t, "# HELP portico_access_log_dropped_total Access log lines dropped because the writer fell behind.\n"
+                  "# TYPE portico_access_log_dropped_total counter\n"
+                  "portico_access_log_dropped_total %llu\n"
+                  "# HELP portico_audit_log_dropped_total Audit log lines dropped because the writer fell behind.\n"
+                  "# TYPE portico_audit_log_dropped_total counter\n"
+                  "portico_audit_log_dropped_total %llu\n",
+               (unsigned long long)access, (unsigned long long)audit);
+}
+
 static void reload_metrics(struct admin *a, struct obs_text *t)
 {
     struct proxy_reload_stats st;
@@ -307,6 +320,7 @@ static void serve_request(struct admin *a, int fd, const struct http_request *r,
         proxy_obs_unlock(a->p);
         upstream_metrics(g, &t);
         reload_metrics(a, &t);
+        log_metrics(g, &t);
         obs_process_metrics(&t);
         if (!t.oom)
             respond(fd, 200, "text/plain; version=0.0.4; charset=utf-8", t.buf, head ? 0 : t.len, NULL);

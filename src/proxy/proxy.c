@@ -116,6 +116,7 @@ struct exchange {
     char path[256];                 /* request target, cut, for the access log */
     char client[48];                /* the client's address as text (X-Forwarded-For, log) */
     uint8_t client_len;
+    struct audit_info *audit;       /* the route has audit on: what the audit line needs */
     uint64_t bytes_in, bytes_out, upstream_us;
     uint16_t key_len;               /* hash key (ip or hash_key), kept for retries */
     char key[256];
@@ -150,6 +151,13 @@ struct exchange {
 
 #define REQ_TUNNEL 9
 
+/* Request headers an audit line records, copied (cut) while the head is parsed. */
+struct audit_info {
+    char user[64], ua[256], xff[256], host[256];
+    uint16_t user_len, ua_len, xff_len, host_len;
+    bool has_user, has_ua, has_xff, has_host;
+};
+
 struct listener {
     struct loop_io io;
     struct worker *w;
@@ -171,6 +179,7 @@ struct proxy_gen {
     struct conf *conf;          /* a reference */
     struct balance_group **groups;  /* [conf->nupstreams], shared by the workers */
     struct alog_ref *alog;      /* a reference; NULL: access_log off */
+    struct alog_ref *audit;     /* a reference; NULL: audit_log off */
     int *lfd;                   /* [nworkers][conf->nlisten]: sockets opened for this
                                    generation; -1 where a worker reuses its own or took it */
     uint32_t nworkers;
@@ -211,6 +220,7 @@ struct worker {
     struct buf_pool bufs;
     struct obs_worker *obs;     /* replaced (under p->mu) when a reload changes its layout */
     struct obs_alog_buf alog;
+    struct obs_alog_buf audit;      /* flushed every loop iteration: audit lines are few */
     struct http_header *hdrs;
     uint8_t *kinds;
     uint32_t max_headers;       /* room in hdrs / kinds */
@@ -657,6 +667,59 @@ static void client_free_later(struct client *c)
     c->w->dead_clients = c;
 }
 
+static void copy_cut(char *dst, size_t cap, uint16_t *len, const char *src, size_t n)
+{
+    if (n > cap)
+        n = cap;
+    memcpy(dst, src, n);
+    *len = (uint16_t)n;
+}
+
+/* Copy what an audit line records from the request head (valid only while
+ * it is being handled). */
+static void audit_capture(struct audit_info *a, const struct http_request *r)
+{
+    const struct http_msg *m = &r->m;
+    if (r->host) {
+        copy_cut(a->host, sizeof a->host, &a->host_len, r->host, r->host_len);
+        a->has_host = true;
+    }
+    for (uint32_t i = 0; i < m->nheaders; i++) {
+        const struct http_header *h = &m->headers[i];
+        if (m->kinds[i] == HTTP_H_X_FORWARDED_FOR && !a->has_xff) {
+            copy_cut(a->xff, sizeof a->xff, &a->xff_len, h->value, h->value_len);
+            a->has_xff = true;
+        } else if (h->name_len == 10 && http_ieq(h->name, "user-agent", 10) && !a->has_ua) {
+            copy_cut(a->ua, sizeof a->ua, &a->ua_len, h->value, h->value_len);
+            a->has_ua = true;
+        } else if (h->name_len == 13 && http_ieq(h->name, "authorization", 13) && !a->has_user) {
+            size_t n = obs_basic_user(h->value, h->value_len, a->user, sizeof a->user);
+            a->user_len = (uint16_t)(n < sizeof a->user ? n : sizeof a->user);
+            a->has_user = n > 0;
+        }
+    }
+}
+
+static void audit_write(struct worker *w, const struct audit_info *a, const char *reqid,
+                        size_t reqid_len, const char *client, const char *method,
+                        size_t method_len, const char *path, size_t path_len,
+                        const struct conf_route *rt, const char *server, int status,
+                        uint64_t bytes_in, uint64_t bytes_out, uint64_t duration_us)
+{
+    struct obs_audit_entry e = {
+        .request_id = reqid, .request_id_len = reqid_len, .client = client,
+        .forwarded_for = a->has_xff ? a->xff : NULL, .forwarded_for_len = a->xff_len,
+        .user = a->has_user ? a->user : NULL, .user_len = a->user_len,
+        .user_agent = a->has_ua ? a->ua : NULL, .user_agent_len = a->ua_len,
+        .host = a->has_host ? a->host : NULL, .host_len = a->host_len,
+        .method = method, .method_len = method_len, .path = path, .path_len = path_len,
+        .route = rt->prefix, .upstream = rt->upstream->name, .server = server,
+        .status = status, .bytes_in = bytes_in, .bytes_out = bytes_out,
+        .duration_us = duration_us,
+    };
+    obs_audit_write(&w->audit, &e);
+}
+
 /* Buffer one access log line. A full buffer goes to the writer at once;
  * a partial one when the timer armed by its first line fires, so that under
  * load the hand-off (a lock, a wake-up and a write(2) in the writer) is paid
@@ -695,6 +758,13 @@ static void exchange_free(struct exchange *x, bool upstream_keep)
             .bytes_out = x->bytes_out, .duration_us = dur, .upstream_us = x->upstream_us,
         };
         alog_write(w, &e);
+    }
+    if (x->audit) {
+        audit_write(w, x->audit, x->reqid, x->reqid_len, x->client, x->method, x->method_len,
+                    x->path, x->path_len, x->route,
+                    x->upstream_us ? x->route->upstream->servers[x->server].addr.text : NULL,
+                    x->status ? x->status : 499, x->bytes_in, x->bytes_out, dur);
+        free(x->audit);
     }
     if (x->u) {
         struct uconn *u = x->u;
@@ -1167,6 +1237,15 @@ static void exchange_start(struct client *c, const struct http_request *r, size_
         return;
     }
     if (m->body == HTTP_BODY_LENGTH && m->content_length > conf->limits.max_body) {
+        if (rt->audit && w->audit.log) {
+            struct audit_info a = { .has_user = false };
+            audit_capture(&a, r);
+            char client[64];
+            peer_text(c, client, sizeof client);
+            audit_write(w, &a, "", 0, client, r->method, r->method_len, r->target,
+                        r->target_len < 256 ? r->target_len : 256, rt, NULL, 413,
+                        head_len, 0, 0);
+        }
         client_reject(c, r, 413, "Content-Length over max_body", false, 0);
         return;
     }
@@ -1199,7 +1278,9 @@ static void exchange_start(struct client *c, const struct http_request *r, size_
     x->method_len = (uint8_t)(r->method_len < sizeof x->method ? r->method_len : sizeof x->method);
     memcpy(x->method, r->method, x->method_len);
     x->bytes_in = head_len;
-    if (w->alog.log) {
+    if (rt->audit && w->audit.log && (x->audit = calloc(1, sizeof *x->audit)))
+        audit_capture(x->audit, r);
+    if (w->alog.log || x->audit) {
         x->path_len = (uint16_t)(r->target_len < sizeof x->path ? r->target_len : sizeof x->path);
         memcpy(x->path, r->target, x->path_len);
     }
@@ -1971,6 +2052,7 @@ static void gen_unref(struct proxy_gen *g)
         balance_group_free(g->groups[i]);
     free(g->groups);
     alog_unref(g->alog);
+    alog_unref(g->audit);
     conf_unref(g->conf);
     free(g);
 }
@@ -2014,6 +2096,20 @@ static struct proxy_gen *gen_new(struct conf *conf, const struct proxy_gen *old,
             g->alog = old->alog;
             atomic_fetch_add_explicit(&g->alog->refs, 1, memory_order_relaxed);
         } else if (!(g->alog = alog_open(conf->access_log, err, errlen))) {
+            goto fail;
+        }
+    }
+    if (conf->audit_log) {
+        if (old && old->audit && !strcmp(old->audit->path, conf->audit_log)) {
+            g->audit = old->audit;
+            atomic_fetch_add_explicit(&g->audit->refs, 1, memory_order_relaxed);
+        } else if (old && old->alog && !strcmp(old->alog->path, conf->audit_log)) {
+            g->audit = old->alog;       /* one writer per file */
+            atomic_fetch_add_explicit(&g->audit->refs, 1, memory_order_relaxed);
+        } else if (g->alog && !strcmp(g->alog->path, conf->audit_log)) {
+            g->audit = g->alog;
+            atomic_fetch_add_explicit(&g->audit->refs, 1, memory_order_relaxed);
+        } else if (!(g->audit = alog_open(conf->audit_log, err, errlen))) {
             goto fail;
         }
     }
@@ -2239,6 +2335,12 @@ static bool worker_adopt(struct worker *w, struct proxy_gen *g)
         obs_alog_buf_free(&w->alog);
         obs_alog_buf_init(&w->alog, al);
     }
+    struct obs_alog *au = g->audit ? g->audit->log : NULL;
+    if (w->audit.log != au) {
+        obs_alog_flush(&w->audit);
+        obs_alog_buf_free(&w->audit);
+        obs_alog_buf_init(&w->audit, au);
+    }
     if (obs) {
         struct obs_worker *old = w->obs;
         if (old)
@@ -2265,6 +2367,8 @@ static bool worker_adopt(struct worker *w, struct proxy_gen *g)
 static void worker_reap(struct loop *l, void *arg)
 {
     struct worker *w = arg;
+    if (w->audit.len)
+        obs_alog_flush(&w->audit);
     while (w->dead_clients) {
         struct client *c = w->dead_clients;
         w->dead_clients = c->next_dead;
@@ -2370,6 +2474,8 @@ static void worker_free(struct worker *w)
     buf_pool_drain(&w->bufs);
     obs_alog_flush(&w->alog);
     obs_alog_buf_free(&w->alog);
+    obs_alog_flush(&w->audit);
+    obs_alog_buf_free(&w->audit);
     obs_worker_free(w->obs);
     free(w->listeners);
     free(w->hdrs);
@@ -2394,6 +2500,7 @@ static bool worker_init(struct proxy *p, struct worker *w, uint32_t id, char *er
     }
     buf_pool_init(&w->bufs, p->bufsize, 256);
     obs_alog_buf_init(&w->alog, NULL);
+    obs_alog_buf_init(&w->audit, NULL);
     if (getrandom(&w->reqid_seed, sizeof w->reqid_seed, 0) != sizeof w->reqid_seed)
         w->reqid_seed = (uint64_t)loop_clock_ms() * 0x9e3779b97f4a7c15ull + id;
     w->alog_timer.cb = alog_timeout;
@@ -2624,5 +2731,13 @@ void proxy_reopen_logs(struct proxy *p)
     struct proxy_gen *g = proxy_gen_get(p);
     if (g->alog)
         obs_alog_reopen(g->alog->log);
+    if (g->audit && g->audit != g->alog)
+        obs_alog_reopen(g->audit->log);
     proxy_gen_put(g);
+}
+
+void proxy_gen_log_drops(const struct proxy_gen *g, uint64_t *access, uint64_t *audit)
+{
+    *access = g->alog ? obs_alog_dropped(g->alog->log) : 0;
+    *audit = g->audit ? obs_alog_dropped(g->audit->log) : 0;
 }

@@ -27,7 +27,7 @@ void proxy_shutdown(struct proxy *p);
 /* Wait for the workers to exit and free everything. */
 void proxy_wait(struct proxy *p);
 
-/* Reopen the access log file (SIGUSR1, after rotation). Thread-safe. */
+/* Reopen the access and audit log files (SIGUSR1, after rotation). Thread-safe. */
 void proxy_reopen_logs(struct proxy *p);
 
 /* Reload (SIGHUP, POST /reload): load the configuration file again, validate
@@ -64,6 +64,8 @@ struct proxy_gen *proxy_gen_get(struct proxy *p);
 void proxy_gen_put(struct proxy_gen *g);
 const struct conf *proxy_gen_conf(const struct proxy_gen *g);
 struct balance_group *proxy_gen_group(const struct proxy_gen *g, uint32_t upstream);
+/* Lines the access and audit log writers dropped because they fell behind. */
+void proxy_gen_log_drops(const struct proxy_gen *g, uint64_t *access, uint64_t *audit);
 /* Each worker's metrics, locked against a reload replacing them: call
  * proxy_obs_unlock() when done reading (do not call into the proxy between). */
 size_t proxy_obs_lock(struct proxy *p, struct obs_worker **out, size_t max);

@@ -36,6 +36,10 @@ SRCS_conf ?= $(wildcard src/conf/*.c) src/core/log.c
 LIBS_conf ?= -lyaml
 DICT_conf ?= $(wildcard tests/fuzz/conf.dict)
 
+# the log lines' handling of client bytes (src/obs/alog.c)
+SRCS_logline := src/obs/alog.c src/core/log.c
+LIBS_logline := -lpthread
+
 FUZZ_BINS := $(FUZZ_TARGETS:%=$(FUZZ_OUT)/fuzz_%)
 FUZZ_RUNS := $(FUZZ_TARGETS:%=run-%)
 FUZZ_CHECKS := $(FUZZ_TARGETS:%=check-%)

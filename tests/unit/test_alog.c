@@ -165,12 +165,62 @@ static void test_long_fields_are_cut(void **state)
     assert_int_equal(text[len - 1], '\n');
 }
 
+static void test_basic_user(void **state)
+{
+    (void)state;
+    char out[8];
+    /* "alice:s3cr3t" */
+    assert_int_equal(obs_basic_user("Basic YWxpY2U6czNjcjN0", 22, out, sizeof out), 5);
+    assert_memory_equal(out, "alice", 5);
+    assert_int_equal(obs_basic_user("basic   YWxpY2U6czNjcjN0", 24, out, sizeof out), 5);
+    /* ":pw" (empty user) and "bob:" (empty password) */
+    assert_int_equal(obs_basic_user("Basic OnB3", 10, out, sizeof out), 0);
+    assert_int_equal(obs_basic_user("Basic Ym9iOg==", 14, out, sizeof out), 3);
+    assert_memory_equal(out, "bob", 3);
+    /* a long user is cut to the room given, its length still reported */
+    /* "verylongusername:x" */
+    assert_int_equal(obs_basic_user("Basic dmVyeWxvbmd1c2VybmFtZTp4", 30, out, sizeof out), 16);
+    assert_memory_equal(out, "verylong", 8);
+    /* not Basic, not base64, no colon */
+    assert_int_equal(obs_basic_user("Bearer YWxpY2U6eA==", 19, out, sizeof out), 0);
+    assert_int_equal(obs_basic_user("Basic YW*pY2U6eA==", 18, out, sizeof out), 0);
+    assert_int_equal(obs_basic_user("Basic YWxpY2U=", 14, out, sizeof out), 0);   /* "alice" */
+    assert_int_equal(obs_basic_user("Basic", 5, out, sizeof out), 0);
+    assert_int_equal(obs_basic_user("", 0, out, sizeof out), 0);
+    /* the password is never written past the user name */
+    char big[64];
+    memset(big, '#', sizeof big);
+    assert_int_equal(obs_basic_user("Basic YWxpY2U6czNjcjN0", 22, big, sizeof big), 5);
+    for (size_t i = 5; i < sizeof big; i++)
+        assert_int_equal(big[i], '#');
+}
+
+static void test_outcome(void **state)
+{
+    (void)state;
+    assert_string_equal(obs_audit_outcome(200), "success");
+    assert_string_equal(obs_audit_outcome(101), "success");
+    assert_string_equal(obs_audit_outcome(302), "success");
+    assert_string_equal(obs_audit_outcome(304), "success");
+    assert_string_equal(obs_audit_outcome(401), "denied");
+    assert_string_equal(obs_audit_outcome(403), "denied");
+    assert_string_equal(obs_audit_outcome(407), "denied");
+    assert_string_equal(obs_audit_outcome(429), "denied");
+    assert_string_equal(obs_audit_outcome(404), "failure");
+    assert_string_equal(obs_audit_outcome(413), "failure");
+    assert_string_equal(obs_audit_outcome(502), "failure");
+    assert_string_equal(obs_audit_outcome(499), "aborted");
+    assert_string_equal(obs_audit_outcome(0), "failure");
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_one_line_with_all_fields),
         cmocka_unit_test(test_escaping_matches_reference),
         cmocka_unit_test(test_long_fields_are_cut),
+        cmocka_unit_test(test_basic_user),
+        cmocka_unit_test(test_outcome),
     };
     return cmocka_run_group_tests_name("alog", tests, NULL, NULL);
 }
