@@ -700,7 +700,7 @@ static void audit_capture(struct audit_info *a, const struct http_request *r)
     }
 }
 
-static void audit_write(struct worker *w, const struct audit_info *a, const char *reqid,
+static void audit_write(struct obs_alog_buf *b, const struct audit_info *a, const char *reqid,
                         size_t reqid_len, const char *client, const char *method,
                         size_t method_len, const char *path, size_t path_len,
                         const struct conf_route *rt, const char *server, int status,
@@ -717,7 +717,7 @@ static void audit_write(struct worker *w, const struct audit_info *a, const char
         .status = status, .bytes_in = bytes_in, .bytes_out = bytes_out,
         .duration_us = duration_us,
     };
-    obs_audit_write(&w->audit, &e);
+    obs_audit_write(b, &e);
 }
 
 /* Buffer one access log line. A full buffer goes to the writer at once;
@@ -760,10 +760,22 @@ static void exchange_free(struct exchange *x, bool upstream_keep)
         alog_write(w, &e);
     }
     if (x->audit) {
-        audit_write(w, x->audit, x->reqid, x->reqid_len, x->client, x->method, x->method_len,
+        /* to the audit log of the configuration the request started on, even
+         * if a reload has since moved or removed it */
+        struct obs_alog_buf *ab = &w->audit, tmp;
+        struct alog_ref *own = x->wg->g->audit;
+        if (own && own->log != w->audit.log) {
+            obs_alog_buf_init(&tmp, own->log);
+            ab = &tmp;
+        }
+        audit_write(ab, x->audit, x->reqid, x->reqid_len, x->client, x->method, x->method_len,
                     x->path, x->path_len, x->route,
                     x->upstream_us ? x->route->upstream->servers[x->server].addr.text : NULL,
                     x->status ? x->status : 499, x->bytes_in, x->bytes_out, dur);
+        if (ab == &tmp) {
+            obs_alog_flush(&tmp);
+            obs_alog_buf_free(&tmp);
+        }
         free(x->audit);
     }
     if (x->u) {
@@ -1242,7 +1254,7 @@ static void exchange_start(struct client *c, const struct http_request *r, size_
             audit_capture(&a, r);
             char client[64];
             peer_text(c, client, sizeof client);
-            audit_write(w, &a, "", 0, client, r->method, r->method_len, r->target,
+            audit_write(&w->audit, &a, "", 0, client, r->method, r->method_len, r->target,
                         r->target_len < 256 ? r->target_len : 256, rt, NULL, 413,
                         head_len, 0, 0);
         }

@@ -127,3 +127,25 @@ def test_config_errors(portico_bin, tmp_path):
     assert rc == 0, err
     rc, err = check(base + "audit_log: { path: /nonexistent-dir/audit.log }\nroutes: [ { upstream: app } ]\n")
     assert rc == 0          # -t validates the file's syntax; opening happens at start
+
+
+def test_reload_moves_the_audit_log(start_upstream, start_portico, tmp_path):
+    """A request in flight across a reload that moves the audit log is written to the log of
+    the configuration it started on; later ones to the new file."""
+    p, up, audit, access, base = start_audited(start_upstream, start_portico, tmp_path)
+    slow = RawConn(p.port, timeout=10)
+    slow.send(b"GET /auth/slow?delay=1 HTTP/1.1\r\nHost: test.local\r\n\r\n")
+    assert wait_for(lambda: up.stats()["heads"] >= 1, 5)
+    new = str(tmp_path / "audit2.log")
+    with open(p.config_path) as f:
+        cfg = f.read()
+    with open(p.config_path, "w") as f:
+        f.write(cfg.replace("audit_log: { path: %s }" % audit, "audit_log: { path: %s }" % new))
+    p.signal(signal.SIGHUP)
+    assert wait_for(lambda: "configuration 2 loaded" in p.log_text(), 5)
+    requests.get(base + "/auth/after", timeout=5)
+    assert slow.read_response().status == 200
+    slow.close()
+    assert wait_for(lambda: [l["path"] for l in lines_of(new)] == ["/auth/after"], 5), lines_of(new)
+    assert wait_for(lambda: [l["path"] for l in lines_of(audit)] == ["/auth/slow?delay=1"], 5), \
+        lines_of(audit)
