@@ -20,6 +20,7 @@ import random
 import shutil
 import signal
 import subprocess
+import sys
 import threading
 import time
 import urllib.error
@@ -96,8 +97,22 @@ def histogram_quantile(q, buckets):
 _runs = [0]
 
 
-def chromium(url, tmp_path, *extra, timeout=120):
-    """Run headless Chromium on `url`; returns its stdout (the DOM with --dump-dom)."""
+def chromium(url, tmp_path, *extra, timeout=60):
+    """Run headless Chromium on `url`; returns its stdout (the DOM with --dump-dom).
+    Headless Chromium with a virtual-time budget now and then never finishes on a loaded
+    machine (seen about once in ten runs under SAN=1 with both cores busy):
+    one stalled run is retried once, a second one fails the test."""
+    try:
+        return _chromium(url, tmp_path, extra, timeout)
+    except TimeoutError:
+        sys.stderr.write("chromium stalled for %ds on %s; retrying once\n" % (timeout, url))
+    try:
+        return _chromium(url, tmp_path, extra, timeout)
+    except TimeoutError:
+        pytest.fail("chromium did not finish within %ds, twice" % timeout)
+
+
+def _chromium(url, tmp_path, extra, timeout):
     _runs[0] += 1
     profile = tmp_path / ("chromium-profile-%d" % _runs[0])
     args = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu",
@@ -111,7 +126,7 @@ def chromium(url, tmp_path, *extra, timeout=120):
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)     # its own session: chromium and its children only
         proc.communicate()
-        pytest.fail("chromium did not finish within %ds" % timeout)
+        raise TimeoutError()
     assert proc.returncode == 0, "chromium exited %d:\n%s" % (proc.returncode, err.decode()[-3000:])
     return out.decode("utf-8")
 
