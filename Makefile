@@ -68,4 +68,6 @@ bench:
 clean:
 	rm -rf build
 
--include $(OBJS:.o=.d) $(BUILD)/obj/main.d
+# main.c is outside src/*/ (so not in OBJS) and unit tests are built in one step:
+# include their dependency files too, or a header change leaves them stale
+-include $(OBJS:.o=.d) $(BUILD)/obj/main.d $(UNIT:=.d)

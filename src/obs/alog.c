@@ -1,4 +1,4 @@
-/* obs/alog.c: the access log writer. See obs.h. */
+/* obs/alog.c: the JSON-lines writers of the access and audit logs. See obs.h. */
 #include "obs.h"
 
 #include "core/fmt.h"
@@ -97,12 +97,12 @@ struct obs_alog *obs_alog_open(const char *path, char *err, size_t errlen)
     struct obs_alog *l = calloc(1, sizeof *l);
     if (!l || !(l->path = strdup(path))) {
         free(l);
-        snprintf(err, errlen, "access log: out of memory");
+        snprintf(err, errlen, "%s: out of memory", path);
         return NULL;
     }
     l->fd = open_path(path, &l->own_fd);
     if (l->fd < 0) {
-        snprintf(err, errlen, "access log %s: %s", path, strerror(errno));
+        snprintf(err, errlen, "%s: %s", path, strerror(errno));
         free(l->path);
         free(l);
         return NULL;
@@ -111,7 +111,7 @@ struct obs_alog *obs_alog_open(const char *path, char *err, size_t errlen)
     pthread_cond_init(&l->cv, NULL);
     int rc = pthread_create(&l->thread, NULL, writer, l);
     if (rc) {
-        snprintf(err, errlen, "access log thread: %s", strerror(rc));
+        snprintf(err, errlen, "%s: writer thread: %s", path, strerror(rc));
         if (l->own_fd)
             close(l->fd);
         free(l->path);

@@ -2027,15 +2027,18 @@ static void alog_unref(struct alog_ref *a)
     }
 }
 
-static struct alog_ref *alog_open(const char *path, char *err, size_t errlen)
+/* Open a log writer; `what` ("access log", "audit log") names it in errors. */
+static struct alog_ref *alog_open(const char *what, const char *path, char *err, size_t errlen)
 {
     struct alog_ref *a = calloc(1, sizeof *a);
     if (!a || !(a->path = strdup(path))) {
         free(a);
-        snprintf(err, errlen, "access log: out of memory");
+        snprintf(err, errlen, "%s: out of memory", what);
         return NULL;
     }
-    if (!(a->log = obs_alog_open(path, err, errlen))) {
+    char why[512];
+    if (!(a->log = obs_alog_open(path, why, sizeof why))) {
+        snprintf(err, errlen, "%s %s", what, why);
         free(a->path);
         free(a);
         return NULL;
@@ -2107,7 +2110,7 @@ static struct proxy_gen *gen_new(struct conf *conf, const struct proxy_gen *old,
         if (old && old->alog && !strcmp(old->alog->path, conf->access_log)) {
             g->alog = old->alog;
             atomic_fetch_add_explicit(&g->alog->refs, 1, memory_order_relaxed);
-        } else if (!(g->alog = alog_open(conf->access_log, err, errlen))) {
+        } else if (!(g->alog = alog_open("access log", conf->access_log, err, errlen))) {
             goto fail;
         }
     }
@@ -2121,7 +2124,7 @@ static struct proxy_gen *gen_new(struct conf *conf, const struct proxy_gen *old,
         } else if (g->alog && !strcmp(g->alog->path, conf->audit_log)) {
             g->audit = g->alog;
             atomic_fetch_add_explicit(&g->audit->refs, 1, memory_order_relaxed);
-        } else if (!(g->audit = alog_open(conf->audit_log, err, errlen))) {
+        } else if (!(g->audit = alog_open("audit log", conf->audit_log, err, errlen))) {
             goto fail;
         }
     }

@@ -3,6 +3,7 @@ from where, outcome), in its own file; never a password or token; reopened on SI
 import base64
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -10,7 +11,7 @@ import time
 
 import requests
 
-from conftest import RawConn, free_port, make_config, wait_for
+from conftest import RawConn, free_port, make_config, port_accepts, wait_for
 
 FIELDS = {"time", "request_id", "client", "forwarded_for", "user", "user_agent", "method", "host",
           "path", "route", "upstream", "server", "status", "outcome", "bytes_in", "bytes_out",
@@ -149,3 +150,60 @@ def test_reload_moves_the_audit_log(start_upstream, start_portico, tmp_path):
     assert wait_for(lambda: [l["path"] for l in lines_of(new)] == ["/auth/after"], 5), lines_of(new)
     assert wait_for(lambda: [l["path"] for l in lines_of(audit)] == ["/auth/slow?delay=1"], 5), \
         lines_of(audit)
+
+
+def test_unwritable_audit_log_fails_at_start(portico_bin, tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(make_config(free_port(), {"app": {"servers": ["127.0.0.1:9"]}},
+                               extra="audit_log: { path: %s/no/such/dir/audit.log }" % tmp_path))
+    r = subprocess.run([portico_bin, "-c", str(cfg)], capture_output=True, text=True, timeout=10)
+    assert r.returncode == 1
+    assert "audit log %s/no/such/dir/audit.log: No such file or directory" % tmp_path in r.stderr
+
+
+def test_a_stuck_writer_drops_and_counts_lines(start_upstream, portico_bin, tmp_path):
+    """Audit lines to a pipe nobody reads: the writer blocks, its bounded queue fills, then
+    lines are dropped and counted (with a warning at most once a second) while requests keep
+    being served; every line is either in the output or counted."""
+    up = start_upstream("u1")
+    port, admin = free_port(), free_port()
+    cfg = tmp_path / "c.yaml"
+    text = make_config(port, {"app": {"servers": [up.address]}}, workers=1,
+                       extra='audit_log: { path: stdout }\nadmin: { listen: "127.0.0.1:%d" }' % admin)
+    cfg.write_text(text.replace("    upstream: app\n", "    upstream: app\n    audit: true\n", 1))
+    errlog = open(str(tmp_path / "stderr.log"), "wb")
+    proc = subprocess.Popen([portico_bin, "-c", str(cfg)], stdout=subprocess.PIPE, stderr=errlog,
+                            stdin=subprocess.DEVNULL)
+    try:
+        assert wait_for(lambda: proc.poll() is None and port_accepts(port), 10), "did not start"
+
+        def dropped_now():
+            with RawConn(admin) as c:
+                text = c.request("GET", "/metrics", host="admin").body.decode()
+            return int(re.search(r"\nportico_audit_log_dropped_total (\d+)\n", text).group(1))
+        # audit buffers are handed over every loop turn, a few lines each: send requests
+        # until the 64 KiB pipe and the 256 queued buffers have overflowed
+        sent = dropped = 0
+        with RawConn(port) as c:
+            while sent < 20000 and not dropped:
+                for _ in range(500):
+                    assert c.request("GET", "/count?i=%d" % sent).status == 200
+                    sent += 1
+                dropped = dropped_now()
+        time.sleep(0.2)             # the last lines are handed over (or dropped) by now
+        dropped = dropped_now()
+        assert dropped > 0
+        warnings = open(str(tmp_path / "stderr.log")).read().count("stdout: the writer is behind")
+        assert 1 <= warnings <= 3   # at most once a second
+        # unblock the writer: what it had queued still arrives, then a clean stop
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=20)
+        assert proc.returncode == 0
+        got = [json.loads(l) for l in out.decode().splitlines()]
+        assert len(got) + dropped == sent
+        assert got[0]["path"] == "/count?i=0"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate(timeout=5)
+        errlog.close()
