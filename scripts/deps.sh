@@ -10,7 +10,7 @@ pkgs=(build-essential pkg-config libyaml-dev libcmocka-dev wrk
       python3-pytest python3-requests)
 for extra in "$@"; do
     case "$extra" in
-        bench) pkgs+=(wrk nginx-light haproxy util-linux procps) ;;
+        bench) pkgs+=(wrk nginx-light haproxy util-linux procps valgrind) ;;
         fuzz)  pkgs+=(clang libclang-rt-dev) ;;
         browser) pkgs+=(chromium) ;;
         *) echo "deps.sh: unknown group '$extra'" >&2; exit 2 ;;
