@@ -5,20 +5,8 @@
  * written is one line of valid JSON string syntax (no raw control byte, no
  * unescaped quote), whatever the bytes. Lines go to /dev/null through the
  * real writer thread. */
-#include <stdint.h>
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
-
+#include "fuzz_common.h"
 #include "obs/obs.h"
-
-#define CHECK(cond) do {                                                    \
-        if (!(cond)) {                                                      \
-            fprintf(stderr, "%s:%d: invariant failed: %s\n",                \
-                    __FILE__, __LINE__, #cond);                             \
-            abort();                                                        \
-        }                                                                   \
-    } while (0)
 
 static struct obs_alog *devnull;
 
