@@ -585,70 +585,44 @@ static bool load_route(struct ctx *x, struct conf *c, yaml_node_t *m, const char
     return true;
 }
 
-/* access_log: off | { path: stdout | stderr | FILE, format: json } */
-static bool load_access_log(struct ctx *x, yaml_node_t *v, struct conf *c)
+/* access_log: off | { path: stdout | stderr | FILE, format: json, flush: 200ms }
+ * audit_log:  off | { path: stdout | stderr | FILE }     (`access` false) */
+static bool load_log(struct ctx *x, yaml_node_t *v, const char *name, bool access, struct conf *c)
 {
     const char *s = scalar(v);
     if (s && (!strcmp(s, "off") || !strcmp(s, "false")))
         return true;
-    if (!expect_map(x, v, "access_log"))
+    if (!expect_map(x, v, name))
         return false;
     char *path = NULL;
     FOR_PAIRS(x, v, k, val) {
         char kp[256];
-        join(kp, sizeof kp, "access_log", k);
+        join(kp, sizeof kp, name, k);
+        bool ok = true;
         if (!strcmp(k, "path")) {
-            if (!get_string(x, val, kp, &path))
-                return false;
-        } else if (!strcmp(k, "flush")) {
-            if (!get_timeout(x, val, kp, &c->access_log_flush) ||
-                (c->access_log_flush > 60000 &&
-                 !bad(x, val, kp, "at most 1m: lines would wait too long"))) {
-                free(path);
-                return false;
-            }
-        } else if (!strcmp(k, "format")) {
+            ok = get_string(x, val, kp, &path);
+        } else if (access && !strcmp(k, "flush")) {
+            ok = get_timeout(x, val, kp, &c->access_log_flush) &&
+                 (c->access_log_flush <= 60000 ||
+                  bad(x, val, kp, "at most 1m: lines would wait too long"));
+        } else if (access && !strcmp(k, "format")) {
             const char *f = scalar(val);
-            if (!f || strcmp(f, "json") != 0) {
-                free(path);
-                return bad(x, val, kp, "the only format is json");
-            }
+            ok = (f && !strcmp(f, "json")) || bad(x, val, kp, "the only format is json");
         } else {
+            ok = unknown(x, p_, name, k);
+        }
+        if (!ok) {
             free(path);
-            return unknown(x, p_, "access_log", k);
+            return false;
         }
     }
-    free(c->access_log);
-    c->access_log = path ? path : strdup("stdout");
-    return c->access_log != NULL;
-}
-
-/* audit_log: off | { path: stdout | stderr | FILE } */
-static bool load_audit_log(struct ctx *x, yaml_node_t *v, struct conf *c)
-{
-    const char *s = scalar(v);
-    if (s && (!strcmp(s, "off") || !strcmp(s, "false")))
-        return true;
-    if (!expect_map(x, v, "audit_log"))
-        return false;
-    char *path = NULL;
-    FOR_PAIRS(x, v, k, val) {
-        char kp[256];
-        join(kp, sizeof kp, "audit_log", k);
-        if (!strcmp(k, "path")) {
-            free(path);
-            path = NULL;
-            if (!get_string(x, val, kp, &path))
-                return false;
-        } else {
-            free(path);
-            return unknown(x, p_, "audit_log", k);
-        }
-    }
-    if (!path)
-        return bad(x, v, "audit_log", "missing key \"path\" (a file, stdout or stderr)");
-    free(c->audit_log);
-    c->audit_log = path;
+    if (!path && !access)
+        return bad(x, v, name, "missing key \"path\" (a file, stdout or stderr)");
+    if (!path && !(path = strdup("stdout")))
+        return bad(x, v, name, "out of memory");
+    char **dst = access ? &c->access_log : &c->audit_log;
+    free(*dst);
+    *dst = path;
     return true;
 }
 
@@ -755,9 +729,9 @@ static bool load_root(struct ctx *x, struct conf *c, yaml_node_t *root)
         else if (!strcmp(k, "limits")) ok = load_limits(x, v, "limits", &c->limits);
         else if (!strcmp(k, "shutdown_timeout")) ok = get_timeout(x, v, k, &c->shutdown_timeout);
         else if (!strcmp(k, "admin")) ok = load_admin(x, v, c);
-        else if (!strcmp(k, "access_log")) ok = load_access_log(x, v, c);
+        else if (!strcmp(k, "access_log")) ok = load_log(x, v, k, true, c);
         else if (!strcmp(k, "metrics")) ok = load_metrics(x, v, &c->metrics);
-        else if (!strcmp(k, "audit_log")) ok = load_audit_log(x, v, c);
+        else if (!strcmp(k, "audit_log")) ok = load_log(x, v, k, false, c);
         else if (!strcmp(k, "workers")) {
             const char *s = scalar(v);
             if (s && !strcmp(s, "auto")) {

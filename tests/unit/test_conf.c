@@ -216,6 +216,47 @@ static void test_yaml_syntax_error(void **state)
     assert_true(strncmp(err, "t.yaml:2:1: ", 12) == 0);
 }
 
+static void expect_err(const char *text, const char *want)
+{
+    char err[512];
+    struct conf *c = load(text, err, sizeof err);
+    assert_null(c);
+    assert_string_equal(err, want);
+}
+
+static void test_log_keys(void **state)
+{
+    (void)state;
+    char err[512];
+    struct conf *c = load(BASE "access_log: { path: /tmp/a.log, flush: 50ms }\n"
+                          "audit_log: { path: /tmp/b.log }\n", err, sizeof err);
+    assert_non_null(c);
+    assert_string_equal(c->access_log, "/tmp/a.log");
+    assert_int_equal(c->access_log_flush, 50);
+    assert_string_equal(c->audit_log, "/tmp/b.log");
+    assert_false(c->routes[0].audit);
+    conf_unref(c);
+    c = load(BASE "access_log: {}\n", err, sizeof err);
+    assert_non_null(c);
+    assert_string_equal(c->access_log, "stdout");
+    assert_int_equal(c->access_log_flush, 200);
+    assert_null(c->audit_log);
+    conf_unref(c);
+
+    expect_err(BASE "access_log: { flush: 0 }\n", "t.yaml:11:22: access_log.flush: must be greater than zero");
+    expect_err(BASE "access_log: { flush: 2m }\n",
+               "t.yaml:11:22: access_log.flush: at most 1m: lines would wait too long");
+    expect_err(BASE "audit_log: { flush: 1s }\n", "t.yaml:11:14: audit_log.flush: unknown key");
+    expect_err(BASE "audit_log: {}\n", "t.yaml:11:12: audit_log: missing key \"path\" (a file, stdout or stderr)");
+    expect_err(BASE "audit_log: [ x ]\n", "t.yaml:11:12: audit_log: expected a mapping");
+    /* a route's audit may come before audit_log in the file */
+    c = load(BASE "    audit: true\naudit_log: { path: stderr }\n", err, sizeof err);
+    assert_non_null(c);
+    assert_true(c->routes[1].audit);
+    assert_false(c->routes[0].audit);
+    conf_unref(c);
+}
+
 static void test_missing_file(void **state)
 {
     (void)state;
@@ -233,6 +274,7 @@ int main(void)
         cmocka_unit_test(test_errors),
         cmocka_unit_test(test_yaml_syntax_error),
         cmocka_unit_test(test_missing_file),
+        cmocka_unit_test(test_log_keys),
     };
     return cmocka_run_group_tests_name("conf", tests, NULL, NULL);
 }
