@@ -131,6 +131,8 @@ void obs_alog_reopen(struct obs_alog *l)
     pthread_mutex_unlock(&l->mu);
 }
 
+#define ALOG_CLOSE_MS 5000      /* how long obs_alog_close waits for a blocked writer */
+
 void obs_alog_close(struct obs_alog *l)
 {
     if (!l)
@@ -138,8 +140,25 @@ void obs_alog_close(struct obs_alog *l)
     pthread_mutex_lock(&l->mu);
     l->stop = true;
     pthread_cond_signal(&l->cv);
+    unsigned queued = l->count;
     pthread_mutex_unlock(&l->mu);
-    pthread_join(l->thread, NULL);
+    /* A writer blocked on a pipe nobody reads would hold up the stop (or a
+     * reload) forever: give it ALOG_CLOSE_MS, then leave it behind with what
+     * it holds (the process is exiting, or the log was replaced). */
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    ts.tv_sec += ALOG_CLOSE_MS / 1000;
+    ts.tv_nsec += (long)(ALOG_CLOSE_MS % 1000) * 1000000L;
+    if (ts.tv_nsec >= 1000000000L) {
+        ts.tv_sec++;
+        ts.tv_nsec -= 1000000000L;
+    }
+    if (pthread_timedjoin_np(l->thread, NULL, &ts) != 0) {
+        log_error("%s: the writer has been blocked for %d ms (a pipe nobody reads?); "
+                  "leaving it behind with %u buffers not written", l->path, ALOG_CLOSE_MS, queued);
+        pthread_detach(l->thread);
+        return;                 /* l stays allocated: the writer still uses it */
+    }
     if (l->own_fd)
         close(l->fd);
     pthread_mutex_destroy(&l->mu);
@@ -170,6 +189,7 @@ void obs_alog_flush(struct obs_alog_buf *b)
     if (!b->log || !b->len)
         return;
     struct obs_alog *l = b->log;
+    bool queued = false;
     pthread_mutex_lock(&l->mu);
     if (l->count < OBS_ALOG_QUEUE && !l->stop) {
         unsigned slot = (l->head + l->count) % OBS_ALOG_QUEUE;
@@ -177,9 +197,11 @@ void obs_alog_flush(struct obs_alog_buf *b)
         l->qlen[slot] = b->len;
         l->count++;
         b->data = NULL;
-        pthread_cond_signal(&l->cv);
+        queued = true;
     }
     pthread_mutex_unlock(&l->mu);
+    if (queued)                 /* after unlocking: the writer need not wait for our lock */
+        pthread_cond_signal(&l->cv);
     if (b->data) {              /* queue full: drop these lines, count them */
         size_t lines = 0;
         for (size_t i = 0; i < b->len; i++)

@@ -207,3 +207,35 @@ def test_a_stuck_writer_drops_and_counts_lines(start_upstream, portico_bin, tmp_
             proc.kill()
             proc.communicate(timeout=5)
         errlog.close()
+
+
+def test_sigterm_with_a_writer_stuck_on_a_pipe(start_upstream, portico_bin, tmp_path):
+    """Nobody reads the pipe the audit log goes to: SIGTERM still stops the process, after
+    giving the blocked writer 5 s, and says so."""
+    up = start_upstream("u1")
+    port = free_port()
+    cfg = tmp_path / "c.yaml"
+    text = make_config(port, {"app": {"servers": [up.address]}}, workers=1,
+                       extra="audit_log: { path: stdout }")
+    cfg.write_text(text.replace("    upstream: app\n", "    upstream: app\n    audit: true\n", 1))
+    errlog = open(str(tmp_path / "stderr.log"), "wb")
+    proc = subprocess.Popen([portico_bin, "-c", str(cfg)], stdout=subprocess.PIPE, stderr=errlog,
+                            stdin=subprocess.DEVNULL)
+    try:
+        assert wait_for(lambda: proc.poll() is None and port_accepts(port), 10), "did not start"
+        with RawConn(port) as c:
+            for i in range(1000):           # ~300 KB of lines: far more than a pipe holds
+                assert c.request("GET", "/count?i=%d" % i).status == 200
+        time.sleep(0.2)
+        t0 = time.time()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(15) == 0
+        assert 4 < time.time() - t0 < 12
+        err = open(str(tmp_path / "stderr.log")).read()
+        assert "stdout: the writer has been blocked for 5000 ms" in err, err[-2000:]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(5)
+        proc.stdout.close()
+        errlog.close()
