@@ -247,8 +247,33 @@ static inline int plain8(uint64_t v)
     return (bad & highs) == 0;
 }
 
+/* Length of the well-formed UTF-8 sequence (RFC 3629: no overlong forms, no
+ * surrogates, nothing above U+10FFFF) of 2 to 4 bytes at s, or 0. */
+static size_t utf8_len(const unsigned char *s, size_t n)
+{
+    unsigned char c = s[0];
+    size_t len;
+    unsigned char lo = 0x80, hi = 0xbf;     /* the allowed range of the second byte */
+    if (c >= 0xc2 && c <= 0xdf)
+        len = 2;
+    else if (c >= 0xe0 && c <= 0xef)
+        len = 3, lo = c == 0xe0 ? 0xa0 : 0x80, hi = c == 0xed ? 0x9f : 0xbf;
+    else if (c >= 0xf0 && c <= 0xf4)
+        len = 4, lo = c == 0xf0 ? 0x90 : 0x80, hi = c == 0xf4 ? 0x8f : 0xbf;
+    else
+        return 0;
+    if (n < len || s[1] < lo || s[1] > hi)
+        return 0;
+    for (size_t i = 2; i < len; i++)
+        if (s[i] < 0x80 || s[i] > 0xbf)
+            return 0;
+    return len;
+}
+
 /* Append s as the body of a JSON string (escaped). Plain bytes go 8 at a
- * time: most values (ids, addresses, paths) have nothing to escape. */
+ * time: most values (ids, addresses, paths) have nothing to escape.
+ * Well-formed UTF-8 is kept as it is; any other byte that is not printable
+ * ASCII, and '"' and '\\', are escaped (a stray byte >= 0x80 as \u00XX). */
 static size_t json_str(char *o, const char *s, size_t n)
 {
     static const char hex[] = "0123456789abcdef";
@@ -261,7 +286,15 @@ static size_t json_str(char *o, const char *s, size_t n)
             k += 8;
             continue;
         }
-        unsigned char c = (unsigned char)s[i++];
+        unsigned char c = (unsigned char)s[i];
+        size_t u = c >= 0x80 ? utf8_len((const unsigned char *)s + i, n - i) : 0;
+        if (u) {
+            memcpy(o + k, s + i, u);
+            k += u;
+            i += u;
+            continue;
+        }
+        i++;
         if (json_plain[c]) {
             o[k++] = (char)c;
         } else if (c == '"' || c == '\\') {

@@ -239,3 +239,16 @@ def test_sigterm_with_a_writer_stuck_on_a_pipe(start_upstream, portico_bin, tmp_
             proc.wait(5)
         proc.stdout.close()
         errlog.close()
+
+
+def test_utf8_user_names_stay_readable(start_upstream, start_portico, tmp_path):
+    """A UTF-8 user name comes out as the same text; a byte that is not UTF-8 is escaped."""
+    p, up, audit, access, base = start_audited(start_upstream, start_portico, tmp_path)
+    for creds in ("josé:pw".encode(), b"bad\xffname:pw"):
+        requests.get(base + "/auth/x", headers={"Authorization": "Basic " +
+                     base64.b64encode(creds).decode()}, timeout=5)
+    assert wait_for(lambda: len(lines_of(audit)) == 2, 5)
+    users = sorted(l["user"] for l in lines_of(audit))
+    assert users == ["bad\u00ffname", "josé"], users
+    assert "josé".encode() in open(audit, "rb").read()      # raw UTF-8, not \u escapes
+    assert b"bad\\u00ffname" in open(audit, "rb").read()

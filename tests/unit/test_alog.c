@@ -25,12 +25,40 @@ static char *slurp(const char *path, size_t *len)
     return buf;
 }
 
+/* Well-formed UTF-8 at s (RFC 3629, table 3-7 of Unicode): its length or 0. */
+static size_t ref_utf8(const unsigned char *s, size_t n)
+{
+    static const struct { unsigned char a, b, lo, hi; size_t len; } t[] = {
+        { 0xc2, 0xdf, 0x80, 0xbf, 2 }, { 0xe0, 0xe0, 0xa0, 0xbf, 3 }, { 0xe1, 0xec, 0x80, 0xbf, 3 },
+        { 0xed, 0xed, 0x80, 0x9f, 3 }, { 0xee, 0xef, 0x80, 0xbf, 3 }, { 0xf0, 0xf0, 0x90, 0xbf, 4 },
+        { 0xf1, 0xf3, 0x80, 0xbf, 4 }, { 0xf4, 0xf4, 0x80, 0x8f, 4 },
+    };
+    for (size_t r = 0; r < sizeof t / sizeof t[0]; r++) {
+        if (s[0] < t[r].a || s[0] > t[r].b)
+            continue;
+        if (n < t[r].len || s[1] < t[r].lo || s[1] > t[r].hi)
+            return 0;
+        for (size_t i = 2; i < t[r].len; i++)
+            if ((s[i] & 0xc0) != 0x80)
+                return 0;
+        return t[r].len;
+    }
+    return 0;
+}
+
 /* The escaping JSON needs, one byte at a time (the reference). */
 static size_t ref_escape(char *o, const char *s, size_t n)
 {
     size_t k = 0;
     for (size_t i = 0; i < n; i++) {
         unsigned char c = (unsigned char)s[i];
+        size_t u = c >= 0x80 ? ref_utf8((const unsigned char *)s + i, n - i) : 0;
+        if (u) {
+            memcpy(o + k, s + i, u);
+            k += u;
+            i += u - 1;
+            continue;
+        }
         if (c == '"' || c == '\\')
             k += (size_t)sprintf(o + k, "\\%c", c);
         else if (c < 0x20 || c >= 0x7f)
@@ -119,7 +147,9 @@ static void test_escaping_matches_reference(void **state)
         lens[t] = (size_t)(rand() % 48);
         for (size_t i = 0; i < lens[t]; i++) {
             int r = rand() % 10;     /* mostly plain, some of every other kind */
-            paths[t][i] = (char)(r < 6 ? 0x20 + rand() % 95 : r < 8 ? "\"\\\x7f\t"[rand() % 4] : rand() % 256);
+            paths[t][i] = (char)(r < 5 ? 0x20 + rand() % 95 : r < 7 ? "\"\\\x7f\t"[rand() % 4]
+                                 : r < 8 ? 0x80 + rand() % 64 : r < 9 ? 0xc2 + rand() % 51
+                                 : rand() % 256);
         }
         struct obs_alog_entry e = { .request_id = "", .client = "c", .method = "GET", .method_len = 3,
                                     .path = paths[t], .path_len = lens[t], .route = "/", .status = 200 };
