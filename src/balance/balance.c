@@ -144,7 +144,7 @@ void balance_group_inherit(struct balance_group *g, const struct balance_group *
         const struct conf_addr *a = &g->sc[i].addr;
         for (uint32_t j = 0; j < old->n; j++) {
             const struct conf_addr *b = &old->sc[j].addr;
-            if (a->len != b->len || memcmp(&a->ss, &b->ss, a->len) != 0 || strcmp(a->text, b->text))
+            if (!conf_addr_equal(a, b) || strcmp(a->text, b->text))
                 continue;
             const struct lb_server *o = &old->st[j];
             struct lb_server *n = &g->st[i];

@@ -105,6 +105,11 @@ int conf_parse_size(const char *s, uint64_t *bytes)
 
 bool conf_resolve_names = true;
 
+bool conf_addr_equal(const struct conf_addr *a, const struct conf_addr *b)
+{
+    return a->len == b->len && memcmp(&a->ss, &b->ss, a->len) == 0;
+}
+
 bool conf_parse_addr(const char *s, struct conf_addr *out, char *err, size_t errlen)
 {
     char host[256];

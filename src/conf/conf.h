@@ -150,6 +150,9 @@ void conf_unref(struct conf *c);
  * config fuzzer turns it off: a lookup per input would stall it on DNS. */
 extern bool conf_resolve_names;
 
+/* Whether two addresses are the same socket address (as resolved). */
+bool conf_addr_equal(const struct conf_addr *a, const struct conf_addr *b);
+
 /* Parse "host:port", "[v6]:port" or "*:port" (resolving host names). */
 bool conf_parse_addr(const char *s, struct conf_addr *out, char *err, size_t errlen);
 /* Value parsers shared with the tests: 0 on success, -1 if malformed. */

@@ -162,9 +162,7 @@ struct listener {
     struct loop_io io;
     struct worker *w;
     struct listener *next_dead;
-    struct sockaddr_storage ss; /* the bound address, to match it across reloads */
-    socklen_t len;
-    char text[80];
+    struct conf_addr addr;      /* the bound address, to match it across reloads */
 };
 
 /* A generation: one configuration snapshot and what is built from it for the
@@ -548,6 +546,12 @@ static bool uconn_move_to_current(struct uconn *u)
     return true;
 }
 
+/* Index of upstream `ui` (of x's snapshot) in the worker's metrics layout. */
+static uint32_t obs_upstream_index(const struct exchange *x, uint32_t ui)
+{
+    return x->wg->up_map ? x->wg->up_map[ui] : ui;
+}
+
 static void uconn_release(struct uconn *u, bool keep)
 {
     struct worker *w = u->w;
@@ -644,7 +648,7 @@ static void attempt_failed(struct exchange *x, const char *why, int status, bool
 {
     const struct conf_upstream *up = x->route->upstream;
     log_warn("upstream %s %s: %s", up->name, up->servers[x->server].addr.text, why);
-    uint32_t ui = x->wg->up_map ? x->wg->up_map[up->index] : up->index;
+    uint32_t ui = obs_upstream_index(x, up->index);
     if (ui < x->c->w->obs->nupstreams)
         obs_add(&x->c->w->obs->upstreams[ui].errors, 1);
     if (x->u)
@@ -744,17 +748,18 @@ static void exchange_free(struct exchange *x, bool upstream_keep)
     attempt_end(x, false, false);
     /* a request that ends without a status: the client went away (nginx's 499) */
     uint64_t dur = now_us() - x->t0_us;
+    int status = x->status ? x->status : 499;
+    const char *server = x->upstream_us ? x->route->upstream->servers[x->server].addr.text : NULL;
     uint32_t ri = (uint32_t)(x->route - x->conf->routes);
     obs_request(w->obs, x->wg->route_map ? x->wg->route_map[ri] : ri, x->method, x->method_len,
-                x->status ? x->status : 499, dur);
+                status, dur);
     if (w->alog.log) {
         struct obs_alog_entry e = {
             .request_id = x->reqid, .request_id_len = x->reqid_len, .client = x->client,
             .method = x->method, .method_len = x->method_len, .path = x->path,
             .path_len = x->path_len, .route = x->route->prefix,
             .upstream = x->route->upstream->name,
-            .server = x->upstream_us ? x->route->upstream->servers[x->server].addr.text : NULL,
-            .status = x->status ? x->status : 499, .bytes_in = x->bytes_in,
+            .server = server, .status = status, .bytes_in = x->bytes_in,
             .bytes_out = x->bytes_out, .duration_us = dur, .upstream_us = x->upstream_us,
         };
         alog_write(w, &e);
@@ -769,9 +774,8 @@ static void exchange_free(struct exchange *x, bool upstream_keep)
             ab = &tmp;
         }
         audit_write(ab, x->audit, x->reqid, x->reqid_len, x->client, x->method, x->method_len,
-                    x->path, x->path_len, x->route,
-                    x->upstream_us ? x->route->upstream->servers[x->server].addr.text : NULL,
-                    x->status ? x->status : 499, x->bytes_in, x->bytes_out, dur);
+                    x->path, x->path_len, x->route, server, status, x->bytes_in, x->bytes_out,
+                    dur);
         if (ab == &tmp) {
             obs_alog_flush(&tmp);
             obs_alog_buf_free(&tmp);
@@ -1407,8 +1411,7 @@ static int response_head(struct exchange *x)
         x->upstream_us = now_us() - x->up_t0_us;
         if (!x->upstream_us)
             x->upstream_us = 1;
-        uint32_t ui = x->route->upstream->index;
-        obs_upstream_time(w->obs, x->wg->up_map ? x->wg->up_map[ui] : ui, x->upstream_us);
+        obs_upstream_time(w->obs, obs_upstream_index(x, x->route->upstream->index), x->upstream_us);
         if (x->holding)
             balance_report(x->group, x->server,
                            !(r.status >= 500 && balance_fail_on_5xx(x->group)), loop_now(w->loop));
@@ -1963,15 +1966,10 @@ static int open_listener(const struct conf_addr *a, char *err, size_t errlen)
     return fd;
 }
 
-static bool same_addr(const struct sockaddr_storage *ss, socklen_t len, const struct conf_addr *a)
-{
-    return len == a->len && memcmp(ss, &a->ss, len) == 0;
-}
-
 static bool conf_listens_on(const struct conf *c, const struct conf_addr *a)
 {
     for (uint32_t i = 0; i < c->nlisten; i++)
-        if (same_addr(&c->listen[i].ss, c->listen[i].len, a))
+        if (conf_addr_equal(&c->listen[i], a))
             return true;
     return false;
 }
@@ -1988,9 +1986,7 @@ static struct listener *listener_new(struct worker *w, const struct conf_addr *a
     ls->io.fd = fd;
     ls->io.cb = listener_io;
     ls->w = w;
-    ls->ss = a->ss;
-    ls->len = a->len;
-    snprintf(ls->text, sizeof ls->text, "%s", a->text);
+    ls->addr = *a;
     int rc = loop_add(w->loop, &ls->io);
     if (rc < 0) {
         log_error("worker %u: listen %s: epoll: %s", w->id, a->text, strerror(-rc));
@@ -2185,7 +2181,7 @@ static void wgen_pool_map(struct wgen *old, const struct wgen *cur)
             const struct conf_addr *a = &ou->servers[k].addr;
             for (uint32_t m = 0; nu && m < nu->nservers && to == UINT32_MAX; m++) {
                 const struct conf_addr *b = &nu->servers[m].addr;
-                if (a->len == b->len && !memcmp(&a->ss, &b->ss, a->len))
+                if (conf_addr_equal(a, b))
                     to = cur->pool_base[nu->index] + m;
             }
             old->pool_map[old->pool_base[i] + k] = to;
@@ -2310,7 +2306,7 @@ static bool worker_adopt(struct worker *w, struct proxy_gen *g)
     for (uint32_t i = 0; i < c->nlisten; i++) {
         const struct conf_addr *a = &c->listen[i];
         for (uint32_t j = 0; j < w->nlisteners && !nl[i]; j++) {
-            if (w->listeners[j] && same_addr(&w->listeners[j]->ss, w->listeners[j]->len, a)) {
+            if (w->listeners[j] && conf_addr_equal(&w->listeners[j]->addr, a)) {
                 nl[i] = w->listeners[j];
                 w->listeners[j] = NULL;
             }
@@ -2334,7 +2330,7 @@ static bool worker_adopt(struct worker *w, struct proxy_gen *g)
     }
     for (uint32_t j = 0; j < w->nlisteners; j++) {
         if (w->listeners[j]) {
-            log_info("worker %u: no longer listening on %s", w->id, w->listeners[j]->text);
+            log_info("worker %u: no longer listening on %s", w->id, w->listeners[j]->addr.text);
             listener_retire(w, w->listeners[j]);
         }
     }
@@ -2633,8 +2629,7 @@ static int reload_locked(struct proxy *p, char *err, size_t errlen)
     }
     const struct conf *oc = old->conf;
     if (c->admin_enabled != oc->admin_enabled ||
-        (c->admin_enabled && (c->admin_listen.len != oc->admin_listen.len ||
-                              memcmp(&c->admin_listen.ss, &oc->admin_listen.ss, c->admin_listen.len))))
+        (c->admin_enabled && !conf_addr_equal(&c->admin_listen, &oc->admin_listen)))
         log_warn("reload: a new admin.listen takes a restart; the admin listener stays %s%s",
                  oc->admin_enabled ? "on " : "off", oc->admin_enabled ? oc->admin_listen.text : "");
     struct proxy_gen *g = gen_new(c, old, p->nworkers, old->id + 1, err, errlen);

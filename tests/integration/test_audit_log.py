@@ -161,22 +161,33 @@ def test_unwritable_audit_log_fails_at_start(portico_bin, tmp_path):
     assert "audit log %s/no/such/dir/audit.log: No such file or directory" % tmp_path in r.stderr
 
 
+def start_on_pipe(portico_bin, up, tmp_path, port, extra=""):
+    """portico (one worker, every request audited) with its audit log on stdout, a pipe the
+    test reads, or not. Returns (process, stderr file object)."""
+    cfg = tmp_path / "c.yaml"
+    text = make_config(port, {"app": {"servers": [up.address]}}, workers=1,
+                       extra="audit_log: { path: stdout }\n" + extra)
+    cfg.write_text(text.replace("    upstream: app\n", "    upstream: app\n    audit: true\n", 1))
+    errlog = open(str(tmp_path / "stderr.log"), "wb")
+    proc = subprocess.Popen([portico_bin, "-c", str(cfg)], stdout=subprocess.PIPE, stderr=errlog,
+                            stdin=subprocess.DEVNULL)
+    if not wait_for(lambda: proc.poll() is None and port_accepts(port), 10):
+        proc.kill()
+        proc.communicate(timeout=5)
+        errlog.close()
+        raise AssertionError("portico did not start: %s" % open(str(tmp_path / "stderr.log")).read())
+    return proc, errlog
+
+
 def test_a_stuck_writer_drops_and_counts_lines(start_upstream, portico_bin, tmp_path):
     """Audit lines to a pipe nobody reads: the writer blocks, its bounded queue fills, then
     lines are dropped and counted (with a warning at most once a second) while requests keep
     being served; every line is either in the output or counted."""
     up = start_upstream("u1")
     port, admin = free_port(), free_port()
-    cfg = tmp_path / "c.yaml"
-    text = make_config(port, {"app": {"servers": [up.address]}}, workers=1,
-                       extra='audit_log: { path: stdout }\nadmin: { listen: "127.0.0.1:%d" }' % admin)
-    cfg.write_text(text.replace("    upstream: app\n", "    upstream: app\n    audit: true\n", 1))
-    errlog = open(str(tmp_path / "stderr.log"), "wb")
-    proc = subprocess.Popen([portico_bin, "-c", str(cfg)], stdout=subprocess.PIPE, stderr=errlog,
-                            stdin=subprocess.DEVNULL)
+    proc, errlog = start_on_pipe(portico_bin, up, tmp_path, port,
+                                 'admin: { listen: "127.0.0.1:%d" }' % admin)
     try:
-        assert wait_for(lambda: proc.poll() is None and port_accepts(port), 10), "did not start"
-
         def dropped_now():
             with RawConn(admin) as c:
                 text = c.request("GET", "/metrics", host="admin").body.decode()
@@ -214,15 +225,8 @@ def test_sigterm_with_a_writer_stuck_on_a_pipe(start_upstream, portico_bin, tmp_
     giving the blocked writer 5 s, and says so."""
     up = start_upstream("u1")
     port = free_port()
-    cfg = tmp_path / "c.yaml"
-    text = make_config(port, {"app": {"servers": [up.address]}}, workers=1,
-                       extra="audit_log: { path: stdout }")
-    cfg.write_text(text.replace("    upstream: app\n", "    upstream: app\n    audit: true\n", 1))
-    errlog = open(str(tmp_path / "stderr.log"), "wb")
-    proc = subprocess.Popen([portico_bin, "-c", str(cfg)], stdout=subprocess.PIPE, stderr=errlog,
-                            stdin=subprocess.DEVNULL)
+    proc, errlog = start_on_pipe(portico_bin, up, tmp_path, port)
     try:
-        assert wait_for(lambda: proc.poll() is None and port_accepts(port), 10), "did not start"
         with RawConn(port) as c:
             for i in range(1000):           # ~300 KB of lines: far more than a pipe holds
                 assert c.request("GET", "/count?i=%d" % i).status == 200
