@@ -2,6 +2,7 @@
 #include "loop.h"
 
 #include <errno.h>
+#include <limits.h>
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
@@ -15,6 +16,7 @@
 struct loop {
     int epfd;
     bool stop;
+    bool pending;               /* loop_pending(): do not sleep next time */
     uint64_t now;
     struct loop_timer **heap;
     uint32_t nheap, capheap;
@@ -185,7 +187,11 @@ static int next_timeout(struct loop *l)
                 heap_insert(l, t);
             continue;
         }
-        return t->key <= l->now ? 0 : (int)(t->key - l->now);
+        if (t->key <= l->now)
+            return 0;
+        /* epoll_wait takes an int: a deadline weeks away waits in steps */
+        uint64_t d = t->key - l->now;
+        return d > INT_MAX ? INT_MAX : (int)d;
     }
     return -1;
 }
@@ -229,6 +235,20 @@ void loop_wake(struct loop *l)
 
 void loop_stop(struct loop *l) { l->stop = true; }
 
+void loop_pending(struct loop *l) { l->pending = true; }
+
+int loop_reserve_timers(struct loop *l, uint32_t n)
+{
+    if (n <= l->capheap)
+        return 0;
+    struct loop_timer **h = realloc(l->heap, n * sizeof *h);
+    if (!h)
+        return -ENOMEM;
+    l->heap = h;
+    l->capheap = n;
+    return 0;
+}
+
 int loop_run(struct loop *l)
 {
     struct epoll_event evs[LOOP_BATCH];
@@ -238,6 +258,10 @@ int loop_run(struct loop *l)
         if (l->stop)
             break;
         int timeout = next_timeout(l);
+        if (l->pending) {
+            timeout = 0;        /* work was deferred to this iteration */
+            l->pending = false;
+        }
         int n = epoll_wait(l->epfd, evs, LOOP_BATCH, timeout);
         l->now = loop_clock_ms();
         if (n < 0 && errno != EINTR)

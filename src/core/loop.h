@@ -57,6 +57,13 @@ static inline bool loop_timer_armed(const struct loop_timer *t) { return t->dead
 /* Called once per iteration before the loop sleeps. */
 void loop_set_before_sleep(struct loop *l, void (*cb)(struct loop *, void *), void *arg);
 
+/* The next iteration does not sleep: the before-sleep callback deferred
+ * work to it (fairness between connections). */
+void loop_pending(struct loop *l);
+/* Make room for n armed timers now, so that arming one later never needs
+ * memory (a timer that cannot be armed would never fire). 0 or -ENOMEM. */
+int loop_reserve_timers(struct loop *l, uint32_t n);
+
 /* Run until loop_stop(). Returns 0. */
 int loop_run(struct loop *l);
 void loop_stop(struct loop *l);

@@ -88,9 +88,7 @@ static uint8_t classify(const char *n, size_t len)
 
 /* Iterate over the comma-separated elements of a list value (RFC 9110 5.6.1),
  * skipping empty elements and OWS. Returns false at the end. */
-struct list_iter { const char *p, *end; };
-
-static bool list_next(struct list_iter *it, const char **elem, size_t *len)
+bool http_list_next(struct http_list *it, const char **elem, size_t *len)
 {
     for (;;) {
         while (it->p < it->end && (*it->p == ' ' || *it->p == '\t' || *it->p == ','))
@@ -139,16 +137,22 @@ static const char *line_end(const char *p, const char *end, bool *bad)
     return cr;
 }
 
-/* Parse `1*DIGIT` into *out; false on empty, junk or a value >= 2^62. */
+/* Parse `1*DIGIT` into *out; false on empty, junk or a value >= 10^18.
+ * Leading zeros are valid grammar and do not count towards the bound. */
 static bool parse_u64(const char *p, size_t n, uint64_t *out)
 {
-    if (n == 0 || n > 18)
+    if (n == 0)
         return false;
     uint64_t v = 0;
+    size_t sig = 0;
     for (size_t i = 0; i < n; i++) {
         if (p[i] < '0' || p[i] > '9')
             return false;
-        v = v * 10 + (uint64_t)(p[i] - '0');
+        if (v || p[i] != '0') {
+            if (++sig > 18)
+                return false;
+            v = v * 10 + (uint64_t)(p[i] - '0');
+        }
     }
     *out = v;
     return true;
@@ -160,6 +164,7 @@ static int parse_headers(const char *buf, const char *p, const char *end, struct
                          const struct http_limits *lim, int too_big_status, int bad_status)
 {
     m->nheaders = 0;
+    m->has_underscore = false;
     for (;;) {
         if ((size_t)(p - buf) > lim->max_head)
             return fail(m, too_big_status, "head too large");
@@ -180,8 +185,9 @@ static int parse_headers(const char *buf, const char *p, const char *end, struct
         if (*p == ' ' || *p == '\t')
             return fail(m, bad_status, "obs-fold");
         const char *name = p;
+        bool underscore = false;
         while (p < end && tchar[(unsigned char)*p])
-            p++;
+            underscore |= *p++ == '_';
         if (p >= end) {
             if ((size_t)(p - buf) > lim->max_head)
                 return fail(m, too_big_status, "head too large");
@@ -220,7 +226,8 @@ static int parse_headers(const char *buf, const char *p, const char *end, struct
         h->name_len = (uint32_t)name_len;
         h->value = v;
         h->value_len = (uint32_t)(ve - v);
-        m->kinds[m->nheaders] = classify(name, name_len);
+        m->kinds[m->nheaders] = underscore ? HTTP_H_UNDERSCORE : classify(name, name_len);
+        m->has_underscore |= underscore;
         m->nheaders++;
         p = eol + 2;
     }
@@ -238,7 +245,7 @@ static int interpret(struct http_msg *m, bool is_request, int err)
 
     for (uint32_t i = 0; i < m->nheaders; i++) {
         const struct http_header *h = &m->headers[i];
-        struct list_iter it = { h->value, h->value + h->value_len };
+        struct http_list it = { h->value, h->value + h->value_len };
         const char *e;
         size_t n;
         switch (m->kinds[i]) {
@@ -256,7 +263,7 @@ static int interpret(struct http_msg *m, bool is_request, int err)
                     elem++;
                 }
             }
-            while (list_next(&it, &e, &n)) {
+            while (http_list_next(&it, &e, &n)) {
                 uint64_t v;
                 if (!parse_u64(e, n, &v))
                     return fail(m, err, "invalid Content-Length");
@@ -273,7 +280,7 @@ static int interpret(struct http_msg *m, bool is_request, int err)
             m->has_te = true;
             {
                 bool any = false;
-                while (list_next(&it, &e, &n)) {
+                while (http_list_next(&it, &e, &n)) {
                     any = true;
                     if (te_chunked_last)
                         te_bad = true;          /* a coding after chunked */
@@ -293,7 +300,7 @@ static int interpret(struct http_msg *m, bool is_request, int err)
             }
             break;
         case HTTP_H_CONNECTION:
-            while (list_next(&it, &e, &n)) {
+            while (http_list_next(&it, &e, &n)) {
                 if (NAME_IS(e, n, "close"))
                     conn_close = true;
                 else if (NAME_IS(e, n, "keep-alive"))
@@ -350,10 +357,10 @@ bool http_connection_lists(const struct http_msg *m, const char *name, size_t na
     for (uint32_t i = 0; i < m->nheaders; i++) {
         if (m->kinds[i] != HTTP_H_CONNECTION)
             continue;
-        struct list_iter it = { m->headers[i].value, m->headers[i].value + m->headers[i].value_len };
+        struct http_list it = { m->headers[i].value, m->headers[i].value + m->headers[i].value_len };
         const char *e;
         size_t n;
-        while (list_next(&it, &e, &n))
+        while (http_list_next(&it, &e, &n))
             if (n == name_len && http_ieq(e, name, n))
                 return true;
     }
@@ -692,7 +699,9 @@ long http_chunked_feed(struct http_chunked *c, const char *in, size_t len,
         case CH_SIZE: {
             int h = hexval(ch);
             if (h >= 0) {
-                if (++c->digits > 15)           /* keeps sizes below 2^60 */
+                /* leading zeros are valid and do not count: the bound keeps
+                 * sizes below 2^60 */
+                if ((c->remaining || h) && ++c->digits > 15)
                     return HTTP_ERROR;
                 c->remaining = (c->remaining << 4) | (uint64_t)h;
                 c->state = CH_SIZE;
@@ -831,4 +840,308 @@ const char *http_reason(int status)
     case 505: return "HTTP Version Not Supported";
     default: return "Unknown";
     }
+}
+
+/* ---- head scanning ---- */
+
+bool http_head_scan(const char *buf, size_t len, uint32_t *scanned, uint32_t max_request_line)
+{
+    size_t from = *scanned;
+    if (from >= len)
+        return false;
+    *scanned = (uint32_t)len;
+    /* the request line: its errors (method, target, 414) are found early,
+     * and parsing it is bounded by max_request_line */
+    if (!memchr(buf, '\n', from) && len <= (size_t)max_request_line + 16)
+        return true;
+    /* a blank line may end the head; start 3 back for a CRLFCRLF that
+     * spans two reads */
+    size_t s = from > 3 ? from - 3 : 0;
+    for (const char *p = buf + s, *end = buf + len; p < end;) {
+        const char *lf = memchr(p, '\n', (size_t)(end - p));
+        const char *cr = memchr(p, '\r', (size_t)((lf ? lf : end) - p));
+        if (cr && cr + 1 < end && cr[1] != '\n')
+            return true;                        /* bare CR */
+        if (!lf)
+            return false;
+        if (lf == buf || lf[-1] != '\r')
+            return true;                        /* bare LF */
+        if (lf - buf >= 3 && lf[-2] == '\n' && lf[-3] == '\r')
+            return true;                        /* CRLF CRLF */
+        if (lf - buf == 1)
+            return true;                        /* a leading empty line */
+        p = lf + 1;
+    }
+    return false;
+}
+
+/* ---- head writer ---- */
+
+void http_hw_put(struct http_hw *w, const void *s, size_t n)
+{
+    if ((size_t)(w->end - w->p) < n) {
+        w->overflow = true;
+        w->end = w->p;                          /* nothing fits any more */
+        return;
+    }
+    memcpy(w->p, s, n);
+    w->p += n;
+}
+
+void http_hw_u64(struct http_hw *w, uint64_t v)
+{
+    char tmp[20];
+    size_t n = 0;
+    do {
+        tmp[sizeof tmp - ++n] = (char)('0' + v % 10);
+        v /= 10;
+    } while (v);
+    http_hw_put(w, tmp + sizeof tmp - n, n);
+}
+
+void http_hw_field(struct http_hw *w, const char *name, size_t name_len, const char *value,
+                   size_t value_len)
+{
+    size_t n = name_len + value_len + 4;
+    if ((size_t)(w->end - w->p) < n) {
+        w->overflow = true;
+        w->end = w->p;
+        return;
+    }
+    char *p = w->p;
+    memcpy(p, name, name_len);
+    p += name_len;
+    *p++ = ':';
+    *p++ = ' ';
+    memcpy(p, value, value_len);
+    p += value_len;
+    *p++ = '\r';
+    *p++ = '\n';
+    w->p = p;
+}
+
+void http_hw_status(struct http_hw *w, int status, const char *reason, size_t reason_len)
+{
+    if (status < 100 || status > 999)
+        status = 502;
+    char line[13] = "HTTP/1.1 000 ";
+    line[9] = (char)('0' + status / 100);
+    line[10] = (char)('0' + status / 10 % 10);
+    line[11] = (char)('0' + status % 10);
+    http_hw_put(w, line, sizeof line);
+    if (!reason) {
+        reason = http_reason(status);
+        reason_len = strlen(reason);
+    }
+    http_hw_put(w, reason, reason_len);
+    http_hw_lit(w, "\r\n");
+}
+
+/* ---- chunked re-framing ---- */
+
+bool http_trailer_allowed(const char *n, size_t len)
+{
+    static const char *const deny[] = {
+        /* framing, routing, connection */
+        "transfer-encoding", "content-length", "host", "connection", "keep-alive",
+        "proxy-connection", "te", "trailer", "upgrade",
+        /* request modifiers: controls and conditionals */
+        "cache-control", "expect", "max-forwards", "pragma", "range", "if-match",
+        "if-none-match", "if-modified-since", "if-unmodified-since", "if-range",
+        /* authentication */
+        "authorization", "proxy-authorization", "www-authenticate", "proxy-authenticate",
+        "authentication-info", "proxy-authentication-info", "cookie", "set-cookie",
+        /* response control data */
+        "age", "date", "expires", "location", "retry-after", "vary", "warning",
+        /* content metadata */
+        "content-encoding", "content-type", "content-range", "content-location",
+        "content-language",
+    };
+    for (size_t i = 0; i < sizeof deny / sizeof deny[0]; i++)
+        if (strlen(deny[i]) == len && http_ieq(n, deny[i], len))
+            return false;
+    return true;
+}
+
+static size_t put_hex(char *out, uint64_t v)
+{
+    static const char hex[] = "0123456789abcdef";
+    char tmp[16];
+    size_t n = 0;
+    do {
+        tmp[n++] = hex[v & 15];
+        v >>= 4;
+    } while (v);
+    for (size_t i = 0; i < n; i++)
+        out[i] = tmp[n - 1 - i];
+    return n;
+}
+
+long http_chunked_reframe(struct http_chunked *c, char *buf, size_t len, bool strip,
+                          size_t *out_len)
+{
+    size_t rp = 0, wp = 0;
+    while (rp < len && c->state != CH_DONE) {
+        size_t off, dlen;
+        if (c->state == CH_DATA) {
+            long n = http_chunked_feed(c, buf + rp, len - rp, &off, &dlen);
+            if (n < 0)
+                return HTTP_ERROR;
+            if (wp != rp + off)
+                memmove(buf + wp, buf + rp + off, dlen);
+            wp += dlen;
+            rp += (size_t)n;
+            continue;
+        }
+        /* a line (size, trailer, final CRLF) or the CRLF after data: only
+         * whole, so that its canonical form fits where it was */
+        size_t avail = len - rp;
+        size_t unit;
+        if (c->state == CH_DATA_CR || c->state == CH_DATA_LF) {
+            unit = c->state == CH_DATA_CR ? 2 : 1;
+            if (avail < unit)
+                break;
+        } else {
+            size_t look = avail < CH_MAX_LINE + 2 ? avail : CH_MAX_LINE + 2;
+            const char *lf = memchr(buf + rp, '\n', look);
+            if (!lf) {
+                if (avail > CH_MAX_LINE + 1)
+                    return HTTP_ERROR;
+                break;
+            }
+            unit = (size_t)(lf - (buf + rp)) + 1;
+        }
+        uint8_t before = c->state;
+        long n = http_chunked_feed(c, buf + rp, unit, &off, &dlen);
+        if (n < 0 || (size_t)n != unit || dlen)
+            return HTTP_ERROR;
+        char *o = buf + wp;
+        if (strip) {
+            /* nothing but data */
+        } else if (before == CH_DATA_CR || before == CH_DATA_LF) {
+            if (c->state == CH_SIZE0) {
+                o[0] = '\r';
+                o[1] = '\n';
+                wp += 2;
+            }
+        } else if (before == CH_TRAILER0 && c->state == CH_DONE) {
+            o[0] = '\r';
+            o[1] = '\n';
+            wp += 2;
+        } else if (before == CH_TRAILER0) {
+            /* a trailer field, validated by the decoder: name ":" OWS value OWS */
+            const char *line = buf + rp;
+            const char *colon = memchr(line, ':', unit);
+            size_t nlen = (size_t)(colon - line);
+            const char *v = colon + 1, *ve = line + unit - 2;
+            bool sp = v < ve && (*v == ' ' || *v == '\t');
+            while (v < ve && (*v == ' ' || *v == '\t'))
+                v++;
+            while (ve > v && (ve[-1] == ' ' || ve[-1] == '\t'))
+                ve--;
+            if (http_trailer_allowed(line, nlen)) {
+                /* "name:" [SP] value CRLF, never longer than the raw line */
+                size_t vlen = (size_t)(ve - v);
+                memmove(o, line, nlen);
+                o[nlen] = ':';
+                size_t k = nlen + 1;
+                if (sp)
+                    o[k++] = ' ';
+                memmove(o + k, v, vlen);
+                k += vlen;
+                o[k++] = '\r';
+                o[k++] = '\n';
+                wp += k;
+            }
+        } else {
+            /* a size line: CH_DATA with the size in remaining, or the last chunk */
+            uint64_t size = c->state == CH_DATA ? c->remaining : 0;
+            char tmp[18];
+            size_t k = put_hex(tmp, size);
+            tmp[k++] = '\r';
+            tmp[k++] = '\n';
+            memcpy(o, tmp, k);
+            wp += k;
+        }
+        rp += unit;
+    }
+    *out_len = wp;
+    return (long)rp;
+}
+
+/* ---- request paths ---- */
+
+static bool unreserved(unsigned char c)
+{
+    return (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') ||
+           c == '-' || c == '.' || c == '_' || c == '~';
+}
+
+long http_normalize_path(const char *in, size_t len, char *out, unsigned flags)
+{
+    const char *q = memchr(in, '?', len);
+    size_t plen = q ? (size_t)(q - in) : len;
+    size_t o = 0;
+    /* 1. percent-decoding of unreserved characters, upper-case hex elsewhere */
+    for (size_t i = 0; i < plen; i++) {
+        unsigned char ch = (unsigned char)in[i];
+        if (ch != '%') {
+            out[o++] = (char)ch;
+            continue;
+        }
+        if (i + 2 >= plen)
+            return -1;
+        int hi = hexval((unsigned char)in[i + 1]), lo = hexval((unsigned char)in[i + 2]);
+        if (hi < 0 || lo < 0)
+            return -1;
+        unsigned char d = (unsigned char)(hi * 16 + lo);
+        if (d == 0)
+            return -1;
+        if ((d == '/' || d == '\\') && !(flags & HTTP_PATH_ALLOW_ENCODED_SLASH))
+            return -1;
+        if (unreserved(d)) {
+            out[o++] = (char)d;
+        } else {
+            static const char hex[] = "0123456789ABCDEF";
+            out[o++] = '%';
+            out[o++] = hex[d >> 4];
+            out[o++] = hex[d & 15];
+        }
+        i += 2;
+    }
+    /* 2. dot segments (RFC 3986 5.2.4) and, optionally, empty segments, in
+     * place: the output (w) never passes the segment being read (r) */
+    size_t w = o;
+    if (o && out[0] == '/') {
+        w = 0;
+        for (size_t r = 0; r < o;) {
+            size_t s = r + 1, e = s;
+            while (e < o && out[e] != '/')
+                e++;
+            size_t seg = e - s;
+            bool last = e >= o;
+            bool dot = seg == 1 && out[s] == '.';
+            bool dotdot = seg == 2 && out[s] == '.' && out[s + 1] == '.';
+            if (dotdot) {
+                while (w > 0 && out[w - 1] != '/')
+                    w--;
+                if (w > 0)
+                    w--;
+            } else if (!dot && !(seg == 0 && !last && (flags & HTTP_PATH_MERGE_SLASHES))) {
+                out[w++] = '/';
+                memmove(out + w, out + s, seg);
+                w += seg;
+            }
+            if (last && (dot || dotdot) && (w == 0 || out[w - 1] != '/'))
+                out[w++] = '/';
+            r = e;
+        }
+        if (w == 0)
+            out[w++] = '/';
+    }
+    if (q) {
+        memmove(out + w, q, len - plen);
+        w += len - plen;
+    }
+    return (long)w;
 }
