@@ -1347,7 +1347,12 @@ static void chunked_invalid_sizes(void **state)
     CHUNKED_BAD("1000000000000000\r\n");
     CHUNKED_BAD("ffffffffffffffff\r\n");
     CHUNKED_BAD("10000000000000000\r\n");
-    CHUNKED_BAD("0000000000000000\r\n\r\n");
+    /* leading zeros are valid grammar (RFC 9112 7.1) and do not count */
+    static const char zeros[] = "0000000000000000\r\n\r\n";
+    check_chunked(zeros, sizeof zeros - 1, "", 0, sizeof zeros - 1);
+    static const char padded[] = "000000000000000000000000000005\r\nhello\r\n0\r\n\r\n";
+    check_chunked(padded, sizeof padded - 1, "hello", 5, sizeof padded - 1);
+    CHUNKED_BAD("00001000000000000000\r\n");
 }
 
 static void chunked_bad_data_end(void **state)
@@ -1417,6 +1422,239 @@ static void request_strict_cl_list_and_host(void **state)
     assert_int_equal(r.m.status, 400);
 }
 
+
+/* ------------------------------------------------------------------ */
+/* head writer, re-framing, paths, scanning (issue 9)                   */
+
+static void hw_bounds(void **state)
+{
+    (void)state;
+    char buf[32];
+    memset(buf, 'Z', sizeof buf);
+    struct http_hw w;
+    http_hw_init(&w, buf, 16);
+    http_hw_status(&w, 200, NULL, 0);       /* "HTTP/1.1 200 OK\r\n" is 17 bytes */
+    assert_true(w.overflow);
+    for (size_t i = 16; i < sizeof buf; i++)
+        assert_int_equal(buf[i], 'Z');      /* never past the end */
+    http_hw_init(&w, buf, 17);
+    http_hw_status(&w, 200, NULL, 0);
+    assert_false(w.overflow);
+    assert_int_equal(http_hw_len(&w), 17);
+    assert_memory_equal(buf, "HTTP/1.1 200 OK\r\n", 17);
+    http_hw_lit(&w, "x");                   /* exactly full: one more byte overflows */
+    assert_true(w.overflow);
+    http_hw_init(&w, buf, 10);
+    http_hw_field(&w, "Host", 4, "ab", 2);  /* 10 bytes: fits exactly */
+    assert_false(w.overflow);
+    assert_memory_equal(buf, "Host: ab\r\n", 10);
+    http_hw_init(&w, buf, 9);
+    http_hw_field(&w, "Host", 4, "ab", 2);
+    assert_true(w.overflow);
+    assert_int_equal(http_hw_len(&w), 0);
+    http_hw_init(&w, buf, 21);
+    http_hw_u64(&w, 0);
+    http_hw_u64(&w, 18446744073709551615ull);
+    assert_false(w.overflow);
+    assert_memory_equal(buf, "018446744073709551615", 21);
+}
+
+static void reframe_all(const char *in, size_t len, size_t step, bool strip, char *out,
+                        size_t *out_len, long *rc)
+{
+    struct http_chunked c;
+    http_chunked_init(&c);
+    char work[4096];
+    size_t have = 0, o = 0, off = 0;
+    *rc = 0;
+    while (off < len || have) {
+        size_t piece = step && len - off > step ? step : len - off;
+        memcpy(work + have, in + off, piece);
+        have += piece;
+        off += piece;
+        size_t wl;
+        long n = http_chunked_reframe(&c, work, have, strip, &wl);
+        if (n < 0) {
+            *rc = HTTP_ERROR;
+            return;
+        }
+        assert_true(wl <= (size_t)n);
+        memcpy(out + o, work, wl);
+        o += wl;
+        memmove(work, work + n, have - (size_t)n);
+        have -= (size_t)n;
+        if (http_chunked_done(&c) || (piece == 0 && n == 0))
+            break;
+    }
+    *out_len = o;
+    *rc = http_chunked_done(&c) ? 1 : 0;
+}
+
+static void check_reframe(const char *in, const char *want, const char *want_strip)
+{
+    static const size_t steps[] = { 0, 1, 2, 5 };
+    for (size_t i = 0; i < sizeof steps / sizeof steps[0]; i++) {
+        for (int strip = 0; strip < 2; strip++) {
+            char out[4096];
+            size_t n = 0;
+            long rc;
+            reframe_all(in, strlen(in), steps[i], strip, out, &n, &rc);
+            const char *w = strip ? want_strip : want;
+            if (rc != 1 || n != strlen(w) || memcmp(out, w, n) != 0)
+                fail_msg("reframe (step %zu, strip %d) of [%s]: rc %ld, got [%.*s] want [%s]",
+                         steps[i], strip, in, rc, (int)n, out, w);
+        }
+    }
+}
+
+static void chunked_reframe(void **state)
+{
+    (void)state;
+    check_reframe("5\r\nhello\r\n0\r\n\r\n", "5\r\nhello\r\n0\r\n\r\n", "hello");
+    /* extensions dropped, leading zeros and case canonical */
+    check_reframe("005;a=b ; c=\"x y\"\r\nhello\r\n00A\r\n0123456789\r\n0;z\r\n\r\n",
+                  "5\r\nhello\r\na\r\n0123456789\r\n0\r\n\r\n", "hello0123456789");
+    /* trailers: allowed ones canonical, the others dropped */
+    check_reframe("1\r\nx\r\n0\r\nX-Checksum:   abc  \r\nContent-Length: 5\r\nHost: evil\r\n"
+                  "X-T:v\r\n\r\n",
+                  "1\r\nx\r\n0\r\nX-Checksum: abc\r\nX-T:v\r\n\r\n", "x");
+    check_reframe("0\r\n\r\n", "0\r\n\r\n", "");
+
+    /* malformed: rejected, whatever the pieces */
+    static const char *const bad[] = {
+        "5\nhello\r\n0\r\n\r\n", "5\r\nhelloX\r\n0\r\n\r\n", "g\r\n", "5 ;\r\n",
+        "0\r\nBad Name: x\r\n\r\n", "1\r\nx\r\n0\r\n\r", 
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        char out[256];
+        size_t n;
+        long rc;
+        reframe_all(bad[i], strlen(bad[i]), 0, false, out, &n, &rc);
+        if (rc == 1)
+            fail_msg("accepted: [%s]", bad[i]);
+    }
+    /* a size line longer than the limit fails without waiting for its end */
+    static char longline[5000];
+    memset(longline, '0', sizeof longline);
+    struct http_chunked c;
+    http_chunked_init(&c);
+    size_t wl;
+    assert_int_equal(http_chunked_reframe(&c, longline, sizeof longline, false, &wl), HTTP_ERROR);
+    /* nothing after the last chunk is consumed */
+    char tail[] = "0\r\n\r\nGET";
+    http_chunked_init(&c);
+    assert_int_equal(http_chunked_reframe(&c, tail, sizeof tail - 1, false, &wl), 5);
+    assert_true(http_chunked_done(&c));
+}
+
+static void check_norm(const char *in, unsigned flags, const char *want)
+{
+    char out[512];
+    long n = http_normalize_path(in, strlen(in), out, flags);
+    if (!want) {
+        if (n >= 0)
+            fail_msg("normalised [%s] to [%.*s], want rejection", in, (int)n, out);
+        return;
+    }
+    if (n < 0 || (size_t)n != strlen(want) || memcmp(out, want, (size_t)n) != 0)
+        fail_msg("normalised [%s] to [%.*s] (%ld), want [%s]", in, n < 0 ? 0 : (int)n, out, n,
+                 want);
+    assert_true((size_t)n <= strlen(in));
+}
+
+static void path_normalize(void **state)
+{
+    (void)state;
+    check_norm("/", 0, "/");
+    check_norm("/auth/login", 0, "/auth/login");
+    check_norm("/./auth/", 0, "/auth/");
+    check_norm("/%61uth/", 0, "/auth/");
+    check_norm("/%2e%2E/auth/", 0, "/auth/");
+    check_norm("/a/b/../c", 0, "/a/c");
+    check_norm("/a/b/..", 0, "/a/");
+    check_norm("/a/.", 0, "/a/");
+    check_norm("/a/./b/./", 0, "/a/b/");
+    check_norm("/../../x", 0, "/x");
+    check_norm("/..", 0, "/");
+    check_norm("//auth/", 0, "//auth/");
+    check_norm("//auth/", HTTP_PATH_MERGE_SLASHES, "/auth/");
+    check_norm("/a//b///c/", HTTP_PATH_MERGE_SLASHES, "/a/b/c/");
+    check_norm("/a%7e%7E/", 0, "/a~~/");
+    check_norm("/a%3f%20b", 0, "/a%3F%20b");
+    check_norm("/x?a=/../%2f&b=%00", 0, "/x?a=/../%2f&b=%00");   /* the query is kept */
+    check_norm("/a/../b?q", 0, "/b?q");
+    check_norm("/a%2fb", 0, NULL);
+    check_norm("/a%2Fb", 0, NULL);
+    check_norm("/a%5cb", 0, NULL);
+    check_norm("/a%2fb", HTTP_PATH_ALLOW_ENCODED_SLASH, "/a%2Fb");
+    check_norm("/a%00b", HTTP_PATH_ALLOW_ENCODED_SLASH, NULL);
+    check_norm("/a%", 0, NULL);
+    check_norm("/a%4", 0, NULL);
+    check_norm("/a%4g", 0, NULL);
+    check_norm("/a%4?x", 0, NULL);
+}
+
+static bool scan_says(const char *s, size_t step)
+{
+    uint32_t scanned = 0;
+    size_t len = strlen(s);
+    bool any = false;
+    for (size_t n = step; ; n += step) {
+        if (n > len)
+            n = len;
+        any |= http_head_scan(s, n, &scanned, 64);
+        if (n == len)
+            return any;
+    }
+}
+
+static void head_scan(void **state)
+{
+    (void)state;
+    /* a complete head is always seen, however it arrives */
+    const char *full = "GET /xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"
+                       " HTTP/1.1\r\nHost: a\r\nX-Long: yyyyyyyyyyyyyyyyyyyy\r\n\r\n";
+    for (size_t step = 1; step < 8; step++)
+        assert_true(scan_says(full, step));
+    /* a long header line in pieces: not worth parsing until it ends the head */
+    char big[2048];
+    int n = snprintf(big, sizeof big, "GET / HTTP/1.1\r\nX: ");
+    memset(big + n, 'a', 1500);
+    big[n + 1500] = 0;
+    uint32_t scanned = 0;
+    assert_true(http_head_scan(big, 10, &scanned, 64));        /* request line incomplete */
+    assert_true(http_head_scan(big, 20, &scanned, 64));        /* ... and complete */
+    int yes = 0;
+    for (size_t l = 120; l <= strlen(big); l += 100)
+        yes += http_head_scan(big, l, &scanned, 64);
+    assert_int_equal(yes, 0);
+    /* a bare LF is worth parsing at once (the parser answers 400) */
+    scanned = 0;
+    assert_true(scan_says("GET / HTTP/1.1\r\nHost: a\nX: b", 3));
+}
+
+static void underscore_headers(void **state)
+{
+    (void)state;
+    struct http_header h[8];
+    uint8_t k[8];
+    struct http_request r = { .m = { .headers = h, .kinds = k } };
+    struct http_limits lim = { 1024, 4096, 8 };
+    const char *s = "GET / HTTP/1.1\r\nHost: a\r\nX_Forwarded_For: 1.2.3.4\r\n\r\n";
+    assert_true(http_parse_request(s, strlen(s), &r, &lim) > 0);
+    assert_true(r.m.has_underscore);
+    assert_int_equal(k[1], HTTP_H_UNDERSCORE);
+    s = "GET / HTTP/1.1\r\nHost: a\r\nX-Forwarded-For: 1.2.3.4\r\n\r\n";
+    assert_true(http_parse_request(s, strlen(s), &r, &lim) > 0);
+    assert_false(r.m.has_underscore);
+    /* leading zeros in Content-Length are valid and do not overflow */
+    s = "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 0000000000000000000000000000005\r\n\r\n";
+    assert_true(http_parse_request(s, strlen(s), &r, &lim) > 0);
+    assert_int_equal(r.m.content_length, 5);
+    s = "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 0001000000000000000000\r\n\r\n";
+    assert_int_equal(http_parse_request(s, strlen(s), &r, &lim), HTTP_ERROR);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1464,6 +1702,11 @@ int main(void)
         cmocka_unit_test(chunked_invalid_sizes),
         cmocka_unit_test(chunked_bad_data_end),
         cmocka_unit_test(chunked_done_detection),
+        cmocka_unit_test(hw_bounds),
+        cmocka_unit_test(chunked_reframe),
+        cmocka_unit_test(path_normalize),
+        cmocka_unit_test(head_scan),
+        cmocka_unit_test(underscore_headers),
         cmocka_unit_test(request_strict_cl_list_and_host),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
