@@ -142,8 +142,14 @@ bool conf_parse_addr(const char *s, struct conf_addr *out, char *err, size_t err
         snprintf(err, errlen, "invalid port \"%s\"", port);
         return false;
     }
-    if (!strcmp(host, "*"))
-        strcpy(host, "0.0.0.0");
+    if (!strcmp(host, "*")) {
+        /* every address: IPv6 with IPv4 mapped in (dual-stack) where the
+         * system has IPv6, else IPv4 only */
+        int fd = socket(AF_INET6, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        strcpy(host, fd >= 0 ? "::" : "0.0.0.0");
+        if (fd >= 0)
+            close(fd);
+    }
     struct addrinfo hints = { .ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM,
                               .ai_flags = AI_NUMERICSERV | AI_ADDRCONFIG |
                                           (conf_resolve_names ? 0 : AI_NUMERICHOST) };
@@ -269,6 +275,7 @@ static bool load_limits(struct ctx *x, yaml_node_t *m, const char *path, struct 
         else if (!strcmp(k, "idle_timeout")) ok = get_timeout(x, v, kp, &l->idle_timeout);
         else if (!strcmp(k, "body_timeout")) ok = get_timeout(x, v, kp, &l->body_timeout);
         else if (!strcmp(k, "send_timeout")) ok = get_timeout(x, v, kp, &l->send_timeout);
+        else if (!strcmp(k, "tunnel_timeout")) ok = get_timeout(x, v, kp, &l->tunnel_timeout);
         else if (!strcmp(k, "max_header_bytes")) {
             ok = get_size(x, v, kp, &sz, 1024, 1024 * 1024);
             l->max_header_bytes = (uint32_t)sz;
@@ -672,6 +679,122 @@ static bool load_admin(struct ctx *x, yaml_node_t *m, struct conf *c)
     return true;
 }
 
+bool conf_parse_cidr(const char *s, struct conf_cidr *out)
+{
+    char ip[64];
+    const char *slash = strchr(s, '/');
+    size_t n = slash ? (size_t)(slash - s) : strlen(s);
+    if (n == 0 || n >= sizeof ip)
+        return false;
+    memcpy(ip, s, n);
+    ip[n] = '\0';
+    memset(out, 0, sizeof *out);
+    unsigned max;
+    if (inet_pton(AF_INET, ip, out->addr) == 1) {
+        out->family = AF_INET;
+        max = 32;
+    } else if (inet_pton(AF_INET6, ip, out->addr) == 1) {
+        out->family = AF_INET6;
+        max = 128;
+    } else {
+        return false;
+    }
+    unsigned bits = max;
+    if (slash) {
+        char *end;
+        if (!isdigit((unsigned char)slash[1]))
+            return false;
+        unsigned long b = strtoul(slash + 1, &end, 10);
+        if (*end || b > max)
+            return false;
+        bits = (unsigned)b;
+    }
+    out->bits = (uint8_t)bits;
+    for (unsigned i = 0; i < max / 8; i++) {
+        unsigned keep = bits > i * 8 ? bits - i * 8 : 0;
+        if (keep < 8)
+            out->addr[i] &= (uint8_t)(0xff00u >> keep);
+    }
+    return true;
+}
+
+bool conf_cidr_match(const struct conf_cidr *set, uint32_t n, int family, const void *addr)
+{
+    const uint8_t *a = addr;
+    static const uint8_t mapped[12] = { 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff };
+    if (family == AF_INET6 && memcmp(a, mapped, 12) == 0) {
+        family = AF_INET;
+        a += 12;
+    }
+    for (uint32_t i = 0; i < n; i++) {
+        const struct conf_cidr *c = &set[i];
+        if (c->family != family)
+            continue;
+        unsigned full = c->bits / 8, rest = c->bits % 8;
+        if (memcmp(a, c->addr, full) != 0)
+            continue;
+        if (rest && (a[full] & (uint8_t)(0xff00u >> rest)) != c->addr[full])
+            continue;
+        return true;
+    }
+    return false;
+}
+
+/* trusted_proxies: [ "10.0.0.0/8", "::1" ] */
+static bool load_trusted(struct ctx *x, yaml_node_t *v, struct conf *c)
+{
+    if (!expect_seq(x, v, "trusted_proxies"))
+        return false;
+    size_t n = (size_t)(v->data.sequence.items.top - v->data.sequence.items.start);
+    if (n > 1024)
+        return bad(x, v, "trusted_proxies", "expected at most 1024 blocks");
+    free(c->trusted);
+    c->trusted = calloc(n ? n : 1, sizeof *c->trusted);
+    if (!c->trusted)
+        return bad(x, v, "trusted_proxies", "out of memory");
+    c->ntrusted = 0;
+    for (size_t i = 0; i < n; i++) {
+        char ip[48];
+        snprintf(ip, sizeof ip, "trusted_proxies[%zu]", i);
+        yaml_node_t *e = node(x, v->data.sequence.items.start[i]);
+        const char *s = scalar(e);
+        if (!s || !conf_parse_cidr(s, &c->trusted[c->ntrusted]))
+            return bad(x, e, ip, "expected an address or CIDR block like 10.0.0.0/8 or fd00::/8");
+        c->ntrusted++;
+    }
+    return true;
+}
+
+/* path_normalization: { merge_slashes: false, forward: normalized | original,
+ *                       allow_encoded_slash: false } */
+static bool load_pathnorm(struct ctx *x, yaml_node_t *m, struct conf_pathnorm *pn)
+{
+    if (!expect_map(x, m, "path_normalization"))
+        return false;
+    FOR_PAIRS(x, m, k, v) {
+        char kp[256];
+        join(kp, sizeof kp, "path_normalization", k);
+        if (!strcmp(k, "merge_slashes")) {
+            if (!get_bool(x, v, kp, &pn->merge_slashes))
+                return false;
+        } else if (!strcmp(k, "allow_encoded_slash")) {
+            if (!get_bool(x, v, kp, &pn->allow_encoded_slash))
+                return false;
+        } else if (!strcmp(k, "forward")) {
+            const char *s = scalar(v);
+            if (s && !strcmp(s, "normalized"))
+                pn->forward_normalized = true;
+            else if (s && !strcmp(s, "original"))
+                pn->forward_normalized = false;
+            else
+                return bad(x, v, kp, "expected normalized or original");
+        } else {
+            return unknown(x, p_, "path_normalization", k);
+        }
+    }
+    return true;
+}
+
 /* metrics: { enabled: true, buckets: [0.005, 0.01, 25ms, ...] } (seconds, or durations) */
 static bool load_metrics(struct ctx *x, yaml_node_t *m, struct conf_metrics *mt)
 {
@@ -737,6 +860,15 @@ static bool load_root(struct ctx *x, struct conf *c, yaml_node_t *root)
         else if (!strcmp(k, "access_log")) ok = load_log(x, v, k, true, c);
         else if (!strcmp(k, "metrics")) ok = load_metrics(x, v, &c->metrics);
         else if (!strcmp(k, "audit_log")) ok = load_log(x, v, k, false, c);
+        else if (!strcmp(k, "trusted_proxies")) ok = load_trusted(x, v, c);
+        else if (!strcmp(k, "path_normalization")) ok = load_pathnorm(x, v, &c->pathnorm);
+        else if (!strcmp(k, "headers_with_underscores")) {
+            const char *s = scalar(v);
+            if (s && !strcmp(s, "drop")) c->underscores = CONF_UNDERSCORES_DROP;
+            else if (s && !strcmp(s, "allow")) c->underscores = CONF_UNDERSCORES_ALLOW;
+            else if (s && !strcmp(s, "reject")) c->underscores = CONF_UNDERSCORES_REJECT;
+            else ok = bad(x, v, k, "expected drop, allow or reject");
+        }
         else if (!strcmp(k, "workers")) {
             const char *s = scalar(v);
             if (s && !strcmp(s, "auto")) {
@@ -834,6 +966,7 @@ static void conf_free(struct conf *c)
     free(c->routes);
     free(c->listen);
     free(c->admin_token);
+    free(c->trusted);
     free(c->access_log);
     free(c->audit_log);
     free(c->path);
@@ -857,7 +990,7 @@ struct conf *conf_load_string(const char *name, const char *text, size_t len,
     c->access_log_flush = 200;
     c->limits = (struct conf_limits){
         .header_timeout = 10000, .idle_timeout = 60000, .body_timeout = 60000,
-        .send_timeout = 60000, .max_header_bytes = 16384, .max_headers = 100,
+        .send_timeout = 60000, .tunnel_timeout = 3600000, .max_header_bytes = 16384, .max_headers = 100,
         .max_request_line = 8192, .max_body = 16ull << 20, .max_connections = 10000,
     };
 
@@ -865,6 +998,7 @@ struct conf *conf_load_string(const char *name, const char *text, size_t len,
         0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30,
     };
     c->metrics.enabled = true;
+    c->pathnorm.forward_normalized = true;
     c->metrics.nbuckets = sizeof default_buckets / sizeof default_buckets[0];
     memcpy(c->metrics.buckets, default_buckets, sizeof default_buckets);
 

@@ -101,11 +101,34 @@ struct conf_limits {
     uint64_t idle_timeout;      /* ms a keep-alive client may sit idle */
     uint64_t body_timeout;      /* ms between two reads of a request body */
     uint64_t send_timeout;      /* ms between two writes to a slow client */
+    uint64_t tunnel_timeout;    /* ms a tunnel (WebSocket, Upgrade) may be idle both ways */
     uint32_t max_header_bytes;
     uint32_t max_headers;
     uint32_t max_request_line;
     uint64_t max_body;
     uint32_t max_connections;   /* per process */
+};
+
+/* `headers_with_underscores:` request header names with '_' (X_Forwarded_For),
+ * which CGI, WSGI and FastCGI map onto the same variable as their '-' twins. */
+enum conf_underscores {
+    CONF_UNDERSCORES_DROP = 0,  /* removed before forwarding (the default, as nginx) */
+    CONF_UNDERSCORES_ALLOW,
+    CONF_UNDERSCORES_REJECT,    /* 400 */
+};
+
+/* `trusted_proxies:` one CIDR block. */
+struct conf_cidr {
+    uint8_t family;             /* AF_INET or AF_INET6 */
+    uint8_t bits;
+    uint8_t addr[16];           /* network order, masked */
+};
+
+/* `path_normalization:` how request paths are matched and forwarded. */
+struct conf_pathnorm {
+    bool merge_slashes;         /* "//" counts as "/" */
+    bool forward_normalized;    /* the upstream gets the normalised path (default) */
+    bool allow_encoded_slash;   /* %2F and %5C pass instead of 400 */
 };
 
 #define CONF_MAX_BUCKETS 30
@@ -136,7 +159,17 @@ struct conf {
     struct conf_addr admin_listen;
     char *admin_token;          /* from admin.token_file; NULL: no token required */
     struct conf_metrics metrics;
+    enum conf_underscores underscores;
+    struct conf_cidr *trusted;  /* trusted_proxies */
+    uint32_t ntrusted;
+    struct conf_pathnorm pathnorm;
 };
+
+/* Whether addr (AF_INET / AF_INET6 bytes, v4-mapped IPv6 counts as IPv4) is
+ * in one of the blocks. */
+bool conf_cidr_match(const struct conf_cidr *set, uint32_t n, int family, const void *addr);
+/* Parse "10.0.0.0/8", "::1", "fd00::/8" (no prefix: a single address). */
+bool conf_parse_cidr(const char *s, struct conf_cidr *out);
 
 /* Load and validate. On error returns NULL and writes a message to err. */
 struct conf *conf_load(const char *path, char *err, size_t errlen);
