@@ -39,6 +39,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/random.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/uio.h>
 #include <time.h>
@@ -66,14 +67,17 @@ struct client {
     struct buf *out;            /* heads and local responses to the client */
     struct exchange *x;
     struct client *next_dead;
+    struct client *next_ready;      /* deferred to the next loop iteration */
     struct client *prev, *next;     /* the worker's list of open clients */
+    uint32_t scanned;               /* head bytes http_head_scan() has seen */
+    uint32_t seq;                   /* requests started or answered: drive progress */
     union {
         struct sockaddr sa;
         struct sockaddr_in v4;
         struct sockaddr_in6 v6;
     } peer;
     uint8_t state;
-    bool readable, writable, hup;
+    bool readable, writable, hup, deferred;
 };
 
 struct upool {
@@ -92,6 +96,7 @@ struct uconn {
     struct upool *pool;         /* where it goes back when idle: in wg->pools */
     struct uconn *prev, *next;  /* pool list, or graveyard (next) */
     bool readable, writable, hup, connecting, reused, pooled;
+    uint64_t pooled_iter;       /* the worker's loop iteration it went idle in */
 };
 
 struct exchange {
@@ -114,8 +119,14 @@ struct exchange {
     uint16_t path_len;
     char reqid[64];                 /* X-Request-Id sent upstream (for the access log) */
     char path[256];                 /* request target, cut, for the access log */
-    char client[48];                /* the client's address as text (X-Forwarded-For, log) */
+    char client[48];                /* the client's address as text (X-Forwarded-For, log):
+                                       the peer, or from a trusted proxy's X-Forwarded-For */
     uint8_t client_len;
+    uint8_t client_family;          /* AF_INET / AF_INET6: client_addr's */
+    uint8_t client_addr[16];        /* the client's address, for ip_hash */
+    bool trusted_peer;              /* the connection comes from trusted_proxies */
+    bool sent_continue;             /* we answered Expect: 100-continue ourselves */
+    bool abnormal;                  /* the response body ended before its end */
     struct audit_info *audit;       /* the route has audit on: what the audit line needs */
     uint64_t bytes_in, bytes_out, upstream_us;
     uint16_t key_len;               /* hash key (ip or hash_key), kept for retries */
@@ -232,6 +243,10 @@ struct worker {
     struct loop_timer drain_timer;
     struct loop_timer alog_timer;   /* hands buffered access log lines over after access_log.flush */
     uint64_t reqid_seed, reqid_n;
+    uint64_t iter;                  /* loop iterations, counted in worker_reap */
+    struct client *ready;           /* clients with work deferred to the next iteration */
+    struct loop_timer accept_timer; /* retries accept() after EMFILE and the like */
+    char *npath;                    /* scratch: the normalised request path */
 };
 
 struct proxy {
@@ -239,6 +254,7 @@ struct proxy {
     pthread_mutex_t reload_mu;      /* one reload at a time */
     struct proxy_gen *gen;          /* the current generation */
     uint32_t bufsize;               /* every worker's buffer size, fixed at start */
+    uint64_t maxfd;                 /* RLIMIT_NOFILE after raising it */
     struct worker *workers;
     uint32_t nworkers;
     atomic_uint nconns;
@@ -253,13 +269,6 @@ static void set_nodelay(int fd)
     int one = 1;
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
 }
-
-static size_t put(char *dst, const char *s, size_t n)
-{
-    memcpy(dst, s, n);
-    return n;
-}
-#define PUTLIT(dst, lit) put(dst, lit, sizeof(lit) - 1)
 
 static uint64_t now_us(void)
 {
@@ -288,25 +297,50 @@ static size_t make_request_id(struct worker *w, char *out)
     return 32;
 }
 
-static size_t peer_text(const struct client *c, char *out, size_t len)
+/* The peer's address as family and bytes; an IPv4 client of a dual-stack
+ * listener (::ffff:a.b.c.d) counts as IPv4. Returns the byte count. */
+static size_t peer_addr(const struct client *c, uint8_t *family, uint8_t out[16])
 {
-    if (c->peer.sa.sa_family == AF_INET && len >= 16) {
+    static const uint8_t mapped[12] = { 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff };
+    if (c->peer.sa.sa_family == AF_INET6) {
+        const uint8_t *a = (const uint8_t *)&c->peer.v6.sin6_addr;
+        if (memcmp(a, mapped, 12) != 0) {
+            *family = AF_INET6;
+            memcpy(out, a, 16);
+            return 16;
+        }
+        *family = AF_INET;
+        memcpy(out, a + 12, 4);
+        return 4;
+    }
+    *family = AF_INET;
+    memcpy(out, &c->peer.v4.sin_addr, 4);
+    return 4;
+}
+
+static size_t addr_text(int family, const uint8_t *a, char *out, size_t len)
+{
+    if (family == AF_INET && len >= 16) {
         /* the common case, without inet_ntop's printf machinery */
-        const uint8_t *b = (const uint8_t *)&c->peer.v4.sin_addr;
         size_t n = 0;
         for (int i = 0; i < 4; i++) {
             if (i)
                 out[n++] = '.';
-            n += fmt_u64(out + n, b[i]);
+            n += fmt_u64(out + n, a[i]);
         }
         out[n] = '\0';
         return n;
     }
-    const void *a = c->peer.sa.sa_family == AF_INET6 ? (const void *)&c->peer.v6.sin6_addr
-                                                      : (const void *)&c->peer.v4.sin_addr;
-    if (!inet_ntop(c->peer.sa.sa_family, a, out, (socklen_t)len))
+    if (!inet_ntop(family, a, out, (socklen_t)len))
         return 0;
     return strlen(out);
+}
+
+static size_t peer_text(const struct client *c, char *out, size_t len)
+{
+    uint8_t fam, a[16];
+    peer_addr(c, &fam, a);
+    return addr_text(fam, a, out, len);
 }
 
 /* ---------------------------------------------------------------- forward decls */
@@ -429,21 +463,20 @@ static void uconn_timeout(struct loop *l, struct loop_timer *t)
         uconn_close(u);
         return;
     }
+    struct client *c = x->c;
     if (u->connecting) {
         attempt_failed(x, "connect timeout", 504, true);
-        return;
-    }
-    if (x->resp_fwd || (x->c->out && buf_len(x->c->out))) {
+    } else if (x->resp_fwd || (c->out && buf_len(c->out))) {
         /* We stopped reading because the client is slow (backpressure):
          * not the upstream's fault; the client's send_timeout decides. */
         loop_timer_arm(u->w->loop, &u->timer, x->route->upstream->response_timeout);
         return;
-    }
-    if (x->resp_head_done) {
+    } else if (x->resp_head_done) {
         exchange_fail(x, 504, "upstream response timeout");
-        return;
+    } else {
+        attempt_failed(x, "response timeout", 504, x->idempotent);
     }
-    attempt_failed(x, "response timeout", 504, x->idempotent);
+    client_drive(c);            /* write what the failure queued */
 }
 
 static void uconn_io(struct loop *l, struct loop_io *io, unsigned ev)
@@ -465,6 +498,7 @@ static void uconn_io(struct loop *l, struct loop_io *io, unsigned ev)
     if (ev & LOOP_HUP)
         u->hup = true;
     struct exchange *x = u->x;
+    struct client *c = x->c;
     if (u->connecting) {
         if (!(ev & (LOOP_WRITE | LOOP_HUP)))
             return;
@@ -473,12 +507,26 @@ static void uconn_io(struct loop *l, struct loop_io *io, unsigned ev)
         getsockopt(u->io.fd, SOL_SOCKET, SO_ERROR, &err, &len);
         if (err) {
             attempt_failed(x, strerror(err), 502, true);
+            client_drive(c);
             return;
         }
         u->connecting = false;
         loop_timer_stop(u->w->loop, &u->timer);
     }
-    exchange_pump(x);
+    client_drive(c);
+}
+
+/* Whether an upstream connection is known to hold no unread byte, so that
+ * the next request's response cannot be one the server sent too much of.
+ * After a short read the socket was empty and anything arriving later
+ * raises an event (which closes an idle connection); otherwise ask. */
+static bool uconn_drained(struct uconn *u, bool known_empty)
+{
+    if (known_empty)
+        return true;
+    char b;
+    ssize_t n = recv(u->io.fd, &b, 1, MSG_PEEK | MSG_DONTWAIT);
+    return n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK);
 }
 
 /* Take an idle pooled connection, or open a new one. */
@@ -486,9 +534,15 @@ static struct uconn *uconn_get(struct worker *w, struct wgen *wg, const struct c
                                uint32_t server, bool fresh, int *err)
 {
     struct upool *pool = &wg->pools[wg->pool_base[up->index] + server];
-    struct uconn *u = pool->head;
-    if (u && !fresh) {
+    struct uconn *u;
+    while (!fresh && (u = pool->head)) {
         pool_remove(u);
+        /* pooled in this very iteration: bytes that arrived after its last
+         * read have not raised their event yet */
+        if (!uconn_drained(u, u->pooled_iter != w->iter)) {
+            uconn_close(u);
+            continue;
+        }
         loop_timer_stop(w->loop, &u->timer);
         u->reused = true;
         return u;
@@ -565,6 +619,7 @@ static void uconn_release(struct uconn *u, bool keep)
     }
     u->readable = false;
     u->pooled = true;
+    u->pooled_iter = w->iter;
     u->next = u->pool->head;
     u->prev = NULL;
     if (u->next)
@@ -878,9 +933,6 @@ static void client_timeout(struct loop *l, struct loop_timer *t)
     (void)l;
     struct client *c = container_of(t, struct client, timer);
     switch (c->state) {
-    case C_IDLE:
-        client_close(c);
-        break;
     case C_HEAD:
         client_reject(c, NULL, 408, "request head timeout", false, 0);
         break;
@@ -889,17 +941,24 @@ static void client_timeout(struct loop *l, struct loop_timer *t)
             /* we hold body bytes the upstream has not taken: it is the slow
              * side, and its response_timeout decides */
             loop_timer_arm(c->w->loop, &c->timer, c->x->conf->limits.body_timeout);
-        } else if (c->x && !c->x->req_done && !c->x->resp_head_done && !c->x->tunnel)
+            return;
+        }
+        if (c->x && !c->x->req_done && !c->x->resp_head_done && !c->x->tunnel)
             exchange_fail(c->x, 408, "request body timeout");
         else
-            client_close(c);
+            client_close(c);    /* idle tunnel, or a client that stopped reading */
         break;
     default:
         client_close(c);
     }
+    client_drive(c);
 }
 
 /* Queue a small local response. keep: the connection may stay open. */
+/* Queue a small local response; the exchange, if any, ends. keep: the
+ * connection stays open, and client_drive() reads the next request once
+ * this response is written. Nothing is written here: the caller returns to
+ * client_drive(), which writes (no recursion into the next request). */
 static void client_local_response(struct client *c, int status, const char *why, bool keep)
 {
     struct worker *w = c->w;
@@ -914,31 +973,48 @@ static void client_local_response(struct client *c, int status, const char *why,
     if (status >= 400)
         log_info("client request rejected: %d %s", status, why ? why : "");
     keep = keep && !w->draining;
-    const char *reason = http_reason(status);
-    char body[128];
-    int blen = snprintf(body, sizeof body, "%d %s\n", status, reason);
-    char head[256];
-    int hlen = snprintf(head, sizeof head,
-                        "HTTP/1.1 %d %s\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n"
-                        "%s%s\r\n", status, reason, blen,
-                        status == 503 ? "Retry-After: 1\r\n" : "",
-                        keep ? "" : "Connection: close\r\n");
-    buf_append(c->out, head, (size_t)hlen);
-    buf_append(c->out, body, (size_t)blen);
+    struct buf *b = c->out;
+    if (!buf_len(b))
+        b->start = b->end = 0;
+    struct http_hw hw;
+    http_hw_init(&hw, buf_tail(b), buf_room(b));
+    http_hw_status(&hw, status, NULL, 0);
+    if (status == 200) {
+        /* OPTIONS * with no route to forward it to (RFC 9110 9.3.7) */
+        http_hw_lit(&hw, "Allow: GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS\r\n"
+                         "Content-Length: 0\r\n");
+    } else {
+        const char *reason = http_reason(status);
+        http_hw_lit(&hw, "Content-Type: text/plain\r\nContent-Length: ");
+        http_hw_u64(&hw, (uint64_t)(status >= 100 && status <= 999 ? 5 : 0) + strlen(reason));
+        http_hw_lit(&hw, "\r\n");
+    }
+    if (status == 503)
+        http_hw_lit(&hw, "Retry-After: 1\r\n");
+    if (!keep)
+        http_hw_lit(&hw, "Connection: close\r\n");
+    http_hw_lit(&hw, "\r\n");
+    if (status != 200) {
+        char code[4] = { (char)('0' + status / 100 % 10), (char)('0' + status / 10 % 10),
+                         (char)('0' + status % 10), ' ' };
+        http_hw_put(&hw, code, 4);
+        const char *reason = http_reason(status);
+        http_hw_put(&hw, reason, strlen(reason));
+        http_hw_lit(&hw, "\n");
+    }
+    if (hw.overflow) {          /* no room behind what is still unsent */
+        client_close(c);
+        return;
+    }
+    b->end += (uint32_t)http_hw_len(&hw);
     c->state = keep ? C_IDLE : C_CLOSING;
+    c->scanned = 0;
+    c->seq++;
     if (!keep) {
         buf_put(&w->bufs, c->in);
         c->in = NULL;
     }
     loop_timer_arm(w->loop, &c->timer, w->conf->limits.send_timeout);
-    if (!client_flush(c))
-        return;
-    if (keep) {
-        loop_timer_arm(w->loop, &c->timer, w->conf->limits.idle_timeout);
-        client_drive(c);
-    } else {
-        client_drive(c);
-    }
 }
 
 /* Answer a request that never became an exchange (malformed, no route, too
@@ -952,7 +1028,7 @@ static void client_reject(struct client *c, const struct http_request *r, int st
     const char *method = r ? r->method : "";
     size_t mlen = r ? r->method_len : 0;
     obs_request(w->obs, UINT32_MAX, method, mlen, status, 0);
-    if (status != 404)
+    if (status != 404 && status >= 400)
         obs_add(&w->obs->rejected, 1);
     if (w->alog.log) {
         char client[64];
@@ -977,7 +1053,12 @@ static void client_linger(struct client *c)
 {
     struct worker *w = c->w;
     if (c->state != C_LINGER) {
+        if (c->x)
+            exchange_free(c->x, false);
         c->state = C_LINGER;
+        buf_put(&w->bufs, c->in);
+        buf_put(&w->bufs, c->out);
+        c->in = c->out = NULL;
         shutdown(c->io.fd, SHUT_WR);
         loop_timer_arm(w->loop, &c->timer, 2000);
     }
@@ -993,9 +1074,23 @@ static void client_linger(struct client *c)
     client_close(c);
 }
 
+/* End the connection so that the client cannot take a cut response for a
+ * whole one: a reset, not a FIN (which ends a close-delimited body). */
+static void client_abort(struct client *c)
+{
+    if (c->io.fd < 0)
+        return;
+    struct linger lg = { 1, 0 };
+    setsockopt(c->io.fd, SOL_SOCKET, SO_LINGER, &lg, sizeof lg);
+    client_close(c);
+}
+
 /* ---------------------------------------------------------------- request head */
 
-static const struct conf_route *route_match(const struct conf *conf, const struct http_request *r)
+/* The first route whose host and path prefix match; `path` is the
+ * normalised path (path_normalization), "/" for OPTIONS *. */
+static const struct conf_route *route_match(const struct conf *conf, const struct http_request *r,
+                                            const char *path, size_t plen)
 {
     const char *host = r->host;
     size_t hlen = r->host_len;
@@ -1013,8 +1108,6 @@ static const struct conf_route *route_match(const struct conf *conf, const struc
         if (hlen && host[hlen - 1] == '.')
             hlen--;
     }
-    const char *path = r->path ? r->path : "/";
-    size_t plen = r->path ? r->path_len : 1;
     for (uint32_t i = 0; i < conf->nroutes; i++) {
         const struct conf_route *rt = &conf->routes[i];
         if (rt->host) {
@@ -1035,6 +1128,13 @@ static const struct conf_route *route_match(const struct conf *conf, const struc
     return NULL;
 }
 
+/* A field named in Connection (RFC 9110 7.6.1) is for this hop only. */
+static bool nominated(const struct http_msg *m, uint32_t i)
+{
+    return m->conn_other && m->kinds[i] != HTTP_H_CONNECTION &&
+           http_connection_lists(m, m->headers[i].name, m->headers[i].name_len);
+}
+
 static bool is_hop_by_hop(const struct http_msg *m, uint32_t i)
 {
     switch (m->kinds[i]) {
@@ -1048,8 +1148,7 @@ static bool is_hop_by_hop(const struct http_msg *m, uint32_t i)
     case HTTP_H_HTTP2_SETTINGS:
         return true;
     default:
-        return m->conn_other &&
-               http_connection_lists(m, m->headers[i].name, m->headers[i].name_len);
+        return nominated(m, i);
     }
 }
 
@@ -1071,13 +1170,9 @@ static void balance_key(struct exchange *x, const struct http_request *r)
     const char *k = NULL;
     size_t n = 0;
     if (up->balance == CONF_BALANCE_IP_HASH) {
-        if (c->peer.sa.sa_family == AF_INET6) {
-            k = (const char *)&c->peer.v6.sin6_addr;
-            n = 16;
-        } else {
-            k = (const char *)&c->peer.v4.sin_addr;
-            n = 4;
-        }
+        (void)c;
+        k = (const char *)x->client_addr;
+        n = x->client_family == AF_INET6 ? 16 : 4;
     } else if (up->balance == CONF_BALANCE_HASH) {
         const struct conf_hash_key *hk = &up->hash_key;
         const struct http_msg *m = &r->m;
@@ -1106,35 +1201,76 @@ static void balance_key(struct exchange *x, const struct http_request *r)
 }
 
 /* Build the upstream request head into b. False if it does not fit. */
-static bool build_request_head(struct exchange *x, const struct http_request *r, struct buf *b)
+/* The request target for the upstream: origin-form, normalised or not. */
+static void put_target(struct http_hw *hw, const struct exchange *x, const struct http_request *r,
+                       const char *npath, size_t nplen)
+{
+    if (r->path && r->path[0] == '/') {
+        if (npath && x->conf->pathnorm.forward_normalized)
+            http_hw_put(hw, npath, nplen);
+        else
+            http_hw_put(hw, r->path, r->path_len);
+    } else if (r->path) {
+        http_hw_lit(hw, "*");
+    } else {
+        /* absolute-form without a path: "/" plus any query */
+        http_hw_lit(hw, "/");
+        const char *q = memchr(r->target, '?', r->target_len);
+        if (q)
+            http_hw_put(hw, q, (size_t)(r->target + r->target_len - q));
+    }
+}
+
+/* X-Forwarded-For: the incoming chain only from a trusted proxy, then the
+ * peer; X-Forwarded-Proto: a trusted proxy's, else ours. */
+static void put_forwarded(struct http_hw *hw, const struct exchange *x, const struct http_msg *m)
+{
+    http_hw_lit(hw, "X-Forwarded-For: ");
+    for (uint32_t j = 0; x->trusted_peer && j < m->nheaders; j++) {
+        if (m->kinds[j] != HTTP_H_X_FORWARDED_FOR || nominated(m, j))
+            continue;
+        struct http_list it = { m->headers[j].value, m->headers[j].value + m->headers[j].value_len };
+        const char *e;
+        size_t n;
+        while (http_list_next(&it, &e, &n)) {
+            http_hw_put(hw, e, n);
+            http_hw_lit(hw, ", ");
+        }
+    }
+    char peer[64];
+    size_t pl = peer_text(x->c, peer, sizeof peer);
+    http_hw_put(hw, peer, pl);
+    http_hw_lit(hw, "\r\n");
+    const char *proto = "http";
+    size_t plen = 4;
+    for (uint32_t j = 0; x->trusted_peer && j < m->nheaders; j++) {
+        if (m->kinds[j] != HTTP_H_X_FORWARDED_PROTO || nominated(m, j))
+            continue;
+        const struct http_header *h = &m->headers[j];
+        if (h->value_len == 5 && http_ieq(h->value, "https", 5))
+            proto = "https", plen = 5;
+        else if (h->value_len == 4 && http_ieq(h->value, "http", 4))
+            proto = "http", plen = 4;
+    }
+    http_hw_field(hw, "X-Forwarded-Proto", 17, proto, plen);
+}
+
+/* Build the upstream request head into b through the bounded writer.
+ * False if it does not fit (the client gets 431). */
+static bool build_request_head(struct exchange *x, const struct http_request *r, struct buf *b,
+                               const char *npath, size_t nplen)
 {
     struct client *c = x->c;
     const struct http_msg *m = &r->m;
-    char *p = buf_tail(b), *end = b->data + b->cap;
-    /* worst case of the fixed additions below, plus every header of the client */
-    size_t need = r->method_len + r->target_len + 400;
-    for (uint32_t i = 0; i < m->nheaders; i++)
-        need += m->headers[i].name_len + m->headers[i].value_len + 4;
-    if (need > (size_t)(end - p))
-        return false;
-
-    p += put(p, r->method, r->method_len);
-    *p++ = ' ';
-    if (r->path)
-        p += put(p, r->path, r->path_len);
-    else if (r->target[0] == '*')
-        *p++ = '*';
-    else {
-        /* absolute-form without a path: "/" plus any query */
-        *p++ = '/';
-        const char *q = memchr(r->target, '?', r->target_len);
-        if (q)
-            p += put(p, q, (size_t)(r->target + r->target_len - q));
-    }
-    p += PUTLIT(p, " HTTP/1.1\r\n");
+    struct http_hw hw;
+    http_hw_init(&hw, buf_tail(b), buf_room(b));
+    http_hw_put(&hw, r->method, r->method_len);
+    http_hw_lit(&hw, " ");
+    put_target(&hw, x, r, npath, nplen);
+    http_hw_lit(&hw, " HTTP/1.1\r\n");
 
     bool have_host = false, have_reqid = false;
-    const char *xff = NULL;
+    bool drop_underscores = x->conf->underscores == CONF_UNDERSCORES_DROP;
     for (uint32_t i = 0; i < m->nheaders; i++) {
         const struct http_header *h = &m->headers[i];
         switch (m->kinds[i]) {
@@ -1144,34 +1280,16 @@ static bool build_request_head(struct exchange *x, const struct http_request *r,
             have_host = true;
             break;
         case HTTP_H_EXPECT:
+        case HTTP_H_X_FORWARDED_FOR:                 /* ours are added below */
         case HTTP_H_X_FORWARDED_PROTO:
         case HTTP_H_X_FORWARDED_HOST:
             continue;
-        case HTTP_H_X_FORWARDED_FOR:
-            /* appended to below, as one combined field */
-            if (xff) {
+        case HTTP_H_UNDERSCORE:
+            if (drop_underscores)
                 continue;
-            }
-            xff = h->value;
-            {
-                p += PUTLIT(p, "X-Forwarded-For: ");
-                bool first = true;
-                for (uint32_t j = i; j < m->nheaders; j++) {
-                    if (m->kinds[j] != HTTP_H_X_FORWARDED_FOR || !m->headers[j].value_len)
-                        continue;
-                    if (!first)
-                        p += PUTLIT(p, ", ");
-                    p += put(p, m->headers[j].value, m->headers[j].value_len);
-                    first = false;
-                }
-                if (!first)
-                    p += PUTLIT(p, ", ");
-                p += put(p, x->client, x->client_len);
-                p += PUTLIT(p, "\r\n");
-            }
-            continue;
+            break;
         case HTTP_H_X_REQUEST_ID:
-            if (have_reqid || !h->value_len)
+            if (have_reqid || !h->value_len || nominated(m, i))
                 continue;
             have_reqid = true;
             x->reqid_len = (uint8_t)(h->value_len < sizeof x->reqid ? h->value_len : sizeof x->reqid);
@@ -1181,75 +1299,145 @@ static bool build_request_head(struct exchange *x, const struct http_request *r,
             if (is_hop_by_hop(m, i))
                 continue;
         }
-        p += put(p, h->name, h->name_len);
-        *p++ = ':';
-        *p++ = ' ';
-        p += put(p, h->value, h->value_len);
-        *p++ = '\r';
-        *p++ = '\n';
+        http_hw_field(&hw, h->name, h->name_len, h->value, h->value_len);
     }
     if (!have_host) {
-        p += PUTLIT(p, "Host: ");
         if (r->host)
-            p += put(p, r->host, r->host_len);
-        else {
-            const char *t = x->route->upstream->name;     /* as nginx: the upstream's name */
-            p += put(p, t, strlen(t));
-        }
-        p += PUTLIT(p, "\r\n");
+            http_hw_field(&hw, "Host", 4, r->host, r->host_len);
+        else    /* as nginx: the upstream's name */
+            http_hw_field(&hw, "Host", 4, x->route->upstream->name,
+                          strlen(x->route->upstream->name));
     }
-    if (!xff) {
-        p += PUTLIT(p, "X-Forwarded-For: ");
-        p += put(p, x->client, x->client_len);
-        p += PUTLIT(p, "\r\n");
-    }
-    p += PUTLIT(p, "X-Forwarded-Proto: http\r\n");
-    if (r->host) {
-        p += PUTLIT(p, "X-Forwarded-Host: ");
-        p += put(p, r->host, r->host_len);
-        p += PUTLIT(p, "\r\n");
-    }
+    put_forwarded(&hw, x, m);
+    if (r->host)
+        http_hw_field(&hw, "X-Forwarded-Host", 16, r->host, r->host_len);
     if (!have_reqid) {
-        p += PUTLIT(p, "X-Request-Id: ");
-        size_t idlen = make_request_id(c->w, p);
-        memcpy(x->reqid, p, idlen);
-        x->reqid_len = (uint8_t)idlen;
-        p += idlen;
-        p += PUTLIT(p, "\r\n");
+        x->reqid_len = (uint8_t)make_request_id(c->w, x->reqid);
+        http_hw_field(&hw, "X-Request-Id", 12, x->reqid, x->reqid_len);
     }
-    p += PUTLIT(p, "Via: 1.1 portico\r\n");
-    if (m->body == HTTP_BODY_CHUNKED)
-        p += PUTLIT(p, "Transfer-Encoding: chunked\r\n");
-    else if (m->has_cl) {
-        p += PUTLIT(p, "Content-Length: ");
-        p += fmt_u64(p, m->content_length);
-        p += PUTLIT(p, "\r\n");
+    http_hw_lit(&hw, "Via: 1.1 portico\r\n");
+    if (m->body == HTTP_BODY_CHUNKED) {
+        http_hw_lit(&hw, "Transfer-Encoding: chunked\r\n");
+    } else if (m->has_cl) {
+        http_hw_lit(&hw, "Content-Length: ");
+        http_hw_u64(&hw, m->content_length);
+        http_hw_lit(&hw, "\r\n");
     }
     if (x->upgrade) {
         for (uint32_t i = 0; i < m->nheaders; i++)
-            if (m->kinds[i] == HTTP_H_UPGRADE) {
-                p += PUTLIT(p, "Upgrade: ");
-                p += put(p, m->headers[i].value, m->headers[i].value_len);
-                p += PUTLIT(p, "\r\n");
-            }
-        p += PUTLIT(p, "Connection: upgrade\r\n");
+            if (m->kinds[i] == HTTP_H_UPGRADE)
+                http_hw_field(&hw, "Upgrade", 7, m->headers[i].value, m->headers[i].value_len);
+        http_hw_lit(&hw, "Connection: upgrade\r\n");
     }
-    p += PUTLIT(p, "\r\n");
-    b->end = (uint32_t)(p - b->data);
+    http_hw_lit(&hw, "\r\n");
+    if (hw.overflow)
+        return false;
+    b->end += (uint32_t)http_hw_len(&hw);
     return true;
 }
 
+/* The client's address: the peer, or, when the peer is a trusted proxy,
+ * the right-most address of X-Forwarded-For that is not a trusted proxy
+ * itself (the left-most if all are). */
+static void client_identity(struct exchange *x, const struct http_request *r)
+{
+    const struct conf *conf = x->conf;
+    const struct http_msg *m = &r->m;
+    uint8_t fam, a[16];
+    peer_addr(x->c, &fam, a);
+    x->trusted_peer = conf->ntrusted && conf_cidr_match(conf->trusted, conf->ntrusted, fam, a);
+    x->client_family = fam;
+    memcpy(x->client_addr, a, 16);
+    if (x->trusted_peer) {
+        /* the elements, right to left: headers last to first */
+        bool found = false;
+        uint8_t leftmost_fam = 0, leftmost[16] = { 0 };
+        for (uint32_t j = m->nheaders; j-- > 0 && !found;) {
+            if (m->kinds[j] != HTTP_H_X_FORWARDED_FOR || nominated(m, j))
+                continue;
+            const char *v = m->headers[j].value, *end = v + m->headers[j].value_len;
+            while (end > v && !found) {
+                const char *e = end;
+                while (e > v && e[-1] != ',')
+                    e--;
+                const char *s0 = e, *s1 = end;
+                while (s0 < s1 && (*s0 == ' ' || *s0 == '\t'))
+                    s0++;
+                while (s1 > s0 && (s1[-1] == ' ' || s1[-1] == '\t'))
+                    s1--;
+                char ip[64];
+                uint8_t b[16];
+                size_t n = (size_t)(s1 - s0);
+                if (n && n < sizeof ip) {
+                    memcpy(ip, s0, n);
+                    ip[n] = '\0';
+                    int f = inet_pton(AF_INET, ip, b) == 1 ? AF_INET
+                          : inet_pton(AF_INET6, ip, b) == 1 ? AF_INET6 : 0;
+                    if (!f) {
+                        /* not an address: believe the chain no further than
+                         * the trusted hop that passed it on */
+                        found = true;
+                        if (leftmost_fam) {
+                            x->client_family = leftmost_fam;
+                            memcpy(x->client_addr, leftmost, 16);
+                        }
+                    } else if (!conf_cidr_match(conf->trusted, conf->ntrusted, f, b)) {
+                        x->client_family = (uint8_t)f;
+                        memcpy(x->client_addr, b, 16);
+                        found = true;
+                    } else {
+                        leftmost_fam = (uint8_t)f;
+                        memcpy(leftmost, b, 16);
+                    }
+                }
+                end = e > v ? e - 1 : v;
+            }
+        }
+        if (!found && leftmost_fam) {
+            x->client_family = leftmost_fam;
+            memcpy(x->client_addr, leftmost, 16);
+        }
+    }
+    x->client_len = (uint8_t)addr_text(x->client_family, x->client_addr, x->client,
+                                       sizeof x->client);
+}
+
 /* A complete request head is at the front of c->in: start proxying it. */
+/* A complete request head is at the front of c->in: route it and start
+ * proxying it, or answer it. */
 static void exchange_start(struct client *c, const struct http_request *r, size_t head_len)
 {
     struct worker *w = c->w;
     struct conf *conf = w->conf;
     const struct http_msg *m = &r->m;
-
-    const struct conf_route *rt = route_match(conf, r);
     bool has_body = m->body == HTTP_BODY_CHUNKED || (m->body == HTTP_BODY_LENGTH && m->content_length);
+    c->scanned = 0;
+    c->seq++;
+
+    if (m->has_underscore && conf->underscores == CONF_UNDERSCORES_REJECT) {
+        client_reject(c, r, 400, "header name with an underscore", false, 0);
+        return;
+    }
+    /* match on the normalised path, so that /./auth/ and /%61uth/ meet the
+     * rules for /auth/ */
+    const char *path = "/", *npath = NULL;
+    size_t plen = 1, nplen = 0;
+    if (r->path && r->path[0] == '/') {
+        const struct conf_pathnorm *pn = &conf->pathnorm;
+        long n = http_normalize_path(r->path, r->path_len, w->npath,
+                                     (pn->merge_slashes ? HTTP_PATH_MERGE_SLASHES : 0) |
+                                     (pn->allow_encoded_slash ? HTTP_PATH_ALLOW_ENCODED_SLASH : 0));
+        if (n < 0) {
+            client_reject(c, r, 400, "invalid path encoding", false, 0);
+            return;
+        }
+        path = npath = w->npath;
+        plen = nplen = (size_t)n;
+    }
+    const struct conf_route *rt = route_match(conf, r, path, plen);
     if (!rt) {
-        client_reject(c, r, 404, "no route", m->keep_alive && !has_body, head_len);
+        bool star = r->path && r->path[0] == '*';
+        client_reject(c, r, star ? 200 : 404, "no route", m->keep_alive && !has_body, head_len);
         return;
     }
     if (m->body == HTTP_BODY_LENGTH && m->content_length > conf->limits.max_body) {
@@ -1301,9 +1489,9 @@ static void exchange_start(struct client *c, const struct http_request *r, size_
         memcpy(x->path, r->target, x->path_len);
     }
     x->idempotent = is_idempotent(r->method, r->method_len);
-    x->client_len = (uint8_t)peer_text(c, x->client, sizeof x->client);
+    client_identity(x, r);
     balance_key(x, r);
-    if (!(x->uhead = buf_get(&w->bufs)) || !build_request_head(x, r, x->uhead)) {
+    if (!(x->uhead = buf_get(&w->bufs)) || !build_request_head(x, r, x->uhead, npath, nplen)) {
         exchange_fail(x, 431, "request head too large to forward");
         return;
     }
@@ -1314,6 +1502,7 @@ static void exchange_start(struct client *c, const struct http_request *r, size_
             return;
         }
         buf_append(c->out, "HTTP/1.1 100 Continue\r\n\r\n", 25);
+        x->sent_continue = true;
     }
     if (x->req_done)
         loop_timer_stop(w->loop, &c->timer);
@@ -1324,24 +1513,39 @@ static void exchange_start(struct client *c, const struct http_request *r, size_
         exchange_pump(x);
 }
 
+/* Parse the parts of a head with a complete line worth parsing (the
+ * parser is stateless: calling it on every small read would be quadratic). */
+static int parse_head(struct client *c, struct http_request *r)
+{
+    struct worker *w = c->w;
+    r->m.headers = w->hdrs;
+    r->m.kinds = w->kinds;
+    return http_parse_request(buf_head(c->in), buf_len(c->in), r, &w->lim);
+}
+
+/* Read and parse a request head; start the exchange or answer it. Returns
+ * to client_drive() in every case: the next pipelined request is its
+ * business, in a bounded loop. */
 static void client_read_head(struct client *c)
 {
     struct worker *w = c->w;
     for (;;) {
         if (c->in && buf_len(c->in)) {
-            struct http_request r;
-            r.m.headers = w->hdrs;
-            r.m.kinds = w->kinds;
-            int n = http_parse_request(buf_head(c->in), buf_len(c->in), &r, &w->lim);
-            if (n > 0) {
-                exchange_start(c, &r, (size_t)n);
-                return;
+            size_t len = buf_len(c->in);
+            bool full = len >= w->lim.max_head;
+            if (http_head_scan(buf_head(c->in), len, &c->scanned, w->lim.max_request_line) || full) {
+                struct http_request r;
+                int n = parse_head(c, &r);
+                if (n > 0) {
+                    exchange_start(c, &r, (size_t)n);
+                    return;
+                }
+                if (n == HTTP_ERROR) {
+                    client_reject(c, NULL, r.m.status, r.m.error, false, 0);
+                    return;
+                }
             }
-            if (n == HTTP_ERROR) {
-                client_reject(c, NULL, r.m.status, r.m.error, false, 0);
-                return;
-            }
-            if (buf_len(c->in) >= w->lim.max_head) {
+            if (full) {
                 client_reject(c, NULL, 431, "request head too large", false, 0);
                 return;
             }
@@ -1374,6 +1578,152 @@ static void client_read_head(struct client *c)
 
 /* Parse the response head at the front of x->uin and queue the client head.
  * Returns 1 when done, 0 when more bytes are needed, -1 if x was ended. */
+/* Fields of an upstream head that go on to the client: not hop-by-hop
+ * (Upgrade is kept for a 101). */
+static void put_response_fields(struct http_hw *hw, const struct http_msg *m, bool tunnel)
+{
+    for (uint32_t i = 0; i < m->nheaders; i++) {
+        const struct http_header *h = &m->headers[i];
+        if (!(m->kinds[i] == HTTP_H_UPGRADE && tunnel) && is_hop_by_hop(m, i))
+            continue;
+        http_hw_field(hw, h->name, h->name_len, h->value, h->value_len);
+    }
+}
+
+/* Write a head into c->out through the writer: at its tail, or after
+ * compacting it. False if it cannot fit. */
+static bool out_write(struct buf *b, void (*put)(struct http_hw *, void *), void *arg)
+{
+    for (int pass = 0; pass < 2; pass++) {
+        if (!buf_len(b))
+            b->start = b->end = 0;
+        else if (pass)
+            buf_compact(b);
+        struct http_hw hw;
+        http_hw_init(&hw, buf_tail(b), buf_room(b));
+        put(&hw, arg);
+        if (!hw.overflow) {
+            b->end += (uint32_t)http_hw_len(&hw);
+            return true;
+        }
+    }
+    return false;
+}
+
+struct head_args {
+    struct exchange *x;
+    const struct http_response *r;
+    bool te_other;
+};
+
+static void put_interim(struct http_hw *hw, void *arg)
+{
+    const struct head_args *a = arg;
+    http_hw_status(hw, a->r->status, a->r->reason, a->r->reason_len);
+    put_response_fields(hw, &a->r->m, false);
+    http_hw_lit(hw, "\r\n");
+}
+
+/* Transfer-Encoding for the client: every coding of the upstream's, in
+ * order, and chunked last unless the framing is removed (HTTP/1.0). */
+static void put_te(struct http_hw *hw, const struct exchange *x, const struct http_msg *m)
+{
+    http_hw_lit(hw, "Transfer-Encoding: ");
+    bool first = true;
+    for (uint32_t i = 0; i < m->nheaders; i++) {
+        if (m->kinds[i] != HTTP_H_TRANSFER_ENCODING)
+            continue;
+        struct http_list it = { m->headers[i].value, m->headers[i].value + m->headers[i].value_len };
+        const char *e;
+        size_t n;
+        while (http_list_next(&it, &e, &n)) {
+            if (n == 7 && http_ieq(e, "chunked", 7))
+                continue;
+            if (!first)
+                http_hw_lit(hw, ", ");
+            http_hw_put(hw, e, n);
+            first = false;
+        }
+    }
+    if (x->resp_body == HTTP_BODY_CHUNKED && !x->dechunk) {
+        if (!first)
+            http_hw_lit(hw, ", ");
+        http_hw_lit(hw, "chunked");
+    }
+    http_hw_lit(hw, "\r\n");
+}
+
+static void put_final(struct http_hw *hw, void *arg)
+{
+    const struct head_args *a = arg;
+    const struct exchange *x = a->x;
+    const struct http_response *r = a->r;
+    const struct http_msg *m = &r->m;
+    http_hw_status(hw, r->status, r->reason, r->reason_len);
+    put_response_fields(hw, m, x->tunnel);
+    if (m->has_cl && !m->has_te && r->status >= 200 && r->status != 204) {
+        http_hw_lit(hw, "Content-Length: ");
+        http_hw_u64(hw, m->content_length);
+        http_hw_lit(hw, "\r\n");
+    }
+    if ((x->resp_body == HTTP_BODY_CHUNKED && !x->dechunk) ||
+        (a->te_other && x->resp_body != HTTP_BODY_NONE))
+        put_te(hw, x, m);
+    http_hw_lit(hw, "Via: 1.1 portico\r\n");
+    if (x->tunnel)
+        http_hw_lit(hw, "Connection: upgrade\r\n");
+    else if (!x->client_keep)
+        http_hw_lit(hw, "Connection: close\r\n");
+    else if (x->req_minor == 0)
+        http_hw_lit(hw, "Connection: keep-alive\r\n");
+    http_hw_lit(hw, "\r\n");
+}
+
+/* Whether the upstream's Transfer-Encoding has a coding besides chunked. */
+static bool te_other_than_chunked(const struct http_msg *m)
+{
+    for (uint32_t i = 0; m->has_te && i < m->nheaders; i++) {
+        if (m->kinds[i] != HTTP_H_TRANSFER_ENCODING)
+            continue;
+        struct http_list it = { m->headers[i].value, m->headers[i].value + m->headers[i].value_len };
+        const char *e;
+        size_t n;
+        while (http_list_next(&it, &e, &n))
+            if (!(n == 7 && http_ieq(e, "chunked", 7)))
+                return true;
+    }
+    return false;
+}
+
+/* A final response head has been parsed: decide the framing both ways. */
+static void response_framing(struct exchange *x, const struct http_response *r)
+{
+    struct worker *w = x->c->w;
+    const struct http_msg *m = &r->m;
+    x->status = r->status;
+    x->tunnel = r->status == 101;
+    x->upstream_us = now_us() - x->up_t0_us;
+    if (!x->upstream_us)
+        x->upstream_us = 1;
+    obs_upstream_time(w->obs, obs_upstream_index(x, x->route->upstream->index), x->upstream_us);
+    if (x->holding)
+        balance_report(x->group, x->server,
+                       !(r->status >= 500 && balance_fail_on_5xx(x->group)), loop_now(w->loop));
+    x->resp_body = (uint8_t)m->body;
+    x->resp_remaining = m->content_length;
+    x->upstream_keep = m->keep_alive && m->minor >= 1 && !x->tunnel;
+    http_chunked_init(&x->resp_ch);
+    if (x->resp_body != HTTP_BODY_CHUNKED)
+        x->dechunk = false;
+    if (x->resp_body == HTTP_BODY_CLOSE || x->dechunk || w->draining)
+        x->client_keep = false;
+    if (!x->req_done)
+        x->client_keep = false;     /* answered before the body ended */
+}
+
+/* Parse the response head at the front of x->uin and queue the client
+ * head: interim (1xx) heads go on to HTTP/1.1 clients as they come.
+ * Returns 1 when done, 0 when more bytes are needed, -1 if x was ended. */
 static int response_head(struct exchange *x)
 {
     struct client *c = x->c;
@@ -1390,95 +1740,44 @@ static int response_head(struct exchange *x)
             }
             return 0;
         }
-        if (n < 0) {
+        const char *bad = n < 0 ? r.m.error : NULL;
+        if (n > 0 && r.status == 101 && !x->upgrade)
+            bad = "101 to a request that did not ask to upgrade";
+        struct head_args a = { .x = x, .r = &r };
+        if (n > 0 && !bad)
+            a.te_other = te_other_than_chunked(&r.m);
+        if (a.te_other && x->req_minor == 0 && r.status >= 200)
+            bad = "a transfer coding an HTTP/1.0 client cannot take";
+        if (bad) {
             log_warn("upstream %s %s: bad response: %s", x->route->upstream->name,
-                     x->route->upstream->servers[x->server].addr.text, r.m.error);
+                     x->route->upstream->servers[x->server].addr.text, bad);
             attempt_end(x, true, false);
-            exchange_fail(x, 502, r.m.error);
+            exchange_fail(x, 502, bad);
             return -1;
         }
-        if (r.status >= 100 && r.status < 200 && !(r.status == 101 && x->upgrade)) {
-            buf_consume(x->uin, (size_t)n);     /* interim responses are not relayed */
-            continue;
-        }
-        const struct http_msg *m = &r.m;
         if (!ensure_buf(w, &c->out)) {
             exchange_fail(x, 502, "out of memory");
             return -1;
         }
-        x->status = r.status;
-        x->tunnel = r.status == 101;
-        x->upstream_us = now_us() - x->up_t0_us;
-        if (!x->upstream_us)
-            x->upstream_us = 1;
-        obs_upstream_time(w->obs, obs_upstream_index(x, x->route->upstream->index), x->upstream_us);
-        if (x->holding)
-            balance_report(x->group, x->server,
-                           !(r.status >= 500 && balance_fail_on_5xx(x->group)), loop_now(w->loop));
-        x->resp_body = (uint8_t)m->body;
-        x->resp_remaining = m->content_length;
-        x->upstream_keep = m->keep_alive && m->minor >= 1 && !x->tunnel;
-        http_chunked_init(&x->resp_ch);
-        if (x->resp_body != HTTP_BODY_CHUNKED)
-            x->dechunk = false;
-        if (x->resp_body == HTTP_BODY_CLOSE || x->dechunk)
-            x->client_keep = false;
-        if (w->draining)
-            x->client_keep = false;
-        if (!x->req_done)
-            x->client_keep = false;     /* answered before the body ended */
-
-        struct buf *b = c->out;
-        size_t need = 128 + r.reason_len;
-        for (uint32_t i = 0; i < m->nheaders; i++)
-            need += m->headers[i].name_len + m->headers[i].value_len + 4;
-        if (need > buf_room(b))
-            buf_compact(b);
-        if (need > buf_room(b)) {
+        if (r.status < 200 && r.status != 101) {
+            /* RFC 9110 15.2: relayed to HTTP/1.1 clients (103 Early Hints),
+             * never to HTTP/1.0 ones; a 100 only if we did not send ours */
+            if (x->req_minor >= 1 && !(r.status == 100 && x->sent_continue) &&
+                !out_write(c->out, put_interim, &a))
+                log_debug("interim %d response not relayed: no room", r.status);
+            buf_consume(x->uin, (size_t)n);
+            continue;
+        }
+        response_framing(x, &r);
+        if (!out_write(c->out, put_final, &a)) {
             exchange_fail(x, 502, "upstream response head too large");
             return -1;
         }
-        char *p = buf_tail(b);
-        p += PUTLIT(p, "HTTP/1.1 ");
-        *p++ = (char)('0' + r.status / 100);
-        *p++ = (char)('0' + r.status / 10 % 10);
-        *p++ = (char)('0' + r.status % 10);
-        *p++ = ' ';
-        p += put(p, r.reason, r.reason_len);
-        p += PUTLIT(p, "\r\n");
-        for (uint32_t i = 0; i < m->nheaders; i++) {
-            const struct http_header *h = &m->headers[i];
-            if (m->kinds[i] == HTTP_H_UPGRADE && x->tunnel) {
-                /* kept for 101 */
-            } else if (is_hop_by_hop(m, i)) {
-                continue;
-            }
-            p += put(p, h->name, h->name_len);
-            *p++ = ':';
-            *p++ = ' ';
-            p += put(p, h->value, h->value_len);
-            *p++ = '\r';
-            *p++ = '\n';
-        }
-        if (m->has_cl && !m->has_te && r.status >= 200 && r.status != 204) {
-            p += PUTLIT(p, "Content-Length: ");
-            p += fmt_u64(p, m->content_length);
-            p += PUTLIT(p, "\r\n");
-        }
-        if (x->resp_body == HTTP_BODY_CHUNKED && !x->dechunk)
-            p += PUTLIT(p, "Transfer-Encoding: chunked\r\n");
-        p += PUTLIT(p, "Via: 1.1 portico\r\n");
-        if (x->tunnel)
-            p += PUTLIT(p, "Connection: upgrade\r\n");
-        else if (!x->client_keep)
-            p += PUTLIT(p, "Connection: close\r\n");
-        else if (x->req_minor == 0)
-            p += PUTLIT(p, "Connection: keep-alive\r\n");
-        p += PUTLIT(p, "\r\n");
-        b->end = (uint32_t)(p - b->data);
         buf_consume(x->uin, (size_t)n);
         x->resp_head_done = true;
-        if (x->resp_body == HTTP_BODY_NONE)
+        /* RFC 9112 6.3: a message ends right after its head when its length is zero */
+        if (x->resp_body == HTTP_BODY_NONE ||
+            (x->resp_body == HTTP_BODY_LENGTH && x->resp_remaining == 0))
             x->resp_done = true;
         if (x->tunnel) {
             x->req_body = REQ_TUNNEL;
@@ -1486,6 +1785,9 @@ static int response_head(struct exchange *x)
             x->resp_body = HTTP_BODY_CLOSE;    /* bytes flow until either side closes */
             x->resp_done = false;
             x->client_keep = x->upstream_keep = false;
+            /* idle both ways is the tunnel's timeout, on the client's timer */
+            loop_timer_stop(w->loop, &x->u->timer);
+            loop_timer_arm(w->loop, &c->timer, x->conf->limits.tunnel_timeout);
         }
         /* the request head is no longer needed for a retry */
         if (x->uhead_sent >= buf_len(x->uhead)) {
@@ -1497,12 +1799,31 @@ static int response_head(struct exchange *x)
 }
 
 /* Frame newly arrived response body bytes: extend resp_fwd over them. */
+/* Re-frame chunked bytes at p (avail of them, ending at b's end) in place:
+ * the canonical output stays at p, unconsumed bytes move up behind it.
+ * Returns the output length, or -1. */
+static long reframe_in_place(struct http_chunked *ch, struct buf *b, char *p, size_t avail,
+                             bool strip, bool *progress)
+{
+    size_t out;
+    long n = http_chunked_reframe(ch, p, avail, strip, &out);
+    if (n < 0)
+        return -1;
+    if ((size_t)n != out) {
+        memmove(p + out, p + n, avail - (size_t)n);
+        b->end -= (uint32_t)((size_t)n - out);
+    }
+    *progress = n > 0;
+    return (long)out;
+}
+
+/* Frame newly arrived response body bytes: extend resp_fwd over them. */
 static bool frame_response(struct exchange *x)
 {
     struct buf *b = x->uin;
     while (!x->resp_done && x->resp_fwd < buf_len(b)) {
         size_t avail = buf_len(b) - x->resp_fwd;
-        const char *p = buf_head(b) + x->resp_fwd;
+        char *p = buf_head(b) + x->resp_fwd;
         switch (x->resp_body) {
         case HTTP_BODY_LENGTH: {
             size_t n = avail < x->resp_remaining ? avail : (size_t)x->resp_remaining;
@@ -1516,31 +1837,18 @@ static bool frame_response(struct exchange *x)
             x->resp_fwd += (uint32_t)avail;
             break;
         case HTTP_BODY_CHUNKED: {
-            size_t off, dlen;
-            long n = http_chunked_feed(&x->resp_ch, p, avail, &off, &dlen);
-            if (n < 0) {
+            bool progress;
+            long out = reframe_in_place(&x->resp_ch, b, p, avail, x->dechunk, &progress);
+            if (out < 0) {
                 log_warn("upstream %s %s: invalid chunked body", x->route->upstream->name,
                          x->route->upstream->servers[x->server].addr.text);
                 return false;
             }
-            if (x->dechunk) {
-                /* drop the framing in place: move the data span down */
-                if (off)
-                    memmove((char *)p, p + off, dlen);
-                size_t drop = (size_t)n - dlen;
-                if (drop) {
-                    /* remove `drop` bytes after the kept data */
-                    char *from = (char *)p + dlen + drop;
-                    size_t rest = (size_t)(buf_tail(b) - from);
-                    memmove((char *)p + dlen, from, rest);
-                    b->end -= (uint32_t)drop;
-                }
-                x->resp_fwd += (uint32_t)dlen;
-            } else {
-                x->resp_fwd += (uint32_t)n;
-            }
+            x->resp_fwd += (uint32_t)out;
             if (http_chunked_done(&x->resp_ch))
                 x->resp_done = true;
+            else if (!progress)
+                return true;        /* a size or trailer line has not arrived whole */
             break;
         }
         default:
@@ -1553,6 +1861,8 @@ static bool frame_response(struct exchange *x)
 }
 
 /* Validate newly arrived request body bytes: extend req_fwd over them. */
+/* Validate newly arrived request body bytes: extend req_fwd over them.
+ * Chunked bodies are re-framed in canonical form. 0, or a status (400, 413). */
 static int frame_request(struct exchange *x)
 {
     struct client *c = x->c;
@@ -1570,15 +1880,18 @@ static int frame_request(struct exchange *x)
             break;
         }
         case HTTP_BODY_CHUNKED: {
-            size_t off, dlen;
-            long n = http_chunked_feed(&x->req_ch, buf_head(b) + x->req_fwd, avail, &off, &dlen);
-            if (n < 0)
+            bool progress;
+            long out = reframe_in_place(&x->req_ch, b, buf_head(b) + x->req_fwd, avail, false,
+                                        &progress);
+            if (out < 0)
                 return 400;
-            x->req_fwd += (uint32_t)n;
+            x->req_fwd += (uint32_t)out;
             if (x->req_ch.total > x->conf->limits.max_body)
                 return 413;
             if (http_chunked_done(&x->req_ch))
                 x->req_done = true;
+            else if (!progress)
+                goto out;           /* a size or trailer line has not arrived whole */
             break;
         }
         case REQ_TUNNEL:
@@ -1588,39 +1901,45 @@ static int frame_request(struct exchange *x)
             x->req_done = true;
         }
     }
+out:
     x->bytes_in += x->req_fwd - before;    /* body bytes, for the access log */
     return 0;
 }
 
 /* Finish an exchange whose response has been fully written. */
+/* Finish an exchange whose response has been fully written. The upstream
+ * connection is pooled only when it holds no unread byte; the client
+ * waits for its next request (client_drive() reads it), or is closed
+ * with a lingering close. */
 static void exchange_finish(struct exchange *x)
 {
     struct client *c = x->c;
     struct worker *w = c->w;
     bool keep = x->client_keep && !w->draining;
     bool ukeep = x->upstream_keep && x->resp_done && x->req_sent && x->resp_fwd == 0 &&
-                 x->uin && buf_len(x->uin) == 0;
+                 x->uin && buf_len(x->uin) == 0 && x->u && uconn_drained(x->u, !x->u->readable);
     exchange_free(x, ukeep);
     if (!keep) {
-        client_close(c);
+        client_linger(c);
         return;
     }
     c->state = C_IDLE;
+    c->seq++;
     loop_timer_arm(w->loop, &c->timer, w->conf->limits.idle_timeout);
     release_if_empty(w, &c->in);
-    /* a pipelined request may already be waiting in c->in */
-    if (c->in || c->readable)
-        client_read_head(c);
 }
 
 /* The exchange cannot go on. Before the response head: answer `status`.
  * After it: the client's response is cut, so close. */
+/* The exchange cannot go on. Before the response head: answer `status`.
+ * After it: the client's response is cut, so end the connection so that
+ * it cannot look complete. x is freed either way. */
 static void exchange_fail(struct exchange *x, int status, const char *why)
 {
     struct client *c = x->c;
     if (x->resp_head_done || x->tunnel) {
         log_warn("exchange aborted after response head: %s", why);
-        client_close(c);
+        client_abort(c);
         return;
     }
     if (status >= 500)
@@ -1646,10 +1965,8 @@ static void exchange_pump(struct exchange *x)
             }
             if (n > 0) {
                 progress = true;
-                if (!x->tunnel)
-                    loop_timer_arm(w->loop, &c->timer, x->conf->limits.body_timeout);
-                else
-                    loop_timer_arm(w->loop, &c->timer, x->conf->limits.idle_timeout);
+                loop_timer_arm(w->loop, &c->timer, x->tunnel ? x->conf->limits.tunnel_timeout
+                                                             : x->conf->limits.body_timeout);
             } else if (n == 0 || n == -2) {
                 if (x->tunnel) {
                     /* half-close: pass it on, keep relaying the other way */
@@ -1737,10 +2054,14 @@ static void exchange_pump(struct exchange *x)
                     progress = true;
                 }
             }
-            if (x->uhead && x->uhead_sent >= buf_len(x->uhead) && x->req_done && x->req_fwd == 0 &&
-                x->req_body != REQ_TUNNEL) {
+            bool head_sent = x->uhead && x->uhead_sent >= buf_len(x->uhead);
+            if (head_sent && x->req_done && x->req_fwd == 0 && x->req_body != REQ_TUNNEL) {
                 x->req_sent = true;
                 loop_timer_arm(w->loop, &u->timer, x->route->upstream->response_timeout);
+            } else if (head_sent && !x->req_done && x->req_fwd == 0 && !x->resp_head_done) {
+                /* everything we have is sent: we wait on the client, whose
+                 * pace body_timeout governs, not the upstream's timer */
+                loop_timer_stop(w->loop, &u->timer);
             }
         } else if (x->tunnel && u && u->writable && x->req_fwd) {
             ssize_t wr = write(u->io.fd, buf_head(c->in), x->req_fwd);
@@ -1748,6 +2069,7 @@ static void exchange_pump(struct exchange *x)
                 buf_consume(c->in, (size_t)wr);
                 x->req_fwd -= (uint32_t)wr;
                 progress = true;
+                loop_timer_arm(w->loop, &c->timer, x->conf->limits.tunnel_timeout);
                 if (!x->req_fwd && x->client_eof)
                     shutdown(u->io.fd, SHUT_WR);
             } else if (wr < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
@@ -1767,17 +2089,23 @@ static void exchange_pump(struct exchange *x)
                 exchange_fail(x, 502, "out of memory");
                 return;
             }
-            if (buf_room(x->uin) == 0 && x->uin->start > 0 && x->resp_fwd == buf_len(x->uin))
+            /* compact when all is ready for the client or the window has
+                 * moved far: a partial chunk line at the end must get room */
+            if (buf_room(x->uin) == 0 && x->uin->start > 0 &&
+                (x->resp_fwd == buf_len(x->uin) || x->uin->start >= x->uin->cap / 2))
                 buf_compact(x->uin);
             if (buf_room(x->uin) || x->uin->start) {
                 ssize_t n = read_into(u->io.fd, x->uin, &u->readable, u->hup);
                 if (n > 0) {
                     progress = true;
-                    loop_timer_arm(w->loop, &u->timer, x->route->upstream->response_timeout);
+                    if (x->tunnel)
+                        loop_timer_arm(w->loop, &c->timer, x->conf->limits.tunnel_timeout);
+                    else
+                        loop_timer_arm(w->loop, &u->timer, x->route->upstream->response_timeout);
                 } else if (n == 0 || n == -2) {
                     bool nothing = !x->resp_head_done && buf_len(x->uin) == 0;
                     bool stale = nothing && u->reused && !x->body_started && !x->stale_retried;
-                    if (x->resp_head_done && x->resp_body == HTTP_BODY_CLOSE) {
+                    if (x->resp_head_done && x->resp_body == HTTP_BODY_CLOSE && n == 0) {
                         uconn_close(u);
                         x->resp_done = true;
                         progress = true;
@@ -1792,13 +2120,16 @@ static void exchange_pump(struct exchange *x)
                         attempt_failed(x, n == 0 ? "closed before responding" : "connection reset",
                                        502, x->idempotent);
                         return;
-                    } else {
+                    } else if (x->tunnel) {
                         uconn_close(u);
-                        /* cut mid-body: flush what we have, then close */
-                        x->client_keep = false;
                         x->resp_done = true;
-                        x->upstream_keep = false;
                         progress = true;
+                    } else {
+                        /* cut mid-body (or reset): the client's message must
+                         * not look complete either */
+                        exchange_fail(x, 502, n == 0 ? "upstream closed mid-body"
+                                                     : "upstream reset mid-body");
+                        return;
                     }
                 }
             }
@@ -1813,9 +2144,8 @@ static void exchange_pump(struct exchange *x)
                 progress = true;
         }
         if (x->resp_head_done && x->uin && !frame_response(x)) {
-            x->client_keep = false;
-            x->upstream_keep = false;
-            x->resp_done = true;
+            exchange_fail(x, 502, "invalid chunked response body");
+            return;
         }
 
         /* 5. portico -> client */
@@ -1827,9 +2157,15 @@ static void exchange_pump(struct exchange *x)
                 progress = true;
         }
         if (x->resp_done && x->resp_head_done && x->resp_fwd == 0 && !c->out && x->c == c) {
-            if (x->tunnel || !x->req_done) {
-                /* tunnel ended upstream side, or the server answered early */
-                client_close(c);
+            if (x->tunnel) {
+                client_close(c);        /* the tunnel ended upstream side */
+                return;
+            }
+            if (!x->req_done) {
+                /* the server answered before the body ended: stop reading
+                 * it, but lingering, so the response is not reset away */
+                x->status = x->status ? x->status : 502;
+                client_linger(c);
                 return;
             }
             exchange_finish(x);
@@ -1844,25 +2180,62 @@ static void exchange_pump(struct exchange *x)
 
 /* ---------------------------------------------------------------- client events */
 
+/* Requests one connection may have served in one go before others get a
+ * turn: the rest of its pipeline waits for the next loop iteration. */
+#define PIPELINE_BATCH 16
+
+static void client_defer(struct client *c)
+{
+    struct worker *w = c->w;
+    if (c->deferred)
+        return;
+    c->deferred = true;
+    c->next_ready = w->ready;
+    w->ready = c;
+    loop_pending(w->loop);
+}
+
+/* Drive a client connection as far as it can go: the only loop over its
+ * states. Handlers set the next state and return here; none calls into the
+ * next request (pipelined requests are served by iteration, never by
+ * recursion, and at most PIPELINE_BATCH in a row). */
 static void client_drive(struct client *c)
 {
-    switch (c->state) {
-    case C_IDLE:
-    case C_HEAD:
-        client_read_head(c);
-        break;
-    case C_EXCHANGE:
-        exchange_pump(c->x);
-        break;
-    case C_CLOSING:
-        if (!client_flush(c))
+    struct worker *w = c->w;
+    for (unsigned turn = 0; c->io.fd >= 0; turn++) {
+        uint8_t st = c->state;
+        struct exchange *x = c->x;
+        uint32_t seq = c->seq;
+        switch (st) {
+        case C_IDLE:
+        case C_HEAD:
+            if (c->out) {
+                /* the previous answer is written before the next request
+                 * is read: a client that does not read stops being served */
+                if (!client_flush(c) || c->out)
+                    return;
+                loop_timer_arm(w->loop, &c->timer, st == C_IDLE ? w->conf->limits.idle_timeout
+                                                                : w->conf->limits.header_timeout);
+            }
+            if (turn >= PIPELINE_BATCH && c->in && buf_len(c->in)) {
+                client_defer(c);
+                return;
+            }
+            client_read_head(c);
+            break;
+        case C_EXCHANGE:
+            exchange_pump(x);
+            break;
+        case C_CLOSING:
+            if (client_flush(c) && !c->out)
+                client_linger(c);
             return;
-        if (!c->out)
+        case C_LINGER:
             client_linger(c);
-        break;
-    case C_LINGER:
-        client_linger(c);
-        break;
+            return;
+        }
+        if (c->state == st && c->x == x && c->seq == seq)
+            return;
     }
 }
 
@@ -1884,24 +2257,54 @@ static void client_io(struct loop *l, struct loop_io *io, unsigned ev)
     client_drive(c);
 }
 
+static void listener_accept(struct listener *ls);
+
+/* accept() ran out of descriptors or memory: the listener is
+ * edge-triggered, so nothing would call it again until the next arrival.
+ * Try every listener again in a moment. */
+static void accept_retry(struct loop *l, struct loop_timer *t)
+{
+    (void)l;
+    struct worker *w = container_of(t, struct worker, accept_timer);
+    for (uint32_t i = 0; i < w->nlisteners; i++)
+        if (w->listeners[i] && w->listeners[i]->io.fd >= 0)
+            listener_accept(w->listeners[i]);
+}
+
 static void listener_io(struct loop *l, struct loop_io *io, unsigned ev)
 {
+    (void)l;
     (void)ev;
     struct listener *ls = container_of(io, struct listener, io);
-    struct worker *w = ls->w;
     if (io->fd < 0)
         return;                 /* retired earlier in this batch */
+    listener_accept(ls);
+}
+
+static void listener_accept(struct listener *ls)
+{
+    struct worker *w = ls->w;
+    struct loop *l = w->loop;
     /* Edge-triggered: accept until the queue is empty, or connections that
      * arrived in the same burst would wait for the next one. */
     while (!w->draining) {
         struct client tmp;
         socklen_t alen = sizeof tmp.peer;
-        int fd = accept4(io->fd, &tmp.peer.sa, &alen, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        int fd = accept4(ls->io.fd, &tmp.peer.sa, &alen, SOCK_NONBLOCK | SOCK_CLOEXEC);
         if (fd < 0) {
             if (errno == EINTR || errno == ECONNABORTED)
                 continue;
-            if (errno != EAGAIN && errno != EWOULDBLOCK)
-                log_warn("accept: %s", strerror(errno));
+            if (errno == EAGAIN || errno == EWOULDBLOCK)
+                return;
+            if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) {
+                if (!loop_timer_armed(&w->accept_timer)) {
+                    log_warn("accept: %s; retrying in 100ms", strerror(errno));
+                    obs_add(&w->obs->rejected, 1);
+                    loop_timer_arm(l, &w->accept_timer, 100);
+                }
+                return;
+            }
+            log_warn("accept: %s", strerror(errno));
             return;
         }
         unsigned n = atomic_fetch_add_explicit(&w->p->nconns, 1, memory_order_relaxed);
@@ -1946,18 +2349,44 @@ static void listener_io(struct loop *l, struct loop_io *io, unsigned ev)
 
 /* ---------------------------------------------------------------- listeners */
 
-static int open_listener(const struct conf_addr *a, char *err, size_t errlen)
+static bool any_v6(const struct conf_addr *a)
 {
+    const struct sockaddr_in6 *s6 = (const struct sockaddr_in6 *)&a->ss;
+    return a->ss.ss_family == AF_INET6 && IN6_IS_ADDR_UNSPECIFIED(&s6->sin6_addr);
+}
+
+/* A listening socket for a. Ours share each address with SO_REUSEPORT
+ * (one per worker); with `probe`, first make sure that no other process
+ * serves it, since SO_REUSEPORT would silently share its traffic: a socket
+ * without SO_REUSEPORT cannot bind where anyone listens. "[::]" and "*"
+ * take IPv4 too (dual-stack). */
+static int open_listener(const struct conf_addr *a, bool probe, char *err, size_t errlen)
+{
+    int one = 1, v6only = any_v6(a) ? 0 : 1;
+    if (probe) {
+        int pfd = socket(a->ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        if (pfd >= 0) {
+            setsockopt(pfd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+            if (a->ss.ss_family == AF_INET6)
+                setsockopt(pfd, IPPROTO_IPV6, IPV6_V6ONLY, &v6only, sizeof v6only);
+            int rc = bind(pfd, (const struct sockaddr *)&a->ss, a->len);
+            int e = errno;
+            close(pfd);
+            if (rc < 0 && e == EADDRINUSE) {
+                snprintf(err, errlen, "listen %s: %s", a->text, strerror(e));
+                return -1;
+            }
+        }
+    }
     int fd = socket(a->ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (fd < 0) {
         snprintf(err, errlen, "listen %s: socket: %s", a->text, strerror(errno));
         return -1;
     }
-    int one = 1;
     setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
     setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one);
     if (a->ss.ss_family == AF_INET6)
-        setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof one);
+        setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &v6only, sizeof v6only);
     if (bind(fd, (const struct sockaddr *)&a->ss, a->len) < 0 || listen(fd, 4096) < 0) {
         snprintf(err, errlen, "listen %s: %s", a->text, strerror(errno));
         close(fd);
@@ -2128,7 +2557,7 @@ static struct proxy_gen *gen_new(struct conf *conf, const struct proxy_gen *old,
         if (old && conf_listens_on(old->conf, &conf->listen[a]))
             continue;
         for (uint32_t w = 0; w < nworkers; w++) {
-            int fd = open_listener(&conf->listen[a], err, errlen);
+            int fd = open_listener(&conf->listen[a], w == 0, err, errlen);
             if (fd < 0)
                 goto fail;
             g->lfd[(size_t)w * conf->nlisten + a] = fd;
@@ -2320,7 +2749,7 @@ static bool worker_adopt(struct worker *w, struct proxy_gen *g)
             /* the address is new to this worker but not to the generation
              * before g (this worker missed it): bind here */
             char err[256];
-            fd = open_listener(a, err, sizeof err);
+            fd = open_listener(a, false, err, sizeof err);
             if (fd < 0) {
                 log_error("worker %u: %s", w->id, err);
                 continue;
@@ -2378,6 +2807,17 @@ static bool worker_adopt(struct worker *w, struct proxy_gen *g)
 static void worker_reap(struct loop *l, void *arg)
 {
     struct worker *w = arg;
+    w->iter++;
+    /* connections whose pipelined requests were deferred: their turn */
+    struct client *ready = w->ready;
+    w->ready = NULL;
+    while (ready) {
+        struct client *c = ready;
+        ready = c->next_ready;
+        c->deferred = false;
+        if (c->io.fd >= 0)
+            client_drive(c);
+    }
     if (w->audit.len)
         obs_alog_flush(&w->audit);
     while (w->dead_clients) {
@@ -2491,6 +2931,7 @@ static void worker_free(struct worker *w)
     free(w->listeners);
     free(w->hdrs);
     free(w->kinds);
+    free(w->npath);
     loop_free(w->loop);
 }
 
@@ -2515,6 +2956,20 @@ static bool worker_init(struct proxy *p, struct worker *w, uint32_t id, char *er
     if (getrandom(&w->reqid_seed, sizeof w->reqid_seed, 0) != sizeof w->reqid_seed)
         w->reqid_seed = (uint64_t)loop_clock_ms() * 0x9e3779b97f4a7c15ull + id;
     w->alog_timer.cb = alog_timeout;
+    w->accept_timer.cb = accept_retry;
+    if (!(w->npath = malloc(p->bufsize))) {
+        snprintf(err, errlen, "out of memory");
+        return false;
+    }
+    /* a timer per connection each way, reserved now: arming one later never
+     * needs memory (descriptors bound the connections there can be) */
+    uint64_t ntimers = 2ull * p->gen->conf->limits.max_connections + 64;
+    if (ntimers > p->maxfd + 64)
+        ntimers = p->maxfd + 64;
+    if (loop_reserve_timers(w->loop, (uint32_t)ntimers) < 0) {
+        snprintf(err, errlen, "out of memory for %llu timers", (unsigned long long)ntimers);
+        return false;
+    }
     loop_set_before_sleep(w->loop, worker_reap, w);
     loop_set_wake(w->loop, worker_wake, w);
     if (!worker_adopt(w, p->gen)) {
@@ -2541,6 +2996,29 @@ static void proxy_free(struct proxy *p)
     free(p);
 }
 
+/* Every connection is a descriptor, and a proxied one two: raise the
+ * soft limit towards what max_connections needs, or say that it cannot. */
+static uint64_t raise_fd_limit(const struct conf *c)
+{
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) < 0)
+        return 1024;
+    uint64_t need = 2ull * c->limits.max_connections +
+                    (uint64_t)c->workers * (c->nlisten + 8) + 256;
+    if (rl.rlim_cur < need) {
+        struct rlimit nl = rl;
+        nl.rlim_cur = rl.rlim_max == RLIM_INFINITY || rl.rlim_max >= need ? need : rl.rlim_max;
+        if (setrlimit(RLIMIT_NOFILE, &nl) == 0)
+            rl = nl;
+        if (rl.rlim_cur < c->limits.max_connections + 64ull)
+            log_warn("open files limit %llu is below the %llu that limits.max_connections %u "
+                     "needs; raise it (LimitNOFILE=, ulimit -n) or lower max_connections",
+                     (unsigned long long)rl.rlim_cur, (unsigned long long)need,
+                     c->limits.max_connections);
+    }
+    return rl.rlim_cur;
+}
+
 struct proxy *proxy_start(struct conf *conf, char *err, size_t errlen)
 {
     struct proxy *p = calloc(1, sizeof *p);
@@ -2552,6 +3030,7 @@ struct proxy *proxy_start(struct conf *conf, char *err, size_t errlen)
     pthread_mutex_init(&p->reload_mu, NULL);
     p->nworkers = conf->workers;
     p->bufsize = bufsize_for(conf);
+    p->maxfd = raise_fd_limit(conf);
     p->gen = gen_new(conf, NULL, p->nworkers, 1, err, errlen);
     p->workers = calloc(p->nworkers, sizeof *p->workers);
     if (!p->gen || !p->workers) {

@@ -114,11 +114,18 @@ def test_x_forwarded_for_created(proxy):
     assert hdr_values(h, "X-Forwarded-For") == ["127.0.0.1"]
 
 
-def test_x_forwarded_for_appended(proxy):
-    h = proxy.get("/echo", headers=[("X-Forwarded-For", "203.0.113.7, 198.51.100.2")]).json()["headers"]
+def test_x_forwarded_for_appended_from_a_trusted_proxy(make_proxy):
+    p = make_proxy(extra='trusted_proxies: [ "127.0.0.1" ]')
+    h = p.get("/echo", headers=[("X-Forwarded-For", "203.0.113.7, 198.51.100.2")]).json()["headers"]
     xff = ", ".join(hdr_values(h, "X-Forwarded-For"))
     parts = [p.strip() for p in xff.split(",")]
     assert parts == ["203.0.113.7", "198.51.100.2", "127.0.0.1"], xff
+
+
+def test_x_forwarded_for_replaced_from_anyone_else(proxy):
+    """Without trusted_proxies a client's X-Forwarded-For is not believed."""
+    h = proxy.get("/echo", headers=[("X-Forwarded-For", "203.0.113.7, 198.51.100.2")]).json()["headers"]
+    assert hdr_values(h, "X-Forwarded-For") == ["127.0.0.1"]
 
 
 def test_x_forwarded_proto_and_host(proxy):
