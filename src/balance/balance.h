@@ -196,14 +196,18 @@ uint64_t balance_server_changes(const struct balance_group *g, int server);
  * 2xx when unset) is a success, anything else (refused, timeout, reset, other
  * status, malformed) a failure. `fall` failures in a row mark the server down,
  * `rise` successes in a row mark it up again; transitions are logged and
- * counted. The first check of each server starts at once.
+ * counted. The first check of each server starts at once, unless a
+ * balance_health_stop(true) kept its counts and schedule: a server of the
+ * same group name and address then goes on where it was (reloads).
  * The array is copied; the groups must outlive balance_health_stop().
  * Returns 0, -EALREADY if it is running, or -errno. Call from one thread. */
 int balance_health_start(struct balance_group *const *groups, size_t n);
 
 /* Stop the checker and wait for its thread (returns within a few ms: the
- * thread sleeps in poll() on an eventfd). Idempotent. On reload: stop, swap
- * the groups, start again with the new ones. */
-void balance_health_stop(void);
+ * thread sleeps in poll() on an eventfd). Idempotent. On reload: stop with
+ * `keep` (each check's counts and schedule are kept for the next start),
+ * swap the groups, start again with the new ones; without `keep` what was
+ * kept is forgotten. */
+void balance_health_stop(bool keep);
 
 #endif

@@ -47,8 +47,21 @@ struct check {
     size_t got;
 };
 
+/* What a check knows that a reload must not forget: kept by
+ * balance_health_stop() for the next start, matched by group name and
+ * server address, so that frequent reloads neither reset the counts (a dead
+ * server that never reaches `fall`) nor make every check due at once. */
+struct carry {
+    char *group;
+    struct conf_addr addr;
+    uint32_t oks, fails;
+    uint64_t due;
+};
+
 static struct {
     pthread_mutex_t mu;     /* serialises start and stop */
+    struct carry *carry;    /* from the last stop */
+    size_t ncarry;
     bool running;
     pthread_t thread;
     int efd;
@@ -248,6 +261,51 @@ static void *run(void *arg)
     return NULL;
 }
 
+static void carry_free(void)
+{
+    for (size_t i = 0; i < H.ncarry; i++)
+        free(H.carry[i].group);
+    free(H.carry);
+    H.carry = NULL;
+    H.ncarry = 0;
+}
+
+/* Keep each check's counts and schedule (a check in flight is due again
+ * at once). Without memory nothing is kept: the next start begins afresh. */
+static void carry_save(void)
+{
+    carry_free();
+    if (!H.n || !(H.carry = calloc(H.n, sizeof *H.carry)))
+        return;
+    uint64_t now = loop_clock_ms();
+    for (size_t i = 0; i < H.n; i++) {
+        const struct check *c = &H.checks[i];
+        struct carry *k = &H.carry[H.ncarry];
+        if (!(k->group = strdup(c->g->name)))
+            continue;
+        k->addr = c->g->sc[c->s].addr;
+        k->oks = c->oks;
+        k->fails = c->fails;
+        k->due = c->phase == IDLE ? c->due : now;
+        H.ncarry++;
+    }
+}
+
+static void carry_load(struct check *c, uint64_t now)
+{
+    const struct conf_addr *a = &c->g->sc[c->s].addr;
+    for (size_t i = 0; i < H.ncarry; i++) {
+        const struct carry *k = &H.carry[i];
+        if (strcmp(k->group, c->g->name) || !conf_addr_equal(&k->addr, a))
+            continue;
+        c->oks = k->oks;
+        c->fails = k->fails;
+        /* the same schedule, within the (maybe new) interval */
+        c->due = k->due < now + c->g->health.interval ? k->due : now + c->g->health.interval;
+        return;
+    }
+}
+
 static void release(void)
 {
     for (size_t i = 0; i < H.n; i++)
@@ -297,6 +355,7 @@ int balance_health_start(struct balance_group *const *groups, size_t ngroups)
             c->fd = -1;
             c->phase = IDLE;
             c->due = now;
+            carry_load(c, now);
             int len = snprintf(c->req, sizeof c->req,
                                "GET %s HTTP/1.1\r\nHost: %s\r\nUser-Agent: portico-health\r\n"
                                "Connection: close\r\n\r\n", g->health.path, g->sc[s].addr.text);
@@ -322,10 +381,12 @@ fail:
     return rc;
 }
 
-void balance_health_stop(void)
+void balance_health_stop(bool keep)
 {
     pthread_mutex_lock(&H.mu);
     if (!H.running) {
+        if (!keep)
+            carry_free();
         pthread_mutex_unlock(&H.mu);
         return;
     }
@@ -335,6 +396,10 @@ void balance_health_stop(void)
         (void)w;
         pthread_join(H.thread, NULL);
     }
+    if (keep)
+        carry_save();
+    else
+        carry_free();
     release();
     H.running = false;
     pthread_mutex_unlock(&H.mu);

@@ -3078,7 +3078,7 @@ void proxy_wait(struct proxy *p)
 {
     for (uint32_t i = 0; i < p->nworkers; i++)
         pthread_join(p->workers[i].thread, NULL);
-    balance_health_stop();
+    balance_health_stop(false);
     proxy_free(p);
 }
 
@@ -3119,8 +3119,9 @@ static int reload_locked(struct proxy *p, char *err, size_t errlen)
     pthread_mutex_lock(&p->mu);
     p->gen = g;
     pthread_mutex_unlock(&p->mu);
-    /* the checker must let go of old's groups before old can be freed */
-    balance_health_stop();
+    /* the checker must let go of old's groups before old can be freed; it
+     * keeps each server's counts and schedule for the new ones */
+    balance_health_stop(true);
     int hrc = balance_health_start(g->groups, g->conf->nupstreams);
     if (hrc < 0)
         log_error("health checks not restarted: %s", strerror(-hrc));

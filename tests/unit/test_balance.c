@@ -800,9 +800,9 @@ static void health_checker_marks_down_and_up(void **state)
 
     /* stopping is prompt */
     uint64_t t0 = now_ms();
-    balance_health_stop();
+    balance_health_stop(false);
     assert_true(now_ms() - t0 < 50);
-    balance_health_stop();              /* idempotent */
+    balance_health_stop(false);              /* idempotent */
     int before = atomic_load(&m.requests);
     sleep_ms(2 * interval);
     assert_int_equal(atomic_load(&m.requests), before);
@@ -840,7 +840,7 @@ static void health_checker_expect_list_and_timeout(void **state)
     /* 204 is not in expect [200]; the mute one times out */
     assert_true(wait_state(g, 0, true, 500) >= 0);
     assert_true(wait_state(g, 1, true, 500) >= 0);
-    balance_health_stop();
+    balance_health_stop(false);
     balance_group_free(g);
 
     u->health.nexpect = 0;      /* default: any 2xx */
@@ -849,11 +849,51 @@ static void health_checker_expect_list_and_timeout(void **state)
     assert_int_equal(balance_health_start(&g, 1), 0);
     assert_true(wait_state(g, 0, false, 500) >= 0);
     uint64_t t0 = now_ms();
-    balance_health_stop();          /* interval 60s: stop must not wait for it */
+    balance_health_stop(false);          /* interval 60s: stop must not wait for it */
     assert_true(now_ms() - t0 < 50);
     balance_group_free(g);
     upstream_free(u);
     close(mute);
+    mini_server_stop(&m);
+}
+
+/* A reload stops and starts the checker: each server's counts and schedule
+ * go on where they were (by group name and address), so frequent reloads
+ * neither keep a dead server up nor burst checks. */
+static void health_checker_carries_across_restarts(void **state)
+{
+    (void)state;
+    struct mini_server m;
+    mini_server_start(&m);
+    atomic_store(&m.status, 500);
+    struct conf_upstream *u = upstream(CONF_BALANCE_WEIGHTED, 1, (struct spec[]){ { .port = m.port } });
+    u->health = (struct conf_health){ .enabled = true, .path = "/health", .interval = 400,
+                                      .timeout = 200, .rise = 1, .fall = 3 };
+    struct balance_group *g = group(u);
+    assert_int_equal(balance_health_start(&g, 1), 0);
+    uint64_t t0 = now_ms();
+    while (atomic_load(&m.requests) < 2 && now_ms() - t0 < 2000)
+        sleep_ms(5);
+    assert_int_equal(atomic_load(&m.requests), 2);     /* two failures: still up */
+    assert_int_equal(balance_server_state(g, 0, now_ms()), BALANCE_UP);
+    for (int reload = 0; reload < 3; reload++) {        /* three quick reloads */
+        balance_health_stop(true);
+        struct balance_group *g2 = group(u);
+        balance_group_inherit(g2, g);
+        balance_group_free(g);
+        g = g2;
+        assert_int_equal(balance_health_start(&g, 1), 0);
+        sleep_ms(20);
+    }
+    /* no check was made by the restarts themselves */
+    assert_int_equal(atomic_load(&m.requests), 2);
+    /* the third failure, on the old schedule, takes it down */
+    long t = wait_state(g, 0, true, 1000);
+    assert_true(t >= 0);
+    assert_int_equal(atomic_load(&m.requests), 3);
+    balance_health_stop(false);
+    balance_group_free(g);
+    upstream_free(u);
     mini_server_stop(&m);
 }
 
@@ -1059,6 +1099,7 @@ int main(void)
         cmocka_unit_test(slow_start_ramps_weight_linearly),
         cmocka_unit_test(health_checker_marks_down_and_up),
         cmocka_unit_test(health_checker_expect_list_and_timeout),
+        cmocka_unit_test(health_checker_carries_across_restarts),
         cmocka_unit_test(cookie_value),
         cmocka_unit_test(conf_upstream_keys),
         cmocka_unit_test(conf_upstream_errors),
