@@ -18,6 +18,7 @@ struct loop {
     bool stop;
     bool pending;               /* loop_pending(): do not sleep next time */
     uint64_t now;
+    uint64_t skew;              /* loop_advance(): ms added to the clock (tests) */
     struct loop_timer **heap;
     uint32_t nheap, capheap;
     struct loop_io wake_io;
@@ -196,8 +197,9 @@ static int next_timeout(struct loop *l)
     return -1;
 }
 
-static void run_timers(struct loop *l)
+static int run_timers(struct loop *l)
 {
+    int fired = 0;
     while (l->nheap) {
         struct loop_timer *t = l->heap[0];
         if (t->key > l->now)
@@ -211,7 +213,9 @@ static void run_timers(struct loop *l)
         }
         t->deadline = 0;
         t->cb(l, t);
+        fired++;
     }
+    return fired;
 }
 
 void loop_set_before_sleep(struct loop *l, void (*cb)(struct loop *, void *), void *arg)
@@ -249,35 +253,59 @@ int loop_reserve_timers(struct loop *l, uint32_t n)
     return 0;
 }
 
-int loop_run(struct loop *l)
+/* One iteration: before_sleep, wait for events (at most max_ms when >= 0),
+ * dispatch them, run due timers. Returns events + timers handled (+1 when
+ * work was deferred to this iteration), or -errno. */
+static int loop_iterate(struct loop *l, int max_ms)
 {
     struct epoll_event evs[LOOP_BATCH];
+    if (l->before_sleep)
+        l->before_sleep(l, l->before_sleep_arg);
+    if (l->stop)
+        return 0;
+    int timeout = next_timeout(l);
+    if (max_ms >= 0 && (timeout < 0 || timeout > max_ms))
+        timeout = max_ms;
+    bool pending = l->pending;
+    if (pending) {
+        timeout = 0;            /* work was deferred to this iteration */
+        l->pending = false;
+    }
+    int n = epoll_wait(l->epfd, evs, LOOP_BATCH, timeout);
+    l->now = loop_clock_ms() + l->skew;
+    if (n < 0 && errno != EINTR)
+        return -errno;
+    for (int i = 0; i < n; i++) {
+        struct loop_io *io = evs[i].data.ptr;
+        unsigned e = 0;
+        if (evs[i].events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR))
+            e |= LOOP_READ;
+        if (evs[i].events & (EPOLLOUT | EPOLLHUP | EPOLLERR))
+            e |= LOOP_WRITE;
+        if (evs[i].events & (EPOLLRDHUP | EPOLLHUP | EPOLLERR))
+            e |= LOOP_HUP;
+        io->cb(l, io, e);
+    }
+    return (n > 0 ? n : 0) + run_timers(l) + pending;
+}
+
+int loop_run(struct loop *l)
+{
     while (!l->stop) {
-        if (l->before_sleep)
-            l->before_sleep(l, l->before_sleep_arg);
-        if (l->stop)
-            break;
-        int timeout = next_timeout(l);
-        if (l->pending) {
-            timeout = 0;        /* work was deferred to this iteration */
-            l->pending = false;
-        }
-        int n = epoll_wait(l->epfd, evs, LOOP_BATCH, timeout);
-        l->now = loop_clock_ms();
-        if (n < 0 && errno != EINTR)
-            return -errno;
-        for (int i = 0; i < n; i++) {
-            struct loop_io *io = evs[i].data.ptr;
-            unsigned e = 0;
-            if (evs[i].events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR))
-                e |= LOOP_READ;
-            if (evs[i].events & (EPOLLOUT | EPOLLHUP | EPOLLERR))
-                e |= LOOP_WRITE;
-            if (evs[i].events & (EPOLLRDHUP | EPOLLHUP | EPOLLERR))
-                e |= LOOP_HUP;
-            io->cb(l, io, e);
-        }
-        run_timers(l);
+        int rc = loop_iterate(l, -1);
+        if (rc < 0)
+            return rc;
     }
     return 0;
+}
+
+int loop_run_once(struct loop *l, int timeout_ms)
+{
+    return loop_iterate(l, timeout_ms < 0 ? 0 : timeout_ms);
+}
+
+void loop_advance(struct loop *l, uint64_t ms)
+{
+    l->skew += ms;
+    l->now += ms;
 }

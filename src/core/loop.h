@@ -67,6 +67,13 @@ int loop_reserve_timers(struct loop *l, uint32_t n);
 /* Run until loop_stop(). Returns 0. */
 int loop_run(struct loop *l);
 void loop_stop(struct loop *l);
+/* For tests that drive a loop themselves (tests/fuzz/fuzz_path.c): one
+ * iteration, waiting at most timeout_ms (< 0: not at all) for events.
+ * Returns the number of events and timers handled, or -errno. */
+int loop_run_once(struct loop *l, int timeout_ms);
+/* For tests: move this loop's clock forward by ms; timers due by then fire
+ * at the next iteration. */
+void loop_advance(struct loop *l, uint64_t ms);
 /* Thread-safe: interrupt epoll_wait and run the wake callback in the loop. */
 void loop_wake(struct loop *l);
 void loop_set_wake(struct loop *l, void (*cb)(struct loop *, void *), void *arg);

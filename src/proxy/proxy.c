@@ -3231,3 +3231,89 @@ void proxy_gen_log_drops(const struct proxy_gen *g, uint64_t *access, uint64_t *
     *access = g->alog ? obs_alog_dropped(g->alog->log) : 0;
     *audit = g->audit ? obs_alog_dropped(g->audit->log) : 0;
 }
+
+/* ================================================================ test hook: the inline proxy
+ * For tests/fuzz/fuzz_path.c (see proxy.h): one worker whose loop the caller
+ * runs in its own thread, and clients adopted from connected sockets. Only
+ * this section belongs to the fuzz harness; it reuses gen_new, worker_init
+ * and proxy_free and adds no behaviour to the proxy. */
+
+struct proxy *proxy_inline_new(struct conf *conf, char *err, size_t errlen)
+{
+    struct proxy *p = calloc(1, sizeof *p);
+    if (!p) {
+        snprintf(err, errlen, "out of memory");
+        return NULL;
+    }
+    pthread_mutex_init(&p->mu, NULL);
+    pthread_mutex_init(&p->reload_mu, NULL);
+    p->nworkers = 1;
+    p->bufsize = bufsize_for(conf);
+    p->gen = gen_new(conf, NULL, 1, 1, err, errlen);
+    p->workers = calloc(1, sizeof *p->workers);
+    if (!p->gen || !p->workers || !worker_init(p, &p->workers[0], 0, err, errlen)) {
+        if (!p->workers)
+            snprintf(err, errlen, "out of memory");
+        proxy_free(p);
+        return NULL;
+    }
+    struct worker *w = &p->workers[0];
+    w->reqid_seed = 1;              /* reproducible request ids */
+    for (uint32_t i = 0; i < w->nlisteners; i++) {  /* clients come from proxy_inline_client */
+        listener_retire(w, w->listeners[i]);
+        w->listeners[i] = NULL;
+    }
+    p->stats.generation = 1;
+    return p;
+}
+
+/* Adopt a connected socket as a client, as listener_io does after accept4()
+ * (keep the two in step). */
+int proxy_inline_client(struct proxy *p, int fd, const struct sockaddr *peer, socklen_t len)
+{
+    struct worker *w = &p->workers[0];
+    struct client *c = calloc(1, sizeof *c);
+    if (!c)
+        return -ENOMEM;
+    memcpy(&c->peer, peer, len < sizeof c->peer ? len : sizeof c->peer);
+    c->io.fd = fd;
+    c->io.cb = client_io;
+    c->timer.cb = client_timeout;
+    c->w = w;
+    c->state = C_IDLE;
+    set_nodelay(fd);
+    int rc = loop_add(w->loop, &c->io);
+    if (rc < 0) {
+        free(c);
+        return rc;
+    }
+    atomic_fetch_add_explicit(&p->nconns, 1, memory_order_relaxed);
+    c->next = w->clients;
+    if (c->next)
+        c->next->prev = c;
+    w->clients = c;
+    w->nclients++;
+    obs_add(&w->obs->conns_total, 1);
+    loop_timer_arm(w->loop, &c->timer, w->conf->limits.header_timeout);
+    return 0;
+}
+
+int proxy_inline_run(struct proxy *p, int timeout_ms)
+{
+    return loop_run_once(p->workers[0].loop, timeout_ms);
+}
+
+void proxy_inline_advance(struct proxy *p, uint64_t ms)
+{
+    loop_advance(p->workers[0].loop, ms);
+}
+
+uint32_t proxy_inline_nclients(const struct proxy *p)
+{
+    return p->workers[0].nclients;
+}
+
+void proxy_inline_free(struct proxy *p)
+{
+    proxy_free(p);
+}

@@ -13,6 +13,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/socket.h>
 #include <time.h>
 
 struct conf;
@@ -70,5 +71,24 @@ void proxy_gen_log_drops(const struct proxy_gen *g, uint64_t *access, uint64_t *
  * proxy_obs_unlock() when done reading (do not call into the proxy between). */
 size_t proxy_obs_lock(struct proxy *p, struct obs_worker **out, size_t max);
 void proxy_obs_unlock(struct proxy *p);
+
+/* Test hook (tests/fuzz/fuzz_path.c): a proxy with one worker whose loop is
+ * not run in a thread but one iteration at a time by the caller, so that a
+ * whole exchange runs deterministically in one thread. No listener and no
+ * health checker: clients are adopted from connected sockets. */
+struct proxy *proxy_inline_new(struct conf *conf, char *err, size_t errlen);
+/* Adopt fd (connected, non-blocking; closed by the proxy from now on, except
+ * when this fails) as a client whose address is peer. 0 or -errno. */
+int proxy_inline_client(struct proxy *p, int fd, const struct sockaddr *peer,
+                        socklen_t len);
+/* One loop iteration, waiting at most timeout_ms for events (0: poll).
+ * Returns the number of events and timers handled, or -errno. */
+int proxy_inline_run(struct proxy *p, int timeout_ms);
+/* Move the worker's clock forward (timeouts due by then fire at the next run). */
+void proxy_inline_advance(struct proxy *p, uint64_t ms);
+/* Client connections still open. */
+uint32_t proxy_inline_nclients(const struct proxy *p);
+/* Close every connection and free everything. */
+void proxy_inline_free(struct proxy *p);
 
 #endif
