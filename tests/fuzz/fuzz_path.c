@@ -1,0 +1,571 @@
+/* tests/fuzz/fuzz_path.c: the whole request path, in process.
+ *
+ * The real exchange code (src/proxy/proxy.c: head building, framing,
+ * retries, local responses, pipelining, tunnels, 1xx, re-chunking, pools)
+ * runs on one worker whose loop this harness turns one iteration at a time
+ * (proxy_inline_*, see proxy.h). Both peers are played from the input over
+ * loopback TCP: the client (a connected pair whose far end is adopted as a
+ * client connection) and the upstream servers (listening sockets the
+ * harness owns, whose ports are written into the configurations).
+ *
+ * Input:
+ *   byte 0        configuration variant (& 7, see variants[] below)
+ *   then records  separated by the 3-byte marker FE FF <op>; the bytes
+ *                 before the first marker are client bytes (op 'C'); a
+ *                 record's payload is everything up to the next marker.
+ *     C  the client sends the payload
+ *     U  the current upstream connection sends the payload (the open one
+ *        that most recently received bytes from portico, else the newest)
+ *     N  the current upstream connection closes (FIN)
+ *     R  the current upstream connection resets (RST)
+ *     Z  the current upstream connection shuts its write side
+ *     H  the client shuts its write side
+ *     X  the client closes
+ *     P  the client stops / starts reading what portico sends it
+ *     T  the clock moves forward: ms = advance[payload[0] % 12] (1 s if empty)
+ *     W  nothing (the loop runs after every record anyway)
+ *   After every record the loop runs until nothing moves (bounded). At the
+ *   end the upstream connections close, then the client, then the clock
+ *   moves an hour, and the proxy is freed.
+ *
+ * Environment: FUZZ_PATH_VERBOSE=1 keeps portico's log on stderr and traces
+ * the records; FUZZ_PATH_FDS=1 aborts if an input leaves a descriptor open;
+ * FUZZ_PATH_STRICT=1 aborts if a client connection survives the end.
+ * Generate the seeds with tests/fuzz/gen_path_corpus.py.
+ */
+#include <arpa/inet.h>
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "conf/conf.h"
+#include "core/log.h"
+#include "proxy/proxy.h"
+
+#define NVARIANTS 8
+#define MAXUP 32
+#define PUMP_ITERS 256          /* loop iterations per record, at most */
+#define INPUT_ITERS 20000       /* loop iterations per input, at most */
+
+/* Configurations. LISTEN, UP1, UP2 (harness upstreams) and DEAD (a bound
+ * port nobody listens on: connect is refused) are replaced by ports. */
+static const char *const variants[NVARIANTS] = {
+    /* 0: the quick start */
+    "listen: [ \"127.0.0.1:LISTEN\" ]\n"
+    "upstreams:\n"
+    "  app:\n"
+    "    servers:\n"
+    "      - { address: \"127.0.0.1:UP1\" }\n"
+    "    keepalive: 64\n"
+    "    connect_timeout: 2s\n"
+    "    response_timeout: 30s\n"
+    "routes:\n"
+    "  - match: { prefix: / }\n"
+    "    upstream: app\n"
+    "limits: { header_timeout: 10s, idle_timeout: 60s, max_header_bytes: 16KiB, max_body: 16MiB }\n",
+
+    /* 1: host routes, no catch-all (unknown hosts get a local 404) */
+    "listen: [ \"127.0.0.1:LISTEN\" ]\n"
+    "upstreams:\n"
+    "  app: { servers: [ { address: \"127.0.0.1:UP1\" } ], keepalive: 4 }\n"
+    "  api: { servers: [ { address: \"127.0.0.1:UP2\" } ], retries: 0, response_timeout: 5s }\n"
+    "routes:\n"
+    "  - match: { host: example.com, prefix: /api/ }\n"
+    "    upstream: api\n"
+    "  - match: { host: \"*.example.org\" }\n"
+    "    upstream: app\n"
+    "  - match: { host: example.com }\n"
+    "    upstream: app\n",
+
+    /* 2: small limits, so that they are reachable */
+    "listen: [ \"127.0.0.1:LISTEN\" ]\n"
+    "upstreams:\n"
+    "  app:\n"
+    "    servers: [ { address: \"127.0.0.1:UP1\" } ]\n"
+    "    keepalive: 1\n"
+    "    connect_timeout: 100ms\n"
+    "    response_timeout: 1s\n"
+    "    idle_timeout: 2s\n"
+    "routes: [ { match: { prefix: / }, upstream: app } ]\n"
+    "limits: { max_header_bytes: 1024, max_request_line: 256, max_headers: 8, max_body: 100,\n"
+    "          header_timeout: 1s, idle_timeout: 2s, body_timeout: 1s, send_timeout: 1s }\n",
+
+    /* 3: two servers, retries, passive health on 5xx */
+    "listen: [ \"127.0.0.1:LISTEN\" ]\n"
+    "upstreams:\n"
+    "  app:\n"
+    "    servers:\n"
+    "      - { address: \"127.0.0.1:UP1\" }\n"
+    "      - { address: \"127.0.0.1:UP2\" }\n"
+    "    balance: least_conn\n"
+    "    retries: 2\n"
+    "    keepalive: 2\n"
+    "    response_timeout: 3s\n"
+    "    passive: { max_fails: 1, fail_timeout: 10s, on_5xx: true }\n"
+    "routes: [ { match: { prefix: / }, upstream: app } ]\n",
+
+    /* 4: hashing, access and audit logs */
+    "listen: [ \"127.0.0.1:LISTEN\" ]\n"
+    "access_log: { path: /dev/null, flush: 10ms }\n"
+    "audit_log: { path: /dev/null }\n"
+    "upstreams:\n"
+    "  app:\n"
+    "    servers:\n"
+    "      - { address: \"127.0.0.1:UP1\" }\n"
+    "      - { address: \"127.0.0.1:UP2\", weight: 3 }\n"
+    "    balance: hash\n"
+    "    hash_key: \"cookie:session\"\n"
+    "  sticky:\n"
+    "    servers:\n"
+    "      - { address: \"127.0.0.1:UP1\" }\n"
+    "      - { address: \"127.0.0.1:UP2\", backup: true }\n"
+    "    balance: ip_hash\n"
+    "routes:\n"
+    "  - { match: { prefix: /admin }, upstream: sticky, audit: true }\n"
+    "  - { match: { prefix: / }, upstream: app }\n",
+
+    /* 5: large heads, no keep-alive upstream, weighted with slow start */
+    "listen: [ \"127.0.0.1:LISTEN\" ]\n"
+    "upstreams:\n"
+    "  app:\n"
+    "    servers:\n"
+    "      - { address: \"127.0.0.1:UP1\", weight: 2 }\n"
+    "      - { address: \"127.0.0.1:UP2\", slow_start: 5s }\n"
+    "    keepalive: 0\n"
+    "    retries: 1\n"
+    "routes: [ { match: { prefix: / }, upstream: app } ]\n"
+    "limits: { max_header_bytes: 64KiB, max_request_line: 64KiB, max_headers: 1000 }\n",
+
+    /* 6: a server that refuses connections first, header hashing, few headers */
+    "listen: [ \"127.0.0.1:LISTEN\" ]\n"
+    "upstreams:\n"
+    "  app:\n"
+    "    servers:\n"
+    "      - { address: \"127.0.0.1:DEAD\" }\n"
+    "      - { address: \"127.0.0.1:UP1\" }\n"
+    "    balance: hash\n"
+    "    hash_key: \"header:X-User\"\n"
+    "    retries: 1\n"
+    "    keepalive: 1\n"
+    "  files:\n"
+    "    servers: [ { address: \"127.0.0.1:UP2\" } ]\n"
+    "    balance: hash\n"
+    "    hash_key: path\n"
+    "routes:\n"
+    "  - { match: { prefix: /static/ }, upstream: files }\n"
+    "  - { match: { host: \"*.example.com\", prefix: / }, upstream: app }\n"
+    "  - { match: { prefix: / }, upstream: app }\n"
+    "limits: { max_headers: 4, max_body: 1MiB }\n",
+
+    /* 7: the quick start with short timeouts (for the clock records) */
+    "listen: [ \"127.0.0.1:LISTEN\" ]\n"
+    "upstreams:\n"
+    "  app:\n"
+    "    servers: [ { address: \"127.0.0.1:UP1\" } ]\n"
+    "    connect_timeout: 1s\n"
+    "    response_timeout: 2s\n"
+    "    idle_timeout: 3s\n"
+    "routes: [ { match: { prefix: / }, upstream: app } ]\n"
+    "limits: { header_timeout: 1s, idle_timeout: 2s, body_timeout: 1s, send_timeout: 1s }\n",
+};
+
+static const uint64_t advance_ms[12] = {
+    1, 10, 100, 500, 1000, 2001, 5000, 10001, 30001, 60001, 120001, 3600000,
+};
+
+static struct {
+    bool ready;
+    bool verbose, check_fds, strict;
+    int lsn_client;             /* the harness's clients connect here */
+    int lsn_up[2];              /* upstream servers UP1, UP2 */
+    int dead;                   /* bound, not listening: DEAD */
+    struct conf *conf[NVARIANTS];
+    int base_fds;
+    char sink[65536];
+} G;
+
+struct upc {
+    int fd;
+    bool eof;                   /* portico closed (or shut) its side */
+    uint64_t last_rx;           /* order of the last bytes received from portico */
+};
+
+struct run {
+    struct proxy *p;
+    int cfd;                    /* the harness's end of the client connection */
+    bool c_eof, c_pause;
+    struct upc up[MAXUP];
+    int nup;
+    uint64_t seq;
+    unsigned iters;
+};
+
+static void die(const char *what)
+{
+    fprintf(stderr, "fuzz_path: %s: %s\n", what, strerror(errno));
+    abort();
+}
+
+static int count_fds(void)
+{
+    DIR *d = opendir("/proc/self/fd");
+    if (!d)
+        return -1;
+    int n = 0;
+    struct dirent *e;
+    while ((e = readdir(d)))
+        if (e->d_name[0] != '.')
+            n++;
+    closedir(d);
+    return n;
+}
+
+static uint16_t bound_port(int fd)
+{
+    struct sockaddr_in a;
+    socklen_t len = sizeof a;
+    if (getsockname(fd, (struct sockaddr *)&a, &len) < 0)
+        die("getsockname");
+    return ntohs(a.sin_port);
+}
+
+/* A loopback TCP socket bound to an ephemeral port; listening if backlog > 0. */
+static int loopback_socket(int backlog)
+{
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        die("socket");
+    struct sockaddr_in a = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+    if (bind(fd, (struct sockaddr *)&a, sizeof a) < 0)
+        die("bind");
+    if (backlog > 0 && listen(fd, backlog) < 0)
+        die("listen");
+    return fd;
+}
+
+static void replace(char *s, size_t cap, const char *tok, unsigned v)
+{
+    char num[16];
+    snprintf(num, sizeof num, "%u", v);
+    size_t tl = strlen(tok), nl = strlen(num);
+    for (char *p = strstr(s, tok); p; p = strstr(p + nl, tok)) {
+        size_t rest = strlen(p + tl);
+        if ((size_t)(p - s) + nl + rest + 1 > cap)
+            abort();
+        memmove(p + nl, p + tl, rest + 1);
+        memcpy(p, num, nl);
+    }
+}
+
+static void setup(void)
+{
+    const char *v = getenv("FUZZ_PATH_VERBOSE");
+    G.verbose = v && *v && *v != '0';
+    v = getenv("FUZZ_PATH_FDS");
+    G.check_fds = v && *v && *v != '0';
+    v = getenv("FUZZ_PATH_STRICT");
+    G.strict = v && *v && *v != '0';
+    if (!G.verbose)
+        log_set_level((enum log_level)(LOG_ERROR + 1));
+    signal(SIGPIPE, SIG_IGN);
+    conf_resolve_names = false;
+
+    G.lsn_client = loopback_socket(64);
+    /* big socket buffers: a pipelined burst arrives in one piece */
+    int big = 4 << 20;
+    setsockopt(G.lsn_client, SOL_SOCKET, SO_RCVBUF, &big, sizeof big);
+    for (int i = 0; i < 2; i++)
+        G.lsn_up[i] = loopback_socket(256);
+    G.dead = loopback_socket(0);
+    int tmp = loopback_socket(0);      /* a free port for `listen:` (closed by the proxy) */
+    unsigned listen_port = bound_port(tmp);
+    close(tmp);
+
+    for (int i = 0; i < NVARIANTS; i++) {
+        char text[4096];
+        snprintf(text, sizeof text, "%s", variants[i]);
+        replace(text, sizeof text, "LISTEN", listen_port);
+        replace(text, sizeof text, "UP1", bound_port(G.lsn_up[0]));
+        replace(text, sizeof text, "UP2", bound_port(G.lsn_up[1]));
+        replace(text, sizeof text, "DEAD", bound_port(G.dead));
+        char err[1024];
+        char name[32];
+        snprintf(name, sizeof name, "variant%d.yaml", i);
+        G.conf[i] = conf_load_string(name, text, strlen(text), err, sizeof err);
+        if (!G.conf[i]) {
+            fprintf(stderr, "fuzz_path: %s\n", err);
+            abort();
+        }
+        G.conf[i]->workers = 1;
+    }
+    G.base_fds = count_fds();
+    G.ready = true;
+}
+
+/* ---- the peers ---- */
+
+static void up_close(struct upc *u, bool rst)
+{
+    if (u->fd < 0)
+        return;
+    if (rst) {
+        struct linger l = { 1, 0 };
+        setsockopt(u->fd, SOL_SOCKET, SO_LINGER, &l, sizeof l);
+    }
+    close(u->fd);
+    u->fd = -1;
+}
+
+/* Accept portico's upstream connections, read and discard what it sends
+ * both peers. True if anything happened. */
+static bool service(struct run *r)
+{
+    bool did = false;
+    for (int i = 0; i < 2; i++) {
+        for (;;) {
+            int fd = accept4(G.lsn_up[i], NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+            if (fd < 0)
+                break;
+            did = true;
+            if (r->nup == MAXUP) {
+                close(fd);
+                continue;
+            }
+            if (G.verbose)
+                fprintf(stderr, "fuzz_path: upstream %d accepted (UP%d)\n", r->nup, i + 1);
+            r->up[r->nup++] = (struct upc){ .fd = fd };
+        }
+    }
+    for (int i = 0; i < r->nup; i++) {
+        struct upc *u = &r->up[i];
+        while (u->fd >= 0 && !u->eof) {
+            ssize_t n = read(u->fd, G.sink, sizeof G.sink);
+            if (n > 0) {
+                if (G.verbose)
+                    fprintf(stderr, "fuzz_path: upstream %d got %zd bytes: %.*s\n", i, n,
+                            (int)(n < 300 ? n : 300), G.sink);
+                u->last_rx = ++r->seq;
+                did = true;
+                continue;
+            }
+            if (n < 0 && (errno == EAGAIN || errno == EINTR))
+                break;
+            if (G.verbose)
+                fprintf(stderr, "fuzz_path: upstream %d: portico closed\n", i);
+            u->eof = true;          /* closed or reset */
+            did = true;
+        }
+    }
+    while (r->cfd >= 0 && !r->c_pause && !r->c_eof) {
+        ssize_t n = read(r->cfd, G.sink, sizeof G.sink);
+        if (n > 0) {
+            if (G.verbose)
+                fprintf(stderr, "fuzz_path: client got %zd bytes: %.*s\n", n,
+                        (int)(n < 300 ? n : 300), G.sink);
+            did = true;
+            continue;
+        }
+        if (n < 0 && (errno == EAGAIN || errno == EINTR))
+            break;
+        if (G.verbose)
+            fprintf(stderr, "fuzz_path: client: portico closed\n");
+        r->c_eof = true;
+        did = true;
+    }
+    return did;
+}
+
+/* Run the loop until nothing moves on either side (bounded). */
+static void pump(struct run *r)
+{
+    int idle = 0;
+    for (int i = 0; i < PUMP_ITERS && r->iters < INPUT_ITERS; i++, r->iters++) {
+        int n = proxy_inline_run(r->p, 0);
+        bool did = service(r);
+        if (n <= 0 && !did) {
+            if (++idle >= 2)
+                break;
+        } else {
+            idle = 0;
+        }
+    }
+}
+
+/* The upstream connection that plays the server now: the open one that most
+ * recently received bytes, else the newest open one. */
+static struct upc *current_up(struct run *r)
+{
+    for (int attempt = 0; attempt < 2; attempt++) {
+        struct upc *best = NULL;
+        for (int i = 0; i < r->nup; i++) {
+            struct upc *u = &r->up[i];
+            if (u->fd < 0)
+                continue;
+            if (!best || u->last_rx > best->last_rx ||
+                (u->last_rx == best->last_rx && (!u->eof || best->eof)))
+                best = u;
+        }
+        if (best)
+            return best;
+        pump(r);
+    }
+    return NULL;
+}
+
+static void send_bytes(struct run *r, int fd, const uint8_t *d, size_t n)
+{
+    size_t off = 0;
+    int stalls = 0;
+    while (off < n) {
+        ssize_t w = send(fd, d + off, n - off, MSG_NOSIGNAL);
+        if (w > 0) {
+            off += (size_t)w;
+            stalls = 0;
+            continue;
+        }
+        if (w < 0 && (errno == EAGAIN || errno == EINTR) && ++stalls <= 8) {
+            pump(r);
+            continue;
+        }
+        break;                  /* the other side is gone, or it does not read */
+    }
+}
+
+static void record(struct run *r, uint8_t op, const uint8_t *d, size_t n)
+{
+    if (G.verbose)
+        fprintf(stderr, "fuzz_path: record %c, %zu bytes\n", op, n);
+    struct upc *u;
+    switch (op) {
+    case 'C':
+        if (r->cfd >= 0 && n)
+            send_bytes(r, r->cfd, d, n);
+        break;
+    case 'U':
+        if (n && (u = current_up(r)))
+            send_bytes(r, u->fd, d, n);
+        break;
+    case 'N':
+    case 'R':
+        if ((u = current_up(r)))
+            up_close(u, op == 'R');
+        break;
+    case 'Z':
+        if ((u = current_up(r)))
+            shutdown(u->fd, SHUT_WR);
+        break;
+    case 'H':
+        if (r->cfd >= 0)
+            shutdown(r->cfd, SHUT_WR);
+        break;
+    case 'X':
+        if (r->cfd >= 0)
+            close(r->cfd);
+        r->cfd = -1;
+        break;
+    case 'P':
+        r->c_pause = !r->c_pause;
+        break;
+    case 'T':
+        proxy_inline_advance(r->p, n ? advance_ms[d[0] % 12] : 1000);
+        break;
+    default:
+        break;
+    }
+    pump(r);
+}
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+{
+    if (!G.ready)
+        setup();
+    if (size < 1)
+        return 0;
+    struct run r = { .cfd = -1 };
+    char err[512];
+    r.p = proxy_inline_new(G.conf[data[0] & (NVARIANTS - 1)], err, sizeof err);
+    if (!r.p) {
+        fprintf(stderr, "fuzz_path: proxy_inline_new: %s\n", err);
+        abort();
+    }
+
+    /* the client: a loopback pair, the far end adopted by the proxy */
+    r.cfd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (r.cfd < 0)
+        die("socket");
+    int big = 4 << 20;
+    setsockopt(r.cfd, SOL_SOCKET, SO_SNDBUF, &big, sizeof big);
+    struct sockaddr_in a;
+    socklen_t alen = sizeof a;
+    getsockname(G.lsn_client, (struct sockaddr *)&a, &alen);
+    if (connect(r.cfd, (struct sockaddr *)&a, alen) < 0)
+        die("connect");
+    struct sockaddr_in peer;
+    socklen_t plen = sizeof peer;
+    int sfd = -1;
+    for (int i = 0; i < 1000 && sfd < 0; i++)
+        sfd = accept4(G.lsn_client, (struct sockaddr *)&peer, &plen, SOCK_NONBLOCK | SOCK_CLOEXEC);
+    if (sfd < 0)
+        die("accept");
+    if (fcntl(r.cfd, F_SETFL, O_NONBLOCK) < 0)
+        die("fcntl");
+    if (proxy_inline_client(r.p, sfd, (struct sockaddr *)&peer, plen) < 0)
+        die("proxy_inline_client");
+
+    /* the records */
+    size_t i = 1;
+    uint8_t op = 'C';
+    while (i <= size) {
+        size_t j = i;
+        while (j + 2 < size && !(data[j] == 0xfe && data[j + 1] == 0xff))
+            j++;
+        size_t end = j + 2 < size ? j : size;
+        record(&r, op, data + i, end - i);
+        if (end == size)
+            break;
+        op = data[end + 2];
+        i = end + 3;
+    }
+
+    /* the end: servers close, then the client; then every timer is due */
+    for (int k = 0; k < r.nup; k++)
+        up_close(&r.up[k], false);
+    pump(&r);
+    if (r.cfd >= 0)
+        close(r.cfd);
+    r.cfd = -1;
+    pump(&r);
+    proxy_inline_advance(r.p, 3600000);
+    pump(&r);
+    if (G.strict && proxy_inline_nclients(r.p)) {
+        fprintf(stderr, "fuzz_path: %u client connection(s) still open at the end\n",
+                proxy_inline_nclients(r.p));
+        abort();
+    }
+    proxy_inline_free(r.p);
+    for (int k = 0; k < r.nup; k++)
+        up_close(&r.up[k], false);
+    for (int k = 0; k < 2; k++) {      /* connections made after the last service() */
+        int fd;
+        while ((fd = accept4(G.lsn_up[k], NULL, NULL, SOCK_CLOEXEC)) >= 0)
+            close(fd);
+    }
+    if (G.check_fds) {
+        int n = count_fds();
+        if (n != G.base_fds) {
+            fprintf(stderr, "fuzz_path: %d descriptors open after the input, %d before\n", n,
+                    G.base_fds);
+            abort();
+        }
+    }
+    return 0;
+}
