@@ -53,7 +53,9 @@ static inline void fz_check_headers(const char *buf, size_t head, const struct h
                 CHECK(c == '\t' || (c >= 0x20 && c != 0x7f));
             }
         }
-        CHECK(m->kinds[i] <= HTTP_H_HTTP2_SETTINGS);
+        CHECK(m->kinds[i] <= HTTP_H_UNDERSCORE);
+        if (m->kinds[i] == HTTP_H_UNDERSCORE)
+            CHECK(memchr(h->name, '_', h->name_len) != NULL);
         /* the classification agrees with the name */
         if (m->kinds[i] == HTTP_H_CONTENT_LENGTH)
             CHECK(h->name_len == 14 && http_ieq(h->name, "content-length", 14));
