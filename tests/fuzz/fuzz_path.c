@@ -30,7 +30,9 @@
  *
  * Environment: FUZZ_PATH_VERBOSE=1 keeps portico's log on stderr and traces
  * the records; FUZZ_PATH_FDS=1 aborts if an input leaves a descriptor open;
- * FUZZ_PATH_STRICT=1 aborts if a client connection survives the end.
+ * FUZZ_PATH_STRICT=1 aborts if a client connection survives the end, or if
+ * what portico sent an upstream is not a sequence of well-formed, correctly
+ * framed requests (check_upstream).
  * Generate the seeds with tests/fuzz/gen_path_corpus.py.
  */
 #include <arpa/inet.h>
@@ -49,6 +51,7 @@
 
 #include "conf/conf.h"
 #include "core/log.h"
+#include "http/http.h"
 #include "proxy/proxy.h"
 
 #define NVARIANTS 8
@@ -197,6 +200,8 @@ struct upc {
     int fd;
     bool eof;                   /* portico closed (or shut) its side */
     uint64_t last_rx;           /* order of the last bytes received from portico */
+    char *rx;                   /* FUZZ_PATH_STRICT: everything received, for check_upstream() */
+    size_t rx_len, rx_cap;
 };
 
 struct run {
@@ -325,6 +330,79 @@ static void up_close(struct upc *u, bool rst)
     u->fd = -1;
 }
 
+#define RX_MAX (8u << 20)
+
+static void keep_rx(struct upc *u, const char *p, size_t n)
+{
+    if (u->rx_len + n > RX_MAX)
+        n = RX_MAX - u->rx_len;
+    if (u->rx_len + n > u->rx_cap) {
+        size_t cap = u->rx_cap ? u->rx_cap : 4096;
+        while (cap < u->rx_len + n)
+            cap *= 2;
+        char *q = realloc(u->rx, cap);
+        if (!q)
+            abort();
+        u->rx = q;
+        u->rx_cap = cap;
+    }
+    memcpy(u->rx + u->rx_len, p, n);
+    u->rx_len += n;
+}
+
+/* FUZZ_PATH_STRICT: what portico sent on an upstream connection is a
+ * sequence of well-formed requests, each framed as it says (no bytes that a
+ * server could read as a smuggled request). The last one may be cut short
+ * (the connection was closed mid-request); a tunnel's bytes are not HTTP. */
+static void check_upstream(const struct upc *u, int idx)
+{
+    static struct http_header hdrs[1000];
+    static uint8_t kinds[1000];
+    const struct http_limits lim = { 1u << 20, 4u << 20, 1000 };
+    size_t pos = 0;
+    const char *why = NULL;
+    while (pos < u->rx_len && !why) {
+        struct http_request r;
+        r.m.headers = hdrs;
+        r.m.kinds = kinds;
+        int n = http_parse_request(u->rx + pos, u->rx_len - pos, &r, &lim);
+        if (n == HTTP_AGAIN)
+            return;
+        if (n < 0) {
+            why = r.m.error;
+            break;
+        }
+        pos += (size_t)n;
+        if (r.m.conn_upgrade && r.m.has_upgrade)
+            return;             /* may have become a tunnel */
+        if (r.m.body == HTTP_BODY_LENGTH) {
+            if (r.m.content_length > u->rx_len - pos)
+                return;
+            pos += r.m.content_length;
+        } else if (r.m.body == HTTP_BODY_CHUNKED) {
+            struct http_chunked c;
+            http_chunked_init(&c);
+            while (pos < u->rx_len && !http_chunked_done(&c)) {
+                size_t off, dlen;
+                long k = http_chunked_feed(&c, u->rx + pos, u->rx_len - pos, &off, &dlen);
+                if (k < 0) {
+                    why = "invalid chunked body";
+                    break;
+                }
+                pos += (size_t)k;
+            }
+            if (!why && !http_chunked_done(&c))
+                return;
+        }
+    }
+    if (!why)
+        return;
+    fprintf(stderr, "fuzz_path: upstream %d: portico sent an invalid request at byte %zu: %s\n"
+            "%.*s\n", idx, pos, why, (int)(u->rx_len - pos < 400 ? u->rx_len - pos : 400),
+            u->rx + pos);
+    abort();
+}
+
 /* Accept portico's upstream connections, read and discard what it sends
  * both peers. True if anything happened. */
 static bool service(struct run *r)
@@ -354,6 +432,8 @@ static bool service(struct run *r)
                     fprintf(stderr, "fuzz_path: upstream %d got %zd bytes: %.*s\n", i, n,
                             (int)(n < 300 ? n : 300), G.sink);
                 u->last_rx = ++r->seq;
+                if (G.strict)
+                    keep_rx(u, G.sink, (size_t)n);
                 did = true;
                 continue;
             }
@@ -552,8 +632,12 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         abort();
     }
     proxy_inline_free(r.p);
-    for (int k = 0; k < r.nup; k++)
+    for (int k = 0; k < r.nup; k++) {
         up_close(&r.up[k], false);
+        if (G.strict)
+            check_upstream(&r.up[k], k);
+        free(r.up[k].rx);
+    }
     for (int k = 0; k < 2; k++) {      /* connections made after the last service() */
         int fd;
         while ((fd = accept4(G.lsn_up[k], NULL, NULL, SOCK_CLOEXEC)) >= 0)
