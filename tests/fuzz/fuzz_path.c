@@ -22,6 +22,7 @@
  *     H  the client shuts its write side
  *     X  the client closes
  *     P  the client stops / starts reading what portico sends it
+ *     Q  the servers stop / start reading what portico sends them
  *     T  the clock moves forward: ms = advance[payload[0] % 12] (1 s if empty)
  *     W  nothing (the loop runs after every record anyway)
  *   After every record the loop runs until nothing moves (bounded). At the
@@ -208,6 +209,7 @@ struct run {
     struct proxy *p;
     int cfd;                    /* the harness's end of the client connection */
     bool c_eof, c_pause;
+    bool u_pause;               /* the servers do not read (record Q) */
     struct upc up[MAXUP];
     int nup;
     uint64_t seq;
@@ -284,12 +286,17 @@ static void setup(void)
     signal(SIGPIPE, SIG_IGN);
     conf_resolve_names = false;
 
+    /* Socket buffers (accepted sockets inherit the listener's): towards
+     * portico big, so that a pipelined burst arrives in one piece; from
+     * portico small, so that a client or server that does not read (records
+     * P, Q) pushes back after a few KiB, not after megabytes. */
     G.lsn_client = loopback_socket(64);
-    /* big socket buffers: a pipelined burst arrives in one piece */
-    int big = 4 << 20;
-    setsockopt(G.lsn_client, SOL_SOCKET, SO_RCVBUF, &big, sizeof big);
-    for (int i = 0; i < 2; i++)
+    setsockopt(G.lsn_client, SOL_SOCKET, SO_RCVBUF, &(int){ 4 << 20 }, sizeof(int));
+    setsockopt(G.lsn_client, SOL_SOCKET, SO_SNDBUF, &(int){ 8192 }, sizeof(int));
+    for (int i = 0; i < 2; i++) {
         G.lsn_up[i] = loopback_socket(256);
+        setsockopt(G.lsn_up[i], SOL_SOCKET, SO_RCVBUF, &(int){ 8192 }, sizeof(int));
+    }
     G.dead = loopback_socket(0);
     int tmp = loopback_socket(0);      /* a free port for `listen:` (closed by the proxy) */
     unsigned listen_port = bound_port(tmp);
@@ -425,7 +432,7 @@ static bool service(struct run *r)
     }
     for (int i = 0; i < r->nup; i++) {
         struct upc *u = &r->up[i];
-        while (u->fd >= 0 && !u->eof) {
+        while (u->fd >= 0 && !u->eof && !r->u_pause) {
             ssize_t n = read(u->fd, G.sink, sizeof G.sink);
             if (n > 0) {
                 if (G.verbose)
@@ -555,6 +562,9 @@ static void record(struct run *r, uint8_t op, const uint8_t *d, size_t n)
     case 'P':
         r->c_pause = !r->c_pause;
         break;
+    case 'Q':
+        r->u_pause = !r->u_pause;
+        break;
     case 'T':
         proxy_inline_advance(r->p, n ? advance_ms[d[0] % 12] : 1000);
         break;
@@ -582,8 +592,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     r.cfd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
     if (r.cfd < 0)
         die("socket");
-    int big = 4 << 20;
-    setsockopt(r.cfd, SOL_SOCKET, SO_SNDBUF, &big, sizeof big);
+    setsockopt(r.cfd, SOL_SOCKET, SO_SNDBUF, &(int){ 4 << 20 }, sizeof(int));
+    setsockopt(r.cfd, SOL_SOCKET, SO_RCVBUF, &(int){ 8192 }, sizeof(int));
     struct sockaddr_in a;
     socklen_t alen = sizeof a;
     getsockname(G.lsn_client, (struct sockaddr *)&a, &alen);
@@ -617,6 +627,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     }
 
     /* the end: servers close, then the client; then every timer is due */
+    r.c_pause = r.u_pause = false;
     for (int k = 0; k < r.nup; k++)
         up_close(&r.up[k], false);
     pump(&r);

@@ -44,6 +44,7 @@ Z = ("Z", b"")
 H = ("H", b"")
 X = ("X", b"")
 P = ("P", b"")
+Q = ("Q", b"")
 
 
 def get(path="/", host="localhost", extra="", method="GET", version="1.1"):
@@ -203,6 +204,9 @@ seeds["body_timeout"] = enc(SHORT, [C("POST / HTTP/1.1\r\nHost: a\r\nContent-Len
 seeds["response_timeout"] = enc(SHORT, [C(get()), T(5000), U(resp())])
 seeds["response_timeout_midbody"] = enc(SHORT, [C(get()), U("HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc"), T(5000)])
 seeds["send_timeout_paused"] = enc(SHORT, [P, C(get()), U(resp(body="q" * 200000)), T(2001), T(2001)])
+seeds["upload_server_not_reading"] = enc(SHORT, [Q, C("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 150000\r\n\r\n" + "u" * 150000),
+                                                 T(1000), T(2001), Q, U(resp())])
+seeds["slow_client_big_chunked"] = enc(QUICK, [P, C(get()), U(resp_chunked(*(["c" * 4000] * 30))), T(30001), P, C(get("/2")), U(resp())])
 seeds["pool_idle_timeout"] = enc(SHORT, [C(get()), U(resp()), T(5000), C(get()), U(resp())])
 seeds["linger_after_400"] = enc(SHORT, [C("BAD\r\n\r\nmore bytes"), T(2001), C("x")])
 
