@@ -3249,6 +3249,7 @@ struct proxy *proxy_inline_new(struct conf *conf, char *err, size_t errlen)
     pthread_mutex_init(&p->reload_mu, NULL);
     p->nworkers = 1;
     p->bufsize = bufsize_for(conf);
+    p->maxfd = raise_fd_limit(conf);
     p->gen = gen_new(conf, NULL, 1, 1, err, errlen);
     p->workers = calloc(1, sizeof *p->workers);
     if (!p->gen || !p->workers || !worker_init(p, &p->workers[0], 0, err, errlen)) {
