@@ -538,6 +538,93 @@ static struct conf_upstream *find_upstream(struct conf *c, const char *name)
     return NULL;
 }
 
+/* A header value template: visible ASCII, SP, HTAB and ${name} for the
+ * variables the headers stage knows. */
+static bool check_template(struct ctx *x, yaml_node_t *n, const char *path, const char *v)
+{
+    static const char *const vars[] = { "client_ip", "request_id", "route", "host", "upstream" };
+    for (const char *p = v; *p; p++) {
+        unsigned char ch = (unsigned char)*p;
+        if (ch < 0x20 ? ch != '\t' : ch == 0x7f)
+            return bad(x, n, path, "control characters are not allowed in a header value");
+        if (ch != '$' || p[1] != '{')
+            continue;
+        const char *e = strchr(p, '}');
+        if (!e)
+            return bad(x, n, path, "unterminated ${...}");
+        size_t len = (size_t)(e - p - 2);
+        bool known = false;
+        for (size_t i = 0; i < sizeof vars / sizeof vars[0]; i++)
+            known |= strlen(vars[i]) == len && !memcmp(vars[i], p + 2, len);
+        if (!known)
+            return bad(x, n, path, "unknown variable ${%.*s}: expected ${client_ip}, "
+                       "${request_id}, ${route}, ${host} or ${upstream}", (int)len, p + 2);
+        p = e;
+    }
+    return true;
+}
+
+static bool add_hdr_op(struct ctx *x, yaml_node_t *n, const char *path, struct conf_hdr_rules *r,
+                       const char *name, const char *value, enum conf_hdr_verb verb)
+{
+    if (!*name || !is_token(name))
+        return bad(x, n, path, "expected a header name");
+    if (r->n >= 64)
+        return bad(x, n, path, "at most 64 header operations");
+    struct conf_hdr_op *ops = realloc(r->ops, (r->n + 1) * sizeof *ops);
+    if (!ops)
+        return bad(x, n, path, "out of memory");
+    r->ops = ops;
+    struct conf_hdr_op *o = &ops[r->n];
+    memset(o, 0, sizeof *o);
+    o->verb = (uint8_t)verb;
+    if (!(o->name = strdup(name)) || (value && !(o->value = strdup(value))))
+        return bad(x, n, path, "out of memory");
+    r->n++;
+    o->name_len = (uint32_t)strlen(name);
+    o->value_len = value ? (uint32_t)strlen(value) : 0;
+    return true;
+}
+
+/* headers.request / headers.response: { set: {N: V}, add: {N: V}, default: {N: V}, remove: [N] } */
+static bool load_hdr_rules(struct ctx *x, yaml_node_t *m, const char *path, struct conf_hdr_rules *r)
+{
+    if (!expect_map(x, m, path))
+        return false;
+    FOR_PAIRS(x, m, k, v) {
+        char kp[300];
+        join(kp, sizeof kp, path, k);
+        if (!strcmp(k, "remove")) {
+            if (!expect_seq(x, v, kp))
+                return false;
+            for (yaml_node_item_t *it = v->data.sequence.items.start; it < v->data.sequence.items.top; it++) {
+                yaml_node_t *e = node(x, *it);
+                const char *name = scalar(e);
+                if (!name || !add_hdr_op(x, e, kp, r, name, NULL, CONF_HDR_REMOVE))
+                    return name ? false : bad(x, e, kp, "expected a header name");
+            }
+            continue;
+        }
+        enum conf_hdr_verb verb;
+        if (!strcmp(k, "set")) verb = CONF_HDR_SET;
+        else if (!strcmp(k, "add")) verb = CONF_HDR_ADD;
+        else if (!strcmp(k, "default")) verb = CONF_HDR_DEFAULT;
+        else return unknown(x, p_, path, k);
+        if (!expect_map(x, v, kp))
+            return false;
+        FOR_PAIRS(x, v, hn, hv) {
+            char hp[400];
+            join(hp, sizeof hp, kp, hn);
+            const char *val = scalar(hv);
+            if (!val)
+                return bad(x, hv, hp, "expected a string value");
+            if (!check_template(x, hv, hp, val) || !add_hdr_op(x, kn_, hp, r, hn, val, verb))
+                return false;
+        }
+    }
+    return true;
+}
+
 static bool load_route(struct ctx *x, struct conf *c, yaml_node_t *m, const char *path,
                        struct conf_route *r)
 {
@@ -584,6 +671,19 @@ static bool load_route(struct ctx *x, struct conf *c, yaml_node_t *m, const char
                 return false;
             if (r->audit && !c->audit_log)
                 return bad(x, v, kp, "needs a top-level audit_log to write to");
+        } else if (!strcmp(k, "headers")) {
+            if (!expect_map(x, v, kp))
+                return false;
+            FOR_PAIRS(x, v, hk, hv) {
+                char hp[300];
+                join(hp, sizeof hp, kp, hk);
+                bool ok;
+                if (!strcmp(hk, "request")) ok = load_hdr_rules(x, hv, hp, &r->req_headers);
+                else if (!strcmp(hk, "response")) ok = load_hdr_rules(x, hv, hp, &r->resp_headers);
+                else ok = unknown(x, p_, kp, hk);
+                if (!ok)
+                    return false;
+            }
         } else {
             return unknown(x, p_, path, k);
         }
@@ -961,6 +1061,14 @@ static void conf_free(struct conf *c)
     for (uint32_t i = 0; i < c->nroutes; i++) {
         free(c->routes[i].host);
         free(c->routes[i].prefix);
+        struct conf_hdr_rules *rules[] = { &c->routes[i].req_headers, &c->routes[i].resp_headers };
+        for (int k = 0; k < 2; k++) {
+            for (uint32_t j = 0; j < rules[k]->n; j++) {
+                free(rules[k]->ops[j].name);
+                free(rules[k]->ops[j].value);
+            }
+            free(rules[k]->ops);
+        }
     }
     free(c->upstreams);
     free(c->routes);

@@ -88,12 +88,35 @@ struct conf_upstream {
     uint32_t retries;           /* further servers tried after a failed attempt; default 2 */
 };
 
+/* `headers:` on a route: one operation on a request or response header. */
+enum conf_hdr_verb {
+    CONF_HDR_SET,               /* replace every field of that name (or add one) */
+    CONF_HDR_ADD,               /* add a field, keeping those there */
+    CONF_HDR_REMOVE,            /* remove every field of that name */
+    CONF_HDR_DEFAULT,           /* set only when absent (the upstream's value wins) */
+};
+
+struct conf_hdr_op {
+    char *name;                 /* a token */
+    char *value;                /* a template: text with ${client_ip}, ${request_id}, ${route},
+                                   ${host}, ${upstream}; NULL for remove */
+    uint32_t name_len, value_len;
+    uint8_t verb;               /* enum conf_hdr_verb */
+};
+
+struct conf_hdr_rules {
+    struct conf_hdr_op *ops;
+    uint32_t n;
+};
+
 struct conf_route {
     char *host;                 /* NULL: any; "*.example.com": suffix; else exact (lowercase) */
     char *prefix;               /* path prefix, "/" by default */
     size_t host_len, prefix_len;
     struct conf_upstream *upstream;
     bool audit;                 /* every request is written to the audit log */
+    struct conf_hdr_rules req_headers;  /* headers.request */
+    struct conf_hdr_rules resp_headers; /* headers.response */
 };
 
 struct conf_limits {
