@@ -738,7 +738,8 @@ static bool load_log(struct ctx *x, yaml_node_t *v, const char *name, bool acces
     return true;
 }
 
-/* admin: { listen: "127.0.0.1:9901", token_file: /etc/portico/admin.token } */
+/* admin: { listen: "127.0.0.1:9901", token_file: /etc/portico/admin.token,
+ *          header_timeout: 5s, idle_timeout: 30s, send_timeout: 10s } */
 static bool load_admin(struct ctx *x, yaml_node_t *m, struct conf *c)
 {
     if (!expect_map(x, m, "admin"))
@@ -750,6 +751,15 @@ static bool load_admin(struct ctx *x, yaml_node_t *m, struct conf *c)
         join(kp, sizeof kp, "admin", k);
         if (!strcmp(k, "listen")) {
             if (!get_addr(x, v, kp, &c->admin_listen))
+                return false;
+        } else if (!strcmp(k, "header_timeout")) {
+            if (!get_timeout(x, v, kp, &c->admin_header_timeout))
+                return false;
+        } else if (!strcmp(k, "idle_timeout")) {
+            if (!get_timeout(x, v, kp, &c->admin_idle_timeout))
+                return false;
+        } else if (!strcmp(k, "send_timeout")) {
+            if (!get_timeout(x, v, kp, &c->admin_send_timeout))
                 return false;
         } else if (!strcmp(k, "token_file")) {
             const char *path = scalar(v);
@@ -942,6 +952,19 @@ static bool load_metrics(struct ctx *x, yaml_node_t *m, struct conf_metrics *mt)
     return true;
 }
 
+/* log_level: debug | info | warn | error */
+static bool get_log_level(struct ctx *x, yaml_node_t *n, const char *path, enum log_level *out)
+{
+    static const char *const names[] = { "debug", "info", "warn", "error" };
+    const char *s = scalar(n);
+    for (int i = 0; s && i < 4; i++)
+        if (!strcmp(s, names[i])) {
+            *out = (enum log_level)i;
+            return true;
+        }
+    return bad(x, n, path, "expected debug, info, warn or error");
+}
+
 static bool load_root(struct ctx *x, struct conf *c, yaml_node_t *root)
 {
     if (!root)
@@ -969,6 +992,7 @@ static bool load_root(struct ctx *x, struct conf *c, yaml_node_t *root)
             else if (s && !strcmp(s, "reject")) c->underscores = CONF_UNDERSCORES_REJECT;
             else ok = bad(x, v, k, "expected drop, allow or reject");
         }
+        else if (!strcmp(k, "log_level")) ok = get_log_level(x, v, k, &c->log_level);
         else if (!strcmp(k, "workers")) {
             const char *s = scalar(v);
             if (s && !strcmp(s, "auto")) {
@@ -1096,6 +1120,10 @@ struct conf *conf_load_string(const char *name, const char *text, size_t len,
     c->workers = ncpu > 0 ? (uint32_t)ncpu : 1;
     c->shutdown_timeout = 30000;
     c->access_log_flush = 200;
+    c->log_level = LOG_INFO;
+    c->admin_header_timeout = 5000;
+    c->admin_idle_timeout = 30000;
+    c->admin_send_timeout = 10000;
     c->limits = (struct conf_limits){
         .header_timeout = 10000, .idle_timeout = 60000, .body_timeout = 60000,
         .send_timeout = 60000, .tunnel_timeout = 3600000, .max_header_bytes = 16384, .max_headers = 100,

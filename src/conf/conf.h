@@ -16,6 +16,8 @@
 #include <stdint.h>
 #include <sys/socket.h>
 
+#include "core/log.h"
+
 struct conf_addr {
     struct sockaddr_storage ss;
     socklen_t len;
@@ -181,6 +183,10 @@ struct conf {
     bool admin_enabled;         /* an `admin:` section is present */
     struct conf_addr admin_listen;
     char *admin_token;          /* from admin.token_file; NULL: no token required */
+    uint64_t admin_header_timeout;  /* ms to receive a whole admin request head; default 5s */
+    uint64_t admin_idle_timeout;    /* ms an admin keep-alive connection may sit idle; 30s */
+    uint64_t admin_send_timeout;    /* ms between two writes to a slow admin client; 10s */
+    enum log_level log_level;   /* `log_level:` the diagnostic log's threshold; default info */
     struct conf_metrics metrics;
     enum conf_underscores underscores;
     struct conf_cidr *trusted;  /* trusted_proxies */

@@ -4,6 +4,7 @@
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <string.h>
 #include <cmocka.h>
 
@@ -257,6 +258,43 @@ static void test_log_keys(void **state)
     conf_unref(c);
 }
 
+static void test_log_level_and_admin_timeouts(void **state)
+{
+    (void)state;
+    char err[512];
+    struct conf *c = load(BASE, err, sizeof err);
+    assert_non_null(c);
+    assert_int_equal(c->log_level, LOG_INFO);
+    conf_unref(c);
+    static const char *const names[] = { "debug", "info", "warn", "error" };
+    for (int i = 0; i < 4; i++) {
+        char text[1024];
+        snprintf(text, sizeof text, "%slog_level: %s\n", BASE, names[i]);
+        c = load(text, err, sizeof err);
+        assert_non_null(c);
+        assert_int_equal(c->log_level, i);
+        conf_unref(c);
+    }
+    expect_err(BASE "log_level: verbose\n", "t.yaml:11:12: log_level: expected debug, info, warn or error");
+    expect_err(BASE "log_level: [ info ]\n", "t.yaml:11:12: log_level: expected debug, info, warn or error");
+
+    c = load(BASE "admin: { listen: \"127.0.0.1:9901\" }\n", err, sizeof err);
+    assert_non_null(c);
+    assert_int_equal(c->admin_header_timeout, 5000);
+    assert_int_equal(c->admin_idle_timeout, 30000);
+    assert_int_equal(c->admin_send_timeout, 10000);
+    conf_unref(c);
+    c = load(BASE "admin: { header_timeout: 1s, idle_timeout: 2s, send_timeout: 3s }\n", err, sizeof err);
+    assert_non_null(c);
+    assert_int_equal(c->admin_header_timeout, 1000);
+    assert_int_equal(c->admin_idle_timeout, 2000);
+    assert_int_equal(c->admin_send_timeout, 3000);
+    conf_unref(c);
+    expect_err(BASE "admin: { idle_timeout: 0s }\n", "t.yaml:11:24: admin.idle_timeout: must be greater than zero");
+    expect_err(BASE "admin: { send_timeout: soon }\n",
+               "t.yaml:11:24: admin.send_timeout: expected a duration like 500ms, 10s, 5m, 1h, 1d");
+}
+
 static void test_missing_file(void **state)
 {
     (void)state;
@@ -275,6 +313,7 @@ int main(void)
         cmocka_unit_test(test_yaml_syntax_error),
         cmocka_unit_test(test_missing_file),
         cmocka_unit_test(test_log_keys),
+        cmocka_unit_test(test_log_level_and_admin_timeouts),
     };
     return cmocka_run_group_tests_name("conf", tests, NULL, NULL);
 }
