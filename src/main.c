@@ -77,6 +77,11 @@ int main(int argc, char **argv)
     pthread_sigmask(SIG_BLOCK, &set, NULL);
     signal(SIGPIPE, SIG_IGN);
 
+    /* From here on no thread writes to stderr itself: lines go through the
+     * log's ring, so a stderr nobody reads can never stall a worker. */
+    log_set_level(conf->log_level);
+    log_start();
+
     struct admin *admin = NULL;
     if (conf->admin_enabled && !(admin = admin_open(conf, err, sizeof err))) {
         log_error("%s", err);
@@ -119,7 +124,11 @@ int main(int argc, char **argv)
         }
         if (sig == SIGHUP) {
             log_info("SIGHUP: reloading %s", path);
-            proxy_reload(p, err, sizeof err);   /* logs, and tells systemd, either way */
+            if (proxy_reload(p, err, sizeof err) == 0) {   /* logs, and tells systemd, either way */
+                struct proxy_gen *g = proxy_gen_get(p);
+                log_set_level(proxy_gen_conf(g)->log_level);
+                proxy_gen_put(g);
+            }
             continue;
         }
         log_info("signal %d ignored", sig);

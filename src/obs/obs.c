@@ -2,6 +2,7 @@
 #include "obs.h"
 
 #include "conf/conf.h"
+#include "core/log.h"
 
 #include <dirent.h>
 #include <stdarg.h>
@@ -541,4 +542,21 @@ void obs_totals(struct obs_worker *const *workers, size_t nworkers, struct obs_t
             out->duration_sum_us += ld(&rt->duration.sum_us);
         }
     }
+}
+
+void obs_log_metrics(struct obs_text *t)
+{
+    struct log_stats st;
+    log_get_stats(&st);
+    obs_printf(t, "# HELP portico_log_lines_total Diagnostic log lines written to stderr.\n"
+                  "# TYPE portico_log_lines_total counter\n"
+                  "portico_log_lines_total %llu\n"
+                  "# HELP portico_log_lines_dropped_total Diagnostic log lines dropped because stderr did not keep up.\n"
+                  "# TYPE portico_log_lines_dropped_total counter\n"
+                  "portico_log_lines_dropped_total %llu\n"
+                  "# HELP portico_log_lines_suppressed_total Diagnostic log lines held back by rate limits (summarised once a second).\n"
+                  "# TYPE portico_log_lines_suppressed_total counter\n"
+                  "portico_log_lines_suppressed_total %llu\n",
+               (unsigned long long)st.written, (unsigned long long)st.dropped,
+               (unsigned long long)st.suppressed);
 }

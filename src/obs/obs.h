@@ -117,6 +117,11 @@ void obs_expose(struct obs_text *t, struct obs_worker *const *workers, size_t nw
  * CPU alert and the dashboard in deploy/ use them. */
 void obs_process_metrics(struct obs_text *t);
 
+/* The diagnostic log's counters (core/log.h): portico_log_lines_total (written),
+ * portico_log_lines_dropped_total (the ring was full: stderr did not keep up),
+ * portico_log_lines_suppressed_total (held back by a rate limit, summarised). */
+void obs_log_metrics(struct obs_text *t);
+
 /* Totals over workers, for the status page. The histogram is over the
  * buckets of workers[0]'s layout (workers with other buckets are left out of
  * it); `bounds` are those buckets in seconds. */
