@@ -11,60 +11,109 @@
 #include "proxy/proxy.h"
 
 #include <errno.h>
-#include <poll.h>
+#include <stddef.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/eventfd.h>
+#include <sys/uio.h>
 #include <sys/socket.h>
-#include <sys/time.h>
 #include <unistd.h>
 
-#define ADMIN_MAX_REQUEST 8192
-#define ADMIN_IO_TIMEOUT_MS 2000
+#define ADMIN_MAX_REQUEST 8192     /* a request head; more is answered 431 */
+#define ADMIN_MAX_CONNS 256        /* at the limit the least recently active one is closed */
+#define ADMIN_MAX_PER_TURN 32      /* pipelined requests served before others get a turn */
 #define ADMIN_MAX_WORKERS 256
+#define ADMIN_ACCEPT_RETRY_MS 100  /* after EMFILE/ENFILE/ENOMEM */
+
+/* One admin connection, owned by the admin thread.
+ *   READ:   waiting for (the rest of) a request head; header timeout from its first
+ *           byte (or from accept), idle timeout between keep-alive requests
+ *   WRITE:  a response is being written; send timeout between two writes that progress
+ *   RELOAD: POST /reload runs in the reload thread; no timer, no reads, and the
+ *           connection is never closed in this state (the reload will answer it) */
+enum aconn_state { AC_READ, AC_WRITE, AC_RELOAD };
+
+struct aconn {
+    struct loop_io io;
+    struct loop_timer timer;
+    struct admin *a;
+    struct aconn *prev, *next;      /* a->conns, all connections */
+    struct aconn *rq_next;          /* a->rq_head: waiting for their turn to reload */
+    enum aconn_state st;
+    bool readable, eof, close_after, is_head, resume;
+    uint64_t last_active;           /* ms, for eviction at ADMIN_MAX_CONNS */
+    size_t inlen;
+    char head[768];                 /* the response head being written */
+    size_t headlen;
+    const char *body;               /* static, or body_owned */
+    char *body_owned;
+    size_t bodylen, off;            /* off: bytes of head+body written */
+    char in[ADMIN_MAX_REQUEST];
+};
 
 struct admin {
     struct proxy *p;
-    int fd, stopfd;
+    int fd;
+    struct loop *loop;
+    struct loop_io lio;
+    struct loop_timer accept_timer;
     pthread_t thread;
     bool running;
+    atomic_bool stopping;
     uint64_t started_ms;
+    struct aconn *conns;
+    unsigned nconns;
+    uint64_t header_timeout, idle_timeout, send_timeout;   /* from the running conf */
+    /* POST /reload: one at a time in a thread of its own, since proxy_reload()
+     * blocks until every worker has switched; the rest queue behind it. */
+    bool rbusy;
+    pthread_t rthread;
+    atomic_bool rdone;
+    int rrc;
+    char rerr[1024];
+    struct aconn *rconn, *rq_head, *rq_tail;
 };
 
-static void respond(int fd, int status, const char *ctype, const char *body, size_t len,
-                    const char *extra)
+static void conn_close(struct aconn *c);
+static void conn_drive(struct aconn *c);
+
+/* Queue a response on c: a head built here and `len` bytes of body (none for
+ * HEAD). `owned`: body was malloc'd and is freed with the connection's
+ * response. The caller drives the connection to write it. */
+static void respond_owned(struct aconn *c, int status, const char *ctype, const char *body,
+                          size_t len, const char *extra, char *owned)
 {
-    char head[512];
-    int n = snprintf(head, sizeof head,
+    int n = snprintf(c->head, sizeof c->head,
                      "HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %zu\r\n"
-                     "Cache-Control: no-store\r\n%sConnection: close\r\n\r\n",
-                     status, http_reason(status), ctype, len, extra ? extra : "");
-    struct iovec iov[2] = { { head, (size_t)n }, { (void *)body, len } };
-    struct msghdr msg = { .msg_iov = iov, .msg_iovlen = 2 };
-    size_t left = (size_t)n + len;
-    while (left) {
-        ssize_t w = sendmsg(fd, &msg, MSG_NOSIGNAL);
-        if (w <= 0)
-            return;
-        left -= (size_t)w;
-        while (msg.msg_iovlen && (size_t)w >= msg.msg_iov[0].iov_len) {
-            w -= (ssize_t)msg.msg_iov[0].iov_len;
-            msg.msg_iov++;
-            msg.msg_iovlen--;
-        }
-        if (msg.msg_iovlen) {
-            msg.msg_iov[0].iov_base = (char *)msg.msg_iov[0].iov_base + w;
-            msg.msg_iov[0].iov_len -= (size_t)w;
-        }
+                     "Cache-Control: no-store\r\n%s%s\r\n",
+                     status, http_reason(status), ctype, len, extra ? extra : "",
+                     c->close_after ? "Connection: close\r\n" : "");
+    if (n < 0 || (size_t)n >= sizeof c->head) {     /* the extras are constants that fit */
+        n = snprintf(c->head, sizeof c->head,
+                     "HTTP/1.1 500 Internal Server Error\r\nContent-Length: 0\r\n"
+                     "Connection: close\r\n\r\n");
+        c->close_after = true;
+        len = 0;
     }
+    c->headlen = (size_t)n;
+    c->body = body;
+    c->body_owned = owned;
+    c->bodylen = c->is_head ? 0 : len;
+    c->off = 0;
+    c->st = AC_WRITE;
 }
 
-static void text(int fd, int status, const char *body)
+static void respond(struct aconn *c, int status, const char *ctype, const char *body, size_t len,
+                    const char *extra)
 {
-    respond(fd, status, "text/plain; charset=utf-8", body, strlen(body), NULL);
+    respond_owned(c, status, ctype, body, len, extra, NULL);
+}
+
+static void text(struct aconn *c, int status, const char *body)
+{
+    respond(c, status, "text/plain; charset=utf-8", body, strlen(body), NULL);
 }
 
 static const char *state_name(enum balance_state s)
@@ -248,7 +297,9 @@ static bool token_ok(const struct conf *c, const struct http_request *r)
     return false;
 }
 
-static void serve_request(struct admin *a, int fd, const struct http_request *r,
+static void reload_start(struct admin *a, struct aconn *c);
+
+static void serve_request(struct admin *a, struct aconn *c, const struct http_request *r,
                           const struct proxy_gen *g)
 {
     const char *path = r->path ? r->path : "/";
@@ -262,17 +313,17 @@ static void serve_request(struct admin *a, int fd, const struct http_request *r,
     bool post = r->method_len == 4 && memcmp(r->method, "POST", 4) == 0;
     if (PATH_IS("/reload")) {
         if (!post) {
-            respond(fd, 405, "text/plain", "POST only\n", 10, "Allow: POST\r\n");
+            respond(c, 405, "text/plain", "POST only\n", 10, "Allow: POST\r\n");
             return;
         }
     } else if (!get && !head) {
-        respond(fd, 405, "text/plain", "GET only\n", 9, "Allow: GET, HEAD\r\n");
+        respond(c, 405, "text/plain", "GET only\n", 9, "Allow: GET, HEAD\r\n");
         return;
     }
     if (PATH_IS("/")) {
         /* The status page holds no data (its script fetches /status with the
          * token), so it is open; the policy forbids every outside source. */
-        respond(fd, 200, "text/html; charset=utf-8", status_page_html, head ? 0 : status_page_len,
+        respond(c, 200, "text/html; charset=utf-8", status_page_html, status_page_len,
                 "Content-Security-Policy: default-src 'none'; script-src 'unsafe-inline'; "
                 "style-src 'unsafe-inline'; connect-src 'self'; img-src data:; "
                 "base-uri 'none'; form-action 'none'; frame-ancestors 'none'\r\n"
@@ -280,40 +331,27 @@ static void serve_request(struct admin *a, int fd, const struct http_request *r,
         return;
     }
     if (PATH_IS("/health")) {
-        text(fd, 200, "ok\n");
+        text(c, 200, "ok\n");
         return;
     }
     if (PATH_IS("/ready")) {
         if (ready(g))
-            text(fd, 200, "ready\n");
+            text(c, 200, "ready\n");
         else
-            text(fd, 503, "not ready: an upstream has no server up\n");
+            text(c, 503, "not ready: an upstream has no server up\n");
         return;
     }
     if (!token_ok(proxy_gen_conf(g), r)) {
-        respond(fd, 401, "text/plain", "unauthorized\n", 13,
+        respond(c, 401, "text/plain", "unauthorized\n", 13,
                 "WWW-Authenticate: Bearer realm=\"portico admin\"\r\n");
         return;
     }
-    struct obs_text t = { 0 };
     if (PATH_IS("/reload")) {
-        char err[1024];
-        if (proxy_reload(a->p, err, sizeof err) == 0) {
-            struct proxy_reload_stats st;
-            proxy_reload_stats(a->p, &st);
-            obs_printf(&t, "{\"reloaded\":true,\"generation\":%llu}\n",
-                       (unsigned long long)st.generation);
-            if (!t.oom)
-                respond(fd, 200, "application/json", t.buf, t.len, NULL);
-        } else {
-            obs_printf(&t, "{\"reloaded\":false,\"error\":\"");
-            json_text(&t, err);
-            obs_printf(&t, "\"}\n");
-            /* the request was fine; the file it asked to load was not */
-            if (!t.oom)
-                respond(fd, 422, "application/json", t.buf, t.len, NULL);
-        }
-    } else if (PATH_IS("/metrics")) {
+        reload_start(a, c);
+        return;
+    }
+    struct obs_text t = { 0 };
+    if (PATH_IS("/metrics")) {
         struct obs_worker *ws[ADMIN_MAX_WORKERS];
         size_t nw = proxy_obs_lock(a->p, ws, ADMIN_MAX_WORKERS);
         obs_expose(&t, ws, nw);
@@ -321,81 +359,399 @@ static void serve_request(struct admin *a, int fd, const struct http_request *r,
         upstream_metrics(g, &t);
         reload_metrics(a, &t);
         log_metrics(g, &t);
+        obs_log_metrics(&t);
         obs_process_metrics(&t);
-        if (!t.oom)
-            respond(fd, 200, "text/plain; version=0.0.4; charset=utf-8", t.buf, head ? 0 : t.len, NULL);
+        if (!t.oom) {
+            respond_owned(c, 200, "text/plain; version=0.0.4; charset=utf-8", t.buf, t.len, NULL,
+                          t.buf);
+            return;
+        }
     } else if (PATH_IS("/status")) {
         status_json(a, g, &t);
-        if (!t.oom)
-            respond(fd, 200, "application/json", t.buf, head ? 0 : t.len, NULL);
+        if (!t.oom) {
+            respond_owned(c, 200, "application/json", t.buf, t.len, NULL, t.buf);
+            return;
+        }
     } else {
-        text(fd, 404, "not found: try /, /health, /ready, /metrics, /status, POST /reload\n");
+        text(c, 404, "not found: try /, /health, /ready, /metrics, /status, POST /reload\n");
         return;
     }
-    if (t.oom)
-        text(fd, 500, "out of memory\n");
     free(t.buf);
+    text(c, 500, "out of memory\n");
 #undef PATH_IS
 }
 
-static void serve(struct admin *a, int fd)
+/* ---------------------------------------------------------------- POST /reload */
+
+static void *reload_main(void *arg)
 {
-    struct timeval tv = { ADMIN_IO_TIMEOUT_MS / 1000, (ADMIN_IO_TIMEOUT_MS % 1000) * 1000 };
-    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
-    setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
-    char buf[ADMIN_MAX_REQUEST];
-    size_t len = 0;
-    struct http_header hdrs[64];
-    uint8_t kinds[64];
-    struct http_limits lim = { 4096, sizeof buf, 64 };
-    struct http_request r;
-    int n;
-    for (;;) {
-        ssize_t got = read(fd, buf + len, sizeof buf - len);
-        if (got <= 0)
-            return;
-        len += (size_t)got;
-        r.m.headers = hdrs;
-        r.m.kinds = kinds;
-        n = http_parse_request(buf, len, &r, &lim);
-        if (n != HTTP_AGAIN)
-            break;
-        if (len == sizeof buf) {
-            text(fd, 431, "request head too large\n");
-            return;
-        }
+    struct admin *a = arg;
+    a->rrc = proxy_reload(a->p, a->rerr, sizeof a->rerr);
+    if (a->rrc == 0) {
+        struct proxy_gen *g = proxy_gen_get(a->p);
+        log_set_level(proxy_gen_conf(g)->log_level);
+        proxy_gen_put(g);
     }
-    if (n < 0) {
-        text(fd, r.m.status, "bad request\n");
+    atomic_store(&a->rdone, true);
+    loop_wake(a->loop);
+    return NULL;
+}
+
+/* Run the reload for c now, or queue c behind the one running. */
+static void reload_start(struct admin *a, struct aconn *c)
+{
+    c->st = AC_RELOAD;
+    loop_timer_stop(a->loop, &c->timer);
+    if (a->rbusy) {
+        c->rq_next = NULL;
+        if (a->rq_tail)
+            a->rq_tail->rq_next = c;
+        else
+            a->rq_head = c;
+        a->rq_tail = c;
         return;
     }
-    /* A body (none is expected) is left unread: the answer says
-     * Connection: close and the socket is closed after it. */
+    a->rbusy = true;
+    a->rconn = c;
+    atomic_store(&a->rdone, false);
+    int rc = pthread_create(&a->rthread, NULL, reload_main, a);
+    if (rc) {
+        a->rbusy = false;
+        a->rconn = NULL;
+        c->close_after = true;
+        text(c, 503, "cannot start the reload: no thread\n");
+    }
+}
+
+/* The reload thread has finished (admin thread, from the wake callback):
+ * answer its connection and start the next queued one. */
+static void reload_finish(struct admin *a)
+{
+    pthread_join(a->rthread, NULL);
+    a->rbusy = false;
+    struct aconn *c = a->rconn;
+    a->rconn = NULL;
+    struct obs_text t = { 0 };
+    int status;
+    if (a->rrc == 0) {
+        struct proxy_reload_stats st;
+        proxy_reload_stats(a->p, &st);
+        obs_printf(&t, "{\"reloaded\":true,\"generation\":%llu}\n",
+                   (unsigned long long)st.generation);
+        status = 200;
+    } else {
+        obs_printf(&t, "{\"reloaded\":false,\"error\":\"");
+        json_text(&t, a->rerr);
+        obs_printf(&t, "\"}\n");
+        status = 422;   /* the request was fine; the file it asked to load was not */
+    }
+    if (t.oom) {
+        free(t.buf);
+        text(c, 500, "out of memory\n");
+    } else {
+        respond_owned(c, status, "application/json", t.buf, t.len, NULL, t.buf);
+    }
+    while (a->rq_head && !a->rbusy) {
+        struct aconn *n = a->rq_head;
+        a->rq_head = n->rq_next;
+        if (!a->rq_head)
+            a->rq_tail = NULL;
+        reload_start(a, n);
+        if (n->st != AC_RELOAD)
+            conn_drive(n);
+    }
+    conn_drive(c);
+}
+
+/* ---------------------------------------------------------------- connections */
+
+static void conn_timer_cb(struct loop *l, struct loop_timer *t)
+{
+    (void)l;
+    struct aconn *c = (struct aconn *)((char *)t - offsetof(struct aconn, timer));
+    if (c->resume) {                /* not a timeout: its turn came again */
+        c->resume = false;
+        conn_drive(c);
+        return;
+    }
+    conn_close(c);                  /* header, idle or send timeout */
+}
+
+static void conn_free_response(struct aconn *c)
+{
+    free(c->body_owned);
+    c->body_owned = NULL;
+    c->body = NULL;
+    c->bodylen = c->headlen = c->off = 0;
+}
+
+static void conn_close(struct aconn *c)
+{
+    struct admin *a = c->a;
+    loop_timer_stop(a->loop, &c->timer);
+    loop_del(a->loop, &c->io);
+    close(c->io.fd);
+    if (c->prev)
+        c->prev->next = c->next;
+    else
+        a->conns = c->next;
+    if (c->next)
+        c->next->prev = c->prev;
+    a->nconns--;
+    conn_free_response(c);
+    free(c);
+}
+
+/* Write what is queued. 1: all written, 0: the socket is full, -1: error. */
+static int conn_flush(struct aconn *c)
+{
+    while (c->off < c->headlen + c->bodylen) {
+        struct iovec iov[2];
+        int n = 0;
+        if (c->off < c->headlen)
+            iov[n++] = (struct iovec){ c->head + c->off, c->headlen - c->off };
+        size_t boff = c->off > c->headlen ? c->off - c->headlen : 0;
+        if (c->bodylen > boff)
+            iov[n++] = (struct iovec){ (char *)c->body + boff, c->bodylen - boff };
+        struct msghdr msg = { .msg_iov = iov, .msg_iovlen = (size_t)n };
+        ssize_t w = sendmsg(c->io.fd, &msg, MSG_NOSIGNAL | MSG_DONTWAIT);
+        if (w < 0) {
+            if (errno == EINTR)
+                continue;
+            return errno == EAGAIN || errno == EWOULDBLOCK ? 0 : -1;
+        }
+        c->off += (size_t)w;
+        c->last_active = loop_now(c->a->loop);
+        loop_timer_arm(c->a->loop, &c->timer, c->a->send_timeout);
+    }
+    return 1;
+}
+
+/* Read into c->in while there is room. false: the connection failed. */
+static bool conn_read(struct aconn *c)
+{
+    while (c->readable && !c->eof && c->inlen < sizeof c->in) {
+        ssize_t got = read(c->io.fd, c->in + c->inlen, sizeof c->in - c->inlen);
+        if (got < 0) {
+            if (errno == EINTR)
+                continue;
+            if (errno == EAGAIN || errno == EWOULDBLOCK) {
+                c->readable = false;
+                break;
+            }
+            return false;
+        }
+        if (got == 0) {
+            c->eof = true;
+            break;
+        }
+        bool first = c->inlen == 0;
+        c->inlen += (size_t)got;
+        c->last_active = loop_now(c->a->loop);
+        if (first)      /* a request has begun: the whole head within header_timeout */
+            loop_timer_arm(c->a->loop, &c->timer, c->a->header_timeout);
+    }
+    return true;
+}
+
+/* Parse and serve the request at the start of c->in, if it is complete.
+ * 1: served (a response is queued or a reload runs), 0: waiting for bytes,
+ * -1: close the connection. */
+static int conn_serve_one(struct aconn *c)
+{
+    struct admin *a = c->a;
+    struct http_header hdrs[64];
+    uint8_t kinds[64];
+    struct http_limits lim = { 4096, sizeof c->in, 64 };
+    struct http_request r;
+    r.m.headers = hdrs;
+    r.m.kinds = kinds;
+    int n = c->inlen ? http_parse_request(c->in, c->inlen, &r, &lim) : HTTP_AGAIN;
+    if (n == HTTP_AGAIN) {
+        if (c->inlen == sizeof c->in) {
+            c->close_after = true;
+            c->is_head = false;
+            text(c, 431, "request head too large\n");
+            return 1;
+        }
+        return c->eof ? -1 : 0;
+    }
+    c->is_head = false;
+    if (n < 0) {
+        c->close_after = true;
+        text(c, r.m.status, "bad request\n");
+        return 1;
+    }
+    c->is_head = r.is_head;
+    /* No admin request has a body: one that comes with a body is answered
+     * and the connection closed, so its bytes are never read as a request. */
+    bool body = r.m.body == HTTP_BODY_CHUNKED ||
+                (r.m.body == HTTP_BODY_LENGTH && r.m.content_length > 0);
+    c->close_after = !r.m.keep_alive || body || c->eof || atomic_load(&a->stopping);
     struct proxy_gen *g = proxy_gen_get(a->p);
-    serve_request(a, fd, &r, g);
+    const struct conf *conf = proxy_gen_conf(g);
+    a->header_timeout = conf->admin_header_timeout;
+    a->idle_timeout = conf->admin_idle_timeout;
+    a->send_timeout = conf->admin_send_timeout;
+    serve_request(a, c, &r, g);
     proxy_gen_put(g);
+    /* the parsed request points into c->in: drop it only now */
+    memmove(c->in, c->in + n, c->inlen - (size_t)n);
+    c->inlen -= (size_t)n;
+    return 1;
+}
+
+/* Move c as far as it can go: write what is queued, then serve the next
+ * request (pipelined ones in a bounded loop, never by recursion). */
+static void conn_drive(struct aconn *c)
+{
+    struct admin *a = c->a;
+    for (int turn = 0; turn < ADMIN_MAX_PER_TURN; turn++) {
+        if (c->st == AC_RELOAD)
+            return;
+        if (c->st == AC_WRITE) {
+            int w = conn_flush(c);
+            if (w < 0) {
+                conn_close(c);
+                return;
+            }
+            if (w == 0) {
+                if (!loop_timer_armed(&c->timer))
+                    loop_timer_arm(a->loop, &c->timer, a->send_timeout);
+                return;
+            }
+            conn_free_response(c);
+            if (c->close_after) {
+                /* let the client read the response before the close */
+                shutdown(c->io.fd, SHUT_WR);
+                conn_close(c);
+                return;
+            }
+            c->st = AC_READ;
+            /* between requests: the idle timeout, or the header timeout of
+             * one already begun (pipelined) */
+            loop_timer_arm(a->loop, &c->timer, c->inlen ? a->header_timeout : a->idle_timeout);
+        }
+        if (!conn_read(c)) {
+            conn_close(c);
+            return;
+        }
+        int s = conn_serve_one(c);
+        if (s < 0) {
+            conn_close(c);
+            return;
+        }
+        if (s == 0)
+            return;
+    }
+    /* Served ADMIN_MAX_PER_TURN requests: let the other connections have
+     * the thread, and come back on the next loop iteration. */
+    c->resume = true;
+    loop_timer_stop(a->loop, &c->timer);
+    loop_timer_arm(a->loop, &c->timer, 1);
+}
+
+static void conn_io(struct loop *l, struct loop_io *io, unsigned events)
+{
+    (void)l;
+    struct aconn *c = (struct aconn *)io;
+    if (events & LOOP_READ)
+        c->readable = true;
+    if (c->resume)          /* a turn is already scheduled */
+        return;
+    conn_drive(c);
+}
+
+/* At ADMIN_MAX_CONNS: close the least recently active connection that is not
+ * waiting for a reload, so that a probe always gets in. a->conns is newest
+ * first, so among equally old ones the earliest accepted goes. */
+static bool evict_one(struct admin *a)
+{
+    struct aconn *victim = NULL;
+    for (struct aconn *c = a->conns; c; c = c->next)
+        if (c->st != AC_RELOAD && (!victim || c->last_active <= victim->last_active))
+            victim = c;
+    if (!victim)
+        return false;
+    conn_close(victim);
+    return true;
+}
+
+static void listener_io(struct loop *l, struct loop_io *io, unsigned events)
+{
+    (void)events;
+    struct admin *a = (struct admin *)((char *)io - offsetof(struct admin, lio));
+    while (!atomic_load(&a->stopping)) {
+        int fd = accept4(a->fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        if (fd < 0) {
+            if (errno == EINTR || errno == ECONNABORTED)
+                continue;
+            if (errno != EAGAIN && errno != EWOULDBLOCK) {
+                /* out of descriptors or memory: the queue is not drained and
+                 * no new edge will come for it, so try again shortly */
+                log_rl_warn("admin: accept: %s", strerror(errno));
+                loop_timer_arm(l, &a->accept_timer, ADMIN_ACCEPT_RETRY_MS);
+            }
+            return;
+        }
+        if (a->nconns >= ADMIN_MAX_CONNS && !evict_one(a)) {
+            close(fd);
+            continue;
+        }
+        struct aconn *c = calloc(1, sizeof *c);
+        if (!c) {
+            close(fd);
+            continue;
+        }
+        c->a = a;
+        c->io.fd = fd;
+        c->io.cb = conn_io;
+        c->timer.cb = conn_timer_cb;
+        c->st = AC_READ;
+        c->last_active = loop_now(l);
+        if (loop_add(l, &c->io) < 0) {
+            close(fd);
+            free(c);
+            continue;
+        }
+        c->next = a->conns;
+        if (a->conns)
+            a->conns->prev = c;
+        a->conns = c;
+        a->nconns++;
+        /* nothing sent yet: the head must still arrive within header_timeout */
+        loop_timer_arm(l, &c->timer, a->header_timeout);
+    }
+}
+
+static void accept_retry(struct loop *l, struct loop_timer *t)
+{
+    struct admin *a = (struct admin *)((char *)t - offsetof(struct admin, accept_timer));
+    listener_io(l, &a->lio, LOOP_READ);
+}
+
+static void admin_wake(struct loop *l, void *arg)
+{
+    struct admin *a = arg;
+    if (atomic_load(&a->stopping)) {
+        loop_stop(l);
+        return;
+    }
+    if (a->rbusy && atomic_load(&a->rdone))
+        reload_finish(a);
 }
 
 static void *admin_main(void *arg)
 {
     struct admin *a = arg;
-    for (;;) {
-        struct pollfd pfd[2] = { { a->fd, POLLIN, 0 }, { a->stopfd, POLLIN, 0 } };
-        if (poll(pfd, 2, -1) < 0) {
-            if (errno == EINTR)
-                continue;
-            break;
-        }
-        if (pfd[1].revents)
-            break;
-        if (!(pfd[0].revents & POLLIN))
-            continue;
-        int fd = accept4(a->fd, NULL, NULL, SOCK_CLOEXEC);
-        if (fd < 0)
-            continue;
-        serve(a, fd);
-        close(fd);
-    }
+    loop_run(a->loop);
+    /* stopping: a reload in progress finishes (it is bounded by the
+     * workers' switch), then every connection is closed unanswered */
+    if (a->rbusy)
+        pthread_join(a->rthread, NULL);
+    a->rbusy = false;
+    while (a->conns)
+        conn_close(a->conns);
     return NULL;
 }
 
@@ -407,19 +763,33 @@ struct admin *admin_open(const struct conf *c, char *err, size_t errlen)
         return NULL;
     }
     a->started_ms = loop_clock_ms();
-    a->fd = socket(c->admin_listen.ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    a->stopfd = eventfd(0, EFD_CLOEXEC);
+    a->header_timeout = c->admin_header_timeout;
+    a->idle_timeout = c->admin_idle_timeout;
+    a->send_timeout = c->admin_send_timeout;
+    a->fd = socket(c->admin_listen.ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    a->loop = loop_new();
     int one = 1;
     if (a->fd >= 0)
         setsockopt(a->fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
-    if (a->fd < 0 || a->stopfd < 0 ||
+    if (a->fd < 0 || !a->loop ||
         bind(a->fd, (const struct sockaddr *)&c->admin_listen.ss, c->admin_listen.len) < 0 ||
-        listen(a->fd, 64) < 0) {
-        snprintf(err, errlen, "admin listen %s: %s", c->admin_listen.text, strerror(errno));
+        listen(a->fd, 128) < 0) {
+        snprintf(err, errlen, "admin listen %s: %s", c->admin_listen.text,
+                 a->loop ? strerror(errno) : "out of memory");
         if (a->fd >= 0)
             close(a->fd);
-        if (a->stopfd >= 0)
-            close(a->stopfd);
+        loop_free(a->loop);
+        free(a);
+        return NULL;
+    }
+    a->lio.fd = a->fd;
+    a->lio.cb = listener_io;
+    a->accept_timer.cb = accept_retry;
+    loop_set_wake(a->loop, admin_wake, a);
+    if (loop_add(a->loop, &a->lio) < 0) {
+        snprintf(err, errlen, "admin listen %s: epoll: %s", c->admin_listen.text, strerror(errno));
+        close(a->fd);
+        loop_free(a->loop);
         free(a);
         return NULL;
     }
@@ -442,12 +812,13 @@ void admin_stop(struct admin *a)
 {
     if (!a)
         return;
-    uint64_t one = 1;
-    ssize_t w = write(a->stopfd, &one, sizeof one);
-    (void)w;
+    atomic_store(&a->stopping, true);
+    loop_wake(a->loop);
     if (a->running)
         pthread_join(a->thread, NULL);
+    while (a->conns)
+        conn_close(a->conns);
     close(a->fd);
-    close(a->stopfd);
+    loop_free(a->loop);
     free(a);
 }

@@ -1,9 +1,12 @@
 /* admin/admin.h: the admin listener: liveness, readiness, Prometheus
  * metrics and a JSON status, on its own address (default 127.0.0.1:9901).
  *
- * It runs in one thread of its own, one short request at a time with
- * blocking I/O bounded by timeouts: it is for probes, scrapers and
- * operators, never on the request path. `GET /health` and `GET /ready` are
+ * It runs in one thread of its own with an event loop (core/loop.h): many
+ * connections at once, keep-alive, per-connection header, idle and send
+ * timeouts (admin.*_timeout), request heads of at most 8 KiB, so no client
+ * can stall /health. POST /reload runs proxy_reload() in a helper thread
+ * (it waits for every worker to switch) and is answered when it returns.
+ * It is for probes, scrapers and operators, never on the request path. `GET /health` and `GET /ready` are
  * open (Kubernetes probes cannot send a token); everything else needs
  * `Authorization: Bearer <token>` when admin.token_file is set.
  */
