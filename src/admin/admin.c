@@ -782,6 +782,14 @@ struct admin *admin_open(const struct conf *c, char *err, size_t errlen)
         free(a);
         return NULL;
     }
+    /* one timer per connection and the accept retry: never out of memory later */
+    if (loop_reserve_timers(a->loop, ADMIN_MAX_CONNS + 1) < 0) {
+        snprintf(err, errlen, "admin listen %s: out of memory", c->admin_listen.text);
+        close(a->fd);
+        loop_free(a->loop);
+        free(a);
+        return NULL;
+    }
     a->lio.fd = a->fd;
     a->lio.cb = listener_io;
     a->accept_timer.cb = accept_retry;
