@@ -9,7 +9,7 @@ CFLAGS  := -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sani
 LDFLAGS += -fsanitize=address,undefined
 endif
 override CFLAGS += -std=c11 -D_GNU_SOURCE -Wall -Wextra -Werror -Isrc -MMD -MP
-LDLIBS  := -lyaml -lpthread
+LDLIBS  := -lyaml -lpthread -lssl -lcrypto
 PYTHON  := /usr/bin/python3
 
 SRCS    := $(sort $(wildcard src/*/*.c))

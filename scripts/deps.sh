@@ -7,10 +7,11 @@
 set -euo pipefail
 
 pkgs=(build-essential pkg-config libyaml-dev libcmocka-dev wrk
-      python3-pytest python3-requests)
+      python3-pytest python3-requests
+      libssl-dev openssl postgresql postgresql-client python3-psycopg2)
 for extra in "$@"; do
     case "$extra" in
-        bench) pkgs+=(wrk nginx-light haproxy util-linux procps valgrind) ;;
+        bench) pkgs+=(wrk nginx-light haproxy util-linux procps valgrind pgbouncer) ;;
         fuzz)  pkgs+=(clang libclang-rt-dev) ;;
         browser) pkgs+=(chromium) ;;
         *) echo "deps.sh: unknown group '$extra'" >&2; exit 2 ;;

@@ -3,6 +3,7 @@
 #include "conf/conf.h"
 #include "core/log.h"
 #include "core/sdnotify.h"
+#include "pg/pg.h"
 #include "proxy/proxy.h"
 
 #include <errno.h>
@@ -95,9 +96,19 @@ int main(int argc, char **argv)
         conf_unref(conf);
         return 1;
     }
+    struct pg *pg = NULL;
+    if (conf->pg.enabled && !(pg = pg_start(conf, err, sizeof err))) {
+        log_error("%s", err);
+        admin_stop(admin);
+        proxy_shutdown(p);
+        proxy_wait(p);
+        conf_unref(conf);
+        return 1;
+    }
     if (admin && admin_run(admin, p, err, sizeof err) < 0) {
         log_error("%s", err);
         admin_stop(admin);
+        pg_stop(pg);
         proxy_shutdown(p);
         proxy_wait(p);
         conf_unref(conf);
@@ -135,6 +146,7 @@ int main(int argc, char **argv)
     }
     sd_notify_send("STOPPING=1");
     admin_stop(admin);
+    pg_stop(pg);
     proxy_shutdown(p);
     proxy_wait(p);
     conf_unref(conf);

@@ -8,6 +8,7 @@
 #include "core/loop.h"
 #include "http/http.h"
 #include "obs/obs.h"
+#include "pg/pg.h"
 #include "proxy/proxy.h"
 
 #include <errno.h>
@@ -361,9 +362,16 @@ static void serve_request(struct admin *a, struct aconn *c, const struct http_re
         log_metrics(g, &t);
         obs_log_metrics(&t);
         obs_process_metrics(&t);
+        pg_metrics(&t);
         if (!t.oom) {
             respond_owned(c, 200, "text/plain; version=0.0.4; charset=utf-8", t.buf, t.len, NULL,
                           t.buf);
+            return;
+        }
+    } else if (PATH_IS("/pools")) {
+        pg_pools_json(&t);      /* the pooler's SHOW POOLS */
+        if (!t.oom) {
+            respond_owned(c, 200, "application/json", t.buf, t.len, NULL, t.buf);
             return;
         }
     } else if (PATH_IS("/status")) {
@@ -373,7 +381,7 @@ static void serve_request(struct admin *a, struct aconn *c, const struct http_re
             return;
         }
     } else {
-        text(c, 404, "not found: try /, /health, /ready, /metrics, /status, POST /reload\n");
+        text(c, 404, "not found: try /, /health, /ready, /metrics, /status, /pools, POST /reload\n");
         return;
     }
     free(t.buf);

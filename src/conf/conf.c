@@ -993,6 +993,8 @@ static bool load_root(struct ctx *x, struct conf *c, yaml_node_t *root)
             else ok = bad(x, v, k, "expected drop, allow or reject");
         }
         else if (!strcmp(k, "log_level")) ok = get_log_level(x, v, k, &c->log_level);
+        else if (!strcmp(k, "postgres"))
+            ok = conf_pg_load(&x->doc, v, x->file, x->err, x->errlen, &c->pg) || (x->failed = true, false);
         else if (!strcmp(k, "workers")) {
             const char *s = scalar(v);
             if (s && !strcmp(s, "auto")) {
@@ -1101,6 +1103,7 @@ static void conf_free(struct conf *c)
     free(c->trusted);
     free(c->access_log);
     free(c->audit_log);
+    conf_pg_free(&c->pg);
     free(c->path);
     free(c);
 }

@@ -165,6 +165,77 @@ struct conf_metrics {
     double buckets[CONF_MAX_BUCKETS];   /* seconds; +Inf is implicit */
 };
 
+/* ---- postgres: the PostgreSQL pooler (parsed in conf_pg.c) ---- */
+
+enum conf_pg_mode { CONF_PG_TRANSACTION = 0, CONF_PG_SESSION };
+enum conf_pg_auth { CONF_PG_AUTH_SCRAM = 0, CONF_PG_AUTH_MD5, CONF_PG_AUTH_TRUST };
+enum conf_pg_sslmode { CONF_PG_SSL_DISABLE = 0, CONF_PG_SSL_REQUIRE, CONF_PG_SSL_VERIFY_FULL };
+enum conf_pg_role { CONF_PG_PRIMARY = 0, CONF_PG_REPLICA };
+
+/* One entry of postgres.auth.file: `"user" "secret"`, where the secret is a
+ * plain password, "md5" + md5(password + user) in hex, or a SCRAM verifier
+ * "SCRAM-SHA-256$<iter>:<salt>$<StoredKey>:<ServerKey>" (base64). */
+struct conf_pg_user {
+    char *name;
+    char *secret;
+};
+
+struct conf_pg_server {
+    struct conf_addr addr;
+    enum conf_pg_role role;
+    uint32_t weight;            /* >= 1 */
+};
+
+/* postgres.pools[]: one pool per (database, user). */
+struct conf_pg_pool {
+    char *database;             /* the name clients ask for (and the server's) */
+    char *user;
+    char *password;             /* portico -> server; NULL: the auth file's plain password */
+    enum conf_pg_mode mode;
+    uint32_t pool_size;         /* server connections, whole process */
+    uint32_t min_pool_size;     /* kept open even when idle */
+    uint32_t reserve_pool;      /* extra connections once a client waited reserve_pool_timeout */
+    bool read_only;             /* every transaction of this pool goes to the replicas */
+};
+
+struct conf_pg {
+    bool enabled;               /* a `postgres:` section is present */
+    struct conf_addr *listen;
+    uint32_t nlisten;
+    struct conf_pg_server *servers;
+    uint32_t nservers;
+    struct conf_pg_pool *pools;
+    uint32_t npools;
+    enum conf_pg_auth auth;
+    char *auth_file;
+    struct conf_pg_user *users;     /* the auth file, read when the configuration loads */
+    uint32_t nusers;
+    uint32_t max_client_conn;       /* whole process */
+    uint64_t query_wait_timeout;    /* ms a client may wait for a server; 0 = forever */
+    uint64_t reserve_pool_timeout;  /* ms */
+    uint64_t server_lifetime;       /* ms; 0 = unlimited */
+    uint64_t server_idle_timeout;   /* ms; 0 = unlimited */
+    uint64_t server_connect_timeout;    /* ms */
+    uint64_t client_login_timeout;  /* ms from connect to a finished login */
+    uint64_t health_interval;       /* ms between two health checks of a server */
+    char *server_reset_query;       /* session mode, when a client leaves; NULL: none */
+    uint64_t slow_query;            /* ms; 0 = the slow query log is off */
+    uint32_t slow_query_max_chars;  /* statement text kept in a slow query line */
+    enum conf_pg_sslmode sslmode;
+    char *sslrootcert;              /* CA file for verify-full; NULL: the system's */
+    uint32_t max_prepared;          /* prepared statements kept per server connection */
+};
+
+/* Called by conf.c for the `postgres:` key: fills *pg or returns false with
+ * err set as `file:line:col: postgres.key: what is wrong`. `doc` is the
+ * libyaml document and `node` the section's node (opaque here so that this
+ * header does not pull in yaml.h). */
+bool conf_pg_load(void *doc, void *node, const char *file, char *err, size_t errlen,
+                  struct conf_pg *pg);
+void conf_pg_free(struct conf_pg *pg);
+/* The secret of a user of the auth file, or NULL. */
+const char *conf_pg_secret(const struct conf_pg *pg, const char *user);
+
 struct conf {
     atomic_int refs;
     char *path;
@@ -192,6 +263,7 @@ struct conf {
     struct conf_cidr *trusted;  /* trusted_proxies */
     uint32_t ntrusted;
     struct conf_pathnorm pathnorm;
+    struct conf_pg pg;          /* postgres: (pg.enabled false when absent) */
 };
 
 /* Whether addr (AF_INET / AF_INET6 bytes, v4-mapped IPv6 counts as IPv4) is
