@@ -139,6 +139,11 @@ int main(int argc, char **argv)
                 struct proxy_gen *g = proxy_gen_get(p);
                 log_set_level(proxy_gen_conf(g)->log_level);
                 proxy_gen_put(g);
+                struct conf *nc = conf_load(path, err, sizeof err);
+                if (nc) {
+                    pg_reload_check(pg, nc);    /* the pooler takes a restart */
+                    conf_unref(nc);
+                }
             }
             continue;
         }

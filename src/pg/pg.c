@@ -2666,13 +2666,51 @@ struct pg *pg_start(struct conf *conf, char *err, size_t errlen)
     return pg;
 }
 
-int pg_reload(struct pg *p, struct conf *c, char *err, size_t errlen)
+static bool str_eq(const char *a, const char *b) { return a == b || (a && b && !strcmp(a, b)); }
+
+/* Whether two postgres: sections would run the same pooler. */
+static bool conf_pg_same(const struct conf_pg *a, const struct conf_pg *b)
 {
-    (void)p;
-    (void)c;
-    (void)err;
-    (void)errlen;
-    return 0;
+    if (a->enabled != b->enabled || a->nlisten != b->nlisten || a->nservers != b->nservers ||
+        a->npools != b->npools || a->nusers != b->nusers || a->auth != b->auth ||
+        a->max_client_conn != b->max_client_conn || a->query_wait_timeout != b->query_wait_timeout ||
+        a->reserve_pool_timeout != b->reserve_pool_timeout || a->server_lifetime != b->server_lifetime ||
+        a->server_idle_timeout != b->server_idle_timeout ||
+        a->server_connect_timeout != b->server_connect_timeout ||
+        a->client_login_timeout != b->client_login_timeout || a->health_interval != b->health_interval ||
+        !str_eq(a->server_reset_query, b->server_reset_query) || a->slow_query != b->slow_query ||
+        a->slow_query_max_chars != b->slow_query_max_chars || a->sslmode != b->sslmode ||
+        !str_eq(a->sslrootcert, b->sslrootcert) || a->max_prepared != b->max_prepared)
+        return false;
+    for (uint32_t i = 0; i < a->nlisten; i++)
+        if (!conf_addr_equal(&a->listen[i], &b->listen[i]))
+            return false;
+    for (uint32_t i = 0; i < a->nservers; i++)
+        if (!conf_addr_equal(&a->servers[i].addr, &b->servers[i].addr) ||
+            a->servers[i].role != b->servers[i].role || a->servers[i].weight != b->servers[i].weight)
+            return false;
+    for (uint32_t i = 0; i < a->npools; i++) {
+        const struct conf_pg_pool *x = &a->pools[i], *y = &b->pools[i];
+        if (!str_eq(x->database, y->database) || !str_eq(x->user, y->user) ||
+            !str_eq(x->password, y->password) || x->mode != y->mode || x->pool_size != y->pool_size ||
+            x->min_pool_size != y->min_pool_size || x->reserve_pool != y->reserve_pool ||
+            x->read_only != y->read_only)
+            return false;
+    }
+    for (uint32_t i = 0; i < a->nusers; i++)
+        if (!str_eq(a->users[i].name, b->users[i].name) || !str_eq(a->users[i].secret, b->users[i].secret))
+            return false;
+    return true;
+}
+
+bool pg_reload_check(const struct pg *p, const struct conf *c)
+{
+    const struct conf_pg *running = p ? p->c : NULL;
+    static const struct conf_pg none;
+    bool same = conf_pg_same(running ? running : &none, &c->pg);
+    if (!same)
+        log_warn("postgres: the section changed; restart portico to apply it");
+    return same;
 }
 
 void pg_stop(struct pg *pg)

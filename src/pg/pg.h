@@ -168,9 +168,11 @@ void pg_md5_response(const char *secret, const char *user, const uint8_t salt[4]
 struct pg;
 /* Bind the listeners and start the workers. NULL with err set on failure. */
 struct pg *pg_start(struct conf *c, char *err, size_t errlen);
-/* Apply a new configuration (SIGHUP): pools, auth, timeouts. Listen
- * addresses and servers take a restart (a warning is logged). 0 or -1. */
-int pg_reload(struct pg *p, struct conf *c, char *err, size_t errlen);
+/* On a reload: the pooler keeps running on the configuration it started
+ * with. Logs a warning (and returns false) when `c`'s postgres: section
+ * differs from it, so that the operator knows a restart is needed. `p` may
+ * be NULL (no pooler running). */
+bool pg_reload_check(const struct pg *p, const struct conf *c);
 /* Close the listeners, end every client and server connection, join. */
 void pg_stop(struct pg *p);
 

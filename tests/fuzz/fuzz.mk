@@ -48,8 +48,12 @@ LIBS_logline := -lpthread
 # sent upstream (see the header of fuzz_path.c)
 check-path check-known: export FUZZ_PATH_FDS := 1
 check-path check-known: export FUZZ_PATH_STRICT := 1
-SRCS_path := $(filter-out src/main.c src/admin/%,$(sort $(wildcard src/*/*.c)))
+SRCS_path := $(filter-out src/main.c src/admin/% src/pg/%,$(sort $(wildcard src/*/*.c)))
 LIBS_path := -lyaml -lpthread
+
+# the PostgreSQL message parsers (src/pg/proto.c)
+SRCS_pgmsg := src/pg/proto.c
+LIBS_pgmsg :=
 
 FUZZ_BINS := $(FUZZ_TARGETS:%=$(FUZZ_OUT)/fuzz_%)
 FUZZ_RUNS := $(FUZZ_TARGETS:%=run-%)

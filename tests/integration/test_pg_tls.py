@@ -1,0 +1,92 @@
+"""TLS from portico to PostgreSQL (sslmode require and verify-full, OpenSSL
+non-blocking), and a reload that leaves the pooler as it was."""
+
+import os
+import signal
+import subprocess
+import time
+
+import pytest
+
+from conftest import free_port, wait_for
+from pgutil import PgCluster, make_pooler, needs_pg, pg_server  # noqa: F401
+
+pytestmark = needs_pg
+
+import psycopg2  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def tls_server():
+    c = PgCluster("tls", ssl=True)
+    yield c
+    c.destroy()
+
+
+def other_ca(tmp_path):
+    key, crt = str(tmp_path / "o.key"), str(tmp_path / "o.crt")
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj",
+                    "/CN=localhost", "-keyout", key, "-out", crt], check=True, stdout=subprocess.PIPE,
+                   stderr=subprocess.STDOUT)
+    return crt
+
+
+def ssl_of_backends(pg, user):
+    return pg.psql("SELECT string_agg(s.ssl::text, ',') FROM pg_stat_ssl s JOIN pg_stat_activity a "
+                   "USING (pid) WHERE a.usename = '%s'" % user)
+
+
+def test_require(make_pooler, tls_server):
+    # tlsonly may not log in without TLS (hostnossl ... reject)
+    p = make_pooler(server=tls_server, users={"tlsonly": "tlspass"},
+                    pools=[{"database": "postgres", "user": "tlsonly"}], extra={"sslmode": "require"})
+    with p.connect(user="tlsonly", password="tlspass", db="postgres") as c, c.cursor() as cur:
+        cur.execute("SELECT repeat('x', 200000)")
+        assert len(cur.fetchone()[0]) == 200000
+        assert ssl_of_backends(tls_server, "tlsonly") == "true"
+
+
+def test_without_tls_the_server_refuses(make_pooler, tls_server):
+    p = make_pooler(server=tls_server, users={"tlsonly": "tlspass"},
+                    pools=[{"database": "postgres", "user": "tlsonly"}])
+    with pytest.raises(psycopg2.OperationalError):
+        p.connect(user="tlsonly", password="tlspass", db="postgres")
+
+
+def test_verify_full(make_pooler, tls_server, tmp_path):
+    srv = {"address": '"localhost:%d"' % tls_server.port, "role": "primary"}
+    p = make_pooler(server=tls_server, servers=[srv], users={"tlsonly": "tlspass"},
+                    pools=[{"database": "postgres", "user": "tlsonly"}],
+                    extra={"sslmode": "verify-full", "sslrootcert": tls_server.cert})
+    with p.connect(user="tlsonly", password="tlspass", db="postgres") as c, c.cursor() as cur:
+        cur.execute("SELECT 1")
+        assert cur.fetchone() == (1,)
+    # a certificate that does not chain to sslrootcert: refused, and the client is told
+    bad = make_pooler(server=tls_server, servers=[srv], users={"tlsonly": "tlspass"},
+                      pools=[{"database": "postgres", "user": "tlsonly"}],
+                      extra={"sslmode": "verify-full", "sslrootcert": other_ca(tmp_path)})
+    with pytest.raises(psycopg2.OperationalError, match="TLS handshake"):
+        bad.connect(user="tlsonly", password="tlspass", db="postgres")
+
+
+def test_require_against_a_server_without_tls(make_pooler, pg_server):
+    p = make_pooler(extra={"sslmode": "require"})
+    with pytest.raises(psycopg2.OperationalError, match="refused TLS"):
+        p.connect()
+
+
+def test_reload_keeps_the_pooler_and_says_restart(make_pooler):
+    p = make_pooler()
+    conn = p.connect()
+    conn.autocommit = True
+    path = p.portico.config_path
+    text = open(path).read()
+    with open(path, "w") as f:
+        f.write(text.replace("pool_size: 5", "pool_size: 6"))
+    p.portico.signal(signal.SIGHUP)
+    assert wait_for(lambda: "restart portico to apply" in p.portico.log_text(), 10), p.portico.log_text()
+    cur = conn.cursor()
+    cur.execute("SELECT 1")
+    assert cur.fetchone() == (1,)
+    assert p.admin("/pools")["pools"][0]["pool_size"] == 5
+    conn.close()
