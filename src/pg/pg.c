@@ -863,7 +863,7 @@ static void server_fail(struct server *s, const char *msg)
     if (login) {
         p->fail_at = loop_now(s->w->loop);
         snprintf(p->fail_msg, sizeof p->fail_msg, "%s", msg);
-        log_warn("pg: pool %s/%s: server %s: %s", p->cp->database, p->cp->user,
+        log_rl_warn("pg: pool %s/%s: server %s: %s", p->cp->database, p->cp->user,
                  server_conf(s)->addr.text, msg);
     }
     server_close(s, msg);
@@ -1153,7 +1153,9 @@ static void slow_log(struct client *c, uint64_t us)
         text[n++] = ch < 0x20 || ch == 0x7f ? ' ' : ch == '"' ? '\'' : (char)ch;
     }
     text[n] = '\0';
-    log_warn("pg: slow query: pool=%s/%s duration_ms=%.1f statement=\"%s%s\"", c->pool->cp->database,
+    /* its own limit: a burst of slow queries must not hide other warnings */
+    static struct log_rl slow_rl = LOG_RL_INIT("pg slow query", 100);
+    log_rl_msg(&slow_rl, LOG_WARN, "pg: slow query: pool=%s/%s duration_ms=%.1f statement=\"%s%s\"", c->pool->cp->database,
              c->pool->cp->user, (double)us / 1000.0, text,
              c->slow_len >= cf->slow_query_max_chars ? "..." : "");
 }
@@ -1893,7 +1895,7 @@ static void auth_failed(struct client *c)
 {
     char m[160];
     snprintf(m, sizeof m, "password authentication failed for user \"%s\"", c->user);
-    log_info("pg: %s", m);
+    log_rl_info("pg: %s", m);
     client_fatal(c, "28P01", m);
 }
 
@@ -2292,7 +2294,7 @@ static void listener_io(struct loop *l, struct loop_io *io, unsigned ev)
             if (errno == EINTR)
                 continue;
             if (errno != EAGAIN && errno != EWOULDBLOCK)
-                log_warn("pg: accept: %s", strerror(errno));
+                log_rl_warn("pg: accept: %s", strerror(errno));
             return;
         }
         set_nodelay(fd);
