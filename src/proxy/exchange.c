@@ -1,0 +1,546 @@
+/* proxy/exchange.c: one exchange, a request and its response: start, the pump that moves
+ * bytes both ways, body framing, finish or fail. */
+#include "proxy_int.h"
+
+static long reframe_in_place(struct http_chunked *ch, struct buf *b, char *p, size_t avail,
+                             bool strip, bool *progress);
+static bool frame_response(struct exchange *x);
+static int frame_request(struct exchange *x);
+static void exchange_finish(struct exchange *x);
+
+void exchange_free(struct exchange *x, bool upstream_keep)
+{
+    struct worker *w = x->c->w;
+    attempt_end(x, false, false);
+    /* a request that ends without a status: the client went away (nginx's 499) */
+    uint64_t dur = now_us() - x->t0_us;
+    int status = x->status ? x->status : 499;
+    const char *server = x->upstream_us ? x->route->upstream->servers[x->server].addr.text : NULL;
+    uint32_t ri = (uint32_t)(x->route - x->conf->routes);
+    obs_request(w->obs, x->wg->route_map ? x->wg->route_map[ri] : ri, x->method, x->method_len,
+                status, dur);
+    if (w->alog.log) {
+        struct obs_alog_entry e = {
+            .request_id = x->reqid, .request_id_len = x->reqid_len, .client = x->client,
+            .method = x->method, .method_len = x->method_len, .path = x->path,
+            .path_len = x->path_len, .route = x->route->prefix,
+            .upstream = x->route->upstream->name,
+            .server = server, .status = status, .bytes_in = x->bytes_in,
+            .bytes_out = x->bytes_out, .duration_us = dur, .upstream_us = x->upstream_us,
+        };
+        alog_write(w, &e);
+    }
+    if (x->audit) {
+        /* to the audit log of the configuration the request started on, even
+         * if a reload has since moved or removed it */
+        struct obs_alog_buf *ab = &w->audit, tmp;
+        struct alog_ref *own = x->wg->g->audit;
+        if (own && own->log != w->audit.log) {
+            obs_alog_buf_init(&tmp, own->log);
+            ab = &tmp;
+        }
+        audit_write(ab, x->audit, x->reqid, x->reqid_len, x->client, x->method, x->method_len,
+                    x->path, x->path_len, x->route, server, status, x->bytes_in, x->bytes_out,
+                    dur);
+        if (ab == &tmp) {
+            obs_alog_flush(&tmp);
+            obs_alog_buf_free(&tmp);
+        }
+        free(x->audit);
+    }
+    if (x->u) {
+        struct uconn *u = x->u;
+        x->u = NULL;
+        uconn_release(u, upstream_keep);
+    }
+    buf_put(&w->bufs, x->uhead);
+    buf_put(&w->bufs, x->uin);
+    x->wg->users--;             /* an older wgen with no users goes in worker_reap() */
+    x->c->x = NULL;
+    free(x);
+}
+
+/* A complete request head is at the front of c->in: route it and start
+ * proxying it, or answer it. */
+void exchange_start(struct client *c, const struct http_request *r, size_t head_len)
+{
+    struct worker *w = c->w;
+    struct conf *conf = w->conf;
+    const struct http_msg *m = &r->m;
+    bool has_body = m->body == HTTP_BODY_CHUNKED || (m->body == HTTP_BODY_LENGTH && m->content_length);
+    c->scanned = 0;
+    c->seq++;
+
+    if (m->has_underscore && conf->underscores == CONF_UNDERSCORES_REJECT) {
+        client_reject(c, r, 400, "header name with an underscore", false, 0);
+        return;
+    }
+    /* match on the normalised path, so that /./auth/ and /%61uth/ meet the
+     * rules for /auth/ */
+    const char *path = "/", *npath = NULL;
+    size_t plen = 1, nplen = 0;
+    if (r->path && r->path[0] == '/') {
+        const struct conf_pathnorm *pn = &conf->pathnorm;
+        long n = http_normalize_path(r->path, r->path_len, w->npath,
+                                     (pn->merge_slashes ? HTTP_PATH_MERGE_SLASHES : 0) |
+                                     (pn->allow_encoded_slash ? HTTP_PATH_ALLOW_ENCODED_SLASH : 0));
+        if (n < 0) {
+            client_reject(c, r, 400, "invalid path encoding", false, 0);
+            return;
+        }
+        path = npath = w->npath;
+        plen = nplen = (size_t)n;
+    }
+    const struct conf_route *rt = route_match(conf, r, path, plen);
+    if (!rt) {
+        bool star = r->path && r->path[0] == '*';
+        client_reject(c, r, star ? 200 : 404, "no route", m->keep_alive && !has_body, head_len);
+        return;
+    }
+    if (m->body == HTTP_BODY_LENGTH && m->content_length > conf->limits.max_body) {
+        if (rt->audit && w->audit.log) {
+            struct audit_info a = { .has_user = false };
+            audit_capture(&a, r);
+            char client[64];
+            peer_text(c, client, sizeof client);
+            audit_write(&w->audit, &a, "", 0, client, r->method, r->method_len, r->target,
+                        r->target_len < 256 ? r->target_len : 256, rt, NULL, 413,
+                        head_len, 0, 0);
+        }
+        client_reject(c, r, 413, "Content-Length over max_body", false, 0);
+        return;
+    }
+
+    struct exchange *x = calloc(1, sizeof *x);
+    if (!x) {
+        client_local_response(c, 503, "out of memory", false);
+        return;
+    }
+    x->c = c;
+    c->x = x;
+    x->wg = w->cur;
+    x->wg->users++;
+    x->conf = conf;
+    x->route = rt;
+    x->is_head = r->is_head;
+    x->expect_continue = r->expect_continue && has_body;
+    x->upgrade = m->conn_upgrade && m->has_upgrade && m->minor >= 1;
+    x->client_keep = m->keep_alive;
+    x->req_body = (uint8_t)m->body;
+    x->req_remaining = m->body == HTTP_BODY_LENGTH ? m->content_length : 0;
+    x->req_done = !has_body;
+    http_chunked_init(&x->req_ch);
+    x->dechunk = m->minor == 0;
+    x->req_minor = (uint8_t)m->minor;     /* an HTTP/1.0 client cannot take chunked */
+    c->state = C_EXCHANGE;
+
+    x->group = x->wg->g->groups[rt->upstream->index];
+    x->t0_us = now_us();
+    x->method_len = (uint8_t)(r->method_len < sizeof x->method ? r->method_len : sizeof x->method);
+    memcpy(x->method, r->method, x->method_len);
+    x->bytes_in = head_len;
+    if (rt->audit && w->audit.log && (x->audit = calloc(1, sizeof *x->audit)))
+        audit_capture(x->audit, r);
+    if (w->alog.log || x->audit) {
+        x->path_len = (uint16_t)(r->target_len < sizeof x->path ? r->target_len : sizeof x->path);
+        memcpy(x->path, r->target, x->path_len);
+    }
+    x->idempotent = is_idempotent(r->method, r->method_len);
+    client_identity(x, r);
+    balance_key(x, r);
+    if (!(x->uhead = buf_get(&w->bufs)) || !build_request_head(x, r, x->uhead, npath, nplen)) {
+        exchange_fail(x, 431, "request head too large to forward");
+        return;
+    }
+    buf_consume(c->in, head_len);
+    if (x->expect_continue) {
+        if (!ensure_buf(w, &c->out)) {
+            exchange_fail(x, 503, "out of memory");
+            return;
+        }
+        buf_append(c->out, "HTTP/1.1 100 Continue\r\n\r\n", 25);
+        x->sent_continue = true;
+    }
+    if (x->req_done)
+        loop_timer_stop(w->loop, &c->timer);
+    else
+        loop_timer_arm(w->loop, &c->timer, conf->limits.body_timeout);
+
+    if (upstream_attach(x, false, 502))
+        exchange_pump(x);
+}
+
+/* Re-frame chunked bytes at p (avail of them, ending at b's end) in place:
+ * the canonical output stays at p, unconsumed bytes move up behind it.
+ * Returns the output length, or -1. */
+static long reframe_in_place(struct http_chunked *ch, struct buf *b, char *p, size_t avail,
+                             bool strip, bool *progress)
+{
+    size_t out;
+    long n = http_chunked_reframe(ch, p, avail, strip, &out);
+    if (n < 0)
+        return -1;
+    if ((size_t)n != out) {
+        memmove(p + out, p + n, avail - (size_t)n);
+        b->end -= (uint32_t)((size_t)n - out);
+    }
+    *progress = n > 0;
+    return (long)out;
+}
+
+/* Frame newly arrived response body bytes: extend resp_fwd over them. */
+static bool frame_response(struct exchange *x)
+{
+    struct buf *b = x->uin;
+    while (!x->resp_done && x->resp_fwd < buf_len(b)) {
+        size_t avail = buf_len(b) - x->resp_fwd;
+        char *p = buf_head(b) + x->resp_fwd;
+        switch (x->resp_body) {
+        case HTTP_BODY_LENGTH: {
+            size_t n = avail < x->resp_remaining ? avail : (size_t)x->resp_remaining;
+            x->resp_fwd += (uint32_t)n;
+            x->resp_remaining -= n;
+            if (!x->resp_remaining)
+                x->resp_done = true;
+            break;
+        }
+        case HTTP_BODY_CLOSE:
+            x->resp_fwd += (uint32_t)avail;
+            break;
+        case HTTP_BODY_CHUNKED: {
+            bool progress;
+            long out = reframe_in_place(&x->resp_ch, b, p, avail, x->dechunk, &progress);
+            if (out < 0) {
+                log_warn("upstream %s %s: invalid chunked body", x->route->upstream->name,
+                         x->route->upstream->servers[x->server].addr.text);
+                return false;
+            }
+            x->resp_fwd += (uint32_t)out;
+            if (http_chunked_done(&x->resp_ch))
+                x->resp_done = true;
+            else if (!progress)
+                return true;        /* a size or trailer line has not arrived whole */
+            break;
+        }
+        default:
+            x->resp_done = true;
+        }
+    }
+    if (x->resp_done && x->resp_fwd < buf_len(b))
+        x->upstream_keep = false;       /* bytes after the response: not reusable */
+    return true;
+}
+
+/* Validate newly arrived request body bytes: extend req_fwd over them.
+ * Chunked bodies are re-framed in canonical form. 0, or a status (400, 413). */
+static int frame_request(struct exchange *x)
+{
+    struct client *c = x->c;
+    struct buf *b = c->in;
+    uint32_t before = x->req_fwd;
+    while (!x->req_done && b && x->req_fwd < buf_len(b)) {
+        size_t avail = buf_len(b) - x->req_fwd;
+        switch (x->req_body) {
+        case HTTP_BODY_LENGTH: {
+            size_t n = avail < x->req_remaining ? avail : (size_t)x->req_remaining;
+            x->req_fwd += (uint32_t)n;
+            x->req_remaining -= n;
+            if (!x->req_remaining)
+                x->req_done = true;
+            break;
+        }
+        case HTTP_BODY_CHUNKED: {
+            bool progress;
+            long out = reframe_in_place(&x->req_ch, b, buf_head(b) + x->req_fwd, avail, false,
+                                        &progress);
+            if (out < 0)
+                return 400;
+            x->req_fwd += (uint32_t)out;
+            if (x->req_ch.total > x->conf->limits.max_body)
+                return 413;
+            if (http_chunked_done(&x->req_ch))
+                x->req_done = true;
+            else if (!progress)
+                goto out;           /* a size or trailer line has not arrived whole */
+            break;
+        }
+        case REQ_TUNNEL:
+            x->req_fwd += (uint32_t)avail;
+            break;
+        default:
+            x->req_done = true;
+        }
+    }
+out:
+    x->bytes_in += x->req_fwd - before;    /* body bytes, for the access log */
+    return 0;
+}
+
+/* Finish an exchange whose response has been fully written. The upstream
+ * connection is pooled only when it holds no unread byte; the client
+ * waits for its next request (client_drive() reads it), or is closed
+ * with a lingering close. */
+static void exchange_finish(struct exchange *x)
+{
+    struct client *c = x->c;
+    struct worker *w = c->w;
+    bool keep = x->client_keep && !w->draining;
+    bool ukeep = x->upstream_keep && x->resp_done && x->req_sent && x->resp_fwd == 0 &&
+                 x->uin && buf_len(x->uin) == 0 && x->u && uconn_drained(x->u, !x->u->readable);
+    exchange_free(x, ukeep);
+    if (!keep) {
+        client_linger(c);
+        return;
+    }
+    c->state = C_IDLE;
+    c->seq++;
+    loop_timer_arm(w->loop, &c->timer, w->conf->limits.idle_timeout);
+    release_if_empty(w, &c->in);
+}
+
+/* The exchange cannot go on. Before the response head: answer `status`.
+ * After it: the client's response is cut, so end the connection so that
+ * it cannot look complete. x is freed either way. */
+void exchange_fail(struct exchange *x, int status, const char *why)
+{
+    struct client *c = x->c;
+    if (x->resp_head_done || x->tunnel) {
+        log_warn("exchange aborted after response head: %s", why);
+        client_abort(c);
+        return;
+    }
+    if (status >= 500)
+        log_warn("upstream %s: %d %s", x->route->upstream->name, status, why);
+    client_local_response(c, status, why, false);
+}
+
+void exchange_pump(struct exchange *x)
+{
+    struct client *c = x->c;
+    struct worker *w = c->w;
+    bool progress = true;
+    while (progress && c->x == x) {
+        progress = false;
+        struct uconn *u = x->u;
+
+        /* 1. client -> portico: body bytes (or tunnel bytes) */
+        if (!x->req_done && c->readable && !x->client_eof) {
+            ssize_t n = client_read(c);
+            if (n == READ_NOMEM) {
+                exchange_fail(x, 503, "out of memory");
+                return;
+            }
+            if (n > 0) {
+                progress = true;
+                loop_timer_arm(w->loop, &c->timer, x->tunnel ? x->conf->limits.tunnel_timeout
+                                                             : x->conf->limits.body_timeout);
+            } else if (n == 0 || n == -2) {
+                if (x->tunnel) {
+                    /* half-close: pass it on, keep relaying the other way */
+                    x->client_eof = true;
+                    x->req_done = true;
+                    if (x->u)
+                        shutdown(x->u->io.fd, SHUT_WR);
+                } else {
+                    /* the client went away mid-body: cancel the upstream work */
+                    client_close(c);
+                    return;
+                }
+            }
+        } else if (x->req_done && c->readable && !x->tunnel && !x->resp_done) {
+            /* Watch for the client going away while we wait; keep any
+             * pipelined bytes for the next request. */
+            if (c->in && buf_room(c->in) == 0)
+                buf_compact(c->in);
+            if (!c->in || buf_room(c->in)) {
+                ssize_t n = client_read(c);
+                if (n == READ_NOMEM) {
+                    exchange_fail(x, 503, "out of memory");
+                    return;
+                }
+                if (n == 0 || n == -2) {
+                    client_close(c);
+                    return;
+                }
+                if (n > 0)
+                    progress = true;
+            }
+        }
+        bool was_done = x->req_done;
+        int st = frame_request(x);
+        if (st) {
+            exchange_fail(x, st, st == 413 ? "chunked body over max_body" : "invalid chunked body");
+            return;
+        }
+        if (!was_done && x->req_done && !(c->out && buf_len(c->out)) && !x->resp_fwd)
+            loop_timer_stop(w->loop, &c->timer);
+
+        /* 2. portico -> upstream: the head, then validated body bytes */
+        if (u && !u->connecting && u->writable && !x->req_sent) {
+            struct iovec iov[2];
+            int n = 0;
+            size_t hl = x->uhead ? buf_len(x->uhead) - x->uhead_sent : 0;
+            if (hl)
+                iov[n++] = (struct iovec){ buf_head(x->uhead) + x->uhead_sent, hl };
+            if (x->req_fwd)
+                iov[n++] = (struct iovec){ buf_head(c->in), x->req_fwd };
+            if (n) {
+                size_t want = hl + x->req_fwd;
+                ssize_t wr = writev(u->io.fd, iov, n);
+                if (wr < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) {
+                    int e = errno;
+                    if (u->reused && !x->body_started && !x->stale_retried) {
+                        /* the server closed an idle keep-alive connection as
+                         * we used it: same server, new connection */
+                        log_debug("reused upstream connection failed (%s): reconnecting", strerror(e));
+                        uconn_close(u);
+                        x->stale_retried = true;
+                        if (!upstream_attach(x, true, 502))
+                            return;
+                        progress = true;
+                        continue;
+                    }
+                    /* nothing sent yet: any request may go elsewhere */
+                    attempt_failed(x, strerror(e), 502,
+                                   x->idempotent || (x->uhead_sent == 0 && !x->body_started));
+                    return;
+                }
+                if (wr < 0 || (size_t)wr < want)
+                    u->writable = false;
+                if (wr > 0) {
+                    loop_timer_arm(w->loop, &u->timer, x->route->upstream->response_timeout);
+                    size_t done = (size_t)wr;
+                    size_t a = done < hl ? done : hl;
+                    x->uhead_sent += (uint32_t)a;
+                    done -= a;
+                    if (done) {
+                        x->body_started = true;
+                        buf_consume(c->in, done);
+                        x->req_fwd -= (uint32_t)done;
+                    }
+                    progress = true;
+                }
+            }
+            bool head_sent = x->uhead && x->uhead_sent >= buf_len(x->uhead);
+            if (head_sent && x->req_done && x->req_fwd == 0 && x->req_body != REQ_TUNNEL) {
+                x->req_sent = true;
+                loop_timer_arm(w->loop, &u->timer, x->route->upstream->response_timeout);
+            } else if (head_sent && !x->req_done && x->req_fwd == 0 && !x->resp_head_done) {
+                /* everything we have is sent: we wait on the client, whose
+                 * pace body_timeout governs, not the upstream's timer */
+                loop_timer_stop(w->loop, &u->timer);
+            }
+        } else if (x->tunnel && u && u->writable && x->req_fwd) {
+            ssize_t wr = write(u->io.fd, buf_head(c->in), x->req_fwd);
+            if (wr > 0) {
+                buf_consume(c->in, (size_t)wr);
+                x->req_fwd -= (uint32_t)wr;
+                progress = true;
+                loop_timer_arm(w->loop, &c->timer, x->conf->limits.tunnel_timeout);
+                if (!x->req_fwd && x->client_eof)
+                    shutdown(u->io.fd, SHUT_WR);
+            } else if (wr < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+                u->writable = false;
+            } else if (wr < 0 && errno != EINTR) {
+                client_close(c);
+                return;
+            }
+        }
+        if (c->in && !x->req_fwd)
+            release_if_empty(w, &c->in);
+
+        /* 3. upstream -> portico */
+        u = x->u;
+        if (u && !u->connecting && u->readable && !x->resp_done) {
+            if (!ensure_buf(w, &x->uin)) {
+                exchange_fail(x, 502, "out of memory");
+                return;
+            }
+            /* compact when all is ready for the client or the window has
+                 * moved far: a partial chunk line at the end must get room */
+            if (buf_room(x->uin) == 0 && x->uin->start > 0 &&
+                (x->resp_fwd == buf_len(x->uin) || x->uin->start >= x->uin->cap / 2))
+                buf_compact(x->uin);
+            if (buf_room(x->uin) || x->uin->start) {
+                ssize_t n = read_into(u->io.fd, x->uin, &u->readable, u->hup);
+                if (n > 0) {
+                    progress = true;
+                    if (x->tunnel)
+                        loop_timer_arm(w->loop, &c->timer, x->conf->limits.tunnel_timeout);
+                    else
+                        loop_timer_arm(w->loop, &u->timer, x->route->upstream->response_timeout);
+                } else if (n == 0 || n == -2) {
+                    bool nothing = !x->resp_head_done && buf_len(x->uin) == 0;
+                    bool stale = nothing && u->reused && !x->body_started && !x->stale_retried;
+                    if (x->resp_head_done && x->resp_body == HTTP_BODY_CLOSE && n == 0) {
+                        uconn_close(u);
+                        x->resp_done = true;
+                        progress = true;
+                    } else if (stale) {
+                        uconn_close(u);
+                        x->stale_retried = true;
+                        if (!upstream_attach(x, true, 502))
+                            return;
+                        progress = true;
+                        continue;
+                    } else if (!x->resp_head_done) {
+                        attempt_failed(x, n == 0 ? "closed before responding" : "connection reset",
+                                       502, x->idempotent);
+                        return;
+                    } else if (x->tunnel) {
+                        uconn_close(u);
+                        x->resp_done = true;
+                        progress = true;
+                    } else {
+                        /* cut mid-body (or reset): the client's message must
+                         * not look complete either */
+                        exchange_fail(x, 502, n == 0 ? "upstream closed mid-body"
+                                                     : "upstream reset mid-body");
+                        return;
+                    }
+                }
+            }
+        }
+
+        /* 4. response head, then body framing */
+        if (!x->resp_head_done && x->uin && buf_len(x->uin)) {
+            int r = response_head(x);
+            if (r < 0)
+                return;
+            if (r > 0)
+                progress = true;
+        }
+        if (x->resp_head_done && x->uin && !frame_response(x)) {
+            exchange_fail(x, 502, "invalid chunked response body");
+            return;
+        }
+
+        /* 5. portico -> client */
+        if (c->writable && ((c->out && buf_len(c->out)) || x->resp_fwd)) {
+            uint32_t before = x->resp_fwd + (c->out ? buf_len(c->out) : 0);
+            if (!client_flush(c))
+                return;
+            if (x->resp_fwd + (c->out ? buf_len(c->out) : 0) != before)
+                progress = true;
+        }
+        if (x->resp_done && x->resp_head_done && x->resp_fwd == 0 && !c->out && x->c == c) {
+            if (x->tunnel) {
+                client_close(c);        /* the tunnel ended upstream side */
+                return;
+            }
+            if (!x->req_done) {
+                /* the server answered before the body ended: stop reading
+                 * it, but lingering, so the response is not reset away */
+                x->status = x->status ? x->status : 502;
+                client_linger(c);
+                return;
+            }
+            exchange_finish(x);
+            return;
+        }
+        if (x->tunnel && x->client_eof && !x->req_fwd && x->u == NULL) {
+            client_close(c);
+            return;
+        }
+    }
+}
