@@ -219,7 +219,7 @@ void client_local_response(struct client *c, int status, const char *why, bool k
         return;
     }
     if (status >= 400)
-        log_info("client request rejected: %d %s", status, why ? why : "");
+        log_rl_info("client request rejected: %d %s", status, why ? why : "");
     keep = keep && !w->draining;
     struct buf *b = c->out;
     if (!buf_len(b))
