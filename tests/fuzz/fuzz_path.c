@@ -79,6 +79,7 @@ static const char *const variants[NVARIANTS] = {
 
     /* 1: host routes, no catch-all (unknown hosts get a local 404) */
     "listen: [ \"127.0.0.1:LISTEN\" ]\n"
+    "trusted_proxies: [ \"10.0.0.0/8\", \"::1\" ]\n"
     "upstreams:\n"
     "  app: { servers: [ { address: \"127.0.0.1:UP1\" } ], keepalive: 4 }\n"
     "  api: { servers: [ { address: \"127.0.0.1:UP2\" } ], retries: 0, response_timeout: 5s }\n"
@@ -100,8 +101,10 @@ static const char *const variants[NVARIANTS] = {
     "    response_timeout: 1s\n"
     "    idle_timeout: 2s\n"
     "routes: [ { match: { prefix: / }, upstream: app } ]\n"
+    "headers_with_underscores: reject\n"
     "limits: { max_header_bytes: 1024, max_request_line: 256, max_headers: 8, max_body: 100,\n"
-    "          header_timeout: 1s, idle_timeout: 2s, body_timeout: 1s, send_timeout: 1s }\n",
+    "          header_timeout: 1s, idle_timeout: 2s, body_timeout: 1s, send_timeout: 1s,\n"
+    "          tunnel_timeout: 5s }\n",
 
     /* 3: two servers, retries, passive health on 5xx */
     "listen: [ \"127.0.0.1:LISTEN\" ]\n"
@@ -117,8 +120,9 @@ static const char *const variants[NVARIANTS] = {
     "    passive: { max_fails: 1, fail_timeout: 10s, on_5xx: true }\n"
     "routes: [ { match: { prefix: / }, upstream: app } ]\n",
 
-    /* 4: hashing, access and audit logs */
+    /* 4: hashing, access and audit logs, a trusted proxy in front */
     "listen: [ \"127.0.0.1:LISTEN\" ]\n"
+    "trusted_proxies: [ \"127.0.0.0/8\", \"192.0.2.0/24\" ]\n"
     "access_log: { path: /dev/null, flush: 10ms }\n"
     "audit_log: { path: /dev/null }\n"
     "upstreams:\n"
@@ -149,8 +153,11 @@ static const char *const variants[NVARIANTS] = {
     "routes: [ { match: { prefix: / }, upstream: app } ]\n"
     "limits: { max_header_bytes: 64KiB, max_request_line: 64KiB, max_headers: 1000 }\n",
 
-    /* 6: a server that refuses connections first, header hashing, few headers */
+    /* 6: a server that refuses connections first, header hashing, few
+     * headers, every path normalisation option */
     "listen: [ \"127.0.0.1:LISTEN\" ]\n"
+    "path_normalization: { merge_slashes: true, forward: original, allow_encoded_slash: true }\n"
+    "headers_with_underscores: allow\n"
     "upstreams:\n"
     "  app:\n"
     "    servers:\n"
@@ -179,7 +186,8 @@ static const char *const variants[NVARIANTS] = {
     "    response_timeout: 2s\n"
     "    idle_timeout: 3s\n"
     "routes: [ { match: { prefix: / }, upstream: app } ]\n"
-    "limits: { header_timeout: 1s, idle_timeout: 2s, body_timeout: 1s, send_timeout: 1s }\n",
+    "limits: { header_timeout: 1s, idle_timeout: 2s, body_timeout: 1s, send_timeout: 1s,\n"
+    "          tunnel_timeout: 3s }\n",
 };
 
 static const uint64_t advance_ms[12] = {

@@ -223,6 +223,17 @@ seeds["hash_cookie_audit"] = enc(HASHLOG, [C(get(extra="Cookie: a=1; session=xyz
                                            U(resp()), C(post("x" * 20, path="/admin/y")), U(resp(201, ""))])
 seeds["audit_413"] = enc(HASHLOG, [C("POST /admin HTTP/1.1\r\nHost: a\r\nContent-Length: 99999999999\r\n\r\n")])
 
+# ---- trusted proxies, path normalisation, underscores
+seeds["trusted_xff_chain"] = enc(HASHLOG, [C(get("/admin/a", extra="X-Forwarded-For: 203.0.113.7, 192.0.2.1\r\nX-Forwarded-Proto: https\r\n")),
+                                           U(resp()), C(get(extra="X-Forwarded-For: nonsense, 192.0.2.9\r\nX-Forwarded-For: [::1]\r\n")), U(resp())])
+seeds["untrusted_xff"] = enc(HOSTS, [C(get("/api/x", host="example.com", extra="X-Forwarded-For: 10.1.1.1\r\nX-Forwarded-Proto: https\r\n")), U(resp())])
+seeds["path_normalization"] = enc(DEAD, [C(get("/./static/../static//a%2Fb%61?q=%zz")), U(resp()),
+                                         C(get("//x/%2e%2e/static/y")), U(resp()), C(get("/a%00b")), C(get("/%zz"))])
+seeds["path_normalization_default"] = enc(QUICK, [C(get("/a/./b/../%7euser//x?y=/../")), U(resp()), C(get("/a%2Fb"))])
+seeds["underscores_reject"] = enc(SMALL, [C(get(extra="X_Forwarded_For: 1.1.1.1\r\n"))])
+seeds["underscores_allow"] = enc(DEAD, [C(get(extra="X_Forwarded_For: 1.1.1.1\r\nContent_Length: 5\r\n")), U(resp())])
+seeds["tunnel_timeout"] = enc(SHORT, [C(WS), U(WS101), T(2001), U("ping"), T(2001), C("pong"), T(5000)])
+
 # ---- limits at the edge and one over
 def head_of(total, limit_name="X-Pad", path="/", prefix=""):
     """A GET head of exactly `total` bytes (CRLFCRLF included)."""
