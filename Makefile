@@ -49,12 +49,15 @@ run: deps all
 unit: $(UNIT)
 	@set -e; for t in $(UNIT); do echo "== $$t"; $$t; done
 
+# -rsxX: every skipped or xfailed test says why in the summary
 integration: $(BUILD)/portico
-	PORTICO_BIN=$(abspath $(BUILD)/portico) $(PYTHON) -m pytest -q tests/integration
+	PORTICO_BIN=$(abspath $(BUILD)/portico) $(PYTHON) -m pytest -q -rsxX tests/integration
 
+# `make test` installs everything the tests need (scripts/deps.sh: Chromium,
+# promtool, PostgreSQL...), so a skipped test there is a failure (PORTICO_NO_SKIP).
 test: deps
 	@$(MAKE) --no-print-directory all unit
-	@$(MAKE) --no-print-directory integration
+	@PORTICO_NO_SKIP=1 $(MAKE) --no-print-directory integration
 
 fuzz:
 	@scripts/deps.sh fuzz

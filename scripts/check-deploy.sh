@@ -6,14 +6,13 @@
 #   - the Grafana dashboard is JSON with the expected structure
 #   - the systemd unit passes `systemd-analyze verify` (skipped where systemd-analyze is absent)
 #   - the Containerfile copies only paths that exist
-# Installs what is missing (python3-yaml from Debian; promtool extracted from Debian's
-# prometheus package into a cache directory, so no Prometheus server is installed or started).
+# Installs what is missing (python3-yaml from Debian; promtool with scripts/promtool.sh,
+# extracted from Debian's prometheus package into a cache directory).
 # Quiet when everything is present; exits non-zero on the first failing check.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PYTHON=/usr/bin/python3
-TOOLS="${PORTICO_TOOLS:-${XDG_CACHE_HOME:-$HOME/.cache}/portico/tools}"
 SUDO=""
 [ "$(id -u)" -eq 0 ] || SUDO=sudo
 export DEBIAN_FRONTEND=noninteractive
@@ -29,23 +28,7 @@ if ! "$PYTHON" -c 'import yaml' 2>/dev/null; then
     $SUDO apt-get install -y -qq --no-install-recommends python3-yaml >/dev/null
 fi
 
-PROMTOOL="$(command -v promtool || true)"
-if [ -z "$PROMTOOL" ]; then
-    PROMTOOL="$TOOLS/promtool"
-    if [ ! -x "$PROMTOOL" ]; then
-        echo "check-deploy: fetching promtool (Debian package prometheus) into $TOOLS" >&2
-        tmp="$work/deb"
-        mkdir -m 0777 "$tmp"   # apt's _apt user downloads into it
-        if ! (cd "$tmp" && apt-get download -qq prometheus >/dev/null 2>&1); then
-            $SUDO apt-get update -qq >/dev/null
-            (cd "$tmp" && apt-get download -qq prometheus >/dev/null 2>&1) \
-                || fail "cannot download Debian's prometheus package for promtool"
-        fi
-        mkdir -p "$TOOLS"
-        dpkg-deb --fsys-tarfile "$tmp"/prometheus_*.deb | tar -x -C "$tmp" ./usr/bin/promtool
-        install -m 0755 "$tmp/usr/bin/promtool" "$PROMTOOL"
-    fi
-fi
+PROMTOOL="$(scripts/promtool.sh)" || fail "no promtool (scripts/promtool.sh)"
 
 # ---- Prometheus rules ----
 "$PROMTOOL" check rules deploy/prometheus/portico-alerts.yml

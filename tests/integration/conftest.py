@@ -580,6 +580,14 @@ def portico_bin():
 def pytest_runtest_makereport(item, call):
     outcome = yield
     rep = outcome.get_result()
+    # `make test` installs every dependency first (scripts/deps.sh), so there
+    # a skip means a test silently did not run: make it a failure that says why
+    if (rep.skipped and not hasattr(rep, "wasxfail")
+            and os.environ.get("PORTICO_NO_SKIP") == "1"):
+        reason = rep.longrepr[2] if isinstance(rep.longrepr, tuple) else str(rep.longrepr)
+        rep.outcome = "failed"
+        rep.longrepr = ("skipped under `make test` (PORTICO_NO_SKIP=1), where every dependency "
+                        "is installed: %s" % reason)
     if rep.failed:
         for p in getattr(item, "_porticos", []):
             text = p.log_text()

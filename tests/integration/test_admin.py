@@ -99,8 +99,9 @@ def promtool():
     import os
     import shutil
     p = shutil.which("promtool")
-    cached = os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"),
-                          "portico", "tools", "promtool")
+    tools = os.environ.get("PORTICO_TOOLS") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "portico", "tools")
+    cached = os.path.join(tools, "promtool")    # where scripts/promtool.sh puts it
     return p or (cached if os.access(cached, os.X_OK) else None)
 
 
@@ -110,7 +111,7 @@ def test_promtool_accepts_metrics(start_upstream, start_portico, tmp_path):
     import pytest
     tool = promtool()
     if not tool:
-        pytest.skip("promtool not found: scripts/check-deploy.sh installs it")
+        pytest.skip("promtool not found: scripts/deps.sh (make test) installs it")
     p, up, admin = start(start_upstream, start_portico, tmp_path)
     for _ in range(3):
         requests.get("http://127.0.0.1:%d/count" % p.port, timeout=5)
