@@ -658,6 +658,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         abort();
     }
     proxy_inline_free(r.p);
+    if (r.cfd >= 0)
+        close(r.cfd);
     for (int k = 0; k < r.nup; k++) {
         up_close(&r.up[k], false);
         if (G.strict)
@@ -674,6 +676,17 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         if (n != G.base_fds) {
             fprintf(stderr, "fuzz_path: %d descriptors open after the input, %d before\n", n,
                     G.base_fds);
+            DIR *d = opendir("/proc/self/fd");
+            struct dirent *e;
+            while (d && (e = readdir(d))) {
+                char path[300], target[256];
+                snprintf(path, sizeof path, "/proc/self/fd/%s", e->d_name);
+                ssize_t k = readlink(path, target, sizeof target - 1);
+                if (e->d_name[0] != '.' && k > 0)
+                    fprintf(stderr, "  fd %s -> %.*s\n", e->d_name, (int)k, target);
+            }
+            if (d)
+                closedir(d);
             abort();
         }
     }
