@@ -1,6 +1,7 @@
 """Access log: one JSON line per request with the documented fields; SIGUSR1 reopens."""
 import json
 import os
+import re
 import signal
 import socket
 import time
@@ -90,3 +91,18 @@ def test_access_log_off_by_default_and_bad_format(start_upstream, start_portico,
                                extra="access_log: off"))
     r = subprocess.run([portico_bin, "-t", "-c", str(cfg)], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
+    # and running: without the key, and with `off`, requests write no access
+    # line anywhere (stdout and stderr both go to the portico log here)
+    up = start_upstream("u1")
+    for extra in ("", "access_log: off"):
+        p = start_portico(upstreams={"app": {"servers": [up.address]}}, extra=extra,
+                          name="portico-%s" % ("off" if extra else "default"))
+        for _ in range(5):
+            assert requests.get("http://127.0.0.1:%d/count" % p.port,
+                                headers={"Host": "test.local"}, timeout=5).status_code == 200
+        assert requests.get("http://127.0.0.1:%d/count" % p.port, timeout=5,
+                            headers={"Host": "test.local", "Content-Length": "x"}).status_code == 400
+        time.sleep(0.5)             # longer than access_log.flush would wait
+        text = p.log_text()
+        assert '"path"' not in text and "/count" not in text, text
+        assert re.search(r" info portico .*listening on ", text), text    # the log works

@@ -342,6 +342,7 @@ def test_backup_used_only_when_every_primary_is_down(ups, lb):
     p = lb([a.address, b.address, {"address": k.address, "backup": True}], health=FAST_HEALTH,
            passive={"max_fails": 0})
     ids = Load(p.port, threads=2, total=400).start().join()
+    assert len(ids) == 400, len(ids)
     assert all(st == 200 for _, st, _ in ids), [r for r in ids if r[1] != 200][:5]
     n = {}
     for _, _, i in ids:

@@ -408,7 +408,9 @@ def test_early_hints_then_final(proxy):
         c.send(build_request("GET", "/early-hints"))
         final, infos = c.read_final()
         assert final.status == 200 and final.body == b"final\n"
-        assert all(i.status == 103 for i in infos), infos
+        # exactly the one 103 the upstream sent, with its Link (RFC 9110 15.2)
+        assert [i.status for i in infos] == [103], infos
+        assert infos[0].header("link") == "</style.css>; rel=preload; as=style", infos[0]
         assert c.request("GET", "/health").status == 200
 
 

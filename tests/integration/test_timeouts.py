@@ -30,24 +30,29 @@ def test_slow_header_gets_408(tp):
 
 
 def test_header_timeout_is_total_not_per_read(tp):
-    """Dribbling one byte at a time does not extend header_timeout."""
+    """Dribbling one byte every 100 ms does not extend header_timeout (1s):
+    portico answers 408 and closes about a second after the first byte."""
     with tp.conn() as c:
         t0 = time.time()
         c.send(b"GET /echo HTTP/1.1\r\n")
-        closed_by = None
+        acted_at = None
         for ch in b"Host: test.local\r\nX-Slow: " + b"a" * 100:
             try:
                 c.send(bytes([ch]))
             except (BrokenPipeError, ConnectionResetError):
-                closed_by = time.time() - t0
+                acted_at = time.time() - t0
                 break
-            time.sleep(0.1)
-            if time.time() - t0 > 4:
+            c.sock.settimeout(0.1)
+            try:
+                c.sock.recv(1, socket.MSG_PEEK)     # the 408, or EOF: portico acted
+                acted_at = time.time() - t0
                 break
+            except socket.timeout:
+                pass
+        assert acted_at is not None, "still reading the head after %.1fs" % (time.time() - t0)
         data = c.wait_closed(3)
-        elapsed = time.time() - t0
-    assert status_of(data)[:1] in ([408], []), data[:200]
-    assert elapsed < 4.5, "header_timeout 1s but the dribbling client was served for %.1fs" % elapsed
+    assert 0.7 <= acted_at <= 2.5, "header_timeout 1s, acted after %.1fs" % acted_at
+    assert status_of(data) == [408], data[:200]
 
 
 def test_no_408_before_header_timeout(tp):
@@ -97,7 +102,8 @@ def test_slow_body_gets_closed(tp):
         t0 = time.time()
         data = c.wait_closed(5)
         elapsed = time.time() - t0
-    assert all(s in (408, 400, 502, 504) for s in status_of(data)), data[:200]
+    # the response head was not sent yet: a clean 408, not just a close
+    assert status_of(data) == [408], data[:200]
     assert elapsed <= 3.5, elapsed
     time.sleep(0.2)
     assert tp.up.requests() == []
@@ -222,7 +228,8 @@ def test_upstream_connect_timeout(start_portico):
     filler = _fill_backlog(port)
     if filler is None:
         lst.close()
-        pytest.skip("could not make a loopback connect hang (accept queue never filled)")
+    # the test's premise: without a hanging connect it would test nothing
+    assert filler is not None, "could not make a loopback connect hang (accept queue never filled)"
     try:
         p = start_portico(upstreams={"app": {"servers": ["127.0.0.1:%d" % port], "connect_timeout": "1s",
                                              "response_timeout": "10s"}})
