@@ -46,12 +46,17 @@ run: deps all
 	echo "Ctrl-C stops both."; echo; \
 	$(BUILD)/portico -c examples/quickstart.yaml
 
+# portico with a test-only stage (tests/stage/): the stage interface's own tests
+$(BUILD)/tests/portico-stagetest: tests/stage/test_stage.c $(BUILD)/obj/main.o $(LIBOBJS)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $< $(BUILD)/obj/main.o $(LIBOBJS) $(LDLIBS)
+
 unit: $(UNIT)
 	@set -e; for t in $(UNIT); do echo "== $$t"; $$t; done
 
 # -rsxX: every skipped or xfailed test says why in the summary
-integration: $(BUILD)/portico
-	PORTICO_BIN=$(abspath $(BUILD)/portico) $(PYTHON) -m pytest -q -rsxX tests/integration
+integration: $(BUILD)/portico $(BUILD)/tests/portico-stagetest
+	PORTICO_BIN=$(abspath $(BUILD)/portico) PORTICO_STAGETEST_BIN=$(abspath $(BUILD)/tests/portico-stagetest) $(PYTHON) -m pytest -q -rsxX tests/integration
 
 # `make test` installs everything the tests need (scripts/deps.sh: Chromium,
 # promtool, PostgreSQL...), so a skipped test there is a failure (PORTICO_NO_SKIP).

@@ -12,6 +12,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <unistd.h>
 #include <yaml.h>
 
@@ -564,11 +565,29 @@ static bool check_template(struct ctx *x, yaml_node_t *n, const char *path, cons
     return true;
 }
 
+bool conf_header_reserved(const char *name, bool request)
+{
+    static const char *const both[] = { "content-length", "transfer-encoding", "connection",
+                                        "keep-alive", "upgrade", "te", "trailer",
+                                        "proxy-connection" };
+    static const char *const req[] = { "host", "x-forwarded-for", "x-forwarded-proto",
+                                       "x-forwarded-host", "via", "x-request-id", "expect" };
+    for (size_t i = 0; i < sizeof both / sizeof both[0]; i++)
+        if (!strcasecmp(name, both[i]))
+            return true;
+    for (size_t i = 0; request && i < sizeof req / sizeof req[0]; i++)
+        if (!strcasecmp(name, req[i]))
+            return true;
+    return false;
+}
+
 static bool add_hdr_op(struct ctx *x, yaml_node_t *n, const char *path, struct conf_hdr_rules *r,
-                       const char *name, const char *value, enum conf_hdr_verb verb)
+                       const char *name, const char *value, enum conf_hdr_verb verb, bool request)
 {
     if (!*name || !is_token(name))
         return bad(x, n, path, "expected a header name");
+    if (conf_header_reserved(name, request))
+        return bad(x, n, path, "%s is portico's to write (framing, connection or forwarding)", name);
     if (r->n >= 64)
         return bad(x, n, path, "at most 64 header operations");
     struct conf_hdr_op *ops = realloc(r->ops, (r->n + 1) * sizeof *ops);
@@ -587,7 +606,8 @@ static bool add_hdr_op(struct ctx *x, yaml_node_t *n, const char *path, struct c
 }
 
 /* headers.request / headers.response: { set: {N: V}, add: {N: V}, default: {N: V}, remove: [N] } */
-static bool load_hdr_rules(struct ctx *x, yaml_node_t *m, const char *path, struct conf_hdr_rules *r)
+static bool load_hdr_rules(struct ctx *x, yaml_node_t *m, const char *path, struct conf_hdr_rules *r,
+                           bool request)
 {
     if (!expect_map(x, m, path))
         return false;
@@ -600,7 +620,7 @@ static bool load_hdr_rules(struct ctx *x, yaml_node_t *m, const char *path, stru
             for (yaml_node_item_t *it = v->data.sequence.items.start; it < v->data.sequence.items.top; it++) {
                 yaml_node_t *e = node(x, *it);
                 const char *name = scalar(e);
-                if (!name || !add_hdr_op(x, e, kp, r, name, NULL, CONF_HDR_REMOVE))
+                if (!name || !add_hdr_op(x, e, kp, r, name, NULL, CONF_HDR_REMOVE, request))
                     return name ? false : bad(x, e, kp, "expected a header name");
             }
             continue;
@@ -618,7 +638,7 @@ static bool load_hdr_rules(struct ctx *x, yaml_node_t *m, const char *path, stru
             const char *val = scalar(hv);
             if (!val)
                 return bad(x, hv, hp, "expected a string value");
-            if (!check_template(x, hv, hp, val) || !add_hdr_op(x, kn_, hp, r, hn, val, verb))
+            if (!check_template(x, hv, hp, val) || !add_hdr_op(x, kn_, hp, r, hn, val, verb, request))
                 return false;
         }
     }
@@ -678,8 +698,8 @@ static bool load_route(struct ctx *x, struct conf *c, yaml_node_t *m, const char
                 char hp[300];
                 join(hp, sizeof hp, kp, hk);
                 bool ok;
-                if (!strcmp(hk, "request")) ok = load_hdr_rules(x, hv, hp, &r->req_headers);
-                else if (!strcmp(hk, "response")) ok = load_hdr_rules(x, hv, hp, &r->resp_headers);
+                if (!strcmp(hk, "request")) ok = load_hdr_rules(x, hv, hp, &r->req_headers, true);
+                else if (!strcmp(hk, "response")) ok = load_hdr_rules(x, hv, hp, &r->resp_headers, false);
                 else ok = unknown(x, p_, kp, hk);
                 if (!ok)
                     return false;

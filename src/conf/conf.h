@@ -269,6 +269,10 @@ struct conf {
 /* Whether addr (AF_INET / AF_INET6 bytes, v4-mapped IPv6 counts as IPv4) is
  * in one of the blocks. */
 bool conf_cidr_match(const struct conf_cidr *set, uint32_t n, int family, const void *addr);
+/* Whether a header field is portico's to write, so that no rule (headers:)
+ * or stage may set or remove it: framing and connection fields, and on
+ * requests Host and the forwarding fields. */
+bool conf_header_reserved(const char *name, bool request);
 /* Parse "10.0.0.0/8", "::1", "fd00::/8" (no prefix: a single address). */
 bool conf_parse_cidr(const char *s, struct conf_cidr *out);
 

@@ -125,6 +125,39 @@ void client_close(struct client *c)
 
 /* Write c->out then, during an exchange, the ready part of x->uin.
  * Returns false if the connection was closed. */
+/* The response bytes ready for the client after its head: upstream bytes
+ * framed in x->uin, an answer's body straight from memory, or a
+ * transformed body. Their length; *p points at them. */
+size_t ready_span(struct exchange *x, char **p)
+{
+    struct stage_state *st = x ? x->st : NULL;
+    if (st && st->body) {
+        *p = (char *)st->body->data + st->body_off;
+        return x->is_head ? 0 : st->body->len - st->body_off;
+    }
+    if (st && st->xform >= 0) {
+        *p = st->tout ? buf_head(st->tout) : NULL;
+        return st->tout ? buf_len(st->tout) : 0;
+    }
+    *p = x && x->resp_fwd ? buf_head(x->uin) : NULL;
+    return x ? x->resp_fwd : 0;
+}
+
+static void span_written(struct exchange *x, size_t n)
+{
+    struct stage_state *st = x->st;
+    if (st && st->body) {
+        st->body_off += n;
+    } else if (st && st->xform >= 0) {
+        buf_consume(st->tout, n);
+    } else {
+        buf_consume(x->uin, n);
+        x->resp_fwd -= (uint32_t)n;
+    }
+}
+
+/* Write c->out then, during an exchange, the ready response bytes.
+ * Returns false if the connection was closed. */
 bool client_flush(struct client *c)
 {
     struct exchange *x = c->x;
@@ -134,11 +167,12 @@ bool client_flush(struct client *c)
         size_t outlen = c->out ? buf_len(c->out) : 0;
         if (outlen)
             iov[n++] = (struct iovec){ buf_head(c->out), outlen };
-        if (x && x->resp_fwd)
-            iov[n++] = (struct iovec){ buf_head(x->uin), x->resp_fwd };
+        char *sp;
+        size_t slen = ready_span(x, &sp);
+        if (slen)
+            iov[n++] = (struct iovec){ sp, slen };
         if (n == 0)
             break;
-        size_t want = outlen + (x ? x->resp_fwd : 0);
         ssize_t w = writev(c->io.fd, iov, n);
         if (w < 0) {
             if (errno == EAGAIN || errno == EWOULDBLOCK) {
@@ -154,25 +188,24 @@ bool client_flush(struct client *c)
         obs_add(&c->w->obs->bytes_out, done);
         if (x)
             x->bytes_out += done;
-        if ((size_t)w < want)
+        if ((size_t)w < outlen + slen)
             c->writable = false;
         size_t a = done < outlen ? done : outlen;
         if (a)
             buf_consume(c->out, a);
         done -= a;
-        if (done) {
-            buf_consume(x->uin, done);
-            x->resp_fwd -= (uint32_t)done;
-        }
+        if (done)
+            span_written(x, done);
         if (w > 0 && !c->writable)
             loop_timer_arm(c->w->loop, &c->timer, (x ? x->conf : c->w->conf)->limits.send_timeout);
     }
     release_if_empty(c->w, &c->out);
     /* During an exchange the client's timer runs only while we wait on the
      * client: its body (body_timeout), a blocked write (send_timeout), or a
-     * tunnel (idle_timeout). Waiting on the upstream is the upstream's timer. */
-    if (x && c->state == C_EXCHANGE && x->req_done && !x->tunnel &&
-        !c->out && !x->resp_fwd)
+     * tunnel (tunnel_timeout). Waiting on the upstream is the upstream's timer. */
+    char *sp;
+    if (x && c->state == C_EXCHANGE && x->req_done && !x->tunnel && !c->out &&
+        !ready_span(x, &sp) && !(x->st && x->st->parked))
         loop_timer_stop(c->w->loop, &c->timer);
     return true;
 }
@@ -186,6 +219,12 @@ void client_timeout(struct loop *l, struct loop_timer *t)
         client_reject(c, NULL, 408, "request head timeout", false, 0);
         break;
     case C_EXCHANGE:
+        if (c->x && c->x->st && c->x->st->parked) {
+            /* a stage parked it and nothing resumed it in time */
+            c->x->st->parked = false;
+            exchange_fail(c->x, 504, "parked by a stage past response_timeout");
+            break;
+        }
         if (c->x && !c->x->tunnel && c->x->req_fwd && !(c->out && buf_len(c->out))) {
             /* we hold body bytes the upstream has not taken: it is the slow
              * side, and its response_timeout decides */

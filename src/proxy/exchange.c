@@ -5,48 +5,22 @@
 static long reframe_in_place(struct http_chunked *ch, struct buf *b, char *p, size_t avail,
                              bool strip, bool *progress);
 static bool frame_response(struct exchange *x);
+static bool frame_body(struct exchange *x);
 static int frame_request(struct exchange *x);
 static void exchange_finish(struct exchange *x);
 
+/* The exchange is over: its stages hear how it ended (logs, metrics), its
+ * upstream connection goes back to the pool (upstream_keep) or is closed,
+ * and it is freed. The caller no longer uses x. */
 void exchange_free(struct exchange *x, bool upstream_keep)
 {
     struct worker *w = x->c->w;
     attempt_end(x, false, false);
-    /* a request that ends without a status: the client went away (nginx's 499) */
-    uint64_t dur = now_us() - x->t0_us;
-    int status = x->status ? x->status : 499;
-    const char *server = x->upstream_us ? x->route->upstream->servers[x->server].addr.text : NULL;
-    uint32_t ri = (uint32_t)(x->route - x->conf->routes);
-    obs_request(w->obs, x->wg->route_map ? x->wg->route_map[ri] : ri, x->method, x->method_len,
-                status, dur);
-    if (w->alog.log) {
-        struct obs_alog_entry e = {
-            .request_id = x->reqid, .request_id_len = x->reqid_len, .client = x->client,
-            .method = x->method, .method_len = x->method_len, .path = x->path,
-            .path_len = x->path_len, .route = x->route->prefix,
-            .upstream = x->route->upstream->name,
-            .server = server, .status = status, .bytes_in = x->bytes_in,
-            .bytes_out = x->bytes_out, .duration_us = dur, .upstream_us = x->upstream_us,
-        };
-        alog_write(w, &e);
-    }
-    if (x->audit) {
-        /* to the audit log of the configuration the request started on, even
-         * if a reload has since moved or removed it */
-        struct obs_alog_buf *ab = &w->audit, tmp;
-        struct alog_ref *own = x->wg->g->audit;
-        if (own && own->log != w->audit.log) {
-            obs_alog_buf_init(&tmp, own->log);
-            ab = &tmp;
-        }
-        audit_write(ab, x->audit, x->reqid, x->reqid_len, x->client, x->method, x->method_len,
-                    x->path, x->path_len, x->route, server, status, x->bytes_in, x->bytes_out,
-                    dur);
-        if (ab == &tmp) {
-            obs_alog_flush(&tmp);
-            obs_alog_buf_free(&tmp);
-        }
-        free(x->audit);
+    if (!x->status)
+        x->status = 499;        /* no status: the client went away (nginx's 499) */
+    if (x->st) {
+        stages_end(x);
+        stage_state_release(x);
     }
     if (x->u) {
         struct uconn *u = x->u;
@@ -62,23 +36,23 @@ void exchange_free(struct exchange *x, bool upstream_keep)
 
 /* A complete request head is at the front of c->in: route it and start
  * proxying it, or answer it. */
-void exchange_start(struct client *c, const struct http_request *r, size_t head_len)
+/* Route a request head: its normalised path (so that /./auth/ and /%61uth/
+ * meet the rules for /auth/) into w->npath, and the route, or answer it
+ * (400, 404, OPTIONS *, 413). NULL when answered. */
+static const struct conf_route *exchange_route(struct client *c, const struct http_request *r,
+                                               size_t head_len, size_t *nplen)
 {
     struct worker *w = c->w;
     struct conf *conf = w->conf;
     const struct http_msg *m = &r->m;
     bool has_body = m->body == HTTP_BODY_CHUNKED || (m->body == HTTP_BODY_LENGTH && m->content_length);
-    c->scanned = 0;
-    c->seq++;
-
     if (m->has_underscore && conf->underscores == CONF_UNDERSCORES_REJECT) {
         client_reject(c, r, 400, "header name with an underscore", false, 0);
-        return;
+        return NULL;
     }
-    /* match on the normalised path, so that /./auth/ and /%61uth/ meet the
-     * rules for /auth/ */
-    const char *path = "/", *npath = NULL;
-    size_t plen = 1, nplen = 0;
+    const char *path = "/";
+    size_t plen = 1;
+    *nplen = 0;
     if (r->path && r->path[0] == '/') {
         const struct conf_pathnorm *pn = &conf->pathnorm;
         long n = http_normalize_path(r->path, r->path_len, w->npath,
@@ -86,16 +60,16 @@ void exchange_start(struct client *c, const struct http_request *r, size_t head_
                                      (pn->allow_encoded_slash ? HTTP_PATH_ALLOW_ENCODED_SLASH : 0));
         if (n < 0) {
             client_reject(c, r, 400, "invalid path encoding", false, 0);
-            return;
+            return NULL;
         }
-        path = npath = w->npath;
-        plen = nplen = (size_t)n;
+        path = w->npath;
+        plen = *nplen = (size_t)n;
     }
     const struct conf_route *rt = route_match(conf, r, path, plen);
     if (!rt) {
         bool star = r->path && r->path[0] == '*';
         client_reject(c, r, star ? 200 : 404, "no route", m->keep_alive && !has_body, head_len);
-        return;
+        return NULL;
     }
     if (m->body == HTTP_BODY_LENGTH && m->content_length > conf->limits.max_body) {
         if (rt->audit && w->audit.log) {
@@ -108,19 +82,27 @@ void exchange_start(struct client *c, const struct http_request *r, size_t head_
                         head_len, 0, 0);
         }
         client_reject(c, r, 413, "Content-Length over max_body", false, 0);
-        return;
+        return NULL;
     }
+    return rt;
+}
 
-    struct exchange *x = calloc(1, sizeof *x);
-    if (!x) {
-        client_local_response(c, 503, "out of memory", false);
-        return;
-    }
+/* A new exchange for a routed request, with room for its route's stages. */
+static struct exchange *exchange_new(struct client *c, const struct http_request *r,
+                                     const struct conf_route *rt, size_t head_len)
+{
+    struct worker *w = c->w;
+    const struct http_msg *m = &r->m;
+    bool has_body = m->body == HTTP_BODY_CHUNKED || (m->body == HTTP_BODY_LENGTH && m->content_length);
+    uint32_t ri = (uint32_t)(rt - w->conf->routes);
+    struct exchange *x = exchange_alloc(w->cur->g->chains[ri]);
+    if (!x)
+        return NULL;
     x->c = c;
     c->x = x;
     x->wg = w->cur;
     x->wg->users++;
-    x->conf = conf;
+    x->conf = w->conf;
     x->route = rt;
     x->is_head = r->is_head;
     x->expect_continue = r->expect_continue && has_body;
@@ -133,26 +115,70 @@ void exchange_start(struct client *c, const struct http_request *r, size_t head_
     x->dechunk = m->minor == 0;
     x->req_minor = (uint8_t)m->minor;     /* an HTTP/1.0 client cannot take chunked */
     c->state = C_EXCHANGE;
-
     x->group = x->wg->g->groups[rt->upstream->index];
     x->t0_us = now_us();
     x->method_len = (uint8_t)(r->method_len < sizeof x->method ? r->method_len : sizeof x->method);
     memcpy(x->method, r->method, x->method_len);
     x->bytes_in = head_len;
-    if (rt->audit && w->audit.log && (x->audit = calloc(1, sizeof *x->audit)))
-        audit_capture(x->audit, r);
-    if (w->alog.log || x->audit) {
-        x->path_len = (uint16_t)(r->target_len < sizeof x->path ? r->target_len : sizeof x->path);
-        memcpy(x->path, r->target, x->path_len);
-    }
+    x->path_len = (uint16_t)(r->target_len < sizeof x->path ? r->target_len : sizeof x->path);
+    memcpy(x->path, r->target, x->path_len);
     x->idempotent = is_idempotent(r->method, r->method_len);
-    client_identity(x, r);
+    return x;
+}
+
+/* Keep the request head (and its normalised path) past c->in: a parked
+ * exchange, or a stage that reads request fields later. The copy is parsed
+ * again, once, into st->rcopy. False when out of memory. */
+static bool exchange_keep_head(struct exchange *x, const struct http_request *r, size_t head_len,
+                               const char *npath, size_t nplen)
+{
+    struct stage_state *st = x->st;
+    struct worker *w = x->c->w;
+    if (st->rcopy)
+        return true;
+    uint32_t nh = x->conf->limits.max_headers;
+    st->head = malloc(head_len + (nplen ? nplen : 1));
+    st->rcopy = calloc(1, sizeof *st->rcopy + nh * (sizeof(struct http_header) + 1));
+    if (!st->head || !st->rcopy)
+        return false;
+    memcpy(st->head, buf_head(x->c->in), head_len);
+    st->head_len = (uint32_t)head_len;
+    st->rcopy->m.headers = (struct http_header *)(void *)(st->rcopy + 1);
+    st->rcopy->m.kinds = (uint8_t *)(st->rcopy->m.headers + nh);
+    struct http_limits lim = w->lim;
+    lim.max_headers = nh;
+    if (http_parse_request(st->head, head_len, st->rcopy, &lim) != (int)head_len)
+        return false;
+    (void)r;
+    if (nplen && !st->npath) {
+        if (!(st->npath = malloc(nplen)))
+            return false;
+        memcpy(st->npath, npath, nplen);
+        st->npath_len = (uint32_t)nplen;
+    }
+    st->req = st->rcopy;
+    return true;
+}
+
+/* The request stages said continue: build the upstream head, send what the
+ * client waits for, and attach an upstream connection. consume: head bytes
+ * still at the front of c->in. */
+static void exchange_forward(struct exchange *x, const struct http_request *r, const char *npath,
+                             size_t nplen, size_t consume)
+{
+    struct client *c = x->c;
+    struct worker *w = c->w;
+    if (!x->client_len)
+        client_identity(x, r);          /* a route without the forward stage */
     balance_key(x, r);
     if (!(x->uhead = buf_get(&w->bufs)) || !build_request_head(x, r, x->uhead, npath, nplen)) {
         exchange_fail(x, 431, "request head too large to forward");
         return;
     }
-    buf_consume(c->in, head_len);
+    if (consume)
+        buf_consume(c->in, consume);
+    if (x->st)
+        x->st->req = x->st->rcopy;      /* c->in moves on: only a copy stays readable */
     if (x->expect_continue) {
         if (!ensure_buf(w, &c->out)) {
             exchange_fail(x, 503, "out of memory");
@@ -164,10 +190,102 @@ void exchange_start(struct client *c, const struct http_request *r, size_t head_
     if (x->req_done)
         loop_timer_stop(w->loop, &c->timer);
     else
-        loop_timer_arm(w->loop, &c->timer, conf->limits.body_timeout);
-
+        loop_timer_arm(w->loop, &c->timer, x->conf->limits.body_timeout);
     if (upstream_attach(x, false, 502))
         exchange_pump(x);
+}
+
+/* Act on the request stages' verdict. */
+static void exchange_verdict(struct exchange *x, enum stage_verdict v, const struct http_request *r,
+                             const char *npath, size_t nplen, size_t consume)
+{
+    struct client *c = x->c;
+    if (v == STAGE_CONTINUE) {
+        exchange_forward(x, r, npath, nplen, consume);
+        return;
+    }
+    if (v == STAGE_WAIT && !exchange_keep_head(x, r, consume, npath, nplen)) {
+        exchange_fail(x, 503, "out of memory");
+        return;
+    }
+    if (consume)
+        buf_consume(c->in, consume);
+    if (v == STAGE_ANSWERED) {
+        exchange_answer(x);
+        return;
+    }
+    /* parked: the upstream's response_timeout bounds the wait */
+    x->st->parked = true;
+    x->st->req = x->st->rcopy;
+    loop_timer_arm(c->w->loop, &c->timer, x->route->upstream->response_timeout);
+}
+
+/* A complete request head is at the front of c->in: route it, run its
+ * route's request stages, then proxy it, answer it or park it. */
+void exchange_start(struct client *c, const struct http_request *r, size_t head_len)
+{
+    c->scanned = 0;
+    c->seq++;
+    size_t nplen;
+    const struct conf_route *rt = exchange_route(c, r, head_len, &nplen);
+    if (!rt)
+        return;
+    const char *npath = nplen ? c->w->npath : NULL;
+    struct exchange *x = exchange_new(c, r, rt, head_len);
+    if (!x) {
+        client_local_response(c, 503, "out of memory", false);
+        return;
+    }
+    if (!x->st) {
+        exchange_forward(x, r, npath, nplen, head_len);
+        return;
+    }
+    struct stage_state *st = x->st;
+    if (st->chain->keep_request_headers && !exchange_keep_head(x, r, head_len, npath, nplen)) {
+        exchange_fail(x, 503, "out of memory");
+        return;
+    }
+    if (!st->npath && nplen && (st->npath = malloc(nplen))) {
+        memcpy(st->npath, npath, nplen);
+        st->npath_len = (uint32_t)nplen;
+    }
+    st->req = st->rcopy ? st->rcopy : r;
+    exchange_verdict(x, stages_request(x), r, npath, nplen, head_len);
+}
+
+/* A parked exchange resumes (stage_resume): the rest of its request stages,
+ * on the kept copy of its head. */
+void exchange_continue(struct exchange *x)
+{
+    struct stage_state *st = x->st;
+    loop_timer_stop(x->c->w->loop, &x->c->timer);
+    st->req = st->rcopy;
+    enum stage_verdict v = stages_request(x);
+    exchange_verdict(x, v, st->rcopy, st->npath, st->npath_len, 0);
+}
+
+/* A stage answered (stage_answer): no upstream. The response stages see the
+ * answer's head; the body is written from memory. A request body is not
+ * read: the connection closes after the answer. */
+void exchange_answer(struct exchange *x)
+{
+    struct client *c = x->c;
+    struct stage_state *st = x->st;
+    x->status = st->answer_status;
+    if (!x->req_done)
+        x->client_keep = false;
+    if (c->w->draining)
+        x->client_keep = false;
+    stages_response(x, NULL, false);
+    if (!ensure_buf(c->w, &c->out) || !write_answer_head(x, c->out)) {
+        stage_body_unref(st->body);
+        st->body = NULL;
+        st->answered = false;
+        exchange_fail(x, 500, "answer head too large");
+        return;
+    }
+    x->resp_head_done = x->resp_done = true;
+    loop_timer_arm(c->w->loop, &c->timer, x->conf->limits.send_timeout);
 }
 
 /* Re-frame chunked bytes at p (avail of them, ending at b's end) in place:
@@ -188,8 +306,48 @@ static long reframe_in_place(struct http_chunked *ch, struct buf *b, char *p, si
     return (long)out;
 }
 
+/* The stages watching the body see what frame_response added to x->uin
+ * from `from` on, without its framing. */
+static void watch_new(struct exchange *x, uint32_t from)
+{
+    struct stage_state *st = x->st;
+    char *p = buf_head(x->uin) + from;
+    size_t len = x->resp_fwd - from;
+    if (x->resp_body != HTTP_BODY_CHUNKED || x->dechunk) {
+        if (len)
+            stages_watch(x, p, len, false);
+    } else {
+        while (len) {
+            size_t off, dlen;
+            long n = http_chunked_feed(&st->wch, p, len, &off, &dlen);
+            if (n <= 0)
+                break;          /* canonical bytes we framed ourselves */
+            if (dlen)
+                stages_watch(x, p + off, dlen, false);
+            p += n;
+            len -= (size_t)n;
+        }
+    }
+    if (x->resp_done) {
+        stages_watch(x, NULL, 0, true);
+        st->watch = 0;
+    }
+}
+
 /* Frame newly arrived response body bytes: extend resp_fwd over them. */
 static bool frame_response(struct exchange *x)
+{
+    if (x->st && x->st->watch) {
+        uint32_t from = x->resp_fwd;
+        bool ok = frame_body(x);
+        if (ok)
+            watch_new(x, from);
+        return ok;
+    }
+    return frame_body(x);
+}
+
+static bool frame_body(struct exchange *x)
 {
     struct buf *b = x->uin;
     while (!x->resp_done && x->resp_fwd < buf_len(b)) {
@@ -314,11 +472,89 @@ void exchange_fail(struct exchange *x, int status, const char *why)
     client_local_response(c, status, why, false);
 }
 
+/* Body bytes a transforming stage turned into output, framed for the
+ * client (chunked for HTTP/1.1, as they are for 1.0), appended to st->tout. */
+static bool tout_append(struct exchange *x, const char *data, size_t n, bool last)
+{
+    struct buf *t = x->st->tout;
+    char hex[16];
+    size_t hl = 0;
+    bool chunked = x->req_minor >= 1;
+    if (chunked && n) {
+        static const char digits[] = "0123456789abcdef";
+        char tmp[16];
+        size_t k = 0;
+        for (size_t v = n; v; v >>= 4)
+            tmp[k++] = digits[v & 15];
+        while (k)
+            hex[hl++] = tmp[--k];
+        hex[hl++] = '\r';
+        hex[hl++] = '\n';
+    }
+    size_t need = hl + n + (chunked && n ? 2 : 0) + (chunked && last ? 5 : 0);
+    if (need > buf_room(t))
+        return false;
+    buf_append(t, hex, hl);
+    buf_append(t, data, n);
+    if (chunked && n)
+        buf_append(t, "\r\n", 2);
+    if (chunked && last)
+        buf_append(t, "0\r\n\r\n", 5);
+    return true;
+}
+
+/* Offer the body read so far (x->resp_fwd bytes, unframed) to the
+ * transforming stage while its output has room: backpressure is the
+ * client taking st->tout. */
+static void transform_step(struct exchange *x)
+{
+    struct stage_state *st = x->st;
+    struct worker *w = x->c->w;
+    const struct stage_link *l = &st->chain->links[st->xform];
+    while (!st->tend) {
+        if (!ensure_buf(w, &st->tout) || (!w->tscratch && !(w->tscratch = malloc(TSCRATCH))))
+            return;
+        if (!buf_len(st->tout))
+            st->tout->start = st->tout->end = 0;
+        else if (buf_room(st->tout) < 128)
+            buf_compact(st->tout);
+        size_t room = buf_room(st->tout);
+        if (room < 128)
+            return;
+        size_t cap = room - 32 < TSCRATCH ? room - 32 : TSCRATCH;
+        size_t in = x->resp_fwd, outl = 0;
+        bool end = x->resp_done;
+        if (!in && !end)
+            return;
+        size_t used = l->def->on_body(&st->sx[st->xform], in ? buf_head(x->uin) : "", in, end,
+                                      w->tscratch, cap, &outl);
+        used = used < in ? used : in;
+        outl = outl < cap ? outl : cap;
+        if (used) {
+            buf_consume(x->uin, used);
+            x->resp_fwd -= (uint32_t)used;
+        }
+        bool last = end && used == in && !outl;
+        if ((outl || last) && !tout_append(x, w->tscratch, outl, last))
+            return;
+        if (last)
+            st->tend = true;
+        else if (!used && !outl)
+            return;
+    }
+}
+
 void exchange_pump(struct exchange *x)
 {
     struct client *c = x->c;
     struct worker *w = c->w;
     bool progress = true;
+    if (x->st && x->st->parked) {
+        /* nothing moves while parked; a client that goes away ends it */
+        if (c->hup)
+            client_close(c);
+        return;
+    }
     while (progress && c->x == x) {
         progress = false;
         struct uconn *u = x->u;
@@ -514,16 +750,22 @@ void exchange_pump(struct exchange *x)
             exchange_fail(x, 502, "invalid chunked response body");
             return;
         }
+        if (x->st && x->st->xform >= 0 && x->resp_head_done)
+            transform_step(x);
 
         /* 5. portico -> client */
-        if (c->writable && ((c->out && buf_len(c->out)) || x->resp_fwd)) {
-            uint32_t before = x->resp_fwd + (c->out ? buf_len(c->out) : 0);
+        char *sp;
+        size_t ready = ready_span(x, &sp);
+        if (c->writable && ((c->out && buf_len(c->out)) || ready)) {
+            size_t before = ready + (c->out ? buf_len(c->out) : 0);
             if (!client_flush(c))
                 return;
-            if (x->resp_fwd + (c->out ? buf_len(c->out) : 0) != before)
+            if (ready_span(x, &sp) + (c->out ? buf_len(c->out) : 0) != before)
                 progress = true;
         }
-        if (x->resp_done && x->resp_head_done && x->resp_fwd == 0 && !c->out && x->c == c) {
+        bool drained = x->resp_fwd == 0 && !ready_span(x, &sp) &&
+                       (!x->st || x->st->xform < 0 || x->st->tend);
+        if (x->resp_done && x->resp_head_done && drained && !c->out && x->c == c) {
             if (x->tunnel) {
                 client_close(c);        /* the tunnel ended upstream side */
                 return;

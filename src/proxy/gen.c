@@ -57,6 +57,7 @@ void gen_unref(struct proxy_gen *g)
     free(g->lfd);
     for (uint32_t i = 0; g->groups && i < g->conf->nupstreams; i++)
         balance_group_free(g->groups[i]);
+    stage_chains_free(g->chains, g->conf->nroutes);
     free(g->groups);
     alog_unref(g->alog);
     alog_unref(g->audit);
@@ -87,7 +88,8 @@ struct proxy_gen *gen_new(struct conf *conf, const struct proxy_gen *old, uint32
     for (size_t i = 0; g->lfd && i < nfd; i++)
         g->lfd[i] = -1;
     g->groups = calloc(conf->nupstreams, sizeof *g->groups);
-    if (!g->lfd || !g->groups) {
+    g->chains = stage_chains_new(conf);     /* each route's stages */
+    if (!g->lfd || !g->groups || !g->chains) {
         snprintf(err, errlen, "out of memory");
         goto fail;
     }

@@ -8,7 +8,8 @@ static bool is_hop_by_hop(const struct http_msg *m, uint32_t i);
 static void put_target(struct http_hw *hw, const struct exchange *x, const struct http_request *r,
                        const char *npath, size_t nplen);
 static void put_forwarded(struct http_hw *hw, const struct exchange *x, const struct http_msg *m);
-static void put_response_fields(struct http_hw *hw, const struct http_msg *m, bool tunnel);
+static void put_response_fields(struct http_hw *hw, const struct http_msg *m, bool tunnel,
+                                const struct stage_ext *ext);
 static bool out_write(struct buf *b, void (*put)(struct http_hw *, void *), void *arg);
 static void put_interim(struct http_hw *hw, void *arg);
 static void put_te(struct http_hw *hw, const struct exchange *x, const struct http_msg *m);
@@ -114,12 +115,27 @@ static void put_forwarded(struct http_hw *hw, const struct exchange *x, const st
     http_hw_field(hw, "X-Forwarded-Proto", 17, proto, plen);
 }
 
+/* The request's id: the client's first non-empty X-Request-Id (not one
+ * named in Connection), else a new one. */
+void request_id(struct exchange *x, const struct http_request *r)
+{
+    const struct http_msg *m = &r->m;
+    for (uint32_t i = 0; i < m->nheaders; i++) {
+        const struct http_header *h = &m->headers[i];
+        if (m->kinds[i] != HTTP_H_X_REQUEST_ID || !h->value_len || nominated(m, i))
+            continue;
+        x->reqid_len = (uint8_t)(h->value_len < sizeof x->reqid ? h->value_len : sizeof x->reqid);
+        memcpy(x->reqid, h->value, x->reqid_len);
+        return;
+    }
+    x->reqid_len = (uint8_t)make_request_id(x->c->w, x->reqid);
+}
+
 /* Build the upstream request head into b through the bounded writer.
  * False if it does not fit (the client gets 431). */
 bool build_request_head(struct exchange *x, const struct http_request *r, struct buf *b,
                                const char *npath, size_t nplen)
 {
-    struct client *c = x->c;
     const struct http_msg *m = &r->m;
     struct http_hw hw;
     http_hw_init(&hw, buf_tail(b), buf_room(b));
@@ -128,10 +144,14 @@ bool build_request_head(struct exchange *x, const struct http_request *r, struct
     put_target(&hw, x, r, npath, nplen);
     http_hw_lit(&hw, " HTTP/1.1\r\n");
 
-    bool have_host = false, have_reqid = false;
+    bool have_host = false;
     bool drop_underscores = x->conf->underscores == CONF_UNDERSCORES_DROP;
+    const struct stage_ext *ext = x->st ? x->st->ext : NULL;
+    uint32_t nedits = ext ? ext->nreq_edits : 0;
     for (uint32_t i = 0; i < m->nheaders; i++) {
         const struct http_header *h = &m->headers[i];
+        if (nedits && edits_drop(ext->req_edits, nedits, h->name, h->name_len, false))
+            continue;           /* a stage sets or removes it */
         switch (m->kinds[i]) {
         case HTTP_H_HOST:
             if (r->host != h->value && r->host)      /* absolute-form wins */
@@ -147,13 +167,8 @@ bool build_request_head(struct exchange *x, const struct http_request *r, struct
             if (drop_underscores)
                 continue;
             break;
-        case HTTP_H_X_REQUEST_ID:
-            if (have_reqid || !h->value_len || nominated(m, i))
-                continue;
-            have_reqid = true;
-            x->reqid_len = (uint8_t)(h->value_len < sizeof x->reqid ? h->value_len : sizeof x->reqid);
-            memcpy(x->reqid, h->value, x->reqid_len);
-            break;
+        case HTTP_H_X_REQUEST_ID:       /* request_id() chose ours */
+            continue;
         default:
             if (is_hop_by_hop(m, i))
                 continue;
@@ -170,11 +185,12 @@ bool build_request_head(struct exchange *x, const struct http_request *r, struct
     put_forwarded(&hw, x, m);
     if (r->host)
         http_hw_field(&hw, "X-Forwarded-Host", 16, r->host, r->host_len);
-    if (!have_reqid) {
-        x->reqid_len = (uint8_t)make_request_id(c->w, x->reqid);
-        http_hw_field(&hw, "X-Request-Id", 12, x->reqid, x->reqid_len);
-    }
+    if (!x->reqid_len)
+        request_id(x, r);
+    http_hw_field(&hw, "X-Request-Id", 12, x->reqid, x->reqid_len);
     http_hw_lit(&hw, "Via: 1.1 portico\r\n");
+    if (nedits)
+        edits_put(&hw, ext->req_edits, nedits, m, NULL, 0);
     if (m->body == HTTP_BODY_CHUNKED) {
         http_hw_lit(&hw, "Transfer-Encoding: chunked\r\n");
     } else if (m->has_cl) {
@@ -197,11 +213,15 @@ bool build_request_head(struct exchange *x, const struct http_request *r, struct
 
 /* Fields of an upstream head that go on to the client: not hop-by-hop
  * (Upgrade is kept for a 101). */
-static void put_response_fields(struct http_hw *hw, const struct http_msg *m, bool tunnel)
+static void put_response_fields(struct http_hw *hw, const struct http_msg *m, bool tunnel,
+                                const struct stage_ext *ext)
 {
+    uint32_t nedits = ext ? ext->nresp_edits : 0;
     for (uint32_t i = 0; i < m->nheaders; i++) {
         const struct http_header *h = &m->headers[i];
         if (!(m->kinds[i] == HTTP_H_UPGRADE && tunnel) && is_hop_by_hop(m, i))
+            continue;
+        if (nedits && edits_drop(ext->resp_edits, nedits, h->name, h->name_len, false))
             continue;
         http_hw_field(hw, h->name, h->name_len, h->value, h->value_len);
     }
@@ -237,7 +257,7 @@ static void put_interim(struct http_hw *hw, void *arg)
 {
     const struct head_args *a = arg;
     http_hw_status(hw, a->r->status, a->r->reason, a->r->reason_len);
-    put_response_fields(hw, &a->r->m, false);
+    put_response_fields(hw, &a->r->m, false, NULL);
     http_hw_lit(hw, "\r\n");
 }
 
@@ -276,15 +296,23 @@ static void put_final(struct http_hw *hw, void *arg)
     const struct exchange *x = a->x;
     const struct http_response *r = a->r;
     const struct http_msg *m = &r->m;
+    const struct stage_ext *ext = x->st ? x->st->ext : NULL;
+    bool xform = x->st && x->st->xform >= 0;
     http_hw_status(hw, r->status, r->reason, r->reason_len);
-    put_response_fields(hw, m, x->tunnel);
-    if (m->has_cl && !m->has_te && r->status >= 200 && r->status != 204) {
+    put_response_fields(hw, m, x->tunnel, ext);
+    if (ext && ext->nresp_edits)
+        edits_put(hw, ext->resp_edits, ext->nresp_edits, m, NULL, 0);
+    if (xform) {
+        /* a transformed body has a length nobody knows yet */
+        if (x->req_minor >= 1)
+            http_hw_lit(hw, "Transfer-Encoding: chunked\r\n");
+    } else if (m->has_cl && !m->has_te && r->status >= 200 && r->status != 204) {
         http_hw_lit(hw, "Content-Length: ");
         http_hw_u64(hw, m->content_length);
         http_hw_lit(hw, "\r\n");
     }
-    if ((x->resp_body == HTTP_BODY_CHUNKED && !x->dechunk) ||
-        (a->te_other && x->resp_body != HTTP_BODY_NONE))
+    if (!xform && ((x->resp_body == HTTP_BODY_CHUNKED && !x->dechunk) ||
+                   (a->te_other && x->resp_body != HTTP_BODY_NONE)))
         put_te(hw, x, m);
     http_hw_lit(hw, "Via: 1.1 portico\r\n");
     if (x->tunnel)
@@ -338,6 +366,67 @@ static void response_framing(struct exchange *x, const struct http_response *r)
         x->client_keep = false;     /* answered before the body ended */
 }
 
+/* The response stages see the head; a transformer (one at most) takes a
+ * body it can rewrite: not a HEAD's, an empty one, a tunnel or one with
+ * transfer codings. Its output is framed by portico (chunked for HTTP/1.1,
+ * close-delimited for 1.0), so the input is read without its framing. */
+static void response_stages(struct exchange *x, const struct http_response *r, bool te_other)
+{
+    bool can = !x->is_head && !x->tunnel && !te_other && x->resp_body != HTTP_BODY_NONE &&
+               !(x->resp_body == HTTP_BODY_LENGTH && x->resp_remaining == 0);
+    stages_response(x, r, can);
+    if (x->st->xform >= 0) {
+        x->dechunk = true;
+        if (x->req_minor == 0)
+            x->client_keep = false;
+    } else if (x->st->watch) {
+        http_chunked_init(&x->st->wch);
+        bool empty = x->resp_body == HTTP_BODY_NONE ||
+                     (x->resp_body == HTTP_BODY_LENGTH && x->resp_remaining == 0);
+        if (empty) {
+            stages_watch(x, NULL, 0, true);
+            x->st->watch = 0;
+        }
+    }
+}
+
+/* The head of a stage's answer (stage_answer): its fields with the
+ * response stages' edits, Content-Length, and Connection. */
+bool write_answer_head(struct exchange *x, struct buf *b)
+{
+    const struct stage_state *st = x->st;
+    const struct stage_ext *ext = st->ext;
+    if (!buf_len(b))
+        b->start = b->end = 0;
+    struct http_hw hw;
+    http_hw_init(&hw, buf_tail(b), buf_room(b));
+    http_hw_status(&hw, st->answer_status, NULL, 0);
+    for (uint32_t i = 0; ext && i < ext->nanswer_fields; i++) {
+        const struct stage_field *f = &ext->answer_fields[i];
+        if (ext->nresp_edits && edits_drop(ext->resp_edits, ext->nresp_edits, f->name,
+                                           f->name_len, false))
+            continue;
+        http_hw_field(&hw, f->name, f->name_len, f->value, f->value_len);
+    }
+    if (ext && ext->nresp_edits)
+        edits_put(&hw, ext->resp_edits, ext->nresp_edits, NULL, ext->answer_fields,
+                  ext->nanswer_fields);
+    if (st->answer_status != 204 && st->answer_status != 304) {
+        http_hw_lit(&hw, "Content-Length: ");
+        http_hw_u64(&hw, st->body ? st->body->len : 0);
+        http_hw_lit(&hw, "\r\n");
+    }
+    if (!x->client_keep)
+        http_hw_lit(&hw, "Connection: close\r\n");
+    else if (x->req_minor == 0)
+        http_hw_lit(&hw, "Connection: keep-alive\r\n");
+    http_hw_lit(&hw, "\r\n");
+    if (hw.overflow)
+        return false;
+    b->end += (uint32_t)http_hw_len(&hw);
+    return true;
+}
+
 /* Parse the response head at the front of x->uin and queue the client
  * head: interim (1xx) heads go on to HTTP/1.1 clients as they come.
  * Returns 1 when done, 0 when more bytes are needed, -1 if x was ended. */
@@ -386,6 +475,8 @@ int response_head(struct exchange *x)
             continue;
         }
         response_framing(x, &r);
+        if (x->st)
+            response_stages(x, &r, a.te_other);
         if (!out_write(c->out, put_final, &a)) {
             exchange_fail(x, 502, "upstream response head too large");
             return -1;

@@ -16,6 +16,7 @@
 #include "core/sdnotify.h"
 #include "http/http.h"
 #include "obs/obs.h"
+#include "stage.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -47,6 +48,7 @@ struct http_response;
 /* Requests one connection may have served in one go before others get a
  * turn: the rest of its pipeline waits for the next loop iteration. */
 #define PIPELINE_BATCH 16
+#define TSCRATCH 16384          /* a transforming stage's output per call */
 
 enum client_state {
     C_IDLE,         /* keep-alive, waiting for the first byte of a request */
@@ -96,8 +98,80 @@ struct uconn {
     uint64_t pooled_iter;       /* the worker's loop iteration it went idle in */
 };
 
+/* One route's stages, in chain order, built when its generation loads
+ * (stage_chains_new); a route that uses no stage has n == 0. */
+struct stage_link {
+    const struct stage_def *def;
+    void *state;                /* what route_new returned */
+    uint32_t ctx_off;           /* its context in the exchange's block */
+};
+
+struct stage_chain {
+    uint32_t n;
+    uint32_t ctx_bytes;         /* every context, each aligned */
+    bool keep_request_headers;
+    struct stage_link links[];
+};
+
+/* A stage's view of one exchange (x->sx[i] for link i). */
+struct stage_x {
+    struct exchange *x;
+    uint32_t i;
+};
+
+/* A head edit a stage asked for, applied when the head is written. */
+struct head_edit {
+    const char *name, *value;   /* in the exchange's arena */
+    uint32_t name_len, value_len;
+    uint8_t verb;               /* enum stage_edit */
+};
+
+#define STAGE_MAX_EDITS 32
+
+/* What stages write, allocated on the first edit or answer. */
+struct stage_ext {
+    struct head_edit req_edits[STAGE_MAX_EDITS], resp_edits[STAGE_MAX_EDITS];
+    uint32_t nreq_edits, nresp_edits;
+    struct stage_field answer_fields[16];
+    uint32_t nanswer_fields;
+    char *arena;                /* copies of edit strings and answer fields */
+    uint32_t arena_len, arena_cap;
+};
+
+/* What stages add to an exchange, allocated with it (one calloc) when its
+ * route has a chain; NULL otherwise, so a route without stages pays nothing. */
+struct stage_state {
+    const struct stage_chain *chain;
+    struct stage_x *sx;         /* [chain->n] */
+    char *ctx;                  /* the contexts */
+    struct stage_ext *ext;      /* edits and an answer; NULL until one is made */
+    uint32_t next;              /* the next stage whose on_request runs */
+    uint32_t ran;               /* on_request ran for links [0, ran) */
+    bool parked, answered, ended;
+    int8_t xform;               /* the transforming link, or -1 */
+    uint32_t watch;             /* links watching the body (bit per link) */
+    /* the request head, copied when it must outlive c->in (a park, or a
+     * stage keeping request headers), parsed again from this copy */
+    char *head;
+    uint32_t head_len;
+    struct http_request *rcopy;
+    const struct http_request *req;     /* during on_request, or rcopy */
+    const struct http_response *resp;   /* during on_response (NULL: an answer's) */
+    char *npath;                /* the normalised path and query (malloc) */
+    uint32_t npath_len;
+    /* an answer from memory */
+    int answer_status;
+    struct stage_body *body;
+    size_t body_off;
+    /* a transformed body, framed for the client; a decoder for watchers */
+    struct buf *tout;
+    bool tend;
+    struct http_chunked wch;
+};
+
 struct exchange {
     struct client *c;
+    struct stage_state *st;     /* NULL: the route has no stages */
     struct uconn *u;
     struct wgen *wg;            /* the generation this request started on (counted in users) */
     struct conf *conf;          /* wg's snapshot (wg holds the reference) */
@@ -124,7 +198,6 @@ struct exchange {
     bool trusted_peer;              /* the connection comes from trusted_proxies */
     bool sent_continue;             /* we answered Expect: 100-continue ourselves */
     bool abnormal;                  /* the response body ended before its end */
-    struct audit_info *audit;       /* the route has audit on: what the audit line needs */
     uint64_t bytes_in, bytes_out, upstream_us;
     uint16_t key_len;               /* hash key (ip or hash_key), kept for retries */
     char key[256];
@@ -184,6 +257,7 @@ struct proxy_gen {
     struct balance_group **groups;  /* [conf->nupstreams], shared by the workers */
     struct alog_ref *alog;      /* a reference; NULL: access_log off */
     struct alog_ref *audit;     /* a reference; NULL: audit_log off */
+    struct stage_chain **chains;    /* [conf->nroutes] */
     int *lfd;                   /* [nworkers][conf->nlisten]: sockets opened for this
                                    generation; -1 where a worker reuses its own or took it */
     uint32_t nworkers;
@@ -242,6 +316,7 @@ struct worker {
     struct client *ready;           /* clients with work deferred to the next iteration */
     struct loop_timer accept_timer; /* retries accept() after EMFILE and the like */
     char *npath;                    /* scratch: the normalised request path */
+    char *tscratch;                 /* scratch: a transforming stage's output (TSCRATCH) */
 };
 
 struct proxy {
@@ -374,5 +449,26 @@ int proxy_reload(struct proxy *p, char *err, size_t errlen);
 
 void worker_reap(struct loop *l, void *arg);
 uint32_t bufsize_for(const struct conf *c);
+
+/* ---------------------------------------------------------------- stage.c */
+
+extern const struct stage_def stage_forward, stage_metrics, stage_access_log, stage_audit_log;
+struct stage_chain **stage_chains_new(const struct conf *conf);
+void stage_chains_free(struct stage_chain **chains, uint32_t n);
+struct exchange *exchange_alloc(const struct stage_chain *ch);
+void stage_state_release(struct exchange *x);
+enum stage_verdict stages_request(struct exchange *x);
+void stages_response(struct exchange *x, const struct http_response *r, bool can_transform);
+void stages_watch(struct exchange *x, const char *data, size_t len, bool end);
+void stages_end(struct exchange *x);
+bool edits_drop(const struct head_edit *e, uint32_t n, const char *name, size_t nlen,
+                bool present_elsewhere);
+void edits_put(struct http_hw *hw, const struct head_edit *e, uint32_t n, const struct http_msg *m,
+               const struct stage_field *f, uint32_t nf);
+void exchange_continue(struct exchange *x);
+void exchange_answer(struct exchange *x);
+bool write_answer_head(struct exchange *x, struct buf *b);
+void request_id(struct exchange *x, const struct http_request *r);
+size_t ready_span(struct exchange *x, char **p);
 
 #endif

@@ -73,3 +73,129 @@ void alog_timeout(struct loop *l, struct loop_timer *t)
     struct worker *w = container_of(t, struct worker, alog_timer);
     obs_alog_flush(&w->alog);
 }
+
+/* ---------------------------------------------------------------- built-in stages */
+
+/* Stages that are on every route return this from route_new: they need no
+ * per-route state, only to be in the chain. */
+static void *on_every_route(const struct conf *conf, const struct conf_route *rt)
+{
+    (void)conf;
+    (void)rt;
+    return (void *)&on_every_route;
+}
+
+/* How the exchange ended: its status (499: the client went away before a
+ * status), the server that answered, and how long it took. */
+static int outcome(const struct exchange *x, const char **server, uint64_t *dur)
+{
+    *dur = now_us() - x->t0_us;
+    *server = x->upstream_us ? x->route->upstream->servers[x->server].addr.text : NULL;
+    return x->status ? x->status : 499;
+}
+
+static void metrics_end(struct stage_x *sx)
+{
+    struct exchange *x = sx->x;
+    struct worker *w = x->c->w;
+    const char *server;
+    uint64_t dur;
+    int status = outcome(x, &server, &dur);
+    uint32_t ri = (uint32_t)(x->route - x->conf->routes);
+    obs_request(w->obs, x->wg->route_map ? x->wg->route_map[ri] : ri, x->method, x->method_len,
+                status, dur);
+}
+
+const struct stage_def stage_metrics = {
+    .name = "metrics", .route_new = on_every_route, .on_end = metrics_end,
+};
+
+static void *access_log_route(const struct conf *conf, const struct conf_route *rt)
+{
+    return conf->access_log ? on_every_route(conf, rt) : NULL;
+}
+
+static void access_log_end(struct stage_x *sx)
+{
+    struct exchange *x = sx->x;
+    struct worker *w = x->c->w;
+    if (!w->alog.log)
+        return;
+    const char *server;
+    uint64_t dur;
+    int status = outcome(x, &server, &dur);
+    struct obs_alog_entry e = {
+        .request_id = x->reqid, .request_id_len = x->reqid_len, .client = x->client,
+        .method = x->method, .method_len = x->method_len, .path = x->path,
+        .path_len = x->path_len, .route = x->route->prefix, .upstream = x->route->upstream->name,
+        .server = server, .status = status, .bytes_in = x->bytes_in,
+        .bytes_out = x->bytes_out, .duration_us = dur, .upstream_us = x->upstream_us,
+    };
+    alog_write(w, &e);
+}
+
+const struct stage_def stage_access_log = {
+    .name = "access_log", .route_new = access_log_route, .on_end = access_log_end,
+};
+
+static void *audit_route(const struct conf *conf, const struct conf_route *rt)
+{
+    return conf->audit_log && rt->audit ? on_every_route(conf, rt) : NULL;
+}
+
+/* What the audit line needs from the request head, while it is there. */
+static enum stage_verdict audit_request(struct stage_x *sx)
+{
+    struct audit_info *a = stage_ctx(sx);
+    if (sx->x->st->req)
+        audit_capture(a, sx->x->st->req);
+    return STAGE_CONTINUE;
+}
+
+static void audit_end(struct stage_x *sx)
+{
+    struct exchange *x = sx->x;
+    struct worker *w = x->c->w;
+    if (!w->audit.log && !x->wg->g->audit)
+        return;
+    const char *server;
+    uint64_t dur;
+    int status = outcome(x, &server, &dur);
+    /* to the audit log of the configuration the request started on, even if
+     * a reload has since moved or removed it */
+    struct obs_alog_buf *ab = &w->audit, tmp;
+    struct alog_ref *own = x->wg->g->audit;
+    if (own && own->log != w->audit.log) {
+        obs_alog_buf_init(&tmp, own->log);
+        ab = &tmp;
+    }
+    audit_write(ab, stage_ctx(sx), x->reqid, x->reqid_len, x->client, x->method, x->method_len,
+                x->path, x->path_len, x->route, server, status, x->bytes_in, x->bytes_out, dur);
+    if (ab == &tmp) {
+        obs_alog_flush(&tmp);
+        obs_alog_buf_free(&tmp);
+    }
+}
+
+const struct stage_def stage_audit_log = {
+    .name = "audit_log", .ctx_size = sizeof(struct audit_info), .route_new = audit_route,
+    .on_request = audit_request, .on_end = audit_end,
+};
+
+/* forward: who the client is (trusted_proxies), first, so that every later
+ * stage (and the balancer) sees it; the head writer puts X-Forwarded-For,
+ * -Proto, -Host, Via and X-Request-Id from it. */
+static enum stage_verdict forward_request(struct stage_x *sx)
+{
+    struct exchange *x = sx->x;
+    const struct http_request *r = x->st->req;
+    if (!r)
+        return STAGE_CONTINUE;
+    client_identity(x, r);
+    request_id(x, r);
+    return STAGE_CONTINUE;
+}
+
+const struct stage_def stage_forward = {
+    .name = "forward", .route_new = on_every_route, .on_request = forward_request,
+};

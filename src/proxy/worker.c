@@ -139,6 +139,7 @@ static void worker_free(struct worker *w)
     free(w->hdrs);
     free(w->kinds);
     free(w->npath);
+    free(w->tscratch);
     loop_free(w->loop);
 }
 

@@ -48,7 +48,7 @@ LIBS_logline := -lpthread
 # sent upstream (see the header of fuzz_path.c)
 check-path check-known: export FUZZ_PATH_FDS := 1
 check-path check-known: export FUZZ_PATH_STRICT := 1
-SRCS_path := $(filter-out src/main.c src/admin/% src/pg/%,$(sort $(wildcard src/*/*.c)))
+SRCS_path := $(filter-out src/main.c src/admin/% src/pg/%,$(sort $(wildcard src/*/*.c))) tests/stage/test_stage.c
 LIBS_path := -lyaml -lpthread
 
 # the PostgreSQL message parsers (src/pg/proto.c)

@@ -55,7 +55,7 @@
 #include "http/http.h"
 #include "proxy/proxy.h"
 
-#define NVARIANTS 8
+#define NVARIANTS 9
 #define MAXUP 32
 #define PUMP_ITERS 256          /* loop iterations per record, at most */
 #define INPUT_ITERS 20000       /* loop iterations per input, at most */
@@ -188,6 +188,29 @@ static const char *const variants[NVARIANTS] = {
     "routes: [ { match: { prefix: / }, upstream: app } ]\n"
     "limits: { header_timeout: 1s, idle_timeout: 2s, body_timeout: 1s, send_timeout: 1s,\n"
     "          tunnel_timeout: 3s }\n",
+
+    /* 8: stages: the test stage (tests/stage/test_stage.c: answers from
+     * memory, parks and resumes, transforms and watches bodies), headers:
+     * rules, trusted proxies, merged slashes */
+    "listen: [ \"127.0.0.1:LISTEN\" ]\n"
+    "upstreams:\n"
+    "  app:\n"
+    "    servers: [ { address: \"127.0.0.1:UP1\" } ]\n"
+    "    response_timeout: 2s\n"
+    "trusted_proxies: [ \"127.0.0.0/8\" ]\n"
+    "path_normalization: { merge_slashes: true }\n"
+    "routes:\n"
+    "  - { match: { prefix: /answer/ }, upstream: app }\n"
+    "  - { match: { prefix: /wait/ }, upstream: app }\n"
+    "  - { match: { prefix: /upper/ }, upstream: app }\n"
+    "  - { match: { prefix: /watch/ }, upstream: app }\n"
+    "  - match: { prefix: / }\n"
+    "    upstream: app\n"
+    "    headers:\n"
+    "      request: { set: { X-Client: \"${client_ip} ${request_id}\" }, remove: [ Cookie ] }\n"
+    "      response: { set: { Cache-Control: \"max-age=60\" }, default: { X-A: b },\n"
+    "                  remove: [ Server ], add: { X-Route: \"${route} ${host}\" } }\n"
+    "limits: { max_header_bytes: 2KiB, max_request_line: 1KiB }\n",
 };
 
 static const uint64_t advance_ms[12] = {

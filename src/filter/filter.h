@@ -1,0 +1,20 @@
+/* filter/filter.h: stages that change heads and bodies on their way through.
+ *
+ * filter_headers_stage: `headers:` on a route (conf_route.req_headers,
+ * .resp_headers): set, add, default or remove request fields before the
+ * upstream sees them and response fields before the client does, with value
+ * templates ${client_ip}, ${request_id}, ${route}, ${host}, ${upstream}. A
+ * route without `headers:` does not have the stage in its chain.
+ */
+#ifndef PORTICO_FILTER_H
+#define PORTICO_FILTER_H
+
+#include "proxy/stage.h"
+
+extern const struct stage_def filter_headers_stage;
+
+/* Expand a template into out (at most cap bytes). Returns the length, or
+ * -1 when it does not fit. Exposed for the unit tests. */
+long filter_render(struct stage_x *sx, const char *tpl, size_t len, char *out, size_t cap);
+
+#endif

@@ -1,0 +1,159 @@
+/* proxy/stage.h: the request path's extension points.
+ *
+ * A stage is a module that plugs into every exchange of the routes that use
+ * it: rate limits and cache lookups on the request head, header rules and the
+ * cache's store decision on the response head, compression and cache fill on
+ * the body, logs and metrics at the end. A stage is a `struct stage_def`:
+ * a name, the size of its per-exchange context, and callbacks at fixed
+ * points, each optional:
+ *
+ *   route_new    when a configuration loads, once per route: the stage's
+ *                state for that route, or NULL when the route does not use
+ *                the stage (it is then not in the route's chain and costs
+ *                that route nothing).
+ *   on_request   the request head has been parsed and routed. Return
+ *                STAGE_CONTINUE (the next stage, then the upstream),
+ *                STAGE_ANSWERED after stage_answer() (no upstream; the
+ *                response stages still see the answer's head), or
+ *                STAGE_WAIT (parked until stage_resume(); its timeout keeps
+ *                running and a client that goes away ends the exchange).
+ *   on_response  the response head is known (an upstream's or an answer's):
+ *                read it, add, set or remove fields, and return
+ *                STAGE_BODY_WATCH to see the body, STAGE_BODY_TRANSFORM to
+ *                rewrite it (one transforming stage per response), or
+ *                STAGE_BODY_NONE.
+ *   on_body      body data, without its framing, in order: a watcher only
+ *                reads it; a transformer writes its output to `out` (at most
+ *                out_room bytes) and returns how much of `in` it consumed,
+ *                the rest being offered again once the client has taken the
+ *                output (backpressure, bounded memory). `end` is true once
+ *                the whole body has been offered: flush then.
+ *   on_end       the exchange is over (status 499 if the client went away):
+ *                status, sizes and timings are known. Always called for a
+ *                stage whose on_request ran, even when the exchange failed or
+ *                was parked: drop any reference to the exchange here.
+ *
+ * Callbacks run on the exchange's worker thread and must not block. The
+ * `struct stage_x *` they get is valid until on_end returns. Strings given
+ * to the stage_* functions are copied when needed; strings they return point
+ * into the exchange and last until the next callback.
+ */
+#ifndef PORTICO_PROXY_STAGE_H
+#define PORTICO_PROXY_STAGE_H
+
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+struct conf;
+struct conf_route;
+struct stage_x;
+
+enum stage_verdict {
+    STAGE_CONTINUE = 0,
+    STAGE_ANSWERED,
+    STAGE_WAIT,
+};
+
+enum stage_body_mode {
+    STAGE_BODY_NONE = 0,
+    STAGE_BODY_WATCH,
+    STAGE_BODY_TRANSFORM,
+};
+
+struct stage_def {
+    const char *name;
+    uint32_t ctx_size;              /* per-exchange context, zeroed */
+    bool keep_request_headers;      /* stage_request_header() after on_request too */
+    void *(*route_new)(const struct conf *conf, const struct conf_route *route);
+    void (*route_free)(void *route_state);
+    enum stage_verdict (*on_request)(struct stage_x *sx);
+    enum stage_body_mode (*on_response)(struct stage_x *sx);
+    size_t (*on_body)(struct stage_x *sx, const char *in, size_t len, bool end, char *out,
+                      size_t out_room, size_t *out_len);
+    void (*on_end)(struct stage_x *sx);
+};
+
+/* Make a stage known to routes loaded from now on (before proxy_start();
+ * the built-in stages and the modules' are registered by the proxy). The
+ * order of registration is the order of the chain. At most 32. 0 or -1. */
+int stage_register(const struct stage_def *def);
+
+/* ---- what a stage knows of its exchange ---- */
+
+void *stage_ctx(struct stage_x *sx);            /* this stage's per-exchange context */
+void *stage_route_state(struct stage_x *sx);    /* what route_new returned */
+const struct conf_route *stage_route(struct stage_x *sx);
+const char *stage_method(struct stage_x *sx, size_t *len);
+/* The request path (normalised, as routes match it) with its query. */
+const char *stage_path(struct stage_x *sx, size_t *len);
+const char *stage_host(struct stage_x *sx, size_t *len);     /* NULL: none */
+const char *stage_client_ip(struct stage_x *sx, size_t *len); /* trusted_proxies applied */
+const char *stage_request_id(struct stage_x *sx, size_t *len);
+/* A request field by name (the first one), during on_request, or at any
+ * time for a stage with keep_request_headers. */
+bool stage_request_header(struct stage_x *sx, const char *name, size_t name_len,
+                          const char **value, size_t *value_len);
+int stage_status(struct stage_x *sx);           /* 0 until a response head */
+/* A field of the response head, during on_response. */
+bool stage_response_header(struct stage_x *sx, const char *name, size_t name_len,
+                           const char **value, size_t *value_len);
+uint64_t stage_bytes_in(struct stage_x *sx);
+uint64_t stage_bytes_out(struct stage_x *sx);
+uint64_t stage_duration_us(struct stage_x *sx);
+
+/* ---- changing heads ---- */
+
+enum stage_edit {
+    STAGE_SET,          /* replace every field of the name, or add it */
+    STAGE_ADD,          /* add one more */
+    STAGE_REMOVE,       /* remove every field of the name */
+    STAGE_DEFAULT,      /* set only if no field of the name is there */
+};
+/* On the request head for the upstream (during on_request), or on the
+ * response head for the client (during on_response). The value is checked
+ * (no CR, LF or NUL) and copied. 0, or -1 when refused or out of room. */
+int stage_request_edit(struct stage_x *sx, enum stage_edit e, const char *name, size_t name_len,
+                       const char *value, size_t value_len);
+int stage_response_edit(struct stage_x *sx, enum stage_edit e, const char *name, size_t name_len,
+                        const char *value, size_t value_len);
+
+/* ---- answering from memory ---- */
+
+/* A body that lives in memory and may outlive the request (a cached
+ * response): reference-counted and immutable; written to the client with
+ * writev straight from `data`, never copied through a buffer. */
+struct stage_body {
+    atomic_uint refs;
+    size_t len;
+    const char *data;
+    void (*release)(struct stage_body *b);      /* at the last unref */
+};
+struct stage_body *stage_body_ref(struct stage_body *b);
+void stage_body_unref(struct stage_body *b);
+/* A body holding a copy of data (released with free). NULL when out of memory. */
+struct stage_body *stage_body_copy(const void *data, size_t len);
+
+struct stage_field {
+    const char *name, *value;
+    size_t name_len, value_len;
+};
+/* Answer the request without the upstream (during on_request, then return
+ * STAGE_ANSWERED; or on a parked exchange instead of resuming it): status,
+ * fields (Content-Length is added), a body or NULL. Takes a reference to
+ * body. 0, or -1 when the head does not fit (the client then gets 500). */
+int stage_answer(struct stage_x *sx, int status, const struct stage_field *fields, size_t n,
+                 struct stage_body *body);
+
+/* ---- waiting ---- */
+
+/* Continue a parked exchange with the next stage (then the upstream). Call
+ * on the exchange's worker thread, from another exchange's callback or a
+ * timer, at most once per STAGE_WAIT. */
+void stage_resume(struct stage_x *sx);
+/* Answer a parked exchange instead (after stage_answer()), or fail it with
+ * a status (stage_answer not called: a plain status page). */
+void stage_finish(struct stage_x *sx, int status_if_no_answer);
+
+#endif
