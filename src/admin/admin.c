@@ -275,7 +275,12 @@ static void status_json(struct admin *a, const struct proxy_gen *g, struct obs_t
                        (unsigned long long)balance_server_changes(bg, (int)s));
         obs_printf(t, "]}");
     }
-    obs_printf(t, "]}\n");
+    obs_printf(t, "]");
+    if (pg_running()) {         /* the pooler's pools, as GET /pools has them */
+        obs_printf(t, ",\"postgres\":");
+        pg_pools_json(t);
+    }
+    obs_printf(t, "}\n");
 }
 
 /* Constant-time comparison of the presented token. */
@@ -370,6 +375,7 @@ static void serve_request(struct admin *a, struct aconn *c, const struct http_re
         }
     } else if (PATH_IS("/pools")) {
         pg_pools_json(&t);      /* the pooler's SHOW POOLS */
+        obs_printf(&t, "\n");
         if (!t.oom) {
             respond_owned(c, 200, "application/json", t.buf, t.len, NULL, t.buf);
             return;

@@ -2886,7 +2886,7 @@ void pg_pools_json(struct obs_text *t)
     pthread_mutex_lock(&g_mu);
     struct pg *pg = g_pg;
     if (!pg) {
-        obs_printf(t, "{\"pools\":[]}\n");
+        obs_printf(t, "{\"pools\":[]}");
         pthread_mutex_unlock(&g_mu);
         return;
     }
@@ -2912,6 +2912,6 @@ void pg_pools_json(struct obs_text *t)
                    s.xacts, s.queries, s.bytes_in, s.bytes_out, s.wait_timeouts, s.slow, wait_avg,
                    hist_p(pg, s.hb[2], s.hcount[2], 0.95));
     }
-    obs_printf(t, "]}\n");
+    obs_printf(t, "]}");
     pthread_mutex_unlock(&g_mu);
 }

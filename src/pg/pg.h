@@ -178,7 +178,7 @@ void pg_stop(struct pg *p);
 
 /* For the admin listener (any thread). Nothing is written when no pooler runs. */
 void pg_metrics(struct obs_text *t);
-/* {"pools":[{"database":..,"user":..,"mode":..,"cl_active":..,...}]} */
+/* {"clients":..,"pools":[{"database":..,"user":..,"cl_active":..,...}]}, no newline */
 void pg_pools_json(struct obs_text *t);
 /* true when a pooler runs (the admin status adds a "postgres" member). */
 bool pg_running(void);

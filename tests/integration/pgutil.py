@@ -256,7 +256,7 @@ class Pooler:
         import urllib.request
         with urllib.request.urlopen("http://127.0.0.1:%d%s" % (self.admin_port, path), timeout=10) as r:
             body = r.read().decode()
-        return json.loads(body) if path == "/pools" else body
+        return json.loads(body) if path in ("/pools", "/status") else body
 
 
 @pytest.fixture(scope="module")

@@ -225,6 +225,8 @@ def test_pools_endpoint_and_metrics(make_pooler):
     assert pools[0]["database"] == "app" and pools[0]["user"] == "app"
     assert pools[0]["queries"] >= 6
     assert pools[0]["slow_queries"] >= 1
+    status = p.admin("/status")             # the status page's data has the pools too
+    assert status["postgres"]["pools"][0]["queries"] >= 6
     metrics = p.admin("/metrics")
     assert 'portico_pg_queries_total{database="app",user="app"}' in metrics
     assert "portico_pg_query_duration_seconds_bucket" in metrics
