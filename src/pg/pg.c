@@ -226,10 +226,14 @@ struct worker;
 struct client;
 struct server;
 
+/* A pool of one worker for one server: w->pools[idx * nservers + sidx].
+ * Clients log in to the primary's (their `pool`); a read-only transaction
+ * may run in a replica's (their `cur` while it does). */
 struct wpool {
     struct worker *w;
     const struct conf_pg_pool *cp;
-    uint32_t idx;
+    uint32_t idx;                   /* conf pool index */
+    uint32_t sidx;                  /* conf server index */
     uint32_t size, min, reserve;    /* this worker's share */
     uint32_t nservers;              /* every state but closed */
     struct server *idle;            /* LIFO */
@@ -251,7 +255,8 @@ struct client {
     struct client *gnext;           /* graveyard / run queue */
     enum cstate state;
     struct pgbuf in, out;
-    struct wpool *pool;
+    struct wpool *pool;             /* the pool it logged in to (the primary's) */
+    struct wpool *cur;              /* the pool it waits in or has a server from */
     struct server *srv;
     bool can_read, can_write, eof, queued, counted;
     char user[64], db[64];
@@ -299,6 +304,7 @@ struct server {
 struct cancelreq {
     struct loop_io io;
     struct cancelreq *gnext;
+    struct cancelreq *anext, *aprev;    /* worker's cancels in flight */
     uint8_t pkt[16];
     struct worker *w;
 };
@@ -306,6 +312,16 @@ struct cancelreq {
 struct listener {
     struct loop_io io;
     struct worker *w;
+};
+
+/* A health check of one server: a TCP connect, bounded by a timer. */
+struct probe {
+    struct loop_io io;
+    struct loop_timer timer;
+    struct worker *w;
+    uint32_t sidx;
+    struct probe *gnext;
+    struct probe *anext, *aprev;    /* worker's probes in flight */
 };
 
 struct pg_user {
@@ -321,8 +337,12 @@ struct worker {
     pthread_t thread;
     struct listener *lis;
     uint32_t nlis;
-    struct wpool *pools;
+    struct wpool *pools;            /* [conf pools x conf servers] */
     uint32_t npools;
+    uint32_t rr;                    /* replica choice */
+    uint64_t probed_at;             /* worker 0: the last round of health checks */
+    struct probe *pgrave, *probes;
+    struct cancelreq *cancels;
     struct client *clients;
     struct client *runq, *cgrave;
     struct server *sgrave;
@@ -349,6 +369,8 @@ struct pg {
     uint32_t nusers;
     _Atomic uint32_t nclients;
     SSL_CTX *ssl;
+    uint32_t nsrv, primary, nreplicas;
+    _Atomic uint8_t *up;            /* per server: 1 healthy; written by any worker */
     double buckets[CONF_MAX_BUCKETS];
     uint32_t nbuckets;
 };
@@ -838,6 +860,20 @@ static const struct conf_pg_server *server_conf(const struct server *s)
 static void server_timer(struct loop *l, struct loop_timer *t);
 static void server_io(struct loop *l, struct loop_io *io, unsigned ev);
 
+static bool pool_acquire(struct client *c, struct wpool *p);
+static void wait_remove(struct client *c);
+
+static void pool_reroute_waiters(struct wpool *p)
+{
+    struct wpool *home = &p->w->pools[p->idx * p->w->pg->nsrv + p->w->pg->primary];
+    while (p->wait_head) {
+        struct client *c = p->wait_head;
+        wait_remove(c);
+        if (pool_acquire(c, home))
+            runq_push(c);
+    }
+}
+
 static void pool_fail_waiters(struct wpool *p, const char *msg)
 {
     while (p->wait_head) {
@@ -866,10 +902,15 @@ static void server_fail(struct server *s, const char *msg)
         log_rl_warn("pg: pool %s/%s: server %s: %s", p->cp->database, p->cp->user,
                  server_conf(s)->addr.text, msg);
     }
+    if (login)
+        atomic_store_explicit(&s->w->pg->up[s->sidx], 0, memory_order_relaxed);
     server_close(s, msg);
-    /* nothing else will serve the clients waiting in this pool: tell them */
-    if (login && p->nservers == 0)
-        pool_fail_waiters(p, msg);
+    if (login && p->nservers == 0) {
+        if (p->sidx != s->w->pg->primary)
+            pool_reroute_waiters(p);    /* a replica failed: the primary serves its clients */
+        else
+            pool_fail_waiters(p, msg);  /* nothing else will serve them: tell them */
+    }
 }
 
 static void pool_open_server(struct wpool *p)
@@ -881,12 +922,7 @@ static void pool_open_server(struct wpool *p)
         return;
     s->w = w;
     s->pool = p;
-    s->sidx = 0;
-    for (uint32_t i = 0; i < c->nservers; i++)
-        if (c->servers[i].role == CONF_PG_PRIMARY) {
-            s->sidx = i;
-            break;
-        }
+    s->sidx = p->sidx;
     s->state = SS_CONNECT;
     gauge_add(&p->st.sv[SS_CONNECT], 1);
     s->anext = w->servers;
@@ -1104,6 +1140,8 @@ static bool server_login_msg(struct server *s, const struct pg_msg *m)
             server_close(s, "not idle after login or reset");
             return false;
         }
+        if (s->state == SS_LOGIN)
+            atomic_store_explicit(&s->w->pg->up[s->sidx], 1, memory_order_relaxed);
         server_ready(s);
         return false;
     case 'E': {
@@ -1491,7 +1529,7 @@ static void client_timer_arm(struct client *c, uint64_t ms)
 
 static void wait_remove(struct client *c)
 {
-    struct wpool *p = c->pool;
+    struct wpool *p = c->cur;
     if (c->wprev)
         c->wprev->wnext = c->wnext;
     else
@@ -1572,10 +1610,10 @@ static void pool_release(struct server *s)
 }
 
 /* A client needs a server: attach one now (true) or queue it (false). */
-static bool pool_acquire(struct client *c)
+static bool pool_acquire(struct client *c, struct wpool *p)
 {
-    struct wpool *p = c->pool;
     struct worker *w = c->w;
+    c->cur = p;
     while (p->idle) {
         struct server *s = p->idle;
         server_unidle(s);
@@ -1748,10 +1786,49 @@ static void client_fatal(struct client *c, const char *code, const char *msg)
 
 static struct wpool *find_pool(struct worker *w, const char *db, const char *user)
 {
-    for (uint32_t i = 0; i < w->npools; i++)
+    uint32_t ns = w->pg->nsrv;
+    for (uint32_t i = 0; i < w->npools; i += ns)
         if (!strcmp(w->pools[i].cp->database, db) && !strcmp(w->pools[i].cp->user, user))
-            return &w->pools[i];
+            return &w->pools[i + w->pg->primary];
     return NULL;
+}
+
+/* Where a client's next transaction runs: a healthy replica (by weight)
+ * for a read-only pool or a transaction that starts read-only (transaction
+ * mode), else the primary. */
+static struct wpool *route(struct client *c, const struct pg_msg *m)
+{
+    struct worker *w = c->w;
+    struct pg *pg = w->pg;
+    struct wpool *home = c->pool;
+    if (!pg->nreplicas)
+        return home;
+    bool ro = home->cp->read_only;
+    if (!ro && home->cp->mode == CONF_PG_TRANSACTION) {
+        struct pg_parse pp;
+        if (m->type == 'Q')
+            ro = pg_query_read_only((const char *)m->body, m->len ? m->len - 1 : 0);
+        else if (m->type == 'P' && pg_parse_parse(m, &pp))
+            ro = pg_query_read_only(pp.query, pp.query_len);
+    }
+    if (!ro)
+        return home;
+    const struct conf_pg *cf = pg->c;
+    uint32_t total = 0;
+    for (uint32_t i = 0; i < cf->nservers; i++)
+        if (cf->servers[i].role == CONF_PG_REPLICA && atomic_load_explicit(&pg->up[i], memory_order_relaxed))
+            total += cf->servers[i].weight;
+    if (!total)
+        return home;            /* no healthy replica: the primary answers reads too */
+    uint32_t r = w->rr++ % total;
+    for (uint32_t i = 0; i < cf->nservers; i++) {
+        if (cf->servers[i].role != CONF_PG_REPLICA || !atomic_load_explicit(&pg->up[i], memory_order_relaxed))
+            continue;
+        if (r < cf->servers[i].weight)
+            return &w->pools[home->idx * pg->nsrv + i];
+        r -= cf->servers[i].weight;
+    }
+    return home;
 }
 
 static const struct pg_user *find_user(const struct pg *pg, const char *name)
@@ -2200,7 +2277,7 @@ static void client_process(struct client *c)
                 pb_consume(&c->in, (size_t)k);
                 continue;
             }
-            if (!pool_acquire(c))
+            if (!pool_acquire(c, route(c, &m)))
                 return;
         }
         struct server *s = c->srv;
@@ -2324,10 +2401,26 @@ static void listener_io(struct loop *l, struct loop_io *io, unsigned ev)
 /* ------------------------------------------------------------------ */
 /* cancel                                                              */
 
+static void cancel_done(struct loop *l, struct cancelreq *q)
+{
+    struct worker *w = q->w;
+    loop_del(l, &q->io);
+    close(q->io.fd);
+    q->io.fd = -1;
+    if (q->aprev)
+        q->aprev->anext = q->anext;
+    else
+        w->cancels = q->anext;
+    if (q->anext)
+        q->anext->aprev = q->aprev;
+    q->gnext = w->qgrave;
+    w->qgrave = q;
+}
+
 static void cancel_io(struct loop *l, struct loop_io *io, unsigned ev)
 {
     struct cancelreq *q = (struct cancelreq *)io;
-    if (io->fd < 0)
+    if (io->fd < 0 || !(ev & (LOOP_WRITE | LOOP_HUP)))
         return;
     if (ev & LOOP_WRITE) {
         int e = 0;
@@ -2340,11 +2433,7 @@ static void cancel_io(struct loop *l, struct loop_io *io, unsigned ev)
             (void)r;
         }
     }
-    loop_del(l, io);
-    close(io->fd);
-    io->fd = -1;
-    q->gnext = q->w->qgrave;
-    q->w->qgrave = q;
+    cancel_done(l, q);
 }
 
 static void cancel_forward(struct worker *w, uint32_t pid, uint32_t key)
@@ -2380,7 +2469,83 @@ static void cancel_forward(struct worker *w, uint32_t pid, uint32_t key)
         if (q->io.fd >= 0)
             close(q->io.fd);
         free(q);
+        return;
     }
+    q->anext = w->cancels;
+    if (w->cancels)
+        w->cancels->aprev = q;
+    w->cancels = q;
+}
+
+/* ------------------------------------------------------------------ */
+/* health checks: worker 0 connects to every server each health_interval  */
+
+static void probe_done(struct probe *q, bool up)
+{
+    struct worker *w = q->w;
+    if (q->io.fd < 0)
+        return;
+    struct pg *pg = w->pg;
+    uint8_t was = atomic_exchange_explicit(&pg->up[q->sidx], up ? 1 : 0, memory_order_relaxed);
+    if (was != (uint8_t)up)
+        log_rl_warn("pg: server %s is %s", pg->c->servers[q->sidx].addr.text, up ? "up" : "down");
+    loop_timer_stop(w->loop, &q->timer);
+    loop_del(w->loop, &q->io);
+    close(q->io.fd);
+    q->io.fd = -1;
+    if (q->aprev)
+        q->aprev->anext = q->anext;
+    else
+        w->probes = q->anext;
+    if (q->anext)
+        q->anext->aprev = q->aprev;
+    q->gnext = w->pgrave;
+    w->pgrave = q;
+}
+
+static void probe_io(struct loop *l, struct loop_io *io, unsigned ev)
+{
+    (void)l;
+    struct probe *q = (struct probe *)io;
+    if (!(ev & (LOOP_WRITE | LOOP_HUP)) || q->io.fd < 0)
+        return;
+    int e = 0;
+    socklen_t el = sizeof e;
+    getsockopt(io->fd, SOL_SOCKET, SO_ERROR, &e, &el);
+    probe_done(q, e == 0);
+}
+
+static void probe_timer(struct loop *l, struct loop_timer *t)
+{
+    (void)l;
+    probe_done((struct probe *)((char *)t - offsetof(struct probe, timer)), false);
+}
+
+static void probe_start(struct worker *w, uint32_t sidx)
+{
+    const struct conf_addr *a = &w->pg->c->servers[sidx].addr;
+    struct probe *q = calloc(1, sizeof *q);
+    if (!q)
+        return;
+    q->w = w;
+    q->sidx = sidx;
+    q->io.cb = probe_io;
+    q->timer.cb = probe_timer;
+    q->io.fd = socket(a->ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (q->io.fd < 0) {
+        free(q);
+        return;
+    }
+    q->anext = w->probes;
+    if (w->probes)
+        w->probes->aprev = q;
+    w->probes = q;
+    if ((connect(q->io.fd, (const struct sockaddr *)&a->ss, a->len) < 0 && errno != EINPROGRESS) ||
+        loop_add(w->loop, &q->io) < 0) {
+        probe_done(q, false);
+        return;
+    }
+    loop_timer_arm(w->loop, &q->timer, w->pg->c->server_connect_timeout);
 }
 
 /* ------------------------------------------------------------------ */
@@ -2413,6 +2578,11 @@ static void worker_tick(struct loop *l, struct loop_timer *t)
             while (p->nservers < want)
                 pool_open_server(p);
         }
+    }
+    if (w->idx == 0 && !w->stopping && now - w->probed_at >= cf->health_interval) {
+        w->probed_at = now;
+        for (uint32_t i = 0; i < cf->nservers; i++)
+            probe_start(w, i);
     }
     if (!w->stopping)
         loop_timer_arm(l, &w->tick, TICK_MS);
@@ -2451,6 +2621,11 @@ static void worker_before_sleep(struct loop *l, void *arg)
         w->sgrave = s->gnext;
         server_free(s);
     }
+    while (w->pgrave) {
+        struct probe *q = w->pgrave;
+        w->pgrave = q->gnext;
+        free(q);
+    }
     while (w->qgrave) {
         struct cancelreq *q = w->qgrave;
         w->qgrave = q->gnext;
@@ -2480,6 +2655,10 @@ static void worker_stop_cb(struct loop *l, void *arg)
         client_close(w->clients, "shutting down");
     while (w->servers)
         server_close(w->servers, "shutting down");
+    while (w->probes)
+        probe_done(w->probes, atomic_load(&w->pg->up[w->probes->sidx]));
+    while (w->cancels)
+        cancel_done(l, w->cancels);
     worker_before_sleep(l, w);
     loop_stop(l);
 }
@@ -2531,6 +2710,7 @@ static void pg_free(struct pg *pg)
     }
     free(pg->w);
     free(pg->users);
+    free((void *)pg->up);
     if (pg->ssl)
         SSL_CTX_free(pg->ssl);
     if (pg->conf)
@@ -2591,6 +2771,20 @@ struct pg *pg_start(struct conf *conf, char *err, size_t errlen)
             SSL_CTX_set_verify(pg->ssl, SSL_VERIFY_NONE, NULL);
         }
     }
+    pg->nsrv = cf->nservers;
+    if (!(pg->up = calloc(pg->nsrv, sizeof *pg->up))) {
+        snprintf(err, errlen, "out of memory");
+        pg_free(pg);
+        return NULL;
+    }
+    pg->primary = UINT32_MAX;
+    for (uint32_t i = 0; i < pg->nsrv; i++) {
+        atomic_init(&pg->up[i], 1);
+        if (cf->servers[i].role == CONF_PG_REPLICA)
+            pg->nreplicas++;
+        else if (pg->primary == UINT32_MAX)
+            pg->primary = i;
+    }
     pg->nw = conf->workers ? conf->workers : 1;
     if (pg->nw > PG_MAX_WORKERS)
         pg->nw = PG_MAX_WORKERS;
@@ -2607,7 +2801,7 @@ struct pg *pg_start(struct conf *conf, char *err, size_t errlen)
         pthread_mutex_init(&w->keys_mu, NULL);
         w->loop = loop_new();
         w->lis = calloc(cf->nlisten, sizeof *w->lis);
-        w->pools = calloc(cf->npools, sizeof *w->pools);
+        w->pools = calloc((size_t)cf->npools * pg->nsrv, sizeof *w->pools);
         if (!w->loop || !w->lis || !w->pools) {
             snprintf(err, errlen, "out of memory");
             pg->nw = i + 1;
@@ -2629,13 +2823,15 @@ struct pg *pg_start(struct conf *conf, char *err, size_t errlen)
             w->nlis++;
             loop_add(w->loop, &w->lis[k].io);
         }
-        w->npools = cf->npools;
-        for (uint32_t k = 0; k < cf->npools; k++) {
-            struct wpool *p = &w->pools[k];
+        w->npools = cf->npools * pg->nsrv;
+        for (uint32_t j = 0; j < w->npools; j++) {
+            uint32_t k = j / pg->nsrv;
+            struct wpool *p = &w->pools[j];
             const struct conf_pg_pool *cp = &cf->pools[k];
             p->w = w;
             p->cp = cp;
             p->idx = k;
+            p->sidx = j % pg->nsrv;
             /* this worker's share of the pool: the sum over workers is exact */
             p->size = cp->pool_size / pg->nw + (i < cp->pool_size % pg->nw);
             p->min = cp->min_pool_size / pg->nw + (i < cp->min_pool_size % pg->nw);
@@ -2753,8 +2949,8 @@ struct pool_sum {
 static void pool_sum(const struct pg *pg, uint32_t k, struct pool_sum *o)
 {
     memset(o, 0, sizeof *o);
-    for (uint32_t i = 0; i < pg->nw; i++) {
-        const struct pstats *st = &pg->w[i].pools[k].st;
+    for (uint32_t j = 0; j < pg->nw * pg->nsrv; j++) {
+        const struct pstats *st = &pg->w[j / pg->nsrv].pools[k * pg->nsrv + j % pg->nsrv].st;
         for (int j = 0; j < CS_N; j++)
             o->cl[j] += LD(st->cl[j]);
         for (int j = 0; j < SS_N; j++)
@@ -2860,6 +3056,12 @@ void pg_metrics(struct obs_text *t)
                        cf->pools[k].database, cf->pools[k].user, sums[k].hcount[q]);
         }
     }
+    obs_printf(t, "# HELP portico_pg_server_up Whether a PostgreSQL server passes its health checks (1) or not (0).\n"
+                  "# TYPE portico_pg_server_up gauge\n");
+    for (uint32_t i = 0; i < cf->nservers; i++)
+        obs_printf(t, "portico_pg_server_up{server=\"%s\",role=\"%s\"} %u\n", cf->servers[i].addr.text,
+                   cf->servers[i].role == CONF_PG_REPLICA ? "replica" : "primary",
+                   (unsigned)atomic_load_explicit(&pg->up[i], memory_order_relaxed));
     obs_printf(t, "# HELP portico_pg_clients Client connections (all pools, logging in too).\n"
                   "# TYPE portico_pg_clients gauge\nportico_pg_clients %u\n",
                atomic_load(&pg->nclients));
@@ -2891,8 +3093,14 @@ void pg_pools_json(struct obs_text *t)
         return;
     }
     const struct conf_pg *cf = pg->c;
-    obs_printf(t, "{\"clients\":%u,\"max_client_conn\":%u,\"pools\":[", atomic_load(&pg->nclients),
+    obs_printf(t, "{\"clients\":%u,\"max_client_conn\":%u,\"servers\":[", atomic_load(&pg->nclients),
                cf->max_client_conn);
+    for (uint32_t i = 0; i < cf->nservers; i++)
+        obs_printf(t, "%s{\"address\":\"%s\",\"role\":\"%s\",\"weight\":%u,\"up\":%s}", i ? "," : "",
+                   cf->servers[i].addr.text, cf->servers[i].role == CONF_PG_REPLICA ? "replica" : "primary",
+                   cf->servers[i].weight,
+                   atomic_load_explicit(&pg->up[i], memory_order_relaxed) ? "true" : "false");
+    obs_printf(t, "],\"pools\":[");
     for (uint32_t k = 0; k < cf->npools; k++) {
         struct pool_sum s;
         pool_sum(pg, k, &s);

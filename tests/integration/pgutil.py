@@ -133,7 +133,7 @@ class PgCluster:
 
     def _basebackup(self, primary):
         self._cmd([os.path.join(PG_BIN, "pg_basebackup"), "-h", primary.sock, "-p", str(primary.port),
-                   "-U", "postgres", "-D", self.data, "-R", "-X", "stream"])
+                   "-U", "postgres", "-D", self.data, "-R", "-X", "stream", "-c", "fast"])
         with open(os.path.join(self.data, "postgresql.conf"), "a") as f:
             f.write("port = %d\nunix_socket_directories = '%s'\n" % (self.port, self.sock))
         self.start()
@@ -269,11 +269,12 @@ def pg_server():
 
 
 @pytest.fixture
-def make_pooler(start_portico, pg_server, tmp_path):
-    """make_pooler(pools=[...], auth_type=..., users={name: secret}, extra={...}) -> Pooler"""
+def make_pooler(start_portico, request, tmp_path):
+    """make_pooler(pools=[...], auth_type=..., users={name: secret}, extra={...}) -> Pooler
+    In front of `server` (a PgCluster), by default the module's pg_server."""
     def make(pools=None, auth_type="scram-sha-256", users=None, extra=None, servers=None,
              workers=2, server=None):
-        srv = server or pg_server
+        srv = server or request.getfixturevalue("pg_server")
         if users is None:
             users = {"app": "apppass", "md5user": "md5pass"}
         auth_file = None
