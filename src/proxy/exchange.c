@@ -544,245 +544,279 @@ static void transform_step(struct exchange *x)
     }
 }
 
-void exchange_pump(struct exchange *x)
+/* What a step of the pump did. PUMP_ENDED: the exchange is over and freed
+ * (the step called exchange_fail, exchange_finish, client_close or the
+ * like): the caller must not touch x again and returns at once. This is
+ * the one ownership rule: who freed an exchange is said by a return value. */
+enum pump { PUMP_IDLE, PUMP_MOVED, PUMP_ENDED };
+
+/* 1. client -> portico: body or tunnel bytes; while waiting on the upstream,
+ * notice a client that goes away (pipelined bytes are kept). */
+static enum pump pump_client_read(struct exchange *x)
 {
     struct client *c = x->c;
     struct worker *w = c->w;
-    bool progress = true;
+    enum pump r = PUMP_IDLE;
+    bool body = !x->req_done && c->readable && !x->client_eof;
+    bool watch = x->req_done && c->readable && !x->tunnel && !x->resp_done;
+    if (watch && c->in && buf_room(c->in) == 0)
+        buf_compact(c->in);
+    if (body || (watch && (!c->in || buf_room(c->in)))) {
+        ssize_t n = client_read(c);
+        if (n == READ_NOMEM) {
+            exchange_fail(x, 503, "out of memory");
+            return PUMP_ENDED;
+        }
+        if (n > 0) {
+            r = PUMP_MOVED;
+            if (body)
+                loop_timer_arm(w->loop, &c->timer, x->tunnel ? x->conf->limits.tunnel_timeout
+                                                             : x->conf->limits.body_timeout);
+        } else if ((n == 0 || n == -2) && body && x->tunnel) {
+            /* half-close: pass it on, keep relaying the other way */
+            x->client_eof = true;
+            x->req_done = true;
+            if (x->u)
+                shutdown(x->u->io.fd, SHUT_WR);
+        } else if (n == 0 || n == -2) {
+            /* the client went away: cancel the upstream work */
+            client_close(c);
+            return PUMP_ENDED;
+        }
+    }
+    bool was_done = x->req_done;
+    int st = frame_request(x);
+    if (st) {
+        exchange_fail(x, st, st == 413 ? "chunked body over max_body" : "invalid chunked body");
+        return PUMP_ENDED;
+    }
+    if (!was_done && x->req_done && !(c->out && buf_len(c->out)) && !x->resp_fwd)
+        loop_timer_stop(w->loop, &c->timer);
+    return r;
+}
+
+/* A write to a reused keep-alive connection failed before any body byte:
+ * the server closed it as we used it; same server, new connection. */
+static enum pump pump_reconnect(struct exchange *x, const char *why)
+{
+    log_debug("reused upstream connection failed (%s): reconnecting", why);
+    uconn_close(x->u);
+    x->stale_retried = true;
+    return upstream_attach(x, true, 502) ? PUMP_MOVED : PUMP_ENDED;
+}
+
+/* 2. portico -> upstream: the head, then validated body bytes, in one writev. */
+static enum pump pump_upstream_write(struct exchange *x)
+{
+    struct client *c = x->c;
+    struct worker *w = c->w;
+    struct uconn *u = x->u;
+    enum pump r = PUMP_IDLE;
+    struct iovec iov[2];
+    int n = 0;
+    size_t hl = x->uhead ? buf_len(x->uhead) - x->uhead_sent : 0;
+    if (hl)
+        iov[n++] = (struct iovec){ buf_head(x->uhead) + x->uhead_sent, hl };
+    if (x->req_fwd)
+        iov[n++] = (struct iovec){ buf_head(c->in), x->req_fwd };
+    if (n) {
+        ssize_t wr = writev(u->io.fd, iov, n);
+        if (wr < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) {
+            int e = errno;
+            if (u->reused && !x->body_started && !x->stale_retried)
+                return pump_reconnect(x, strerror(e));
+            /* nothing sent yet: any request may go elsewhere */
+            attempt_failed(x, strerror(e), 502,
+                           x->idempotent || (x->uhead_sent == 0 && !x->body_started));
+            return PUMP_ENDED;
+        }
+        if (wr < 0 || (size_t)wr < hl + x->req_fwd)
+            u->writable = false;
+        if (wr > 0) {
+            loop_timer_arm(w->loop, &u->timer, x->route->upstream->response_timeout);
+            size_t done = (size_t)wr, a = done < hl ? done : hl;
+            x->uhead_sent += (uint32_t)a;
+            done -= a;
+            if (done) {
+                x->body_started = true;
+                buf_consume(c->in, done);
+                x->req_fwd -= (uint32_t)done;
+            }
+            r = PUMP_MOVED;
+        }
+    }
+    bool head_sent = x->uhead && x->uhead_sent >= buf_len(x->uhead);
+    if (head_sent && x->req_done && x->req_fwd == 0 && x->req_body != REQ_TUNNEL) {
+        x->req_sent = true;
+        loop_timer_arm(w->loop, &u->timer, x->route->upstream->response_timeout);
+    } else if (head_sent && !x->req_done && x->req_fwd == 0 && !x->resp_head_done) {
+        /* everything we have is sent: we wait on the client, whose pace
+         * body_timeout governs, not the upstream's timer */
+        loop_timer_stop(w->loop, &u->timer);
+    }
+    return r;
+}
+
+/* 2'. a tunnel: client bytes as they come. */
+static enum pump pump_tunnel_write(struct exchange *x)
+{
+    struct client *c = x->c;
+    struct uconn *u = x->u;
+    ssize_t wr = write(u->io.fd, buf_head(c->in), x->req_fwd);
+    if (wr > 0) {
+        buf_consume(c->in, (size_t)wr);
+        x->req_fwd -= (uint32_t)wr;
+        loop_timer_arm(c->w->loop, &c->timer, x->conf->limits.tunnel_timeout);
+        if (!x->req_fwd && x->client_eof)
+            shutdown(u->io.fd, SHUT_WR);
+        return PUMP_MOVED;
+    }
+    if (wr < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+        u->writable = false;
+    } else if (wr < 0 && errno != EINTR) {
+        client_close(c);
+        return PUMP_ENDED;
+    }
+    return PUMP_IDLE;
+}
+
+/* The upstream closed (n == 0) or reset (n == -2) its side. */
+static enum pump pump_upstream_eof(struct exchange *x, ssize_t n)
+{
+    struct uconn *u = x->u;
+    bool nothing = !x->resp_head_done && buf_len(x->uin) == 0;
+    if (x->resp_head_done && ((x->resp_body == HTTP_BODY_CLOSE && n == 0) || x->tunnel)) {
+        uconn_close(u);             /* the end of a close-delimited body, or of a tunnel */
+        x->resp_done = true;
+        return PUMP_MOVED;
+    }
+    if (nothing && u->reused && !x->body_started && !x->stale_retried)
+        return pump_reconnect(x, "closed");
+    if (!x->resp_head_done) {
+        attempt_failed(x, n == 0 ? "closed before responding" : "connection reset", 502,
+                       x->idempotent);
+        return PUMP_ENDED;
+    }
+    /* cut mid-body (or reset): the client's message must not look complete either */
+    exchange_fail(x, 502, n == 0 ? "upstream closed mid-body" : "upstream reset mid-body");
+    return PUMP_ENDED;
+}
+
+/* 3. upstream -> portico. */
+static enum pump pump_upstream_read(struct exchange *x)
+{
+    struct client *c = x->c;
+    struct worker *w = c->w;
+    struct uconn *u = x->u;
+    if (!ensure_buf(w, &x->uin)) {
+        exchange_fail(x, 502, "out of memory");
+        return PUMP_ENDED;
+    }
+    /* compact when all is ready for the client or the window has moved
+     * far: a partial chunk line at the end must get room */
+    if (buf_room(x->uin) == 0 && x->uin->start > 0 &&
+        (x->resp_fwd == buf_len(x->uin) || x->uin->start >= x->uin->cap / 2))
+        buf_compact(x->uin);
+    if (!buf_room(x->uin) && !x->uin->start)
+        return PUMP_IDLE;
+    ssize_t n = read_into(u->io.fd, x->uin, &u->readable, u->hup);
+    if (n > 0) {
+        if (x->tunnel)
+            loop_timer_arm(w->loop, &c->timer, x->conf->limits.tunnel_timeout);
+        else
+            loop_timer_arm(w->loop, &u->timer, x->route->upstream->response_timeout);
+        return PUMP_MOVED;
+    }
+    return n == 0 || n == -2 ? pump_upstream_eof(x, n) : PUMP_IDLE;
+}
+
+/* 4. the response head, then body framing (and a transforming stage). */
+static enum pump pump_response(struct exchange *x)
+{
+    enum pump r = PUMP_IDLE;
+    if (!x->resp_head_done && x->uin && buf_len(x->uin)) {
+        int h = response_head(x);
+        if (h < 0)
+            return PUMP_ENDED;
+        if (h > 0)
+            r = PUMP_MOVED;
+    }
+    if (x->resp_head_done && x->uin && !frame_response(x)) {
+        exchange_fail(x, 502, "invalid chunked response body");
+        return PUMP_ENDED;
+    }
+    if (x->st && x->st->xform >= 0 && x->resp_head_done)
+        transform_step(x);
+    return r;
+}
+
+/* 5. portico -> client, and the end of the exchange once all is written. */
+static enum pump pump_client_write(struct exchange *x)
+{
+    struct client *c = x->c;
+    enum pump r = PUMP_IDLE;
+    char *sp;
+    size_t ready = ready_span(x, &sp);
+    if (c->writable && ((c->out && buf_len(c->out)) || ready)) {
+        size_t before = ready + (c->out ? buf_len(c->out) : 0);
+        if (!client_flush(c))
+            return PUMP_ENDED;
+        if (ready_span(x, &sp) + (c->out ? buf_len(c->out) : 0) != before)
+            r = PUMP_MOVED;
+    }
+    bool drained = x->resp_fwd == 0 && !ready_span(x, &sp) &&
+                   (!x->st || x->st->xform < 0 || x->st->tend);
+    if (x->resp_done && x->resp_head_done && drained && !c->out) {
+        if (x->tunnel) {
+            client_close(c);        /* the tunnel ended upstream side */
+        } else if (!x->req_done) {
+            /* the server answered before the body ended: stop reading it,
+             * but lingering, so the response is not reset away */
+            client_linger(c);
+        } else {
+            exchange_finish(x);
+        }
+        return PUMP_ENDED;
+    }
+    if (x->tunnel && x->client_eof && !x->req_fwd && x->u == NULL) {
+        client_close(c);
+        return PUMP_ENDED;
+    }
+    return r;
+}
+
+/* Move bytes both ways until nothing more can move: the only place bytes
+ * move while an exchange is active, run from either side's events. */
+void exchange_pump(struct exchange *x)
+{
+    struct client *c = x->c;
     if (x->st && x->st->parked) {
         /* nothing moves while parked; a client that goes away ends it */
         if (c->hup)
             client_close(c);
         return;
     }
-    while (progress && c->x == x) {
-        progress = false;
+    for (;;) {
+        enum pump r[5] = { PUMP_IDLE, PUMP_IDLE, PUMP_IDLE, PUMP_IDLE, PUMP_IDLE };
+        if ((r[0] = pump_client_read(x)) == PUMP_ENDED)
+            return;
         struct uconn *u = x->u;
-
-        /* 1. client -> portico: body bytes (or tunnel bytes) */
-        if (!x->req_done && c->readable && !x->client_eof) {
-            ssize_t n = client_read(c);
-            if (n == READ_NOMEM) {
-                exchange_fail(x, 503, "out of memory");
-                return;
-            }
-            if (n > 0) {
-                progress = true;
-                loop_timer_arm(w->loop, &c->timer, x->tunnel ? x->conf->limits.tunnel_timeout
-                                                             : x->conf->limits.body_timeout);
-            } else if (n == 0 || n == -2) {
-                if (x->tunnel) {
-                    /* half-close: pass it on, keep relaying the other way */
-                    x->client_eof = true;
-                    x->req_done = true;
-                    if (x->u)
-                        shutdown(x->u->io.fd, SHUT_WR);
-                } else {
-                    /* the client went away mid-body: cancel the upstream work */
-                    client_close(c);
-                    return;
-                }
-            }
-        } else if (x->req_done && c->readable && !x->tunnel && !x->resp_done) {
-            /* Watch for the client going away while we wait; keep any
-             * pipelined bytes for the next request. */
-            if (c->in && buf_room(c->in) == 0)
-                buf_compact(c->in);
-            if (!c->in || buf_room(c->in)) {
-                ssize_t n = client_read(c);
-                if (n == READ_NOMEM) {
-                    exchange_fail(x, 503, "out of memory");
-                    return;
-                }
-                if (n == 0 || n == -2) {
-                    client_close(c);
-                    return;
-                }
-                if (n > 0)
-                    progress = true;
-            }
-        }
-        bool was_done = x->req_done;
-        int st = frame_request(x);
-        if (st) {
-            exchange_fail(x, st, st == 413 ? "chunked body over max_body" : "invalid chunked body");
+        if (u && !u->connecting && u->writable && !x->req_sent)
+            r[1] = pump_upstream_write(x);
+        else if (x->tunnel && u && u->writable && x->req_fwd)
+            r[1] = pump_tunnel_write(x);
+        if (r[1] == PUMP_ENDED)
             return;
-        }
-        if (!was_done && x->req_done && !(c->out && buf_len(c->out)) && !x->resp_fwd)
-            loop_timer_stop(w->loop, &c->timer);
-
-        /* 2. portico -> upstream: the head, then validated body bytes */
-        if (u && !u->connecting && u->writable && !x->req_sent) {
-            struct iovec iov[2];
-            int n = 0;
-            size_t hl = x->uhead ? buf_len(x->uhead) - x->uhead_sent : 0;
-            if (hl)
-                iov[n++] = (struct iovec){ buf_head(x->uhead) + x->uhead_sent, hl };
-            if (x->req_fwd)
-                iov[n++] = (struct iovec){ buf_head(c->in), x->req_fwd };
-            if (n) {
-                size_t want = hl + x->req_fwd;
-                ssize_t wr = writev(u->io.fd, iov, n);
-                if (wr < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) {
-                    int e = errno;
-                    if (u->reused && !x->body_started && !x->stale_retried) {
-                        /* the server closed an idle keep-alive connection as
-                         * we used it: same server, new connection */
-                        log_debug("reused upstream connection failed (%s): reconnecting", strerror(e));
-                        uconn_close(u);
-                        x->stale_retried = true;
-                        if (!upstream_attach(x, true, 502))
-                            return;
-                        progress = true;
-                        continue;
-                    }
-                    /* nothing sent yet: any request may go elsewhere */
-                    attempt_failed(x, strerror(e), 502,
-                                   x->idempotent || (x->uhead_sent == 0 && !x->body_started));
-                    return;
-                }
-                if (wr < 0 || (size_t)wr < want)
-                    u->writable = false;
-                if (wr > 0) {
-                    loop_timer_arm(w->loop, &u->timer, x->route->upstream->response_timeout);
-                    size_t done = (size_t)wr;
-                    size_t a = done < hl ? done : hl;
-                    x->uhead_sent += (uint32_t)a;
-                    done -= a;
-                    if (done) {
-                        x->body_started = true;
-                        buf_consume(c->in, done);
-                        x->req_fwd -= (uint32_t)done;
-                    }
-                    progress = true;
-                }
-            }
-            bool head_sent = x->uhead && x->uhead_sent >= buf_len(x->uhead);
-            if (head_sent && x->req_done && x->req_fwd == 0 && x->req_body != REQ_TUNNEL) {
-                x->req_sent = true;
-                loop_timer_arm(w->loop, &u->timer, x->route->upstream->response_timeout);
-            } else if (head_sent && !x->req_done && x->req_fwd == 0 && !x->resp_head_done) {
-                /* everything we have is sent: we wait on the client, whose
-                 * pace body_timeout governs, not the upstream's timer */
-                loop_timer_stop(w->loop, &u->timer);
-            }
-        } else if (x->tunnel && u && u->writable && x->req_fwd) {
-            ssize_t wr = write(u->io.fd, buf_head(c->in), x->req_fwd);
-            if (wr > 0) {
-                buf_consume(c->in, (size_t)wr);
-                x->req_fwd -= (uint32_t)wr;
-                progress = true;
-                loop_timer_arm(w->loop, &c->timer, x->conf->limits.tunnel_timeout);
-                if (!x->req_fwd && x->client_eof)
-                    shutdown(u->io.fd, SHUT_WR);
-            } else if (wr < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
-                u->writable = false;
-            } else if (wr < 0 && errno != EINTR) {
-                client_close(c);
-                return;
-            }
-        }
         if (c->in && !x->req_fwd)
-            release_if_empty(w, &c->in);
-
-        /* 3. upstream -> portico */
+            release_if_empty(c->w, &c->in);
         u = x->u;
-        if (u && !u->connecting && u->readable && !x->resp_done) {
-            if (!ensure_buf(w, &x->uin)) {
-                exchange_fail(x, 502, "out of memory");
-                return;
-            }
-            /* compact when all is ready for the client or the window has
-                 * moved far: a partial chunk line at the end must get room */
-            if (buf_room(x->uin) == 0 && x->uin->start > 0 &&
-                (x->resp_fwd == buf_len(x->uin) || x->uin->start >= x->uin->cap / 2))
-                buf_compact(x->uin);
-            if (buf_room(x->uin) || x->uin->start) {
-                ssize_t n = read_into(u->io.fd, x->uin, &u->readable, u->hup);
-                if (n > 0) {
-                    progress = true;
-                    if (x->tunnel)
-                        loop_timer_arm(w->loop, &c->timer, x->conf->limits.tunnel_timeout);
-                    else
-                        loop_timer_arm(w->loop, &u->timer, x->route->upstream->response_timeout);
-                } else if (n == 0 || n == -2) {
-                    bool nothing = !x->resp_head_done && buf_len(x->uin) == 0;
-                    bool stale = nothing && u->reused && !x->body_started && !x->stale_retried;
-                    if (x->resp_head_done && x->resp_body == HTTP_BODY_CLOSE && n == 0) {
-                        uconn_close(u);
-                        x->resp_done = true;
-                        progress = true;
-                    } else if (stale) {
-                        uconn_close(u);
-                        x->stale_retried = true;
-                        if (!upstream_attach(x, true, 502))
-                            return;
-                        progress = true;
-                        continue;
-                    } else if (!x->resp_head_done) {
-                        attempt_failed(x, n == 0 ? "closed before responding" : "connection reset",
-                                       502, x->idempotent);
-                        return;
-                    } else if (x->tunnel) {
-                        uconn_close(u);
-                        x->resp_done = true;
-                        progress = true;
-                    } else {
-                        /* cut mid-body (or reset): the client's message must
-                         * not look complete either */
-                        exchange_fail(x, 502, n == 0 ? "upstream closed mid-body"
-                                                     : "upstream reset mid-body");
-                        return;
-                    }
-                }
-            }
-        }
-
-        /* 4. response head, then body framing */
-        if (!x->resp_head_done && x->uin && buf_len(x->uin)) {
-            int r = response_head(x);
-            if (r < 0)
-                return;
-            if (r > 0)
-                progress = true;
-        }
-        if (x->resp_head_done && x->uin && !frame_response(x)) {
-            exchange_fail(x, 502, "invalid chunked response body");
+        if (u && !u->connecting && u->readable && !x->resp_done &&
+            (r[2] = pump_upstream_read(x)) == PUMP_ENDED)
             return;
-        }
-        if (x->st && x->st->xform >= 0 && x->resp_head_done)
-            transform_step(x);
-
-        /* 5. portico -> client */
-        char *sp;
-        size_t ready = ready_span(x, &sp);
-        if (c->writable && ((c->out && buf_len(c->out)) || ready)) {
-            size_t before = ready + (c->out ? buf_len(c->out) : 0);
-            if (!client_flush(c))
-                return;
-            if (ready_span(x, &sp) + (c->out ? buf_len(c->out) : 0) != before)
-                progress = true;
-        }
-        bool drained = x->resp_fwd == 0 && !ready_span(x, &sp) &&
-                       (!x->st || x->st->xform < 0 || x->st->tend);
-        if (x->resp_done && x->resp_head_done && drained && !c->out && x->c == c) {
-            if (x->tunnel) {
-                client_close(c);        /* the tunnel ended upstream side */
-                return;
-            }
-            if (!x->req_done) {
-                /* the server answered before the body ended: stop reading
-                 * it, but lingering, so the response is not reset away */
-                x->status = x->status ? x->status : 502;
-                client_linger(c);
-                return;
-            }
-            exchange_finish(x);
+        if ((r[3] = pump_response(x)) == PUMP_ENDED || (r[4] = pump_client_write(x)) == PUMP_ENDED)
             return;
-        }
-        if (x->tunnel && x->client_eof && !x->req_fwd && x->u == NULL) {
-            client_close(c);
+        if (r[0] != PUMP_MOVED && r[1] != PUMP_MOVED && r[2] != PUMP_MOVED &&
+            r[3] != PUMP_MOVED && r[4] != PUMP_MOVED)
             return;
-        }
     }
 }
