@@ -267,40 +267,11 @@ static void worker_maps(struct worker *w)
     }
 }
 
-/* Switch this worker to generation g: its listeners (kept where the address
- * stays, taken from g or opened here where it is new, closed where it is
- * gone), request limits, access log, metrics layout (counts carried over by
- * name) and a fresh wgen for new requests. Requests in flight finish on the
- * generation they started on; its idle pooled connections are closed.
- * False when out of memory: the worker keeps its generation. */
-bool worker_adopt(struct worker *w, struct proxy_gen *g)
+/* The worker's listeners for g: kept where the address stays, taken from g
+ * or opened here where it is new, retired where it is gone. */
+static void adopt_listeners(struct worker *w, struct proxy_gen *g, struct listener **nl)
 {
-    struct conf *c = g->conf;
-    struct wgen *wg = wgen_new(w, g);
-    struct listener **nl = calloc(c->nlisten, sizeof *nl);
-    struct obs_worker *obs = NULL;
-    if (wg && nl && (!w->obs || w->obs->layout != c))
-        obs = obs_worker_new(c);
-    if (wg && nl && c->limits.max_headers > w->max_headers) {
-        struct http_header *h = realloc(w->hdrs, c->limits.max_headers * sizeof *h);
-        if (h)
-            w->hdrs = h;
-        uint8_t *k = h ? realloc(w->kinds, c->limits.max_headers) : NULL;
-        if (k) {
-            w->kinds = k;
-            w->max_headers = c->limits.max_headers;
-        }
-    }
-    if (!wg || !nl || (!obs && !w->obs) || c->limits.max_headers > w->max_headers) {
-        log_error("worker %u: out of memory switching to configuration %llu; keeping %llu", w->id,
-                  (unsigned long long)g->id, (unsigned long long)atomic_load(&w->gen_id));
-        if (wg)
-            wgen_free(wg);
-        free(nl);
-        obs_worker_free(obs);
-        return false;
-    }
-
+    const struct conf *c = g->conf;
     for (uint32_t i = 0; i < c->nlisten; i++) {
         const struct conf_addr *a = &c->listen[i];
         for (uint32_t j = 0; j < w->nlisteners && !nl[i]; j++) {
@@ -336,8 +307,12 @@ bool worker_adopt(struct worker *w, struct proxy_gen *g)
     w->listeners = nl;
     w->nlisteners = c->nlisten;
 
-    w->lim = (struct http_limits){ c->limits.max_request_line, c->limits.max_header_bytes,
-                                   c->limits.max_headers };
+}
+
+/* The worker's access and audit log buffers for g's writers (the old
+ * writers live while the worker's old wgen does). */
+static void adopt_logs(struct worker *w, const struct proxy_gen *g)
+{
     struct obs_alog *al = g->alog ? g->alog->log : NULL;
     if (w->alog.log != al) {
         obs_alog_flush(&w->alog);           /* the old writer lives while our old wgen does */
@@ -350,6 +325,47 @@ bool worker_adopt(struct worker *w, struct proxy_gen *g)
         obs_alog_buf_free(&w->audit);
         obs_alog_buf_init(&w->audit, au);
     }
+}
+
+/* Switch this worker to generation g: its listeners (kept where the address
+ * stays, taken from g or opened here where it is new, closed where it is
+ * gone), request limits, access log, metrics layout (counts carried over by
+ * name) and a fresh wgen for new requests. Requests in flight finish on the
+ * generation they started on; its idle pooled connections are closed.
+ * False when out of memory: the worker keeps its generation. */
+bool worker_adopt(struct worker *w, struct proxy_gen *g)
+{
+    struct conf *c = g->conf;
+    struct wgen *wg = wgen_new(w, g);
+    struct listener **nl = calloc(c->nlisten, sizeof *nl);
+    struct obs_worker *obs = NULL;
+    if (wg && nl && (!w->obs || w->obs->layout != c))
+        obs = obs_worker_new(c);
+    if (wg && nl && c->limits.max_headers > w->max_headers) {
+        struct http_header *h = realloc(w->hdrs, c->limits.max_headers * sizeof *h);
+        if (h)
+            w->hdrs = h;
+        uint8_t *k = h ? realloc(w->kinds, c->limits.max_headers) : NULL;
+        if (k) {
+            w->kinds = k;
+            w->max_headers = c->limits.max_headers;
+        }
+    }
+    if (!wg || !nl || (!obs && !w->obs) || c->limits.max_headers > w->max_headers) {
+        log_error("worker %u: out of memory switching to configuration %llu; keeping %llu", w->id,
+                  (unsigned long long)g->id, (unsigned long long)atomic_load(&w->gen_id));
+        if (wg)
+            wgen_free(wg);
+        free(nl);
+        obs_worker_free(obs);
+        return false;
+    }
+
+    adopt_listeners(w, g, nl);
+
+    w->lim = (struct http_limits){ c->limits.max_request_line, c->limits.max_header_bytes,
+                                   c->limits.max_headers };
+    adopt_logs(w, g);
     if (obs) {
         struct obs_worker *old = w->obs;
         if (old)
