@@ -44,6 +44,7 @@ struct aconn {
     struct aconn *rq_next;          /* a->rq_head: waiting for their turn to reload */
     enum aconn_state st;
     bool readable, eof, close_after, is_head, resume;
+    bool dead;                      /* closed: on a->grave until the loop sleeps */
     uint64_t last_active;           /* ms, for eviction at ADMIN_MAX_CONNS */
     size_t inlen;
     char head[768];                 /* the response head being written */
@@ -66,6 +67,10 @@ struct admin {
     uint64_t started_ms;
     struct aconn *conns;
     unsigned nconns;
+    /* Closed connections, freed before the loop sleeps: one closed from
+     * another's callback (eviction, a reload's queue) may still have an
+     * event later in the same epoll batch. */
+    struct aconn *grave;
     uint64_t header_timeout, idle_timeout, send_timeout;   /* from the running conf */
     /* POST /reload: one at a time in a thread of its own, since proxy_reload()
      * blocks until every worker has switched; the rest queue behind it. */
@@ -483,6 +488,8 @@ static void conn_timer_cb(struct loop *l, struct loop_timer *t)
 {
     (void)l;
     struct aconn *c = (struct aconn *)((char *)t - offsetof(struct aconn, timer));
+    if (c->dead)
+        return;
     if (c->resume) {                /* not a timeout: its turn came again */
         c->resume = false;
         conn_drive(c);
@@ -502,9 +509,13 @@ static void conn_free_response(struct aconn *c)
 static void conn_close(struct aconn *c)
 {
     struct admin *a = c->a;
+    if (c->dead)
+        return;
+    c->dead = true;
     loop_timer_stop(a->loop, &c->timer);
     loop_del(a->loop, &c->io);
     close(c->io.fd);
+    c->io.fd = -1;
     if (c->prev)
         c->prev->next = c->next;
     else
@@ -513,7 +524,19 @@ static void conn_close(struct aconn *c)
         c->next->prev = c->prev;
     a->nconns--;
     conn_free_response(c);
-    free(c);
+    c->next = a->grave;
+    a->grave = c;
+}
+
+static void bury(struct loop *l, void *arg)
+{
+    (void)l;
+    struct admin *a = arg;
+    while (a->grave) {
+        struct aconn *c = a->grave;
+        a->grave = c->next;
+        free(c);
+    }
 }
 
 /* Write what is queued. 1: all written, 0: the socket is full, -1: error. */
@@ -669,6 +692,8 @@ static void conn_io(struct loop *l, struct loop_io *io, unsigned events)
 {
     (void)l;
     struct aconn *c = (struct aconn *)io;
+    if (c->dead)            /* closed earlier in this batch */
+        return;
     if (events & LOOP_READ)
         c->readable = true;
     if (c->resume)          /* a turn is already scheduled */
@@ -766,6 +791,7 @@ static void *admin_main(void *arg)
     a->rbusy = false;
     while (a->conns)
         conn_close(a->conns);
+    bury(a->loop, a);
     return NULL;
 }
 
@@ -808,6 +834,7 @@ struct admin *admin_open(const struct conf *c, char *err, size_t errlen)
     a->lio.cb = listener_io;
     a->accept_timer.cb = accept_retry;
     loop_set_wake(a->loop, admin_wake, a);
+    loop_set_before_sleep(a->loop, bury, a);
     if (loop_add(a->loop, &a->lio) < 0) {
         snprintf(err, errlen, "admin listen %s: epoll: %s", c->admin_listen.text, strerror(errno));
         close(a->fd);
@@ -840,6 +867,7 @@ void admin_stop(struct admin *a)
         pthread_join(a->thread, NULL);
     while (a->conns)
         conn_close(a->conns);
+    bury(a->loop, a);
     close(a->fd);
     loop_free(a->loop);
     free(a);
