@@ -100,7 +100,8 @@ def test_health_answered_while_clients_stall(start_upstream, start_portico, tmp_
             r = c.read_response()
             assert r.status == 200 and r.json()["reloaded"] is True, r
         time.sleep(0.5)
-    poller.check(min_polls=50, max_latency=0.25)
+    # ~70 polls if nothing stalls; the old admin held each probe for seconds
+    poller.check(min_polls=30, max_latency=0.5)
     for c in (half, slow, stuck, half2):
         c.close()
 
@@ -198,7 +199,7 @@ def test_send_timeout_closes_a_client_that_never_reads(start_upstream, start_por
     c.send(("GET /metrics HTTP/1.1\r\nHost: admin\r\n%s\r\n" % AUTH).encode() * n)
     with Poller(admin) as poller:
         time.sleep(1.5)
-    poller.check(min_polls=15, max_latency=0.25)
+    poller.check(min_polls=10, max_latency=0.5)
     # portico gave up on it: what arrives ends in a close, well before n responses
     got = c.wait_closed(5)
     assert got.count(b"HTTP/1.1 200 OK") < n / 2, got.count(b"HTTP/1.1 200 OK")
