@@ -13,7 +13,7 @@
  *   then records  separated by the 3-byte marker FE FF <op>; the bytes
  *                 before the first marker are client bytes (op 'C'); a
  *                 record's payload is everything up to the next marker.
- *     C  the client sends the payload
+ *     C  the (current) client sends the payload
  *     U  the current upstream connection sends the payload (the open one
  *        that most recently received bytes from portico, else the newest)
  *     N  the current upstream connection closes (FIN)
@@ -21,6 +21,8 @@
  *     Z  the current upstream connection shuts its write side
  *     H  the client shuts its write side
  *     X  the client closes
+ *     K  another client connects, and plays from now on (4 at most)
+ *     D  the proxy drains as on SIGTERM (proxy_shutdown)
  *     P  the client stops / starts reading what portico sends it
  *     Q  the servers stop / start reading what portico sends them
  *     T  the clock moves forward: ms = advance[payload[0] % 12] (1 s if empty)
@@ -57,6 +59,7 @@
 
 #define NVARIANTS 9
 #define MAXUP 32
+#define MAXCL 4                 /* client connections per input */
 #define PUMP_ITERS 256          /* loop iterations per record, at most */
 #define INPUT_ITERS 20000       /* loop iterations per input, at most */
 
@@ -238,8 +241,12 @@ struct upc {
 
 struct run {
     struct proxy *p;
-    int cfd;                    /* the harness's end of the client connection */
-    bool c_eof, c_pause;
+    int cl[MAXCL];              /* the harness's ends of the client connections, or -1 */
+    bool cl_eof[MAXCL];         /* portico closed (or shut) its side */
+    int ncl, cur;               /* clients opened; the one that plays now */
+    int cfd;                    /* cl[cur] */
+    bool c_pause;
+    bool drained;               /* after D no client connects any more */
     bool u_pause;               /* the servers do not read (record Q) */
     struct upc up[MAXUP];
     int nup;
@@ -483,21 +490,23 @@ static bool service(struct run *r)
             did = true;
         }
     }
-    while (r->cfd >= 0 && !r->c_pause && !r->c_eof) {
-        ssize_t n = read(r->cfd, G.sink, sizeof G.sink);
-        if (n > 0) {
+    for (int i = 0; i < r->ncl; i++) {
+        while (r->cl[i] >= 0 && !r->c_pause && !r->cl_eof[i]) {
+            ssize_t n = read(r->cl[i], G.sink, sizeof G.sink);
+            if (n > 0) {
+                if (G.verbose)
+                    fprintf(stderr, "fuzz_path: client %d got %zd bytes: %.*s\n", i, n,
+                            (int)(n < 300 ? n : 300), G.sink);
+                did = true;
+                continue;
+            }
+            if (n < 0 && (errno == EAGAIN || errno == EINTR))
+                break;
             if (G.verbose)
-                fprintf(stderr, "fuzz_path: client got %zd bytes: %.*s\n", n,
-                        (int)(n < 300 ? n : 300), G.sink);
+                fprintf(stderr, "fuzz_path: client %d: portico closed\n", i);
+            r->cl_eof[i] = true;
             did = true;
-            continue;
         }
-        if (n < 0 && (errno == EAGAIN || errno == EINTR))
-            break;
-        if (G.verbose)
-            fprintf(stderr, "fuzz_path: client: portico closed\n");
-        r->c_eof = true;
-        did = true;
     }
     return did;
 }
@@ -537,6 +546,38 @@ static struct upc *current_up(struct run *r)
         pump(r);
     }
     return NULL;
+}
+
+/* A new client connection, which plays from now on: a loopback pair whose
+ * far end the proxy adopts. */
+static void client_open(struct run *r)
+{
+    if (r->ncl == MAXCL)
+        return;
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        die("socket");
+    setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &(int){ 4 << 20 }, sizeof(int));
+    setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &(int){ 8192 }, sizeof(int));
+    struct sockaddr_in a;
+    socklen_t alen = sizeof a;
+    getsockname(G.lsn_client, (struct sockaddr *)&a, &alen);
+    if (connect(fd, (struct sockaddr *)&a, alen) < 0)
+        die("connect");
+    struct sockaddr_in peer;
+    socklen_t plen = sizeof peer;
+    int sfd = -1;
+    for (int i = 0; i < 1000 && sfd < 0; i++)
+        sfd = accept4(G.lsn_client, (struct sockaddr *)&peer, &plen, SOCK_NONBLOCK | SOCK_CLOEXEC);
+    if (sfd < 0)
+        die("accept");
+    if (fcntl(fd, F_SETFL, O_NONBLOCK) < 0)
+        die("fcntl");
+    if (proxy_inline_client(r->p, sfd, (struct sockaddr *)&peer, plen) < 0)
+        die("proxy_inline_client");
+    r->cur = r->ncl++;
+    r->cl[r->cur] = r->cfd = fd;
+    r->cl_eof[r->cur] = false;
 }
 
 static void send_bytes(struct run *r, int fd, const uint8_t *d, size_t n)
@@ -588,7 +629,15 @@ static void record(struct run *r, uint8_t op, const uint8_t *d, size_t n)
     case 'X':
         if (r->cfd >= 0)
             close(r->cfd);
-        r->cfd = -1;
+        r->cl[r->cur] = r->cfd = -1;
+        break;
+    case 'K':
+        if (!r->drained)        /* a draining proxy has closed its listeners */
+            client_open(r);
+        break;
+    case 'D':
+        proxy_shutdown(r->p);
+        r->drained = true;
         break;
     case 'P':
         r->c_pause = !r->c_pause;
@@ -611,7 +660,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         setup();
     if (size < 1)
         return 0;
-    struct run r = { .cfd = -1 };
+    struct run r = { .cfd = -1, .cl = { -1, -1, -1, -1 } };
     char err[512];
     r.p = proxy_inline_new(G.conf[data[0] & (NVARIANTS - 1)], err, sizeof err);
     if (!r.p) {
@@ -619,28 +668,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         abort();
     }
 
-    /* the client: a loopback pair, the far end adopted by the proxy */
-    r.cfd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    if (r.cfd < 0)
-        die("socket");
-    setsockopt(r.cfd, SOL_SOCKET, SO_SNDBUF, &(int){ 4 << 20 }, sizeof(int));
-    setsockopt(r.cfd, SOL_SOCKET, SO_RCVBUF, &(int){ 8192 }, sizeof(int));
-    struct sockaddr_in a;
-    socklen_t alen = sizeof a;
-    getsockname(G.lsn_client, (struct sockaddr *)&a, &alen);
-    if (connect(r.cfd, (struct sockaddr *)&a, alen) < 0)
-        die("connect");
-    struct sockaddr_in peer;
-    socklen_t plen = sizeof peer;
-    int sfd = -1;
-    for (int i = 0; i < 1000 && sfd < 0; i++)
-        sfd = accept4(G.lsn_client, (struct sockaddr *)&peer, &plen, SOCK_NONBLOCK | SOCK_CLOEXEC);
-    if (sfd < 0)
-        die("accept");
-    if (fcntl(r.cfd, F_SETFL, O_NONBLOCK) < 0)
-        die("fcntl");
-    if (proxy_inline_client(r.p, sfd, (struct sockaddr *)&peer, plen) < 0)
-        die("proxy_inline_client");
+    client_open(&r);
 
     /* the records */
     size_t i = 1;
@@ -668,8 +696,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         for (int k = 0; k < r.nup; k++)
             up_close(&r.up[k], false);
         pump(&r);
-        if (r.cfd >= 0)
-            close(r.cfd);
+        for (int k = 0; k < r.ncl; k++) {
+            if (r.cl[k] >= 0)
+                close(r.cl[k]);
+            r.cl[k] = -1;
+        }
         r.cfd = -1;
         pump(&r);
         proxy_inline_advance(r.p, 3600000);
@@ -681,8 +712,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         abort();
     }
     proxy_inline_free(r.p);
-    if (r.cfd >= 0)
-        close(r.cfd);
+    for (int k = 0; k < r.ncl; k++)
+        if (r.cl[k] >= 0)
+            close(r.cl[k]);
     for (int k = 0; k < r.nup; k++) {
         up_close(&r.up[k], false);
         if (G.strict)

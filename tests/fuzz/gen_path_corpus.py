@@ -45,6 +45,8 @@ H = ("H", b"")
 X = ("X", b"")
 P = ("P", b"")
 Q = ("Q", b"")
+K = ("K", b"")
+D = ("D", b"")
 
 
 def get(path="/", host="localhost", extra="", method="GET", version="1.1"):
@@ -233,6 +235,18 @@ seeds["path_normalization_default"] = enc(QUICK, [C(get("/a/./b/../%7euser//x?y=
 seeds["underscores_reject"] = enc(SMALL, [C(get(extra="X_Forwarded_For: 1.1.1.1\r\n"))])
 seeds["underscores_allow"] = enc(DEAD, [C(get(extra="X_Forwarded_For: 1.1.1.1\r\nContent_Length: 5\r\n")), U(resp())])
 seeds["tunnel_timeout"] = enc(SHORT, [C(WS), U(WS101), T(2001), U("ping"), T(2001), C("pong"), T(5000)])
+
+# ---- several clients (sharing pooled upstream connections), draining
+seeds["two_clients_pool"] = enc(QUICK, [C(get("/1")), U(resp()), K, C(get("/2")), U(resp()), X, K, C(get("/3")), U(resp())])
+seeds["two_clients_interleaved"] = enc(RETRY, [C(get("/1")), K, C(get("/2")), U(resp(body="for whom")), U(resp(body="?")),
+                                               C(post("abc")), N, U(resp())])
+seeds["two_clients_injected_surplus"] = enc(QUICK, [
+    C(get()), U("HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % (32768 - 38) + "a" * (32768 - 38) + resp(body="injected")),
+    K, C(get("/victim")), U(resp())])
+seeds["two_clients_tunnel_and_get"] = enc(QUICK, [C(WS), U(WS101), K, C(get()), U(resp()), C(get("/x"))])
+seeds["drain_in_flight"] = enc(QUICK, [C(get()), D, U(resp()), C(get("/after"))])
+seeds["drain_idle_and_busy"] = enc(QUICK, [C(get()), U(resp()), K, C(get("/slow")), D, T(30001), U(resp())])
+seeds["drain_upload"] = enc(SHORT, [C("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 100\r\n\r\nabc"), D, C("d" * 97), U(resp())])
 
 # ---- limits at the edge and one over
 def head_of(total, limit_name="X-Pad", path="/", prefix=""):
