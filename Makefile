@@ -1,8 +1,14 @@
 # portico — see README.md. `make` builds build/portico.
 CC      ?= cc
-CFLAGS  ?= -O2 -g
+# -flto: proxy/ is split by concern into files whose hot functions call each
+# other; link-time optimisation inlines across them as one file did
+# (bench/instr.sh: +8% user-space instructions per request without it)
+CFLAGS  ?= -O2 -g -flto=auto
 SAN     ?= 0
 BUILD   := build
+ifeq ($(findstring -flto,$(CFLAGS)),-flto)
+LDFLAGS += -flto=auto
+endif
 ifeq ($(SAN),1)
 BUILD   := build/san
 CFLAGS  := -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=all
@@ -43,6 +49,9 @@ run: deps all
 	echo "  curl -i http://127.0.0.1:8080/"; \
 	echo "  curl -i http://127.0.0.1:8080/echo -d 'hello'"; \
 	echo "  curl -i 'http://127.0.0.1:8080/bytes?n=100000' -o /dev/null"; \
+	echo "  curl -i http://127.0.0.1:8080/static/app.js          # headers: Cache-Control set, Server removed"; \
+	echo "  curl -i 'http://127.0.0.1:8080/./static/%61pp.js'     # the same route: paths are matched normalised"; \
+	echo "  open http://127.0.0.1:9901/   curl -s http://127.0.0.1:9901/metrics | head   # status page, metrics"; \
 	echo "Ctrl-C stops both."; echo; \
 	$(BUILD)/portico -c examples/quickstart.yaml
 

@@ -125,24 +125,6 @@ void client_close(struct client *c)
 
 /* Write c->out then, during an exchange, the ready part of x->uin.
  * Returns false if the connection was closed. */
-/* The response bytes ready for the client after its head: upstream bytes
- * framed in x->uin, an answer's body straight from memory, or a
- * transformed body. Their length; *p points at them. */
-size_t ready_span(struct exchange *x, char **p)
-{
-    struct stage_state *st = x ? x->st : NULL;
-    if (st && st->body) {
-        *p = (char *)st->body->data + st->body_off;
-        return x->is_head ? 0 : st->body->len - st->body_off;
-    }
-    if (st && st->xform >= 0) {
-        *p = st->tout ? buf_head(st->tout) : NULL;
-        return st->tout ? buf_len(st->tout) : 0;
-    }
-    *p = x && x->resp_fwd ? buf_head(x->uin) : NULL;
-    return x ? x->resp_fwd : 0;
-}
-
 static void span_written(struct exchange *x, size_t n)
 {
     struct stage_state *st = x->st;

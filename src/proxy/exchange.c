@@ -150,11 +150,12 @@ static bool exchange_keep_head(struct exchange *x, const struct http_request *r,
     if (http_parse_request(st->head, head_len, st->rcopy, &lim) != (int)head_len)
         return false;
     (void)r;
-    if (nplen && !st->npath) {
+    if (nplen && !st->npath_owned) {
         if (!(st->npath = malloc(nplen)))
             return false;
         memcpy(st->npath, npath, nplen);
         st->npath_len = (uint32_t)nplen;
+        st->npath_owned = true;
     }
     st->req = st->rcopy;
     return true;
@@ -177,8 +178,11 @@ static void exchange_forward(struct exchange *x, const struct http_request *r, c
     }
     if (consume)
         buf_consume(c->in, consume);
-    if (x->st)
+    if (x->st) {
         x->st->req = x->st->rcopy;      /* c->in moves on: only a copy stays readable */
+        if (!x->st->npath_owned)
+            x->st->npath = NULL;        /* w->npath is the next request's */
+    }
     if (x->expect_continue) {
         if (!ensure_buf(w, &c->out)) {
             exchange_fail(x, 503, "out of memory");
@@ -210,6 +214,8 @@ static void exchange_verdict(struct exchange *x, enum stage_verdict v, const str
     }
     if (consume)
         buf_consume(c->in, consume);
+    if (!x->st->npath_owned)
+        x->st->npath = NULL;            /* w->npath is the next request's */
     if (v == STAGE_ANSWERED) {
         exchange_answer(x);
         return;
@@ -245,8 +251,10 @@ void exchange_start(struct client *c, const struct http_request *r, size_t head_
         exchange_fail(x, 503, "out of memory");
         return;
     }
-    if (!st->npath && nplen && (st->npath = malloc(nplen))) {
-        memcpy(st->npath, npath, nplen);
+    if (!st->npath && nplen) {
+        /* the worker's scratch, valid during on_request; a kept head has
+         * its own copy (exchange_keep_head) */
+        st->npath = (char *)npath;
         st->npath_len = (uint32_t)nplen;
     }
     st->req = st->rcopy ? st->rcopy : r;
@@ -369,7 +377,7 @@ static bool frame_body(struct exchange *x)
             bool progress;
             long out = reframe_in_place(&x->resp_ch, b, p, avail, x->dechunk, &progress);
             if (out < 0) {
-                log_warn("upstream %s %s: invalid chunked body", x->route->upstream->name,
+                log_rl_warn("upstream %s %s: invalid chunked body", x->route->upstream->name,
                          x->route->upstream->servers[x->server].addr.text);
                 return false;
             }
@@ -463,12 +471,12 @@ void exchange_fail(struct exchange *x, int status, const char *why)
 {
     struct client *c = x->c;
     if (x->resp_head_done || x->tunnel) {
-        log_warn("exchange aborted after response head: %s", why);
+        log_rl_warn("exchange aborted after response head: %s", why);
         client_abort(c);
         return;
     }
     if (status >= 500)
-        log_warn("upstream %s: %d %s", x->route->upstream->name, status, why);
+        log_rl_warn("upstream %s: %d %s", x->route->upstream->name, status, why);
     client_local_response(c, status, why, false);
 }
 
@@ -599,7 +607,7 @@ static enum pump pump_client_read(struct exchange *x)
  * the server closed it as we used it; same server, new connection. */
 static enum pump pump_reconnect(struct exchange *x, const char *why)
 {
-    log_debug("reused upstream connection failed (%s): reconnecting", why);
+    log_rl_debug("reused upstream connection failed (%s): reconnecting", why);
     uconn_close(x->u);
     x->stale_retried = true;
     return upstream_attach(x, true, 502) ? PUMP_MOVED : PUMP_ENDED;

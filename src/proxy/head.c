@@ -455,7 +455,7 @@ int response_head(struct exchange *x)
         if (a.te_other && x->req_minor == 0 && r.status >= 200)
             bad = "a transfer coding an HTTP/1.0 client cannot take";
         if (bad) {
-            log_warn("upstream %s %s: bad response: %s", x->route->upstream->name,
+            log_rl_warn("upstream %s %s: bad response: %s", x->route->upstream->name,
                      x->route->upstream->servers[x->server].addr.text, bad);
             attempt_end(x, true, false);
             exchange_fail(x, 502, bad);
@@ -470,7 +470,7 @@ int response_head(struct exchange *x)
              * never to HTTP/1.0 ones; a 100 only if we did not send ours */
             if (x->req_minor >= 1 && !(r.status == 100 && x->sent_continue) &&
                 !out_write(c->out, put_interim, &a))
-                log_debug("interim %d response not relayed: no room", r.status);
+                log_rl_debug("interim %d response not relayed: no room", r.status);
             buf_consume(x->uin, (size_t)n);
             continue;
         }

@@ -44,13 +44,13 @@ static void listener_accept(struct listener *ls)
                 return;
             if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) {
                 if (!loop_timer_armed(&w->accept_timer)) {
-                    log_warn("accept: %s; retrying in 100ms", strerror(errno));
+                    log_rl_warn("accept: %s; retrying in 100ms", strerror(errno));
                     obs_add(&w->obs->rejected, 1);
                     loop_timer_arm(l, &w->accept_timer, 100);
                 }
                 return;
             }
-            log_warn("accept: %s", strerror(errno));
+            log_rl_warn("accept: %s", strerror(errno));
             return;
         }
         unsigned n = atomic_fetch_add_explicit(&w->p->nconns, 1, memory_order_relaxed);

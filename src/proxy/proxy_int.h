@@ -157,8 +157,10 @@ struct stage_state {
     struct http_request *rcopy;
     const struct http_request *req;     /* during on_request, or rcopy */
     const struct http_response *resp;   /* during on_response (NULL: an answer's) */
-    char *npath;                /* the normalised path and query (malloc) */
+    char *npath;                /* the normalised path and query: w->npath during
+                                   on_request, then a copy if the head is kept */
     uint32_t npath_len;
+    bool npath_owned;
     /* an answer from memory */
     int answer_status;
     struct stage_body *body;
@@ -469,6 +471,23 @@ void exchange_continue(struct exchange *x);
 void exchange_answer(struct exchange *x);
 bool write_answer_head(struct exchange *x, struct buf *b);
 void request_id(struct exchange *x, const struct http_request *r);
-size_t ready_span(struct exchange *x, char **p);
+
+/* The response bytes ready for the client after its head: upstream bytes
+ * framed in x->uin, an answer's body straight from memory, or a
+ * transformed body. Their length; *p points at them. */
+static inline size_t ready_span(struct exchange *x, char **p)
+{
+    struct stage_state *st = x ? x->st : NULL;
+    if (st && st->body) {
+        *p = (char *)st->body->data + st->body_off;
+        return x->is_head ? 0 : st->body->len - st->body_off;
+    }
+    if (st && st->xform >= 0) {
+        *p = st->tout ? buf_head(st->tout) : NULL;
+        return st->tout ? buf_len(st->tout) : 0;
+    }
+    *p = x && x->resp_fwd ? buf_head(x->uin) : NULL;
+    return x ? x->resp_fwd : 0;
+}
 
 #endif

@@ -106,14 +106,20 @@ void stage_state_release(struct exchange *x)
     struct stage_state *st = x->st;
     if (!st)
         return;
-    if (st->ext)
+    if (st->ext) {
         free(st->ext->arena);
-    free(st->ext);
-    free(st->head);
-    free(st->rcopy);
-    free(st->npath);
-    stage_body_unref(st->body);
-    buf_put(&x->c->w->bufs, st->tout);
+        free(st->ext);
+    }
+    if (st->head) {
+        free(st->head);
+        free(st->rcopy);
+    }
+    if (st->npath_owned)
+        free(st->npath);
+    if (st->body)
+        stage_body_unref(st->body);
+    if (st->tout)
+        buf_put(&x->c->w->bufs, st->tout);
 }
 
 /* ---------------------------------------------------------------- the calls */

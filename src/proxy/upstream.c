@@ -272,7 +272,7 @@ bool upstream_attach(struct exchange *x, bool fresh, int fail_status)
                 loop_timer_arm(w->loop, &u->timer, up->response_timeout);
             return true;
         }
-        log_warn("upstream %s %s: connect: %s", up->name, up->servers[x->server].addr.text,
+        log_rl_warn("upstream %s %s: connect: %s", up->name, up->servers[x->server].addr.text,
                  strerror(err));
         attempt_end(x, true, false);
         fresh = false;
@@ -291,7 +291,7 @@ bool upstream_attach(struct exchange *x, bool fresh, int fail_status)
 void attempt_failed(struct exchange *x, const char *why, int status, bool retry)
 {
     const struct conf_upstream *up = x->route->upstream;
-    log_warn("upstream %s %s: %s", up->name, up->servers[x->server].addr.text, why);
+    log_rl_warn("upstream %s %s: %s", up->name, up->servers[x->server].addr.text, why);
     uint32_t ui = obs_upstream_index(x, up->index);
     if (ui < x->c->w->obs->nupstreams)
         obs_add(&x->c->w->obs->upstreams[ui].errors, 1);

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from conftest import ROOT, Portico, RawConn, build_request, free_port, make_config, raw_exchange, status_of
+from conftest import ROOT, Portico, wait_for, RawConn, build_request, free_port, make_config, raw_exchange, status_of
 
 
 @pytest.fixture
@@ -108,7 +108,7 @@ def test_a_client_that_goes_away_while_parked_leaves_the_wait(stage_proxy):
     time.sleep(0.3)
     with RawConn(p.port) as r2:
         assert r2.request("GET", "/wait/release").body == b"released 0\n"
-    assert "wait 499" in log.read_text()     # on_end ran with the client gone
+    assert wait_for(lambda: "wait 499" in log.read_text(), 5)   # on_end ran with the client gone
     assert p.alive()
 
 
@@ -147,7 +147,11 @@ def test_watched_body_is_seen_whole(stage_proxy):
         with RawConn(p.port) as c:
             r = c.request("GET", path)
         assert len(r.body) == n
-    lines = [l for l in log.read_text().splitlines() if l.startswith("watch")]
+    # on_end runs after the response is written: wait for it, not for a guess
+    watch_lines = lambda: [l for l in log.read_text().splitlines() if l.startswith("watch")]
+    wait_for(lambda: len(watch_lines()) >= 3, 5)
+    lines = watch_lines()
+    assert len(lines) == 3, lines
     assert lines[0] == "watch 200 100000 %s" % fnv1a(pattern_bytes(100000))
     assert lines[1] == "watch 200 70000 %s" % fnv1a(pattern_bytes(70000))
     assert lines[2] == "watch 204 0 0000000000000000"

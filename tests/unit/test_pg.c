@@ -25,7 +25,7 @@ static size_t put32(uint8_t *p, uint32_t v)
 static void framing(void **state)
 {
     (void)state;
-    struct pg_msg m;
+    struct pg_msg m = { 0 };
     const uint8_t q[] = { 'Q', 0, 0, 0, 13, 'S', 'E', 'L', 'E', 'C', 'T', ' ', '1', 0, 'X' };
     for (size_t n = 0; n < 14; n++)
         assert_int_equal(pg_msg_next(q, n, PG_MAX_MSG, &m), 0);     /* need more, at every cut */
