@@ -108,6 +108,8 @@ def parse_wrk(text):
         if not m:
             raise ValueError(f"no {pct}% latency line (was wrk run with --latency?)")
         out[f"p{pct}_us"] = to_us(m.group(1))
+    m = re.search(r"^\s*Latency\s+(\S+)\s+(\S+)\s+(\S+)", text, re.M)
+    out["max_us"] = to_us(m.group(3)) if m else 0.0
     errors = 0
     m = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", text)
     if m:
@@ -128,7 +130,7 @@ def cmd_parse_wrk(path):
         print(f"parse-wrk: {e}", file=sys.stderr)
         return 1
     print(r["requests"], f"{r['rps']:.2f}", f"{r['p50_us']:.1f}", f"{r['p99_us']:.1f}",
-          r["errors"], r["bytes"])
+          r["errors"], r["bytes"], f"{r['max_us']:.1f}")
     return 0
 
 
@@ -185,11 +187,13 @@ def cmd_report(results_path, idle_path):
     status = {}        # proxy -> "ok" or why it is unavailable
     for r in read_tsv(results_path):
         (rnd, proxy, size, st, requests, rps, p50, p99, errors, nbytes, ticks, clk,
-         cpu0, cpu1, dur) = r
+         cpu0, cpu1, dur) = r[:15]
+        mx = r[15] if len(r) > 15 else "0"
         d = {"status": st}
         if st == "ok":
             requests = int(requests)
             d.update(requests=requests, rps=float(rps), p50=float(p50), p99=float(p99),
+                     max=float(mx or 0),
                      errors=int(errors), bytes=int(nbytes),
                      cpu_us=(int(ticks) * 1e6 / int(clk) / requests) if requests else None,
                      cpu0=float(cpu0), cpu1=float(cpu1))
@@ -209,9 +213,9 @@ def cmd_report(results_path, idle_path):
             ok = [d for d in runs.get((proxy, size), []) if d["status"] == "ok"]
             n_all = len(runs.get((proxy, size), []))
             if not ok:
-                rows.append([proxy, size, "0/%d" % n_all, "unavailable", "-", "-", "-", "-", "-", "-", "-"])
+                rows.append([proxy, size, "0/%d" % n_all, "unavailable", "-", "-", "-", "-", "-", "-", "-", "-"])
                 continue
-            m = {k: median([d[k] for d in ok]) for k in ("rps", "p50", "p99", "cpu_us", "cpu0", "cpu1")}
+            m = {k: median([d[k] for d in ok]) for k in ("rps", "p50", "p99", "max", "cpu_us", "cpu0", "cpu1")}
             m["errors"] = sum(d["errors"] for d in ok)
             resp = median([d["bytes"] / d["requests"] for d in ok if d["requests"]])
             med[(proxy, size)] = m
@@ -228,13 +232,14 @@ def cmd_report(results_path, idle_path):
             spread = (max(rps) - min(rps)) / m["rps"] * 100 if m["rps"] else 0
             rows.append([proxy, size, f"{len(ok)}/{n_all}", fmt_num(m["rps"]) + flag,
                          f"{spread:.0f}%",
-                         fmt_us(m["p50"]), fmt_us(m["p99"]),
+                         fmt_us(m["p50"]), fmt_us(m["p99"]), fmt_us(m["max"]),
                          fmt_num(m["cpu_us"], 2), fmt_num(resp), f"{m['cpu0']:.0f}%",
                          f"{m['cpu1']:.0f}%"])
-    print(table(["proxy", "size", "runs", "req/s", "spread", "p50", "p99", "cpu us/req", "bytes/resp",
+    print(table(["proxy", "size", "runs", "req/s", "spread", "p50", "p99", "max", "cpu us/req", "bytes/resp",
                  "core0", "core1"], rows))
     print()
     print("  spread = (max - min) / median of req/s over the rounds: how noisy the machine was.")
+    print("  p50, p99 = wrk's latency distribution; max = the slowest response of the run.")
     print("  cpu us/req = proxy process utime+stime (/proc/PID/stat) / requests wrk completed.")
     print("  core0/core1 = busy share of each core during the run (/proc/stat); a core1 near")
     print("  100% means the load generator + upstream, not the proxy, bounded req/s.")

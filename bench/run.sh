@@ -434,17 +434,17 @@ run_one() {             # run_one ROUND PROXY SIZE
         record_unavailable "$round" "$proxy" "$size" "wrk-failed"
         return
     fi
-    set -- $parsed      # requests rps p50_us p99_us errors bytes
-    printf '%s\t%s\t%s\tok\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' \
+    set -- $parsed      # requests rps p50_us p99_us errors bytes max_us
+    printf '%s\t%s\t%s\tok\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' \
         "$round" "$proxy" "$size" "$1" "$2" "$3" "$4" "$5" "$6" $((t1 - t0)) "$CLK_TCK" \
-        "$cpu0" "$cpu1" "$DURATION" >>"$RESULTS"
+        "$cpu0" "$cpu1" "$DURATION" "$7" >>"$RESULTS"
     local logged
     logged=$(trim_log "${PROXY_DIR[$proxy]}/stdout.log")
     [ "$logged" != 0 ] && LOG_NOTE[$proxy]="wrote >$((LOG_MAX / 1048576)) MiB to stdout/stderr during a run (access log?); trimmed"
     awk -v r="$round" -v p="$proxy" -v s="$size" -v n="$1" -v rps="$2" -v p50="$3" -v p99="$4" \
-        -v e="$5" -v tk=$((t1 - t0)) -v hz="$CLK_TCK" -v c0="$cpu0" -v c1="$cpu1" 'BEGIN {
-        printf "  round %s  %-8s %-5s  %10.0f req/s  p50 %8.3fms  p99 %8.3fms  cpu %6.2f us/req  core0 %3.0f%%  core1 %3.0f%%%s\n",
-            r, p, s, rps, p50 / 1000, p99 / 1000, (n > 0 ? tk * 1e6 / hz / n : 0), c0, c1, (e > 0 ? "  (" e " errors)" : "") }'
+        -v e="$5" -v tk=$((t1 - t0)) -v hz="$CLK_TCK" -v c0="$cpu0" -v c1="$cpu1" -v mx="$7" 'BEGIN {
+        printf "  round %s  %-8s %-5s  %10.0f req/s  p50 %8.3fms  p99 %8.3fms  max %8.3fms  cpu %6.2f us/req  core0 %3.0f%%  core1 %3.0f%%%s\n",
+            r, p, s, rps, p50 / 1000, p99 / 1000, mx / 1000, (n > 0 ? tk * 1e6 / hz / n : 0), c0, c1, (e > 0 ? "  (" e " errors)" : "") }'
 }
 declare -A LOG_NOTE
 
