@@ -6,13 +6,13 @@ CC      ?= cc
 CFLAGS  ?= -O2 -g -flto=auto
 SAN     ?= 0
 BUILD   := build
-ifeq ($(findstring -flto,$(CFLAGS)),-flto)
-LDFLAGS += -flto=auto
-endif
 ifeq ($(SAN),1)
 BUILD   := build/san
 CFLAGS  := -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=all
 LDFLAGS += -fsanitize=address,undefined
+endif
+ifeq ($(findstring -flto,$(CFLAGS)),-flto)
+LDFLAGS += -flto=auto
 endif
 override CFLAGS += -std=c11 -D_GNU_SOURCE -Wall -Wextra -Werror -Isrc -MMD -MP
 LDLIBS  := -lyaml -lpthread -lssl -lcrypto
