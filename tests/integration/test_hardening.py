@@ -639,3 +639,28 @@ def test_wildcard_listens_dual_stack(start_portico, start_upstream):
         got = s.recv(65536)
         s.close()
         assert got.startswith(b"HTTP/1.1 200"), (host, got[:100])
+
+
+# ---------------------------------------------------------------- limits: the maximum and one over
+
+def test_header_count_and_request_line_at_the_limit(make_proxy):
+    p = make_proxy(limits={"max_headers": 20, "max_request_line": "1KiB",
+                           "max_header_bytes": "8KiB"})
+    def head(nheaders, target=b"/echo"):
+        return (b"GET " + target + b" HTTP/1.1\r\nHost: t\r\n" +
+                b"".join(b"X-H-%d: 1\r\n" % i for i in range(nheaders - 1)) + b"\r\n")
+    with p.conn() as c:
+        c.send(head(20))
+        r, _ = c.read_final()
+    assert r.status == 200 and len([h for h in r.json()["headers"] if h[0].startswith("X-H-")]) == 19
+    got, closed = raw_exchange(p.port, head(21))
+    assert status_of(got) == [431] and closed
+    line = len(b"GET  HTTP/1.1")
+    exact = b"/echo?" + b"q" * (1024 - line - 6)
+    assert len(b"GET " + exact + b" HTTP/1.1") == 1024
+    with p.conn() as c:
+        c.send(head(1, exact))
+        r, _ = c.read_final()
+    assert r.status == 200 and r.json()["target"] == exact.decode()
+    got, closed = raw_exchange(p.port, head(1, exact + b"q"))
+    assert status_of(got) == [414] and closed
