@@ -311,6 +311,8 @@ static void replace(char *s, size_t cap, const char *tok, unsigned v)
     }
 }
 
+static void load_confs(void);
+
 static void setup(void)
 {
     const char *v = getenv("FUZZ_PATH_VERBOSE");
@@ -336,11 +338,22 @@ static void setup(void)
         setsockopt(G.lsn_up[i], SOL_SOCKET, SO_RCVBUF, &(int){ 8192 }, sizeof(int));
     }
     G.dead = loopback_socket(0);
-    int tmp = loopback_socket(0);      /* a free port for `listen:` (closed by the proxy) */
+    load_confs();
+    G.base_fds = count_fds();
+    G.ready = true;
+}
+
+/* The configurations, with a port for `listen:` that was free a moment ago
+ * (portico refuses an address another process serves: when a process on
+ * the machine took it since, this is called again for a new one). */
+static void load_confs(void)
+{
+    int tmp = loopback_socket(0);
     unsigned listen_port = bound_port(tmp);
     close(tmp);
-
     for (int i = 0; i < NVARIANTS; i++) {
+        if (G.conf[i])
+            conf_unref(G.conf[i]);
         char text[4096];
         snprintf(text, sizeof text, "%s", variants[i]);
         replace(text, sizeof text, "LISTEN", listen_port);
@@ -357,8 +370,6 @@ static void setup(void)
         }
         G.conf[i]->workers = 1;
     }
-    G.base_fds = count_fds();
-    G.ready = true;
 }
 
 /* ---- the peers ---- */
@@ -662,7 +673,12 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         return 0;
     struct run r = { .cfd = -1, .cl = { -1, -1, -1, -1 } };
     char err[512];
-    r.p = proxy_inline_new(G.conf[data[0] & (NVARIANTS - 1)], err, sizeof err);
+    unsigned variant = data[0] % NVARIANTS;
+    r.p = proxy_inline_new(G.conf[variant], err, sizeof err);
+    for (int tries = 0; !r.p && strstr(err, "in use") && tries < 5; tries++) {
+        load_confs();
+        r.p = proxy_inline_new(G.conf[variant], err, sizeof err);
+    }
     if (!r.p) {
         fprintf(stderr, "fuzz_path: proxy_inline_new: %s\n", err);
         abort();
