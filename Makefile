@@ -24,7 +24,7 @@ LIBOBJS := $(filter-out $(BUILD)/obj/main.o,$(OBJS))
 UNIT    := $(patsubst tests/unit/%.c,$(BUILD)/tests/%,$(wildcard tests/unit/test_*.c))
 VERSION := $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 
-.PHONY: all deps run test unit integration fuzz bench clean
+.PHONY: all deps run test unit integration fuzz bench bench-pg clean
 all: $(BUILD)/portico
 
 deps:
@@ -81,6 +81,13 @@ bench:
 	@scripts/deps.sh bench
 	@$(MAKE) --no-print-directory all
 	bench/run.sh
+	bench/pg_bench.py
+
+# only the PostgreSQL pooler's part: portico against PgBouncer with pgbench
+bench-pg:
+	@scripts/deps.sh bench
+	@$(MAKE) --no-print-directory all
+	bench/pg_bench.py
 
 clean:
 	rm -rf build

@@ -1292,7 +1292,8 @@ static bool server_client_msg(struct server *s, const struct pg_msg *m, size_t w
             s->client = NULL;
             s->last_used = loop_now(s->w->loop);
             pool_release(s);
-            runq_push(c);           /* it may have the next request buffered */
+            if (pb_len(&c->in) || c->can_read)
+                runq_push(c);       /* it may have the next request buffered */
             return false;
         }
     }
@@ -1300,32 +1301,32 @@ static bool server_client_msg(struct server *s, const struct pg_msg *m, size_t w
     return true;
 }
 
+/* Read and handle what the server sent; the client gets what is for it in
+ * one write at the end (not one per message). */
 static void server_pump(struct server *s)
 {
+    struct client *last = NULL;
     for (;;) {
         if (s->state == SS_CLOSED)
-            return;
+            goto out;
         struct client *c = s->client;
-        if (c && pb_len(&c->out) >= OUT_HIGH)
-            break;              /* the client is slow: stop reading this server */
+        if (c && pb_len(&c->out) >= OUT_HIGH) {
+            client_flush(c);
+            if (c->state == CS_CLOSED || pb_len(&c->out) >= OUT_HIGH)
+                break;          /* the client is slow: stop reading this server */
+        }
         struct pg_msg m;
         long n = pg_msg_next(pb_head(&s->in), pb_len(&s->in), PG_MAX_MSG, &m);
         if (n < 0) {
             server_close(s, "malformed message from the server");
-            return;
+            goto out;
         }
         if (n == 0) {
             pb_trim(&s->in);
             int r = sock_read(s->io.fd, s->ssl, &s->in, &s->can_read, want_bytes(&s->in, 1u << 20));
             if (r <= 0) {
-                struct client *cl = s->client;
                 server_fail(s, r == 0 ? "the server closed the connection" : "read error");
-                if (cl && cl->state != CS_CLOSED) {
-                    pb_error(&cl->out, "FATAL", "08006", "server connection lost");
-                    client_flush(cl);
-                    client_close(cl, "server lost");
-                }
-                return;
+                goto out;
             }
             if (pg_msg_next(pb_head(&s->in), pb_len(&s->in), PG_MAX_MSG, &m) == 0)
                 break;
@@ -1333,6 +1334,7 @@ static void server_pump(struct server *s)
         }
         bool go;
         if (s->state == SS_ACTIVE && c) {
+            last = c;
             cnt_add(&c->pool->st.bytes_out, (uint64_t)n);
             go = server_client_msg(s, &m, (size_t)n);
         } else {
@@ -1340,18 +1342,15 @@ static void server_pump(struct server *s)
         }
         if (s->state != SS_CLOSED)
             pb_consume(&s->in, (size_t)n);
-        if (c && c->state != CS_CLOSED)
-            client_flush(c);
         if (s->state == SS_CLOSED)
-            return;
-        if (!go && s->client != c)
-            break;
-        if (!go && s->state != SS_ACTIVE)
-            break;
+            goto out;
         if (!go)
-            return;
+            break;              /* back in the pool, or given to another client */
     }
     server_flush(s);
+out:
+    if (last && last->state != CS_CLOSED)
+        client_flush(last);
 }
 
 static void server_flush(struct server *s)
@@ -1363,13 +1362,7 @@ static void server_flush(struct server *s)
         return;
     }
     if (sock_write(s->io.fd, s->ssl, &s->out, &s->can_write) < 0) {
-        struct client *c = s->client;
         server_fail(s, "write error");
-        if (c && c->state != CS_CLOSED) {
-            pb_error(&c->out, "FATAL", "08006", "server connection lost");
-            client_flush(c);
-            client_close(c, "server lost");
-        }
         return;
     }
     pb_trim(&s->out);
@@ -1474,9 +1467,10 @@ static void server_close(struct server *s, const char *why)
     struct worker *w = s->w;
     if (s->state == SS_IDLE)
         server_unidle(s);
-    if (s->client) {
-        s->client->srv = NULL;
-        atomic_store_explicit(&s->client->cancel_target, 0, memory_order_relaxed);
+    struct client *orphan = s->client;
+    if (orphan) {
+        orphan->srv = NULL;
+        atomic_store_explicit(&orphan->cancel_target, 0, memory_order_relaxed);
         s->client = NULL;
     }
     if (s->connected && s->state == SS_IDLE && !s->ssl) {
@@ -1504,6 +1498,12 @@ static void server_close(struct server *s, const char *why)
     }
     s->gnext = w->sgrave;
     w->sgrave = s;
+    if (orphan && orphan->state != CS_CLOSED) {
+        /* its transaction (or session) died with the server: say so and close */
+        pb_error(&orphan->out, "FATAL", "08006", "server connection lost: %s", why);
+        client_flush(orphan);
+        client_close(orphan, "server lost");
+    }
 }
 
 static void server_free(struct server *s)
