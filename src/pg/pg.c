@@ -2574,9 +2574,13 @@ static void worker_tick(struct loop *l, struct loop_timer *t)
         if (p->wait_head && !recent_fail) {
             uint64_t waited = (now_us() - p->wait_head->wait_start_us) / 1000;
             uint32_t limit = p->size + (waited >= cf->reserve_pool_timeout ? p->reserve : 0);
-            uint32_t want = p->nwait < limit ? p->nwait : limit;
-            while (p->nservers < want)
+            /* connections on their way serve the waiters first */
+            uint32_t coming = atomic_load_explicit(&p->st.sv[SS_CONNECT], memory_order_relaxed) +
+                              atomic_load_explicit(&p->st.sv[SS_LOGIN], memory_order_relaxed);
+            while (p->nservers < limit && coming < p->nwait) {
                 pool_open_server(p);
+                coming++;
+            }
         }
     }
     if (w->idx == 0 && !w->stopping && now - w->probed_at >= cf->health_interval) {

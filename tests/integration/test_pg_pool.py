@@ -11,6 +11,8 @@ import time
 
 import pytest
 
+from conftest import wait_for
+
 from pgutil import (error_text, m_bind, m_close, m_describe, m_execute, m_parse, m_query,  # noqa: F401
                     m_sync, make_pooler, msg, needs_pg, pg_server, raw_login, raw_startup,
                     read_msgs)
@@ -298,3 +300,81 @@ def test_malformed_client_messages(make_pooler):
         cur.execute("SELECT 'still fine'")
         assert cur.fetchone() == ("still fine",)
     assert p.portico.alive()
+
+
+def backend_pids(pg, user="app"):
+    out = pg.psql("SELECT string_agg(pid::text, ',') FROM pg_stat_activity WHERE usename = '%s'" % user)
+    return set(int(x) for x in out.split(",") if x)
+
+
+def test_min_pool_size_and_idle_timeout(make_pooler, pg_server):
+    # min_pool_size: server connections open with no client; server_idle_timeout closes
+    # idle ones above it
+    assert backend_pids(pg_server) == set()
+    p = make_pooler(auth_type="trust", workers=1,
+                    pools=[{"database": "app", "user": "app", "pool_size": 5, "min_pool_size": 2}],
+                    extra={"server_idle_timeout": "1s"})
+    assert wait_for(lambda: len(backend_pids(pg_server)) == 2, 10), backend_pids(pg_server)
+    conns = [p.connect(password=None) for _ in range(4)]
+    for c in conns:
+        c.cursor().execute("SELECT 1")      # four transactions open at once: four servers
+    assert len(backend_pids(pg_server)) == 4
+    for c in conns:
+        c.commit()
+        c.close()
+    assert wait_for(lambda: len(backend_pids(pg_server)) == 2, 10), backend_pids(pg_server)
+    time.sleep(1.5)
+    assert len(backend_pids(pg_server)) == 2    # never below min_pool_size
+
+
+def test_server_lifetime(make_pooler, pg_server):
+    p = make_pooler(auth_type="trust", workers=1,
+                    pools=[{"database": "app", "user": "app", "pool_size": 1}],
+                    extra={"server_lifetime": "500ms"})
+    conn = p.connect(password=None)
+    conn.autocommit = True
+    cur = conn.cursor()
+    cur.execute("SELECT pg_backend_pid()")
+    first = cur.fetchone()[0]
+    time.sleep(1)
+    cur.execute("SELECT pg_backend_pid()")     # released after this: older than its lifetime
+    cur.execute("SELECT pg_backend_pid()")
+    assert cur.fetchone()[0] != first
+    assert first not in backend_pids(pg_server)
+    conn.close()
+
+
+def test_reserve_pool(make_pooler, pg_server):
+    p = make_pooler(auth_type="trust", workers=1,
+                    pools=[{"database": "app", "user": "app", "pool_size": 1, "reserve_pool": 1}],
+                    extra={"reserve_pool_timeout": "300ms", "query_wait_timeout": "5s"})
+    holder = p.connect(password=None)
+    holder.cursor().execute("SELECT 1")         # holds the pool's only connection
+    waiter = p.connect(password=None)
+    start = time.time()
+    cur = waiter.cursor()
+    cur.execute("SELECT 2")                     # served by the reserve after ~300 ms
+    assert cur.fetchone() == (2,)
+    took = time.time() - start
+    assert 0.25 < took < 3, took
+    assert len(backend_pids(pg_server)) == 2
+    holder.close()
+    waiter.close()
+
+
+def test_session_mode_keeps_the_server(make_pooler, pg_server):
+    # session mode: SQL-level PREPARE and temporary tables live as long as the client
+    p = make_pooler(auth_type="trust", workers=1,
+                    pools=[{"database": "app", "user": "app", "pool_size": 2, "pool_mode": "session"}])
+    a, b = p.connect(password=None), p.connect(password=None)
+    a.autocommit = b.autocommit = True
+    ca, cb = a.cursor(), b.cursor()
+    ca.execute("CREATE TEMP TABLE t1 (v int); INSERT INTO t1 VALUES (1); PREPARE q AS SELECT v FROM t1")
+    cb.execute("SELECT 1")
+    ca.execute("EXECUTE q")
+    assert ca.fetchone() == (1,)
+    ca.execute("SELECT pg_backend_pid()")
+    cb.execute("SELECT pg_backend_pid()")
+    assert ca.fetchone() != cb.fetchone()
+    a.close()
+    b.close()
