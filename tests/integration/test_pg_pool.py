@@ -378,3 +378,26 @@ def test_session_mode_keeps_the_server(make_pooler, pg_server):
     assert ca.fetchone() != cb.fetchone()
     a.close()
     b.close()
+
+
+def test_prepared_statement_cache_bound(make_pooler, pg_server):
+    # max_prepared_statements: 2 per server connection; a client with 3 statements
+    # in rotation gets each one prepared again after it was closed to make room
+    p = make_pooler(auth_type="trust", workers=1,
+                    pools=[{"database": "app", "user": "app", "pool_size": 1}],
+                    extra={"max_prepared_statements": 2})
+    s = raw_login(p.port)
+    for i in range(3):
+        s.sendall(m_parse("q%d" % i, "SELECT %d + $1::int" % (100 * i)) + m_sync())
+        assert [t for t, _ in read_msgs(s)] == [b"1", b"Z"]
+    for rnd in range(3):
+        for i in range(3):
+            s.sendall(m_bind("q%d" % i, [str(rnd)]) + m_execute() + m_sync())
+            msgs = read_msgs(s)
+            rows = [body for t, body in msgs if t == b"D"]
+            assert rows and rows[0].endswith(str(100 * i + rnd).encode()), msgs
+    # the server never held more than two of them: ask it through the same connection
+    s.sendall(m_query("SELECT count(*) FROM pg_prepared_statements"))
+    rows = [body for t, body in read_msgs(s) if t == b"D"]
+    assert rows and rows[0].endswith(b"2"), rows
+    s.close()
