@@ -7,6 +7,7 @@
 #include "core/log.h"
 #include "core/loop.h"
 #include "http/http.h"
+#include "limit/limit.h"
 #include "obs/obs.h"
 #include "pg/pg.h"
 #include "proxy/proxy.h"
@@ -371,6 +372,7 @@ static void serve_request(struct admin *a, struct aconn *c, const struct http_re
         reload_metrics(a, &t);
         log_metrics(g, &t);
         obs_log_metrics(&t);
+        limit_metrics(&t);
         obs_process_metrics(&t);
         pg_metrics(&t);
         if (!t.oom) {

@@ -286,6 +286,7 @@ static bool load_limits(struct ctx *x, yaml_node_t *m, const char *path, struct 
         } else if (!strcmp(k, "max_body")) ok = get_size(x, v, kp, &l->max_body, 0, 1ull << 40);
         else if (!strcmp(k, "max_headers")) ok = get_uint(x, v, kp, &l->max_headers, 1, 1000);
         else if (!strcmp(k, "max_connections")) ok = get_uint(x, v, kp, &l->max_connections, 1, 10000000);
+        else if (!strcmp(k, "max_keys")) ok = get_uint(x, v, kp, &l->max_keys, 64, 100000000);
         else ok = unknown(x, p_, path, k);
         if (!ok)
             return false;
@@ -539,6 +540,10 @@ static struct conf_upstream *find_upstream(struct conf *c, const char *name)
     return NULL;
 }
 
+static bool load_rate_limits(struct ctx *x, yaml_node_t *v, const char *path, struct conf_route *r);
+static bool load_cidrs(struct ctx *x, yaml_node_t *v, const char *path, struct conf_cidr **out,
+                       uint32_t *n);
+
 /* A header value template: visible ASCII, SP, HTAB and ${name} for the
  * variables the headers stage knows. */
 static bool check_template(struct ctx *x, yaml_node_t *n, const char *path, const char *v)
@@ -691,6 +696,15 @@ static bool load_route(struct ctx *x, struct conf *c, yaml_node_t *m, const char
                 return false;
             if (r->audit && !c->audit_log)
                 return bad(x, v, kp, "needs a top-level audit_log to write to");
+        } else if (!strcmp(k, "rate_limit")) {
+            if (!load_rate_limits(x, v, kp, r))
+                return false;
+        } else if (!strcmp(k, "allow")) {
+            if (!load_cidrs(x, v, kp, &r->allow, &r->nallow))
+                return false;
+        } else if (!strcmp(k, "deny")) {
+            if (!load_cidrs(x, v, kp, &r->deny, &r->ndeny))
+                return false;
         } else if (!strcmp(k, "headers")) {
             if (!expect_map(x, v, kp))
                 return false;
@@ -870,28 +884,173 @@ bool conf_cidr_match(const struct conf_cidr *set, uint32_t n, int family, const 
     return false;
 }
 
-/* trusted_proxies: [ "10.0.0.0/8", "::1" ] */
-static bool load_trusted(struct ctx *x, yaml_node_t *v, struct conf *c)
+/* A list of addresses or CIDR blocks: trusted_proxies, allow, deny. */
+static bool load_cidrs(struct ctx *x, yaml_node_t *v, const char *path, struct conf_cidr **out,
+                       uint32_t *n)
 {
-    if (!expect_seq(x, v, "trusted_proxies"))
+    if (!expect_seq(x, v, path))
         return false;
-    size_t n = (size_t)(v->data.sequence.items.top - v->data.sequence.items.start);
-    if (n > 1024)
-        return bad(x, v, "trusted_proxies", "expected at most 1024 blocks");
-    free(c->trusted);
-    c->trusted = calloc(n ? n : 1, sizeof *c->trusted);
-    if (!c->trusted)
-        return bad(x, v, "trusted_proxies", "out of memory");
-    c->ntrusted = 0;
-    for (size_t i = 0; i < n; i++) {
-        char ip[48];
-        snprintf(ip, sizeof ip, "trusted_proxies[%zu]", i);
+    size_t len = (size_t)(v->data.sequence.items.top - v->data.sequence.items.start);
+    if (len > 4096)
+        return bad(x, v, path, "expected at most 4096 blocks");
+    free(*out);
+    *out = calloc(len ? len : 1, sizeof **out);
+    if (!*out)
+        return bad(x, v, path, "out of memory");
+    *n = 0;
+    for (size_t i = 0; i < len; i++) {
+        char ip[300];
+        snprintf(ip, sizeof ip, "%s[%zu]", path, i);
         yaml_node_t *e = node(x, v->data.sequence.items.start[i]);
         const char *s = scalar(e);
-        if (!s || !conf_parse_cidr(s, &c->trusted[c->ntrusted]))
+        if (!s || !conf_parse_cidr(s, &(*out)[*n]))
             return bad(x, e, ip, "expected an address or CIDR block like 10.0.0.0/8 or fd00::/8");
-        c->ntrusted++;
+        (*n)++;
     }
+    return true;
+}
+
+static bool load_trusted(struct ctx *x, yaml_node_t *v, struct conf *c)
+{
+    return load_cidrs(x, v, "trusted_proxies", &c->trusted, &c->ntrusted);
+}
+
+/* rate: "100/min", "10/s", "5000/h" */
+static bool get_rate(struct ctx *x, yaml_node_t *n, const char *path, uint32_t *count,
+                     uint64_t *period_ms)
+{
+    const char *s = scalar(n);
+    char *end;
+    if (!s || !isdigit((unsigned char)*s))
+        return bad(x, n, path, "expected a rate like 10/s, 100/min or 5000/h");
+    errno = 0;
+    unsigned long v = strtoul(s, &end, 10);
+    if (errno || v == 0 || v > 1000000000ul || *end != '/')
+        return bad(x, n, path, "expected a rate like 10/s, 100/min or 5000/h (1 to 10^9 a period)");
+    end++;
+    if (!strcmp(end, "s")) *period_ms = 1000;
+    else if (!strcmp(end, "min") || !strcmp(end, "m")) *period_ms = 60000;
+    else if (!strcmp(end, "h")) *period_ms = 3600000;
+    else if (!strcmp(end, "d")) *period_ms = 86400000;
+    else return bad(x, n, path, "expected a rate like 10/s, 100/min or 5000/h");
+    *count = (uint32_t)v;
+    return true;
+}
+
+static bool get_limit_key(struct ctx *x, yaml_node_t *n, const char *path, struct conf_rate_limit *l)
+{
+    const char *s = scalar(n);
+    if (!s)
+        return bad(x, n, path, "expected client_ip, route, \"header:NAME\" or \"cookie:NAME\"");
+    if (l->nkeys >= CONF_LIMIT_MAX_KEYS)
+        return bad(x, n, path, "at most %d keys", CONF_LIMIT_MAX_KEYS);
+    uint8_t k = 0;
+    const char *name = NULL;
+    if (!strcmp(s, "client_ip")) k = CONF_LKEY_CLIENT_IP;
+    else if (!strcmp(s, "route")) k = CONF_LKEY_ROUTE;
+    else if (!strncmp(s, "header:", 7)) k = CONF_LKEY_HEADER, name = s + 7;
+    else if (!strncmp(s, "cookie:", 7)) k = CONF_LKEY_COOKIE, name = s + 7;
+    if (!k || (name && (!*name || !is_token(name) || strlen(name) >= sizeof l->key_names[0])))
+        return bad(x, n, path, "expected client_ip, route, \"header:NAME\" or \"cookie:NAME\"");
+    l->keys[l->nkeys] = k;
+    snprintf(l->key_names[l->nkeys], sizeof l->key_names[0], "%s", name ? name : "");
+    l->nkeys++;
+    return true;
+}
+
+/* rate_limit: { rate: 100/min, burst: 30, key: client_ip | [..], aggregate: { ipv4: 24,
+ *   ipv6: 64 }, name: x, dry_run: false, headers: ietf | x-ratelimit | both | none, status: 429 } */
+static bool load_rate_limit(struct ctx *x, yaml_node_t *m, const char *path, struct conf_rate_limit *l,
+                            uint32_t index)
+{
+    if (!expect_map(x, m, path))
+        return false;
+    snprintf(l->name, sizeof l->name, "limit%u", index);
+    l->v4_prefix = 32;
+    l->v6_prefix = 128;
+    l->status = 429;
+    bool have_rate = false;
+    FOR_PAIRS(x, m, k, v) {
+        char kp[300];
+        join(kp, sizeof kp, path, k);
+        bool ok = true;
+        if (!strcmp(k, "rate")) ok = have_rate = get_rate(x, v, kp, &l->count, &l->period_ms);
+        else if (!strcmp(k, "burst")) ok = get_uint(x, v, kp, &l->burst, 0, 1000000000);
+        else if (!strcmp(k, "dry_run")) ok = get_bool(x, v, kp, &l->dry_run);
+        else if (!strcmp(k, "name")) {
+            const char *s = scalar(v);
+            if (!s || !*s || !is_token(s) || strlen(s) >= sizeof l->name)
+                return bad(x, v, kp, "expected a short name (a token)");
+            snprintf(l->name, sizeof l->name, "%s", s);
+        } else if (!strcmp(k, "status")) {
+            uint32_t st;
+            ok = get_uint(x, v, kp, &st, 429, 503) && (st == 429 || st == 503 ||
+                 bad(x, v, kp, "expected 429 or 503"));
+            l->status = (uint16_t)st;
+        } else if (!strcmp(k, "headers")) {
+            const char *s = scalar(v);
+            if (s && !strcmp(s, "ietf")) l->headers = CONF_LHDR_IETF;
+            else if (s && !strcmp(s, "x-ratelimit")) l->headers = CONF_LHDR_X;
+            else if (s && !strcmp(s, "both")) l->headers = CONF_LHDR_BOTH;
+            else if (s && !strcmp(s, "none")) l->headers = CONF_LHDR_NONE;
+            else ok = bad(x, v, kp, "expected ietf, x-ratelimit, both or none");
+        } else if (!strcmp(k, "key")) {
+            if (v->type == YAML_SEQUENCE_NODE) {
+                for (yaml_node_item_t *it = v->data.sequence.items.start; ok && it < v->data.sequence.items.top; it++)
+                    ok = get_limit_key(x, node(x, *it), kp, l);
+            } else {
+                ok = get_limit_key(x, v, kp, l);
+            }
+        } else if (!strcmp(k, "aggregate")) {
+            if (!expect_map(x, v, kp))
+                return false;
+            FOR_PAIRS(x, v, ak, av) {
+                char ap[400];
+                join(ap, sizeof ap, kp, ak);
+                uint32_t bits;
+                if (!strcmp(ak, "ipv4") && get_uint(x, av, ap, &bits, 1, 32)) l->v4_prefix = (uint8_t)bits;
+                else if (!strcmp(ak, "ipv6") && get_uint(x, av, ap, &bits, 1, 128)) l->v6_prefix = (uint8_t)bits;
+                else if (strcmp(ak, "ipv4") && strcmp(ak, "ipv6")) return unknown(x, p_, kp, ak);
+                else return false;
+            }
+        } else {
+            ok = unknown(x, p_, path, k);
+        }
+        if (!ok)
+            return false;
+    }
+    if (!have_rate)
+        return bad(x, m, path, "missing key \"rate\" (like 100/min)");
+    if (!l->nkeys) {
+        l->keys[0] = CONF_LKEY_CLIENT_IP;
+        l->nkeys = 1;
+    }
+    return true;
+}
+
+static bool load_rate_limits(struct ctx *x, yaml_node_t *v, const char *path, struct conf_route *r)
+{
+    size_t n = v->type == YAML_SEQUENCE_NODE
+             ? (size_t)(v->data.sequence.items.top - v->data.sequence.items.start) : 1;
+    if (n == 0 || n > 8)
+        return bad(x, v, path, "expected one limit or a list of 1 to 8");
+    if (!(r->limits = calloc(n, sizeof *r->limits)))
+        return bad(x, v, path, "out of memory");
+    r->nlimits = (uint32_t)n;
+    if (v->type != YAML_SEQUENCE_NODE)
+        return load_rate_limit(x, v, path, &r->limits[0], 0);
+    for (size_t i = 0; i < n; i++) {
+        char ip[300];
+        snprintf(ip, sizeof ip, "%s[%zu]", path, i);
+        if (!load_rate_limit(x, node(x, v->data.sequence.items.start[i]), ip, &r->limits[i],
+                             (uint32_t)i))
+            return false;
+    }
+    for (size_t i = 0; i < n; i++)
+        for (size_t j = 0; j < i; j++)
+            if (!strcmp(r->limits[i].name, r->limits[j].name))
+                return bad(x, v, path, "two limits named \"%s\": give each its own name",
+                           r->limits[i].name);
     return true;
 }
 
@@ -1004,6 +1163,8 @@ static bool load_root(struct ctx *x, struct conf *c, yaml_node_t *root)
         else if (!strcmp(k, "metrics")) ok = load_metrics(x, v, &c->metrics);
         else if (!strcmp(k, "audit_log")) ok = load_log(x, v, k, false, c);
         else if (!strcmp(k, "trusted_proxies")) ok = load_trusted(x, v, c);
+        else if (!strcmp(k, "allow")) ok = load_cidrs(x, v, k, &c->allow, &c->nallow);
+        else if (!strcmp(k, "deny")) ok = load_cidrs(x, v, k, &c->deny, &c->ndeny);
         else if (!strcmp(k, "path_normalization")) ok = load_pathnorm(x, v, &c->pathnorm);
         else if (!strcmp(k, "headers_with_underscores")) {
             const char *s = scalar(v);
@@ -1107,6 +1268,9 @@ static void conf_free(struct conf *c)
     for (uint32_t i = 0; i < c->nroutes; i++) {
         free(c->routes[i].host);
         free(c->routes[i].prefix);
+        free(c->routes[i].limits);
+        free(c->routes[i].allow);
+        free(c->routes[i].deny);
         struct conf_hdr_rules *rules[] = { &c->routes[i].req_headers, &c->routes[i].resp_headers };
         for (int k = 0; k < 2; k++) {
             for (uint32_t j = 0; j < rules[k]->n; j++) {
@@ -1121,6 +1285,8 @@ static void conf_free(struct conf *c)
     free(c->listen);
     free(c->admin_token);
     free(c->trusted);
+    free(c->allow);
+    free(c->deny);
     free(c->access_log);
     free(c->audit_log);
     conf_pg_free(&c->pg);
@@ -1151,6 +1317,7 @@ struct conf *conf_load_string(const char *name, const char *text, size_t len,
         .header_timeout = 10000, .idle_timeout = 60000, .body_timeout = 60000,
         .send_timeout = 60000, .tunnel_timeout = 3600000, .max_header_bytes = 16384, .max_headers = 100,
         .max_request_line = 8192, .max_body = 16ull << 20, .max_connections = 10000,
+        .max_keys = 100000,
     };
 
     static const double default_buckets[] = {

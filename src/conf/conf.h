@@ -111,6 +111,37 @@ struct conf_hdr_rules {
     uint32_t n;
 };
 
+/* `rate_limit:` one limit of a route (GCRA, limit/limit.h). */
+enum conf_limit_key {
+    CONF_LKEY_CLIENT_IP = 1,    /* the client address (trusted_proxies applied), aggregated */
+    CONF_LKEY_HEADER,           /* a request header's value */
+    CONF_LKEY_COOKIE,           /* a cookie's value */
+    CONF_LKEY_ROUTE,            /* the route as a whole */
+};
+
+#define CONF_LIMIT_MAX_KEYS 4
+
+enum conf_limit_headers {
+    CONF_LHDR_IETF = 0,         /* RateLimit-Policy and RateLimit (the IETF draft) */
+    CONF_LHDR_X,                /* X-RateLimit-Limit, -Remaining, -Reset */
+    CONF_LHDR_BOTH,
+    CONF_LHDR_NONE,
+};
+
+struct conf_rate_limit {
+    char name[64];              /* the policy's name: `name:`, or "limitN" */
+    uint32_t count;             /* `rate: count/period` */
+    uint64_t period_ms;
+    uint32_t burst;             /* requests allowed at once beyond the steady rate */
+    uint8_t nkeys;
+    uint8_t keys[CONF_LIMIT_MAX_KEYS];          /* enum conf_limit_key; all together make the key */
+    char key_names[CONF_LIMIT_MAX_KEYS][64];    /* header or cookie names */
+    uint8_t v4_prefix, v6_prefix;   /* `aggregate:` client_ip to a network (32/128: none) */
+    bool dry_run;               /* count and log, never refuse */
+    uint8_t headers;            /* enum conf_limit_headers */
+    uint16_t status;            /* 429 (default) or 503 */
+};
+
 struct conf_route {
     char *host;                 /* NULL: any; "*.example.com": suffix; else exact (lowercase) */
     char *prefix;               /* path prefix, "/" by default */
@@ -119,6 +150,10 @@ struct conf_route {
     bool audit;                 /* every request is written to the audit log */
     struct conf_hdr_rules req_headers;  /* headers.request */
     struct conf_hdr_rules resp_headers; /* headers.response */
+    struct conf_rate_limit *limits; /* rate_limit: all must pass */
+    uint32_t nlimits;
+    struct conf_cidr *allow, *deny; /* the route's own, checked after the global ones */
+    uint32_t nallow, ndeny;
 };
 
 struct conf_limits {
@@ -132,6 +167,7 @@ struct conf_limits {
     uint32_t max_request_line;
     uint64_t max_body;
     uint32_t max_connections;   /* per process */
+    uint32_t max_keys;          /* rate-limit keys tracked at once (fixed at start) */
 };
 
 /* `headers_with_underscores:` request header names with '_' (X_Forwarded_For),
@@ -264,6 +300,8 @@ struct conf {
     uint32_t ntrusted;
     struct conf_pathnorm pathnorm;
     struct conf_pg pg;          /* postgres: (pg.enabled false when absent) */
+    struct conf_cidr *allow, *deny; /* allow / deny: who may use any route */
+    uint32_t nallow, ndeny;
 };
 
 /* Whether addr (AF_INET / AF_INET6 bytes, v4-mapped IPv6 counts as IPv4) is

@@ -3,6 +3,7 @@
 #include "proxy_int.h"
 
 #include "filter/filter.h"
+#include "limit/limit.h"
 
 #define STAGE_MAX 32
 
@@ -24,6 +25,7 @@ static uint32_t all_stages(const struct stage_def **out)
 {
     uint32_t n = 0;
     out[n++] = &stage_forward;
+    out[n++] = &limit_stage;
     out[n++] = &filter_headers_stage;
     for (uint32_t i = 0; i < nregistered && n < STAGE_MAX; i++)
         out[n++] = registered[i];

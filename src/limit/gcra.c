@@ -1,0 +1,206 @@
+/* limit/gcra.c: the generic cell rate algorithm and the local key table
+ * (see limit.h). */
+#include "limit.h"
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <string.h>
+
+void limit_gcra_init(struct limit_gcra *g, uint32_t count, uint64_t period_ms, uint32_t burst)
+{
+    g->interval_ns = period_ms * 1000000ull / (count ? count : 1);
+    if (!g->interval_ns)
+        g->interval_ns = 1;
+    g->tolerance_ns = g->interval_ns * (uint64_t)burst;
+}
+
+void limit_gcra(const struct limit_gcra *g, int64_t *tat, int64_t now_ns, struct limit_result *r)
+{
+    int64_t t = *tat > now_ns ? *tat : now_ns;      /* an idle key starts afresh */
+    int64_t next = t + (int64_t)g->interval_ns;
+    int64_t allow_at = next - (int64_t)g->tolerance_ns - (int64_t)g->interval_ns;
+    if (allow_at > now_ns) {
+        r->admitted = false;
+        r->retry_after_ms = (uint64_t)(allow_at - now_ns + 999999) / 1000000;
+        r->remaining = 0;
+        r->reset_ms = (uint64_t)(t - now_ns + 999999) / 1000000;
+        return;
+    }
+    *tat = next;
+    r->admitted = true;
+    r->retry_after_ms = 0;
+    /* requests still admitted at once: how far `next` is below the limit */
+    uint64_t room = (uint64_t)(now_ns + (int64_t)g->tolerance_ns + (int64_t)g->interval_ns - next);
+    r->remaining = (uint32_t)(room / g->interval_ns);
+    r->reset_ms = (uint64_t)(next - now_ns + 999999) / 1000000;
+}
+
+uint64_t limit_hash(uint64_t seed, const void *data, size_t len)
+{
+    const unsigned char *p = data;
+    uint64_t h = 0xcbf29ce484222325ull ^ (seed * 0x9e3779b97f4a7c15ull);
+    for (size_t i = 0; i < len; i++)
+        h = (h ^ p[i]) * 0x100000001b3ull;
+    h ^= h >> 33;
+    h *= 0xff51afd7ed558ccdull;
+    h ^= h >> 33;
+    return h ? h : 1;
+}
+
+/* ---------------------------------------------------------------- the table */
+
+#define SHARDS 64
+#define NIL UINT32_MAX
+
+struct entry {
+    uint64_t key;               /* 0: free */
+    int64_t tat;
+    uint32_t prev, next;        /* the shard's LRU list, most recent first */
+    uint32_t hnext;             /* hash chain */
+    uint32_t pad;
+};
+
+struct shard {
+    pthread_mutex_t mu;
+    struct entry *e;            /* [cap] */
+    uint32_t *bucket;           /* [nb]: first entry of each chain */
+    uint32_t cap, nb, used;
+    uint32_t head, tail;        /* LRU */
+    uint32_t free;              /* free list through hnext */
+    uint64_t evictions, active_evictions;
+    char pad[64];
+};
+
+static struct shard *S;
+
+int limit_table_init(uint32_t max_keys)
+{
+    if (S)
+        return 0;
+    struct shard *s = calloc(SHARDS, sizeof *s);
+    if (!s)
+        return -1;
+    uint32_t per = max_keys / SHARDS + 1;
+    for (int i = 0; i < SHARDS; i++) {
+        struct shard *h = &s[i];
+        pthread_mutex_init(&h->mu, NULL);
+        h->cap = per;
+        h->nb = 1;
+        while (h->nb < per)
+            h->nb <<= 1;
+        h->e = calloc(per, sizeof *h->e);
+        h->bucket = malloc(h->nb * sizeof *h->bucket);
+        if (!h->e || !h->bucket) {
+            S = s;
+            limit_table_free();
+            return -1;
+        }
+        for (uint32_t b = 0; b < h->nb; b++)
+            h->bucket[b] = NIL;
+        for (uint32_t k = 0; k < per; k++)
+            h->e[k].hnext = k + 1 < per ? k + 1 : NIL;
+        h->free = 0;
+        h->head = h->tail = NIL;
+    }
+    S = s;
+    return 0;
+}
+
+void limit_table_free(void)
+{
+    if (!S)
+        return;
+    for (int i = 0; i < SHARDS; i++) {
+        free(S[i].e);
+        free(S[i].bucket);
+        pthread_mutex_destroy(&S[i].mu);
+    }
+    free(S);
+    S = NULL;
+}
+
+static void lru_unlink(struct shard *h, uint32_t i)
+{
+    struct entry *e = &h->e[i];
+    if (e->prev != NIL) h->e[e->prev].next = e->next; else h->head = e->next;
+    if (e->next != NIL) h->e[e->next].prev = e->prev; else h->tail = e->prev;
+}
+
+static void lru_front(struct shard *h, uint32_t i)
+{
+    struct entry *e = &h->e[i];
+    e->prev = NIL;
+    e->next = h->head;
+    if (h->head != NIL)
+        h->e[h->head].prev = i;
+    h->head = i;
+    if (h->tail == NIL)
+        h->tail = i;
+}
+
+static void chain_remove(struct shard *h, uint32_t i)
+{
+    uint32_t *pp = &h->bucket[h->e[i].key & (h->nb - 1)];
+    while (*pp != i)
+        pp = &h->e[*pp].hnext;
+    *pp = h->e[i].hnext;
+}
+
+/* The entry for key, made (evicting the least recently used) if absent. */
+static uint32_t lookup(struct shard *h, uint64_t key, int64_t now)
+{
+    uint32_t b = (uint32_t)(key & (h->nb - 1));
+    for (uint32_t i = h->bucket[b]; i != NIL; i = h->e[i].hnext) {
+        if (h->e[i].key == key) {
+            lru_unlink(h, i);
+            lru_front(h, i);
+            return i;
+        }
+    }
+    uint32_t i = h->free;
+    if (i != NIL) {
+        h->free = h->e[i].hnext;
+        h->used++;
+    } else {
+        i = h->tail;                /* full: the least recently used goes */
+        lru_unlink(h, i);
+        chain_remove(h, i);
+        h->evictions++;
+        if (h->e[i].tat > now)
+            h->active_evictions++;
+    }
+    h->e[i] = (struct entry){ .key = key, .tat = 0 };
+    h->e[i].hnext = h->bucket[b];
+    h->bucket[b] = i;
+    lru_front(h, i);
+    return i;
+}
+
+static int local_take(void *self, uint64_t key, const struct limit_gcra *g, int64_t now_ns,
+                      struct limit_result *r)
+{
+    (void)self;
+    if (!S)
+        return -1;
+    struct shard *h = &S[(key >> 58) & (SHARDS - 1)];
+    pthread_mutex_lock(&h->mu);
+    uint32_t i = lookup(h, key, now_ns);
+    limit_gcra(g, &h->e[i].tat, now_ns, r);
+    pthread_mutex_unlock(&h->mu);
+    return 0;
+}
+
+struct limit_backend limit_local = { .take = local_take, .self = NULL };
+
+void limit_table_stats(uint64_t *keys, uint64_t *evictions, uint64_t *active_evictions)
+{
+    *keys = *evictions = *active_evictions = 0;
+    for (int i = 0; S && i < SHARDS; i++) {
+        pthread_mutex_lock(&S[i].mu);
+        *keys += S[i].used;
+        *evictions += S[i].evictions;
+        *active_evictions += S[i].active_evictions;
+        pthread_mutex_unlock(&S[i].mu);
+    }
+}

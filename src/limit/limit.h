@@ -1,0 +1,77 @@
+/* limit/limit.h: rate limits (GCRA), allow / deny lists, and the request
+ * stage that applies them.
+ *
+ * A limit is the generic cell rate algorithm: a key's "theoretical arrival
+ * time" (TAT) advances by one emission interval T = period / count per
+ * request; a request is admitted while TAT - now <= burst x T, so a key
+ * gets `burst` + 1 requests at once and then one every T. Exact: the
+ * decision for a key is taken under its shard's lock, whatever worker asks.
+ *
+ * Keys live in one process-wide table of limits.max_keys entries (fixed at
+ * start, 32 bytes each), sharded by hash, one lock per shard, never held
+ * across I/O. A key whose TAT has passed is idle (it is as if absent); when
+ * a shard is full its least recently used key goes, and
+ * portico_ratelimit_evictions_total counts it (an active one too).
+ *
+ * The decision goes through struct limit_backend, so that a cluster-wide
+ * store (Redis, a later issue) can replace the local table without
+ * changing the request path.
+ */
+#ifndef PORTICO_LIMIT_H
+#define PORTICO_LIMIT_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+struct obs_text;
+struct stage_def;
+
+struct limit_result {
+    bool admitted;
+    uint64_t retry_after_ms;    /* refused: when one request will be admitted again */
+    uint32_t remaining;         /* requests admitted at once from now */
+    uint64_t reset_ms;          /* when the key is back to a full burst */
+};
+
+/* Emission interval and tolerance of a limit, in ns. */
+struct limit_gcra {
+    uint64_t interval_ns;       /* T = period / count */
+    uint64_t tolerance_ns;      /* burst x T */
+};
+
+void limit_gcra_init(struct limit_gcra *g, uint32_t count, uint64_t period_ms, uint32_t burst);
+
+/* The decision for one key whose TAT is *tat (0: never seen), at now_ns:
+ * updates *tat when admitted. Pure: the tests drive it with their clock. */
+void limit_gcra(const struct limit_gcra *g, int64_t *tat, int64_t now_ns, struct limit_result *r);
+
+struct limit_backend {
+    /* Take one request for `key` (a 64-bit hash of the limit and the key's
+     * bytes) under limit g at now_ns. 0, or -1 when the backend cannot say
+     * (then the request is admitted: limits fail open). */
+    int (*take)(void *self, uint64_t key, const struct limit_gcra *g, int64_t now_ns,
+                struct limit_result *r);
+    void *self;
+};
+
+/* The local table: `max_keys` entries. Call once at start (before workers
+ * run); later calls keep the first table. 0 or -1 (out of memory). */
+int limit_table_init(uint32_t max_keys);
+void limit_table_free(void);
+extern struct limit_backend limit_local;
+
+/* The table's figures: keys in use, evictions. */
+void limit_table_stats(uint64_t *keys, uint64_t *evictions, uint64_t *active_evictions);
+
+/* 64-bit hash of bytes, seeded (per limit). */
+uint64_t limit_hash(uint64_t seed, const void *data, size_t len);
+
+/* The stage: allow / deny, then every rate limit of the route. */
+extern const struct stage_def limit_stage;
+
+/* Prometheus text for /metrics: decisions per route, limit and outcome,
+ * denials by list, the table's keys and evictions. */
+void limit_metrics(struct obs_text *t);
+
+#endif
