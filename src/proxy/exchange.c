@@ -280,6 +280,11 @@ void exchange_answer(struct exchange *x)
     struct client *c = x->c;
     struct stage_state *st = x->st;
     x->status = st->answer_status;
+    if (!x->req_done && frame_request(x) == 0 && x->req_done) {
+        /* the whole (small) body is already here: drop it, keep the connection */
+        buf_consume(c->in, x->req_fwd);
+        x->req_fwd = 0;
+    }
     if (!x->req_done)
         x->client_keep = false;
     if (c->w->draining)

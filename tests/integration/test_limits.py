@@ -1,0 +1,145 @@
+"""Rate limits, allow / deny (#12, first part), on real portico processes and
+upstreams: the runbooks' scenarios, the answers' headers, keys, dry runs,
+trusted proxies and aggregation."""
+
+import subprocess
+import threading
+import time
+
+import pytest
+
+from conftest import RawConn, build_request, free_port, make_config
+
+
+def start(start_portico, up, route_extra, extra="", prefix="/auth/"):
+    port = free_port()
+    cfg = make_config(port, {"app": {"servers": [up.address]}}, routes=[], extra=extra)
+    cfg = cfg.replace("routes:\n", "routes:\n  - match: { prefix: %s }\n    upstream: app\n%s"
+                      "  - match: { prefix: / }\n    upstream: app\n" % (prefix, route_extra))
+    return start_portico(cfg, port=port)
+
+
+def statuses(port, path, n, headers=None, method="GET", pace=0.0):
+    out = []
+    with RawConn(port) as c:
+        for _ in range(n):
+            r = c.request(method, path, headers=headers, body=b"x" if method == "POST" else b"")
+            out.append(r)
+            if pace:
+                time.sleep(pace)
+    return out
+
+
+def test_login_flood_admits_the_burst_and_the_rate_share(start_portico, start_upstream):
+    """The runbook: 100 login attempts a second against /auth/login with
+    20/min, burst 5 admit at most the burst plus the rate's share."""
+    up = start_upstream("u1")
+    p = start(start_portico, up, "    rate_limit: { rate: 20/min, burst: 5, name: auth }\n")
+    t0 = time.time()
+    rs = statuses(p.port, "/auth/login", 200, method="POST", pace=0.01)
+    elapsed = time.time() - t0
+    ok = sum(r.status == 200 for r in rs)
+    assert ok <= 6 + int(elapsed * 20 / 60) + 1, (ok, elapsed)
+    assert ok >= 6
+    assert sum(r.status == 429 for r in rs) == len(rs) - ok
+    assert len([q for q in up.requests() if q["target"] == "/auth/login"]) == ok
+    refused = [r for r in rs if r.status == 429][0]
+    assert int(refused.header("retry-after")) >= 1
+    assert refused.header("ratelimit-policy") == '"auth";q=20;w=60'
+    assert refused.header("ratelimit").startswith('"auth";r=0;t=')
+    assert rs[0].header("ratelimit") == '"auth";r=5;t=3'       # admitted: what is left, 3 s to full
+    with RawConn(p.port) as c:                                  # other routes are not limited
+        assert c.request("GET", "/echo").status == 200
+
+
+def test_posts_against_10_per_second_reach_the_upstream_at_10_per_second(start_portico, start_upstream):
+    up = start_upstream("u1")
+    p = start(start_portico, up, "    rate_limit: { rate: 10/s, burst: 2 }\n", prefix="/rest/")
+    t0 = time.time()
+    rs = statuses(p.port, "/rest/posts", 150, method="POST", pace=0.02)    # about 50/s
+    elapsed = time.time() - t0
+    ok = sum(r.status == 200 for r in rs)
+    assert ok <= 3 + int(elapsed * 10) + 1, (ok, elapsed)
+    assert ok >= int(elapsed * 10) - 2, (ok, elapsed)
+    assert len(up.requests()) == ok
+
+
+def test_dry_run_counts_but_never_refuses(start_portico, start_upstream, tmp_path):
+    up = start_upstream("u1")
+    port = free_port()
+    cfg = make_config(port, {"app": {"servers": [up.address]}}, routes=[],
+                      extra='admin: { listen: "127.0.0.1:%d" }' % free_port())
+    admin_port = int(cfg.split('admin: { listen: "127.0.0.1:')[1].split('"')[0])
+    cfg = cfg.replace("routes:\n", "routes:\n  - match: { prefix: / }\n    upstream: app\n"
+                      "    rate_limit: { rate: 1/min, burst: 0, dry_run: true, name: probe }\n")
+    p = start_portico(cfg, port=port)
+    rs = statuses(p.port, "/echo", 10)
+    assert all(r.status == 200 for r in rs)
+    with RawConn(admin_port) as c:
+        m = c.request("GET", "/metrics").body.decode()
+    assert 'portico_ratelimit_decisions_total{route="/",limit="probe",outcome="dry_run"} 9' in m
+    assert 'portico_ratelimit_decisions_total{route="/",limit="probe",outcome="allowed"} 1' in m
+    assert "would refuse" in p.log_text()
+
+
+def test_keys_by_header_are_independent(start_portico, start_upstream):
+    up = start_upstream("u1")
+    p = start(start_portico, up,
+              '    rate_limit: { rate: 1/min, burst: 1, key: "header:X-Api-Key", headers: x-ratelimit }\n',
+              prefix="/api/")
+    a = statuses(p.port, "/api/x", 3, headers=[("X-Api-Key", "a")])
+    b = statuses(p.port, "/api/x", 3, headers=[("X-Api-Key", "b")])
+    assert [r.status for r in a] == [200, 200, 429]
+    assert [r.status for r in b] == [200, 200, 429]
+    assert a[0].header("x-ratelimit-limit") == "1" and a[0].header("x-ratelimit-remaining") == "1"
+    assert a[2].header("ratelimit") is None                     # x-ratelimit only
+    # without the header the limit does not apply
+    assert all(r.status == 200 for r in statuses(p.port, "/api/x", 4))
+
+
+@pytest.mark.parametrize("trusted", [True, False])
+def test_client_address_behind_a_trusted_proxy(start_portico, start_upstream, trusted):
+    """A trusted proxy's X-Forwarded-For is the key (and /24 aggregates);
+    an untrusted one is ignored: every request is the peer's."""
+    up = start_upstream("u1")
+    extra = 'trusted_proxies: [ "127.0.0.1" ]' if trusted else ""
+    p = start(start_portico, up,
+              "    rate_limit: { rate: 1/min, burst: 0, aggregate: { ipv4: 24 } }\n", extra=extra)
+    def one(xff):
+        return statuses(p.port, "/auth/x", 1, headers=[("X-Forwarded-For", xff)])[0].status
+    got = [one("198.51.100.1"), one("198.51.100.2"), one("198.51.101.1"), one("198.51.101.7")]
+    if trusted:
+        assert got == [200, 429, 200, 429]      # one /24 is one key
+    else:
+        assert got == [200, 429, 429, 429]      # all are 127.0.0.1
+
+
+def test_allow_and_deny(start_portico, start_upstream):
+    up = start_upstream("u1")
+    p = start(start_portico, up, '    allow: [ "10.0.0.0/8" ]\n', extra='deny: [ "192.0.2.0/24" ]')
+    assert statuses(p.port, "/auth/x", 1)[0].status == 403       # not in the route's allow list
+    assert statuses(p.port, "/other", 1)[0].status == 200
+    assert up.requests() and all(q["target"] == "/other" for q in up.requests())
+    up2 = start_upstream("u2")
+    p2 = start(start_portico, up2, "", extra='deny: [ "127.0.0.0/8" ]')
+    assert statuses(p2.port, "/other", 1)[0].status == 403       # the global deny list
+    assert up2.requests() == []
+
+
+@pytest.mark.parametrize("snippet,message", [
+    ("rate_limit: { burst: 5 }", 'missing key "rate"'),
+    ("rate_limit: { rate: 5/fortnight }", "expected a rate"),
+    ("rate_limit: { rate: 5/s, key: ip }", "expected client_ip"),
+    ("rate_limit: { rate: 5/s, status: 418 }", "429"),
+    ("rate_limit: { rate: 5/s, status: 430 }", "expected 429 or 503"),
+    ("rate_limit: [ { rate: 5/s, name: a }, { rate: 9/s, name: a } ]", "two limits named"),
+    ('allow: [ "10.0.0.0/33" ]', "CIDR"),
+])
+def test_limit_config_errors(portico_bin, tmp_path, snippet, message):
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text(make_config(free_port(), {"app": {"servers": ["127.0.0.1:9"]}}, routes=[])
+                   .replace("routes:\n", "routes:\n  - match: { prefix: / }\n    upstream: app\n"
+                            "    %s\n" % snippet))
+    r = subprocess.run([portico_bin, "-t", "-c", str(cfg)], capture_output=True, timeout=10)
+    out = (r.stdout + r.stderr).decode()
+    assert r.returncode != 0 and message in out and "bad.yaml:" in out and "routes[0]" in out, out
