@@ -33,6 +33,8 @@
  *
  * Environment: FUZZ_PATH_VERBOSE=1 keeps portico's log on stderr and traces
  * the records; FUZZ_PATH_FDS=1 aborts if an input leaves a descriptor open;
+ * FUZZ_PATH_LOG=file appends why a check failed to file (-fork mode keeps no
+ * child's stderr; for ASan reports use ASAN_OPTIONS=log_path=...).
  * FUZZ_PATH_STRICT=1 aborts if a client connection survives the end, or if
  * what portico sent an upstream is not a sequence of well-formed, correctly
  * framed requests (check_upstream).
@@ -47,9 +49,11 @@
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
+#include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "conf/conf.h"
@@ -254,6 +258,27 @@ struct run {
     unsigned iters;
 };
 
+/* A failed check: say why on stderr and, with FUZZ_PATH_LOG=file, append it
+ * there too (in -fork mode libFuzzer keeps the input but not the child's
+ * stderr), then abort. */
+__attribute__((format(printf, 1, 2), noreturn))
+static void fail(const char *fmt, ...)
+{
+    char msg[2048];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    fprintf(stderr, "fuzz_path: %s\n", msg);
+    const char *path = getenv("FUZZ_PATH_LOG");
+    FILE *f = path && *path ? fopen(path, "a") : NULL;
+    if (f) {
+        fprintf(f, "%ld pid %d: %s\n", (long)time(NULL), (int)getpid(), msg);
+        fclose(f);
+    }
+    abort();
+}
+
 static void die(const char *what)
 {
     fprintf(stderr, "fuzz_path: %s: %s\n", what, strerror(errno));
@@ -453,10 +478,8 @@ static void check_upstream(const struct upc *u, int idx)
     }
     if (!why)
         return;
-    fprintf(stderr, "fuzz_path: upstream %d: portico sent an invalid request at byte %zu: %s\n"
-            "%.*s\n", idx, pos, why, (int)(u->rx_len - pos < 400 ? u->rx_len - pos : 400),
-            u->rx + pos);
-    abort();
+    fail("upstream %d: portico sent an invalid request at byte %zu: %s\n%.*s", idx, pos, why,
+         (int)(u->rx_len - pos < 400 ? u->rx_len - pos : 400), u->rx + pos);
 }
 
 /* Accept portico's upstream connections, read and discard what it sends
@@ -723,9 +746,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         pump(&r);
     }
     if (G.strict && proxy_inline_nclients(r.p)) {
-        fprintf(stderr, "fuzz_path: %u client connection(s) still open at the end\n",
-                proxy_inline_nclients(r.p));
-        abort();
+        fail("%u client connection(s) still open at the end", proxy_inline_nclients(r.p));
     }
     proxy_inline_free(r.p);
     for (int k = 0; k < r.ncl; k++)
@@ -745,20 +766,22 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     if (G.check_fds) {
         int n = count_fds();
         if (n != G.base_fds) {
-            fprintf(stderr, "fuzz_path: %d descriptors open after the input, %d before\n", n,
-                    G.base_fds);
+            char list[1500];
+            size_t len = 0;
             DIR *d = opendir("/proc/self/fd");
             struct dirent *e;
-            while (d && (e = readdir(d))) {
+            while (d && (e = readdir(d)) && len + 300 < sizeof list) {
                 char path[300], target[256];
                 snprintf(path, sizeof path, "/proc/self/fd/%s", e->d_name);
                 ssize_t k = readlink(path, target, sizeof target - 1);
                 if (e->d_name[0] != '.' && k > 0)
-                    fprintf(stderr, "  fd %s -> %.*s\n", e->d_name, (int)k, target);
+                    len += (size_t)snprintf(list + len, sizeof list - len, " %s:%.*s", e->d_name,
+                                            (int)k, target);
             }
             if (d)
                 closedir(d);
-            abort();
+            list[len] = '\0';
+            fail("%d descriptors open after the input, %d before:%s", n, G.base_fds, list);
         }
     }
     return 0;
