@@ -9,7 +9,7 @@
  * harness owns, whose ports are written into the configurations).
  *
  * Input:
- *   byte 0        configuration variant (& 7, see variants[] below)
+ *   byte 0        configuration variant (% NVARIANTS, see variants[] below)
  *   then records  separated by the 3-byte marker FE FF <op>; the bytes
  *                 before the first marker are client bytes (op 'C'); a
  *                 record's payload is everything up to the next marker.

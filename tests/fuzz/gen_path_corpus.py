@@ -19,7 +19,7 @@ CORPUS = os.path.join(HERE, "corpus", "path")
 KNOWN = os.path.join(HERE, "known-crashes", "path")
 
 # variants (byte 0): see variants[] in fuzz_path.c
-QUICK, HOSTS, SMALL, RETRY, HASHLOG, BIG, DEAD, SHORT = range(8)
+QUICK, HOSTS, SMALL, RETRY, HASHLOG, BIG, DEAD, SHORT, STAGES = range(9)
 
 # clock steps (record T): index into advance_ms[] in fuzz_path.c
 MS = {1: 0, 10: 1, 100: 2, 500: 3, 1000: 4, 2001: 5, 5000: 6, 10001: 7, 30001: 8,
@@ -247,6 +247,20 @@ seeds["two_clients_tunnel_and_get"] = enc(QUICK, [C(WS), U(WS101), K, C(get()), 
 seeds["drain_in_flight"] = enc(QUICK, [C(get()), D, U(resp()), C(get("/after"))])
 seeds["drain_idle_and_busy"] = enc(QUICK, [C(get()), U(resp()), K, C(get("/slow")), D, T(30001), U(resp())])
 seeds["drain_upload"] = enc(SHORT, [C("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 100\r\n\r\nabc"), D, C("d" * 97), U(resp())])
+
+# ---- stages (variant 8: tests/stage/test_stage.c and headers: rules)
+seeds["stage_answer"] = enc(STAGES, [C(get("/answer/x") + get("/answer/y", method="HEAD")), C(get("/answer/z", version="1.0"))])
+seeds["stage_wait_release"] = enc(STAGES, [C(get("/wait/a")), K, C(get("/wait/b")), K, C(get("/wait/release")),
+                                           U(resp()), U(resp()), T(2001)])
+seeds["stage_wait_answer_leave"] = enc(STAGES, [C(get("/wait/a")), K, C(get("/wait/b")), X, K, C(get("/wait/answer"))])
+seeds["stage_wait_timeout"] = enc(STAGES, [C(get("/wait/a")), T(2001), C(get("/wait/release"))])
+seeds["stage_upper"] = enc(STAGES, [C(get("/upper/a")), U(resp(body="hello world " * 50)), C(get("/upper/b")),
+                                    U(resp_chunked("abc" * 100, "def")), P, C(get("/upper/c")), U(resp(body="x" * 30000)), T(1000), P])
+seeds["stage_upper_http10"] = enc(STAGES, [C(get("/upper/a", version="1.0")), U(resp_chunked("abc", "def"))])
+seeds["stage_watch"] = enc(STAGES, [C(get("/watch/a")), U(resp(body="watched")), C(get("/watch/b")), U("HTTP/1.1 200 OK\r\n\r\nclose"), N])
+seeds["stage_headers"] = enc(STAGES, [C(get("//x//y", extra="Cookie: a=b\r\nX-Forwarded-For: 198.51.100.1\r\n")),
+                                      U(resp(extra="Server: s\r\nX-A: keep\r\nCache-Control: no-store\r\n")),
+                                      C(get("/", host=None, version="1.0")), U(resp())])
 
 # ---- limits at the edge and one over
 def head_of(total, limit_name="X-Pad", path="/", prefix=""):
