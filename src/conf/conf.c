@@ -287,6 +287,7 @@ static bool load_limits(struct ctx *x, yaml_node_t *m, const char *path, struct 
         else if (!strcmp(k, "max_headers")) ok = get_uint(x, v, kp, &l->max_headers, 1, 1000);
         else if (!strcmp(k, "max_connections")) ok = get_uint(x, v, kp, &l->max_connections, 1, 10000000);
         else if (!strcmp(k, "max_keys")) ok = get_uint(x, v, kp, &l->max_keys, 64, 100000000);
+        else if (!strcmp(k, "max_connections_per_ip")) ok = get_uint(x, v, kp, &l->max_connections_per_ip, 0, 10000000);
         else ok = unknown(x, p_, path, k);
         if (!ok)
             return false;
@@ -540,6 +541,56 @@ static struct conf_upstream *find_upstream(struct conf *c, const char *name)
     return NULL;
 }
 
+/* login_guard: { max_failures: 5, window: 15m, block: 15m, failure_status: [401, 403],
+ *   status: 429, account: "header:X" | "form:field" | "json:field" } */
+static bool load_guard(struct ctx *x, yaml_node_t *m, const char *path, struct conf_login_guard *g)
+{
+    if (!expect_map(x, m, path))
+        return false;
+    *g = (struct conf_login_guard){ .enabled = true, .max_failures = 5, .window_ms = 900000,
+                                    .block_ms = 900000, .failure_status = { 401, 403 },
+                                    .nfailure_status = 2, .status = 429 };
+    FOR_PAIRS(x, m, k, v) {
+        char kp[300];
+        join(kp, sizeof kp, path, k);
+        bool ok = true;
+        if (!strcmp(k, "max_failures")) ok = get_uint(x, v, kp, &g->max_failures, 1, 1000000);
+        else if (!strcmp(k, "window")) ok = get_timeout(x, v, kp, &g->window_ms);
+        else if (!strcmp(k, "block")) ok = get_timeout(x, v, kp, &g->block_ms);
+        else if (!strcmp(k, "status")) {
+            uint32_t st = 0;
+            ok = get_uint(x, v, kp, &st, 403, 429) && (st == 403 || st == 429 ||
+                 bad(x, v, kp, "expected 429 or 403"));
+            g->status = (uint16_t)st;
+        } else if (!strcmp(k, "failure_status")) {
+            g->nfailure_status = 0;
+            if (v->type == YAML_SEQUENCE_NODE) {
+                for (yaml_node_item_t *it = v->data.sequence.items.start; ok && it < v->data.sequence.items.top; it++) {
+                    if (g->nfailure_status >= 8)
+                        return bad(x, v, kp, "at most 8 statuses");
+                    ok = get_status(x, node(x, *it), kp, &g->failure_status[g->nfailure_status++]);
+                }
+            } else {
+                ok = get_status(x, v, kp, &g->failure_status[g->nfailure_status++]);
+            }
+        } else if (!strcmp(k, "account")) {
+            const char *a = scalar(v);
+            const char *n = NULL;
+            if (a && !strncmp(a, "header:", 7)) g->account_from = 1, n = a + 7;
+            else if (a && !strncmp(a, "form:", 5)) g->account_from = 2, n = a + 5;
+            else if (a && !strncmp(a, "json:", 5)) g->account_from = 3, n = a + 5;
+            if (!n || !*n || strlen(n) >= sizeof g->account_name || (g->account_from == 1 && !is_token(n)))
+                return bad(x, v, kp, "expected \"header:NAME\", \"form:FIELD\" or \"json:FIELD\"");
+            snprintf(g->account_name, sizeof g->account_name, "%s", n);
+        } else {
+            ok = unknown(x, p_, path, k);
+        }
+        if (!ok)
+            return false;
+    }
+    return true;
+}
+
 static bool load_rate_limits(struct ctx *x, yaml_node_t *v, const char *path, struct conf_route *r);
 static bool load_cidrs(struct ctx *x, yaml_node_t *v, const char *path, struct conf_cidr **out,
                        uint32_t *n);
@@ -698,6 +749,9 @@ static bool load_route(struct ctx *x, struct conf *c, yaml_node_t *m, const char
                 return bad(x, v, kp, "needs a top-level audit_log to write to");
         } else if (!strcmp(k, "rate_limit")) {
             if (!load_rate_limits(x, v, kp, r))
+                return false;
+        } else if (!strcmp(k, "login_guard")) {
+            if (!load_guard(x, v, kp, &r->guard))
                 return false;
         } else if (!strcmp(k, "allow")) {
             if (!load_cidrs(x, v, kp, &r->allow, &r->nallow))
@@ -977,6 +1031,12 @@ static bool load_rate_limit(struct ctx *x, yaml_node_t *m, const char *path, str
         if (!strcmp(k, "rate")) ok = have_rate = get_rate(x, v, kp, &l->count, &l->period_ms);
         else if (!strcmp(k, "burst")) ok = get_uint(x, v, kp, &l->burst, 0, 1000000000);
         else if (!strcmp(k, "dry_run")) ok = get_bool(x, v, kp, &l->dry_run);
+        else if (!strcmp(k, "action")) {
+            const char *a = scalar(v);
+            if (a && !strcmp(a, "reject")) l->delay = false;
+            else if (a && !strcmp(a, "delay")) l->delay = true;
+            else ok = bad(x, v, kp, "expected reject or delay");
+        }
         else if (!strcmp(k, "name")) {
             const char *s = scalar(v);
             if (!s || !*s || !is_token(s) || strlen(s) >= sizeof l->name)

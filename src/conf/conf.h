@@ -138,8 +138,21 @@ struct conf_rate_limit {
     char key_names[CONF_LIMIT_MAX_KEYS][64];    /* header or cookie names */
     uint8_t v4_prefix, v6_prefix;   /* `aggregate:` client_ip to a network (32/128: none) */
     bool dry_run;               /* count and log, never refuse */
+    bool delay;                 /* action: delay: pace early requests instead of refusing */
     uint8_t headers;            /* enum conf_limit_headers */
     uint16_t status;            /* 429 (default) or 503 */
+};
+
+/* `login_guard:` failed logins per client address (and account). */
+struct conf_login_guard {
+    bool enabled;
+    uint32_t max_failures;      /* failures within `window` that block */
+    uint64_t window_ms, block_ms;
+    uint16_t failure_status[8]; /* responses that count as failures (401, 403) */
+    uint8_t nfailure_status;
+    uint16_t status;            /* the answer while blocked: 429 or 403 */
+    uint8_t account_from;       /* 0 none, 1 header, 2 form field, 3 JSON field */
+    char account_name[64];
 };
 
 struct conf_route {
@@ -154,6 +167,7 @@ struct conf_route {
     uint32_t nlimits;
     struct conf_cidr *allow, *deny; /* the route's own, checked after the global ones */
     uint32_t nallow, ndeny;
+    struct conf_login_guard guard;
 };
 
 struct conf_limits {
@@ -168,6 +182,7 @@ struct conf_limits {
     uint64_t max_body;
     uint32_t max_connections;   /* per process */
     uint32_t max_keys;          /* rate-limit keys tracked at once (fixed at start) */
+    uint32_t max_connections_per_ip;    /* 0: no limit */
 };
 
 /* `headers_with_underscores:` request header names with '_' (X_Forwarded_For),

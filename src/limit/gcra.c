@@ -36,6 +36,26 @@ void limit_gcra(const struct limit_gcra *g, int64_t *tat, int64_t now_ns, struct
     r->reset_ms = (uint64_t)(next - now_ns + 999999) / 1000000;
 }
 
+void limit_gcra_delay(const struct limit_gcra *g, uint64_t max_delay_ns, int64_t *tat,
+                      int64_t now_ns, struct limit_result *r, uint64_t *delay_ns)
+{
+    int64_t t = *tat > now_ns ? *tat : now_ns;
+    *delay_ns = (uint64_t)(t - now_ns);
+    if (*delay_ns > max_delay_ns) {
+        r->admitted = false;
+        r->retry_after_ms = (*delay_ns - max_delay_ns + 999999) / 1000000;
+        r->remaining = 0;
+        r->reset_ms = (uint64_t)(t - now_ns + 999999) / 1000000;
+        *delay_ns = 0;
+        return;
+    }
+    *tat = t + (int64_t)g->interval_ns;     /* this request's slot, taken now */
+    r->admitted = true;
+    r->retry_after_ms = 0;
+    r->remaining = (uint32_t)((max_delay_ns - *delay_ns) / g->interval_ns);
+    r->reset_ms = (uint64_t)(*tat - now_ns + 999999) / 1000000;
+}
+
 uint64_t limit_hash(uint64_t seed, const void *data, size_t len)
 {
     const unsigned char *p = data;
@@ -55,10 +75,9 @@ uint64_t limit_hash(uint64_t seed, const void *data, size_t len)
 
 struct entry {
     uint64_t key;               /* 0: free */
-    int64_t tat;
+    struct limit_val v;         /* a limit's TAT in v.a; the login guard's counts */
     uint32_t prev, next;        /* the shard's LRU list, most recent first */
     uint32_t hnext;             /* hash chain */
-    uint32_t pad;
 };
 
 struct shard {
@@ -167,10 +186,10 @@ static uint32_t lookup(struct shard *h, uint64_t key, int64_t now)
         lru_unlink(h, i);
         chain_remove(h, i);
         h->evictions++;
-        if (h->e[i].tat > now)
+        if (h->e[i].v.a > now || h->e[i].v.b > now)
             h->active_evictions++;
     }
-    h->e[i] = (struct entry){ .key = key, .tat = 0 };
+    h->e[i] = (struct entry){ .key = key };
     h->e[i].hnext = h->bucket[b];
     h->bucket[b] = i;
     lru_front(h, i);
@@ -186,7 +205,20 @@ static int local_take(void *self, uint64_t key, const struct limit_gcra *g, int6
     struct shard *h = &S[(key >> 58) & (SHARDS - 1)];
     pthread_mutex_lock(&h->mu);
     uint32_t i = lookup(h, key, now_ns);
-    limit_gcra(g, &h->e[i].tat, now_ns, r);
+    limit_gcra(g, &h->e[i].v.a, now_ns, r);
+    pthread_mutex_unlock(&h->mu);
+    return 0;
+}
+
+int limit_table_apply(uint64_t key, int64_t now_ns, void (*fn)(struct limit_val *v, void *arg),
+                      void *arg)
+{
+    if (!S)
+        return -1;
+    struct shard *h = &S[(key >> 58) & (SHARDS - 1)];
+    pthread_mutex_lock(&h->mu);
+    uint32_t i = lookup(h, key, now_ns);
+    fn(&h->e[i].v, arg);
     pthread_mutex_unlock(&h->mu);
     return 0;
 }

@@ -8,7 +8,7 @@
  * decision for a key is taken under its shard's lock, whatever worker asks.
  *
  * Keys live in one process-wide table of limits.max_keys entries (fixed at
- * start, 32 bytes each), sharded by hash, one lock per shard, never held
+ * start, 48 bytes each), sharded by hash, one lock per shard, never held
  * across I/O. A key whose TAT has passed is idle (it is as if absent); when
  * a shard is full its least recently used key goes, and
  * portico_ratelimit_evictions_total counts it (an active one too).
@@ -46,6 +46,24 @@ void limit_gcra_init(struct limit_gcra *g, uint32_t count, uint64_t period_ms, u
  * updates *tat when admitted. Pure: the tests drive it with their clock. */
 void limit_gcra(const struct limit_gcra *g, int64_t *tat, int64_t now_ns, struct limit_result *r);
 
+/* `action: delay` (nginx's limit_req without nodelay): requests are paced
+ * at the rate; one that comes early waits (*delay_ns) if its wait is at
+ * most max_delay_ns (burst x T), else it is refused. */
+void limit_gcra_delay(const struct limit_gcra *g, uint64_t max_delay_ns, int64_t *tat,
+                      int64_t now_ns, struct limit_result *r, uint64_t *delay_ns);
+
+/* What the table keeps for a key: a limit's TAT in `a`; the login guard's
+ * window start, block end and failures in a, b and n. */
+struct limit_val {
+    int64_t a, b;
+    uint32_t n;
+};
+
+/* Run fn on key's value under its shard's lock (a new key's is zero). 0, or
+ * -1 without a table. */
+int limit_table_apply(uint64_t key, int64_t now_ns, void (*fn)(struct limit_val *v, void *arg),
+                      void *arg);
+
 struct limit_backend {
     /* Take one request for `key` (a 64-bit hash of the limit and the key's
      * bytes) under limit g at now_ns. 0, or -1 when the backend cannot say
@@ -69,9 +87,17 @@ uint64_t limit_hash(uint64_t seed, const void *data, size_t len);
 
 /* The stage: allow / deny, then every rate limit of the route. */
 extern const struct stage_def limit_stage;
+/* The login guard (login_guard: on a route). */
+extern const struct stage_def limit_guard_stage;
+
+/* limits.max_connections_per_ip: count a new connection from addr (AF_INET
+ * or AF_INET6 bytes); false when the address already has `max` open. */
+bool limit_conn_take(int family, const uint8_t *addr, uint32_t max);
+void limit_conn_release(int family, const uint8_t *addr);
 
 /* Prometheus text for /metrics: decisions per route, limit and outcome,
  * denials by list, the table's keys and evictions. */
 void limit_metrics(struct obs_text *t);
+void limit_guard_metrics(struct obs_text *t);
 
 #endif

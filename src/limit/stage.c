@@ -256,6 +256,21 @@ static enum stage_verdict refuse(struct stage_x *sx, int status, const char *why
     return rc == 0 ? STAGE_ANSWERED : STAGE_CONTINUE;
 }
 
+/* action: delay: GCRA pacing, under the key's lock. */
+struct pace {
+    const struct rlimit *l;
+    int64_t now;
+    struct limit_result r;
+    uint64_t delay_ns;
+};
+
+static void pace_fn(struct limit_val *v, void *arg)
+{
+    struct pace *p = arg;
+    struct limit_gcra strict = { p->l->g.interval_ns, 0 };
+    limit_gcra_delay(&strict, p->l->g.tolerance_ns, &v->a, p->now, &p->r, &p->delay_ns);
+}
+
 static enum stage_verdict limit_request(struct stage_x *sx)
 {
     struct rstate *st = stage_route_state(sx);
@@ -276,12 +291,23 @@ static enum stage_verdict limit_request(struct stage_x *sx)
         return refuse(sx, 403, "403 Forbidden\n", NULL, NULL);
     }
     int64_t now = now_ns();
+    uint64_t wait_ns = 0;
     for (uint32_t i = 0; i < st->n; i++) {
         const struct rlimit *l = &st->l[i];
         uint64_t key;
         struct limit_result r;
-        if (!request_key(sx, l, fam, addr, &key) || limit_local.take(limit_local.self, key, &l->g, now, &r) < 0)
+        if (!request_key(sx, l, fam, addr, &key))
             continue;
+        if (l->c->delay) {
+            struct pace p = { .l = l, .now = now };
+            if (limit_table_apply(key, now, pace_fn, &p) < 0)
+                continue;
+            r = p.r;
+            if (r.admitted && p.delay_ns > wait_ns)
+                wait_ns = p.delay_ns;
+        } else if (limit_local.take(limit_local.self, key, &l->g, now, &r) < 0) {
+            continue;
+        }
         int out = r.admitted ? OUT_ALLOWED : l->c->dry_run ? OUT_DRY_RUN : OUT_LIMITED;
         if (l->s)
             atomic_fetch_add_explicit(&l->s->n[out], 1, memory_order_relaxed);
@@ -300,6 +326,11 @@ static enum stage_verdict limit_request(struct stage_x *sx)
             cx->c = l->c;
             cx->have = true;
         }
+    }
+    if (wait_ns) {
+        /* action: delay: this request's slot is taken; it goes on when due */
+        stage_resume_after(sx, (wait_ns + 999999) / 1000000);
+        return STAGE_WAIT;
     }
     return STAGE_CONTINUE;
 }
@@ -343,6 +374,7 @@ void limit_metrics(struct obs_text *t)
                   "portico_access_denied_total{list=\"route\"} %llu\n",
                (unsigned long long)atomic_load(&denied_global),
                (unsigned long long)atomic_load(&denied_route));
+    limit_guard_metrics(t);
     uint64_t keys, ev, aev;
     limit_table_stats(&keys, &ev, &aev);
     obs_printf(t, "# HELP portico_ratelimit_keys Keys the rate-limit table tracks.\n"

@@ -108,6 +108,12 @@ void client_close(struct client *c)
     loop_timer_stop(w->loop, &c->timer);
     close(c->io.fd);
     c->io.fd = -1;
+    if (c->ip_counted) {
+        uint8_t fam, a[16];
+        peer_addr(c, &fam, a);
+        limit_conn_release(fam, a);
+        c->ip_counted = false;
+    }
     buf_put(&w->bufs, c->in);
     buf_put(&w->bufs, c->out);
     c->in = c->out = NULL;

@@ -258,7 +258,10 @@ void exchange_start(struct client *c, const struct http_request *r, size_t head_
         st->npath_len = (uint32_t)nplen;
     }
     st->req = st->rcopy ? st->rcopy : r;
-    exchange_verdict(x, stages_request(x), r, npath, nplen, head_len);
+    st->in_head = (uint32_t)head_len;
+    enum stage_verdict v = stages_request(x);
+    st->in_head = 0;
+    exchange_verdict(x, v, r, npath, nplen, head_len);
 }
 
 /* A parked exchange resumes (stage_resume): the rest of its request stages,

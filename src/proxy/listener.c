@@ -70,6 +70,23 @@ static void listener_accept(struct listener *ls)
             continue;
         }
         c->peer = tmp.peer;
+        uint32_t per_ip = w->conf->limits.max_connections_per_ip;
+        if (per_ip) {
+            uint8_t fam, a[16];
+            peer_addr(c, &fam, a);
+            if (!limit_conn_take(fam, a, per_ip)) {
+                atomic_fetch_sub_explicit(&w->p->nconns, 1, memory_order_relaxed);
+                static const char many[] = "HTTP/1.1 429 Too Many Requests\r\nContent-Length: 0\r\n"
+                                           "Retry-After: 1\r\nConnection: close\r\n\r\n";
+                ssize_t r = write(fd, many, sizeof many - 1);
+                (void)r;
+                close(fd);
+                free(c);
+                obs_add(&w->obs->rejected, 1);
+                continue;
+            }
+            c->ip_counted = true;
+        }
         c->io.fd = fd;
         c->io.cb = client_io;
         c->timer.cb = client_timeout;
@@ -78,6 +95,11 @@ static void listener_accept(struct listener *ls)
         set_nodelay(fd);
         if (loop_add(l, &c->io) < 0) {
             atomic_fetch_sub_explicit(&w->p->nconns, 1, memory_order_relaxed);
+            if (c->ip_counted) {
+                uint8_t fam, a[16];
+                peer_addr(c, &fam, a);
+                limit_conn_release(fam, a);
+            }
             close(fd);
             free(c);
             continue;

@@ -17,6 +17,7 @@
 #include "http/http.h"
 #include "obs/obs.h"
 #include "stage.h"
+#include "limit/limit.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -77,6 +78,7 @@ struct client {
     } peer;
     uint8_t state;
     bool readable, writable, hup, deferred;
+    bool ip_counted;                /* counted in limits.max_connections_per_ip */
 };
 
 struct upool {
@@ -142,6 +144,8 @@ struct stage_ext {
  * route has a chain; NULL otherwise, so a route without stages pays nothing. */
 struct stage_state {
     const struct stage_chain *chain;
+    struct exchange *x;
+    struct loop_timer resume_timer;     /* stage_resume_after() */
     struct stage_x *sx;         /* [chain->n] */
     char *ctx;                  /* the contexts */
     struct stage_ext *ext;      /* edits and an answer; NULL until one is made */
@@ -156,6 +160,7 @@ struct stage_state {
     uint32_t head_len;
     struct http_request *rcopy;
     const struct http_request *req;     /* during on_request, or rcopy */
+    uint32_t in_head;                   /* during on_request: the head's bytes in c->in */
     const struct http_response *resp;   /* during on_response (NULL: an answer's) */
     char *npath;                /* the normalised path and query: w->npath during
                                    on_request, then a copy if the head is kept */

@@ -26,6 +26,7 @@ static uint32_t all_stages(const struct stage_def **out)
     uint32_t n = 0;
     out[n++] = &stage_forward;
     out[n++] = &limit_stage;
+    out[n++] = &limit_guard_stage;
     out[n++] = &filter_headers_stage;
     for (uint32_t i = 0; i < nregistered && n < STAGE_MAX; i++)
         out[n++] = registered[i];
@@ -94,6 +95,7 @@ struct exchange *exchange_alloc(const struct stage_chain *ch)
     struct exchange *x = (struct exchange *)(void *)m;
     x->st = (struct stage_state *)(void *)(m + base);
     x->st->chain = ch;
+    x->st->x = x;
     x->st->sx = (struct stage_x *)(void *)(m + base + st);
     x->st->ctx = m + base + st + sx;
     x->st->xform = -1;
@@ -108,6 +110,8 @@ void stage_state_release(struct exchange *x)
     struct stage_state *st = x->st;
     if (!st)
         return;
+    if (loop_timer_armed(&st->resume_timer))
+        loop_timer_stop(x->c->w->loop, &st->resume_timer);
     if (st->ext) {
         free(st->ext->arena);
         free(st->ext);
@@ -254,6 +258,19 @@ bool stage_request_header(struct stage_x *sx, const char *name, size_t name_len,
 {
     const struct http_request *r = sx->x->st->req;
     return r && find_field(&r->m, name, name_len, value, value_len);
+}
+
+bool stage_request_body(struct stage_x *sx, const char **body, size_t *len)
+{
+    struct exchange *x = sx->x;
+    struct stage_state *st = x->st;
+    struct buf *in = x->c->in;
+    if (!st->in_head || x->req_body != HTTP_BODY_LENGTH || !in ||
+        buf_len(in) - st->in_head < x->req_remaining)
+        return false;
+    *body = buf_head(in) + st->in_head;
+    *len = (size_t)x->req_remaining;
+    return true;
 }
 
 int stage_status(struct stage_x *sx) { return sx->x->status; }
@@ -468,6 +485,20 @@ void stage_resume(struct stage_x *sx)
     x->st->parked = false;
     exchange_continue(x);
     client_drive(x->c);
+}
+
+static void resume_timeout(struct loop *l, struct loop_timer *t)
+{
+    (void)l;
+    struct stage_state *st = container_of(t, struct stage_state, resume_timer);
+    stage_resume(&st->sx[st->next ? st->next - 1 : 0]);
+}
+
+void stage_resume_after(struct stage_x *sx, uint64_t ms)
+{
+    struct stage_state *st = sx->x->st;
+    st->resume_timer.cb = resume_timeout;
+    loop_timer_arm(sx->x->c->w->loop, &st->resume_timer, ms);
 }
 
 void stage_finish(struct stage_x *sx, int status_if_no_answer)

@@ -95,6 +95,10 @@ const char *stage_request_id(struct stage_x *sx, size_t *len);
  * time for a stage with keep_request_headers. */
 bool stage_request_header(struct stage_x *sx, const char *name, size_t name_len,
                           const char **value, size_t *value_len);
+/* The request body, during on_request, when it has all arrived with the
+ * head (a Content-Length body already in the input buffer: a login form).
+ * False otherwise: portico does not wait for a body on a stage's behalf. */
+bool stage_request_body(struct stage_x *sx, const char **body, size_t *len);
 int stage_status(struct stage_x *sx);           /* 0 until a response head */
 /* A field of the response head, during on_response. */
 bool stage_response_header(struct stage_x *sx, const char *name, size_t name_len,
@@ -152,6 +156,9 @@ int stage_answer(struct stage_x *sx, int status, const struct stage_field *field
  * on the exchange's worker thread, from another exchange's callback or a
  * timer, at most once per STAGE_WAIT. */
 void stage_resume(struct stage_x *sx);
+/* Park for a while: return STAGE_WAIT after calling it, and the exchange
+ * resumes by itself in `ms` (a pacing limiter's delay). */
+void stage_resume_after(struct stage_x *sx, uint64_t ms);
 /* Answer a parked exchange instead (after stage_answer()), or fail it with
  * a status (stage_answer not called: a plain status page). */
 void stage_finish(struct stage_x *sx, int status_if_no_answer);

@@ -143,3 +143,103 @@ def test_limit_config_errors(portico_bin, tmp_path, snippet, message):
     r = subprocess.run([portico_bin, "-t", "-c", str(cfg)], capture_output=True, timeout=10)
     out = (r.stdout + r.stderr).decode()
     assert r.returncode != 0 and message in out and "bad.yaml:" in out and "routes[0]" in out, out
+
+
+# ---------------------------------------------------------------- login guard
+
+GUARD = ('    login_guard: { max_failures: 5, window: 1m, block: 15m, account: "form:user" }\n')
+TRUST = 'trusted_proxies: [ "127.0.0.1" ]'
+
+
+def login(port, code, ip, user=None):
+    body = ("user=%s&password=x" % user).encode() if user else b"password=x"
+    with RawConn(port) as c:
+        return c.request("POST", "/auth/status?code=%d" % code, body=body,
+                         headers=[("X-Forwarded-For", ip),
+                                  ("Content-Type", "application/x-www-form-urlencoded")])
+
+
+def test_login_guard_blocks_the_sixth_failure_of_one_address(start_portico, start_upstream):
+    up = start_upstream("u1")
+    p = start(start_portico, up, GUARD, extra=TRUST)
+    for _ in range(5):
+        assert login(p.port, 401, "198.51.100.7").status == 401
+    before = len(up.requests())
+    r = login(p.port, 401, "198.51.100.7")
+    assert r.status == 429 and int(r.header("retry-after")) > 800
+    r = login(p.port, 200, "198.51.100.7")                     # even a right password waits
+    assert r.status == 429
+    assert len(up.requests()) == before                        # blocked ones never reach it
+    assert login(p.port, 401, "198.51.100.8").status == 401    # another address still gets through
+    assert "login guard /auth/: address 198.51.100.7 blocked" in p.log_text()
+
+
+def test_login_guard_success_resets_and_accounts_are_keys(start_portico, start_upstream):
+    up = start_upstream("u1")
+    p = start(start_portico, up, GUARD, extra=TRUST)
+    for _ in range(4):
+        assert login(p.port, 401, "203.0.113.1").status == 401
+    assert login(p.port, 200, "203.0.113.1").status == 200     # a success resets the count
+    for _ in range(4):
+        assert login(p.port, 401, "203.0.113.1").status == 401
+    assert login(p.port, 401, "203.0.113.1").status == 401     # the fifth failure since: now blocked
+    assert login(p.port, 200, "203.0.113.1").status == 429
+    # an account: five failures for alice from five addresses block alice, not bob
+    for i in range(5):
+        assert login(p.port, 401, "192.0.2.%d" % (10 + i), user="alice").status == 401
+    assert login(p.port, 200, "192.0.2.99", user="alice").status == 429
+    assert login(p.port, 200, "192.0.2.99", user="bob").status == 200
+
+
+# ---------------------------------------------------------------- action: delay
+
+def test_delay_paces_instead_of_refusing(start_portico, start_upstream):
+    up = start_upstream("u1")
+    p = start(start_portico, up, "    rate_limit: { rate: 10/s, burst: 10, action: delay }\n",
+              prefix="/slowly/")
+    results = []
+
+    def one():
+        with RawConn(p.port, timeout=10) as c:
+            results.append((c.request("GET", "/slowly/echo").status, time.time()))
+    t0 = time.time()
+    threads = [threading.Thread(target=one) for _ in range(10)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert [s for s, _ in results] == [200] * 10               # none refused
+    assert max(t for _, t in results) - t0 >= 0.8              # paced at 10/s: the last waited
+    # past the queue (burst 10 x 100 ms), requests are refused
+    statuses_ = []
+
+    def burst():
+        with RawConn(p.port, timeout=10) as c:
+            statuses_.append(c.request("GET", "/slowly/echo").status)
+    threads = [threading.Thread(target=burst) for _ in range(25)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert statuses_.count(429) >= 10 and statuses_.count(200) >= 10
+
+
+# ---------------------------------------------------------------- connections per address
+
+def test_max_connections_per_ip(start_portico, start_upstream):
+    up = start_upstream("u1")
+    port = free_port()
+    p = start_portico(make_config(port, {"app": {"servers": [up.address]}},
+                                  limits={"max_connections_per_ip": 3}), port=port)
+    conns = [RawConn(port) for _ in range(3)]
+    for c in conns:
+        assert c.request("GET", "/echo").status == 200
+    extra = RawConn(port)
+    got = extra.wait_closed(3)
+    assert got.startswith(b"HTTP/1.1 429"), got
+    conns[0].close()
+    time.sleep(0.2)
+    with RawConn(port) as c:
+        assert c.request("GET", "/echo").status == 200         # a slot came free
+    for c in conns[1:]:
+        c.close()
