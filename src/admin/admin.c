@@ -282,6 +282,14 @@ static void status_json(struct admin *a, const struct proxy_gen *g, struct obs_t
         obs_printf(t, "]}");
     }
     obs_printf(t, "]");
+    bool limited = c->nallow || c->ndeny;
+    for (uint32_t i = 0; i < c->nroutes && !limited; i++)
+        limited = c->routes[i].nlimits || c->routes[i].guard.enabled || c->routes[i].nallow ||
+                  c->routes[i].ndeny;
+    if (limited) {              /* the status page's rate limiting card */
+        obs_printf(t, ",\"rate_limit\":");
+        limit_status_json(t);
+    }
     if (pg_running()) {         /* the pooler's pools, as GET /pools has them */
         obs_printf(t, ",\"postgres\":");
         pg_pools_json(t);
@@ -380,6 +388,13 @@ static void serve_request(struct admin *a, struct aconn *c, const struct http_re
                           t.buf);
             return;
         }
+    } else if (PATH_IS("/limits/top")) {
+        limit_top_json(&t, 64);     /* the most refused clients */
+        obs_printf(&t, "\n");
+        if (!t.oom) {
+            respond_owned(c, 200, "application/json", t.buf, t.len, NULL, t.buf);
+            return;
+        }
     } else if (PATH_IS("/pools")) {
         pg_pools_json(&t);      /* the pooler's SHOW POOLS */
         obs_printf(&t, "\n");
@@ -394,7 +409,7 @@ static void serve_request(struct admin *a, struct aconn *c, const struct http_re
             return;
         }
     } else {
-        text(c, 404, "not found: try /, /health, /ready, /metrics, /status, /pools, POST /reload\n");
+        text(c, 404, "not found: try /, /health, /ready, /metrics, /status, /pools, /limits/top, POST /reload\n");
         return;
     }
     free(t.buf);

@@ -129,6 +129,7 @@ static enum stage_verdict guard_request(struct stage_x *sx)
     if (!until)
         return STAGE_CONTINUE;
     atomic_fetch_add_explicit(&g_refused, 1, memory_order_relaxed);
+    limit_top_note(cx->who, strlen(cx->who), "login_guard");
     char ra[32];
     int rl = snprintf(ra, sizeof ra, "%lld", (long long)((until - c.now + 999999999) / 1000000000));
     struct stage_field f[] = { { "Retry-After", ra, 11, (size_t)rl },

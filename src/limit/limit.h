@@ -100,4 +100,13 @@ void limit_conn_release(int family, const uint8_t *addr);
 void limit_metrics(struct obs_text *t);
 void limit_guard_metrics(struct obs_text *t);
 
+/* The top offenders (Space-Saving, bounded): note a refusal of client `key`
+ * by `why`; JSON for GET /limits/top (at most max); metrics by rank. */
+void limit_top_note(const char *key, size_t len, const char *why);
+void limit_top_json(struct obs_text *t, uint32_t max);
+void limit_top_metrics(struct obs_text *t);
+void limit_top_rows(struct obs_text *t, uint32_t max);
+/* A JSON object for /status: decisions, logins, keys, the top offenders. */
+void limit_status_json(struct obs_text *t);
+
 #endif

@@ -288,6 +288,9 @@ static enum stage_verdict limit_request(struct stage_x *sx)
                     (rt->nallow && !conf_cidr_match(rt->allow, rt->nallow, fam, addr)));
     if (denied || rdenied) {
         atomic_fetch_add_explicit(denied ? &denied_global : &denied_route, 1, memory_order_relaxed);
+        size_t ipn;
+        const char *ip = stage_client_ip(sx, &ipn);
+        limit_top_note(ip, ipn, denied ? "deny" : "route allow/deny");
         return refuse(sx, 403, "403 Forbidden\n", NULL, NULL);
     }
     int64_t now = now_ns();
@@ -316,6 +319,11 @@ static enum stage_verdict limit_request(struct stage_x *sx)
             const char *ip = stage_client_ip(sx, &ipn);
             log_rl_info("rate limit %s (dry run) would refuse %.*s", l->c->name, (int)ipn, ip);
             continue;
+        }
+        if (!r.admitted) {
+            size_t ipn;
+            const char *ip = stage_client_ip(sx, &ipn);
+            limit_top_note(ip, ipn, l->c->name);
         }
         if (!r.admitted)
             return refuse(sx, l->c->status, l->c->status == 429 ? "429 Too Many Requests\n"
@@ -375,6 +383,7 @@ void limit_metrics(struct obs_text *t)
                (unsigned long long)atomic_load(&denied_global),
                (unsigned long long)atomic_load(&denied_route));
     limit_guard_metrics(t);
+    limit_top_metrics(t);
     uint64_t keys, ev, aev;
     limit_table_stats(&keys, &ev, &aev);
     obs_printf(t, "# HELP portico_ratelimit_keys Keys the rate-limit table tracks.\n"
@@ -385,4 +394,23 @@ void limit_metrics(struct obs_text *t)
                   "portico_ratelimit_evictions_total{state=\"idle\"} %llu\n"
                   "portico_ratelimit_evictions_total{state=\"active\"} %llu\n",
                (unsigned long long)keys, (unsigned long long)(ev - aev), (unsigned long long)aev);
+}
+
+void limit_status_json(struct obs_text *t)
+{
+    uint64_t sum[NOUT] = { 0 };
+    uint32_t n = atomic_load(&nseries);
+    for (uint32_t i = 0; i < n; i++)
+        for (int o = 0; o < NOUT; o++)
+            sum[o] += atomic_load_explicit(&series[i].n[o], memory_order_relaxed);
+    uint64_t keys, ev, aev;
+    limit_table_stats(&keys, &ev, &aev);
+    obs_printf(t, "{\"allowed\":%llu,\"limited\":%llu,\"dry_run\":%llu,\"denied\":%llu,"
+                  "\"keys\":%llu,\"evictions\":%llu,\"top_offenders\":",
+               (unsigned long long)sum[OUT_ALLOWED], (unsigned long long)sum[OUT_LIMITED],
+               (unsigned long long)sum[OUT_DRY_RUN],
+               (unsigned long long)(atomic_load(&denied_global) + atomic_load(&denied_route)),
+               (unsigned long long)keys, (unsigned long long)ev);
+    limit_top_rows(t, 5);
+    obs_printf(t, "}");
 }

@@ -243,3 +243,26 @@ def test_max_connections_per_ip(start_portico, start_upstream):
         assert c.request("GET", "/echo").status == 200         # a slot came free
     for c in conns[1:]:
         c.close()
+
+
+# ---------------------------------------------------------------- visibility
+
+def test_top_offenders_and_status(start_portico, start_upstream):
+    import json
+    up = start_upstream("u1")
+    admin = free_port()
+    p = start(start_portico, up, "    rate_limit: { rate: 1/min, burst: 0, name: tight }\n",
+              extra='%s\nadmin: { listen: "127.0.0.1:%d" }' % (TRUST, admin))
+    for ip, n in (("198.51.100.9", 8), ("203.0.113.3", 3)):
+        for _ in range(n):
+            statuses(p.port, "/auth/x", 1, headers=[("X-Forwarded-For", ip)])
+    with RawConn(admin) as c:
+        top = json.loads(c.request("GET", "/limits/top").body)
+        status = json.loads(c.request("GET", "/status").body)
+        metrics = c.request("GET", "/metrics").body.decode()
+    assert [(r["client"], r["refused"], r["last_by"]) for r in top["top"]] == \
+        [("198.51.100.9", 7, "tight"), ("203.0.113.3", 2, "tight")]
+    rl = status["rate_limit"]
+    assert rl["limited"] == 9 and rl["allowed"] == 2
+    assert rl["top_offenders"][0]["client"] == "198.51.100.9"
+    assert 'portico_ratelimit_top_offender_refusals{rank="1",client="198.51.100.9"} 7' in metrics

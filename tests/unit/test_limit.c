@@ -10,6 +10,10 @@
 #include <cmocka.h>
 
 #include "limit/limit.h"
+#include "obs/obs.h"
+
+#include <stdlib.h>
+#include <string.h>
 
 #define MS 1000000ll
 
@@ -136,6 +140,37 @@ static void decisions_per_second(void **state)
     limit_table_free();
 }
 
+/* Space-Saving keeps every heavy hitter in bounded memory. */
+static void top_offenders(void **state)
+{
+    (void)state;
+    char key[32];
+    for (int round = 0; round < 200; round++) {
+        for (int h = 0; h < 5; h++) {             /* five heavy hitters, 20 refusals a round */
+            int n = snprintf(key, sizeof key, "198.51.100.%d", h + 1);
+            for (int k = 0; k < 20; k++)
+                limit_top_note(key, (size_t)n, "auth");
+        }
+        for (int k = 0; k < 50; k++) {            /* and a crowd refused once each */
+            int n = snprintf(key, sizeof key, "10.%d.%d.1", round, k);
+            limit_top_note(key, (size_t)n, "auth");
+        }
+    }
+    char buf[8192];
+    struct obs_text t = { .buf = NULL };
+    limit_top_json(&t, 5);
+    assert_non_null(t.buf);
+    snprintf(buf, sizeof buf, "%s", t.buf);
+    free(t.buf);
+    for (int h = 1; h <= 5; h++) {
+        int n = snprintf(key, sizeof key, "\"client\":\"198.51.100.%d\"", h);
+        (void)n;
+        assert_non_null(strstr(buf, key));
+    }
+    assert_null(strstr(buf, "\"client\":\"10."));
+    assert_non_null(strstr(buf, "\"capacity\":64"));
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -143,6 +178,7 @@ int main(void)
         cmocka_unit_test(gcra_per_minute),
         cmocka_unit_test(table_bounds_and_eviction),
         cmocka_unit_test(decisions_per_second),
+        cmocka_unit_test(top_offenders),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
