@@ -141,7 +141,7 @@ int main(int argc, char **argv)
                 proxy_gen_put(g);
                 struct conf *nc = conf_load(path, err, sizeof err);
                 if (nc) {
-                    pg_reload_check(pg, nc);    /* the pooler takes a restart */
+                    pg_reload(pg, nc);          /* logs what it could not apply */
                     conf_unref(nc);
                 }
             }

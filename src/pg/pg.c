@@ -265,7 +265,6 @@ struct client {
     _Atomic uint32_t cancel_server;  /* index in conf servers */
     struct pg_scram_server *scram;
     uint8_t md5_salt[4];
-    const char *secret;
     struct pset params;
     struct cstmt **stmts;
     uint32_t nstmts;
@@ -332,6 +331,10 @@ struct pg_user {
 
 struct worker {
     struct pg *pg;
+    const struct conf_pg *c;        /* the pooler's configuration this worker runs on */
+    const struct pg_user *users;    /* and its users (SCRAM verifiers derived) */
+    uint32_t nusers;
+    atomic_bool adopt_req;          /* a reload waits for this worker to switch */
     uint32_t idx;
     struct loop *loop;
     pthread_t thread;
@@ -371,6 +374,12 @@ struct pg {
     SSL_CTX *ssl;
     uint32_t nsrv, primary, nreplicas;
     _Atomic uint8_t *up;            /* per server: 1 healthy; written by any worker */
+    /* a reload in progress: what the workers switch to, and how many did */
+    pthread_mutex_t reload_mu;
+    pthread_cond_t reload_cv;
+    const struct conf_pg *next_c;
+    const struct pg_user *next_users;
+    uint32_t next_nusers, acks;
     double buckets[CONF_MAX_BUCKETS];
     uint32_t nbuckets;
 };
@@ -854,7 +863,7 @@ static int sock_write(int fd, SSL *ssl, struct pgbuf *b, bool *can_write)
 
 static const struct conf_pg_server *server_conf(const struct server *s)
 {
-    return &s->w->pg->c->servers[s->sidx];
+    return &s->w->c->servers[s->sidx];
 }
 
 static void server_timer(struct loop *l, struct loop_timer *t);
@@ -916,7 +925,7 @@ static void server_fail(struct server *s, const char *msg)
 static void pool_open_server(struct wpool *p)
 {
     struct worker *w = p->w;
-    const struct conf_pg *c = w->pg->c;
+    const struct conf_pg *c = w->c;
     struct server *s = calloc(1, sizeof *s);
     if (!s)
         return;
@@ -1011,7 +1020,7 @@ static bool server_start_tls(struct server *s)
     if (!(s->ssl = SSL_new(pg->ssl)) || SSL_set_fd(s->ssl, s->io.fd) != 1)
         return false;
     SSL_set_connect_state(s->ssl);
-    if (pg->c->sslmode == CONF_PG_SSL_VERIFY_FULL) {
+    if (s->w->c->sslmode == CONF_PG_SSL_VERIFY_FULL) {
         /* the host part of the address as written is the name to verify */
         char host[80];
         const char *t = server_conf(s)->addr.text;
@@ -1179,7 +1188,7 @@ static bool server_login_msg(struct server *s, const struct pg_msg *m)
 
 static void slow_log(struct client *c, uint64_t us)
 {
-    const struct conf_pg *cf = c->w->pg->c;
+    const struct conf_pg *cf = c->w->c;
     if (!cf->slow_query || us < cf->slow_query * 1000)
         return;
     cnt_add(&c->pool->st.slow, 1);
@@ -1200,7 +1209,7 @@ static void slow_log(struct client *c, uint64_t us)
 
 static void note_statement(struct client *c, const char *q, size_t len)
 {
-    const struct conf_pg *cf = c->w->pg->c;
+    const struct conf_pg *cf = c->w->c;
     if (!cf->slow_query)
         return;
     if (len > cf->slow_query_max_chars)
@@ -1394,7 +1403,7 @@ static void server_io(struct loop *l, struct loop_io *io, unsigned ev)
             return;
         }
         s->connected = true;
-        if (s->w->pg->c->sslmode != CONF_PG_SSL_DISABLE) {
+        if (s->w->c->sslmode != CONF_PG_SSL_DISABLE) {
             uint8_t req[8] = { 0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f };
             pb_put(&s->out, req, 8);
             if (send(io->fd, req, 8, MSG_NOSIGNAL) != 8) {
@@ -1408,7 +1417,7 @@ static void server_io(struct loop *l, struct loop_io *io, unsigned ev)
         }
         server_send_startup(s);
     }
-    if (s->state == SS_LOGIN && s->w->pg->c->sslmode != CONF_PG_SSL_DISABLE && !s->tls_done) {
+    if (s->state == SS_LOGIN && s->w->c->sslmode != CONF_PG_SSL_DISABLE && !s->tls_done) {
         if (!s->ssl) {
             if (!s->can_read)
                 return;
@@ -1583,7 +1592,7 @@ static void pool_release(struct server *s)
 {
     struct wpool *p = s->pool;
     struct worker *w = s->w;
-    const struct conf_pg *cf = w->pg->c;
+    const struct conf_pg *cf = w->c;
     uint64_t now = loop_now(w->loop);
     if (w->stopping || (cf->server_lifetime && now - s->created > cf->server_lifetime) ||
         p->nservers > p->size + p->reserve) {
@@ -1617,7 +1626,7 @@ static bool pool_acquire(struct client *c, struct wpool *p)
     while (p->idle) {
         struct server *s = p->idle;
         server_unidle(s);
-        const struct conf_pg *cf = w->pg->c;
+        const struct conf_pg *cf = w->c;
         if (cf->server_lifetime && loop_now(w->loop) - s->created > cf->server_lifetime) {
             server_close(s, "lifetime");
             continue;
@@ -1635,7 +1644,7 @@ static bool pool_acquire(struct client *c, struct wpool *p)
         p->wait_head = c;
     p->wait_tail = c;
     p->nwait++;
-    client_timer_arm(c, w->pg->c->query_wait_timeout);
+    client_timer_arm(c, w->c->query_wait_timeout);
     if (p->nservers < p->size)
         pool_open_server(p);
     return false;
@@ -1724,7 +1733,7 @@ static void client_close(struct client *c, const char *why)
     if (s) {
         c->srv = NULL;
         s->client = NULL;
-        const struct conf_pg *cf = w->pg->c;
+        const struct conf_pg *cf = w->c;
         if (s->pcount == 0 && s->tx == 'I' && pb_len(&s->out) == 0) {
             if (c->pool->cp->mode == CONF_PG_SESSION && cf->server_reset_query) {
                 /* DISCARD ALL drops prepared statements and settings too */
@@ -1813,7 +1822,7 @@ static struct wpool *route(struct client *c, const struct pg_msg *m)
     }
     if (!ro)
         return home;
-    const struct conf_pg *cf = pg->c;
+    const struct conf_pg *cf = w->c;
     uint32_t total = 0;
     for (uint32_t i = 0; i < cf->nservers; i++)
         if (cf->servers[i].role == CONF_PG_REPLICA && atomic_load_explicit(&pg->up[i], memory_order_relaxed))
@@ -1831,11 +1840,11 @@ static struct wpool *route(struct client *c, const struct pg_msg *m)
     return home;
 }
 
-static const struct pg_user *find_user(const struct pg *pg, const char *name)
+static const struct pg_user *find_user(const struct worker *w, const char *name)
 {
-    for (uint32_t i = 0; i < pg->nusers; i++)
-        if (!strcmp(pg->users[i].name, name))
-            return &pg->users[i];
+    for (uint32_t i = 0; i < w->nusers; i++)
+        if (!strcmp(w->users[i].name, name))
+            return &w->users[i];
     return NULL;
 }
 
@@ -1898,7 +1907,7 @@ static void client_startup(struct client *c, const struct pg_startup *st)
 {
     struct worker *w = c->w;
     struct pg *pg = w->pg;
-    const struct conf_pg *cf = pg->c;
+    const struct conf_pg *cf = w->c;
     if (st->kind == PG_SSL_REQUEST || st->kind == PG_GSSENC_REQUEST) {
         pb_put(&c->out, "N", 1);        /* no encryption on the client side: go on in plain text */
         return;
@@ -1942,8 +1951,7 @@ static void client_startup(struct client *c, const struct pg_startup *st)
         auth_ok(c);
         return;
     }
-    const struct pg_user *u = find_user(pg, c->user);
-    c->secret = u ? u->secret : NULL;
+    const struct pg_user *u = find_user(w, c->user);
     bool scram = cf->auth == CONF_PG_AUTH_SCRAM ||
                  (u && !strncmp(u->secret, "SCRAM-SHA-256$", 14));
     if (scram) {
@@ -1978,7 +1986,7 @@ static void auth_failed(struct client *c)
 
 static void client_auth_msg(struct client *c, const struct pg_msg *m)
 {
-    const struct pg_user *u = find_user(c->w->pg, c->user);
+    const struct pg_user *u = find_user(c->w, c->user);
     if (m->type != 'p') {
         client_fatal(c, "08P01", "expected a password message");
         return;
@@ -2086,7 +2094,7 @@ static bool ensure_prepared(struct server *s, struct stmt *st, uint8_t act)
 {
     if (server_has(s, st->id))
         return true;
-    uint32_t max = s->w->pg->c->max_prepared;
+    uint32_t max = s->w->c->max_prepared;
     if (max && s->nprep >= max) {
         /* forget the oldest: Close it on the server, drop the answer */
         size_t o = pb_begin(&s->out, 'C');
@@ -2394,7 +2402,7 @@ static void listener_io(struct loop *l, struct loop_io *io, unsigned ev)
         if (w->clients)
             w->clients->prev = c;
         w->clients = c;
-        loop_timer_arm(l, &c->timer, w->pg->c->client_login_timeout);
+        loop_timer_arm(l, &c->timer, w->c->client_login_timeout);
     }
 }
 
@@ -2451,9 +2459,9 @@ static void cancel_forward(struct worker *w, uint32_t pid, uint32_t key)
         sidx = atomic_load_explicit(&tw->keys[slot]->cancel_server, memory_order_relaxed);
     }
     pthread_mutex_unlock(&tw->keys_mu);
-    if (!target || sidx >= pg->c->nservers)
+    if (!target || sidx >= w->c->nservers)
         return;
-    const struct conf_addr *a = &pg->c->servers[sidx].addr;
+    const struct conf_addr *a = &w->c->servers[sidx].addr;
     struct cancelreq *q = calloc(1, sizeof *q);
     if (!q)
         return;
@@ -2488,7 +2496,7 @@ static void probe_done(struct probe *q, bool up)
     struct pg *pg = w->pg;
     uint8_t was = atomic_exchange_explicit(&pg->up[q->sidx], up ? 1 : 0, memory_order_relaxed);
     if (was != (uint8_t)up)
-        log_rl_warn("pg: server %s is %s", pg->c->servers[q->sidx].addr.text, up ? "up" : "down");
+        log_rl_warn("pg: server %s is %s", w->c->servers[q->sidx].addr.text, up ? "up" : "down");
     loop_timer_stop(w->loop, &q->timer);
     loop_del(w->loop, &q->io);
     close(q->io.fd);
@@ -2523,7 +2531,7 @@ static void probe_timer(struct loop *l, struct loop_timer *t)
 
 static void probe_start(struct worker *w, uint32_t sidx)
 {
-    const struct conf_addr *a = &w->pg->c->servers[sidx].addr;
+    const struct conf_addr *a = &w->c->servers[sidx].addr;
     struct probe *q = calloc(1, sizeof *q);
     if (!q)
         return;
@@ -2545,7 +2553,7 @@ static void probe_start(struct worker *w, uint32_t sidx)
         probe_done(q, false);
         return;
     }
-    loop_timer_arm(w->loop, &q->timer, w->pg->c->server_connect_timeout);
+    loop_timer_arm(w->loop, &q->timer, w->c->server_connect_timeout);
 }
 
 /* ------------------------------------------------------------------ */
@@ -2554,7 +2562,7 @@ static void probe_start(struct worker *w, uint32_t sidx)
 static void worker_tick(struct loop *l, struct loop_timer *t)
 {
     struct worker *w = (struct worker *)((char *)t - offsetof(struct worker, tick));
-    const struct conf_pg *cf = w->pg->c;
+    const struct conf_pg *cf = w->c;
     uint64_t now = loop_now(l);
     for (uint32_t i = 0; i < w->npools; i++) {
         struct wpool *p = &w->pools[i];
@@ -2644,11 +2652,31 @@ static void *worker_main(void *arg)
     return NULL;
 }
 
-static void worker_stop_cb(struct loop *l, void *arg)
+static void worker_shares(struct worker *w);
+
+/* A reload: switch to the configuration pg_reload() prepared, between two
+ * events of this worker's loop, and tell it so. */
+static void worker_adopt(struct worker *w)
+{
+    struct pg *pg = w->pg;
+    pthread_mutex_lock(&pg->reload_mu);
+    w->c = pg->next_c;
+    w->users = pg->next_users;
+    w->nusers = pg->next_nusers;
+    worker_shares(w);
+    atomic_store(&w->adopt_req, false);
+    pg->acks++;
+    pthread_cond_broadcast(&pg->reload_cv);
+    pthread_mutex_unlock(&pg->reload_mu);
+}
+
+static void worker_wake_cb(struct loop *l, void *arg)
 {
     struct worker *w = arg;
+    if (atomic_load(&w->adopt_req) && !w->stopping)
+        worker_adopt(w);
     if (!atomic_load(&w->stop_req) || w->stopping)
-        return;     /* a wake-up to serve the run queue */
+        return;     /* a reload, or a wake-up to serve the run queue */
     w->stopping = true;
     for (uint32_t i = 0; i < w->nlis; i++) {
         loop_del(l, &w->lis[i].io);
@@ -2713,6 +2741,8 @@ static void pg_free(struct pg *pg)
         loop_free(w->loop);
     }
     free(pg->w);
+    pthread_mutex_destroy(&pg->reload_mu);
+    pthread_cond_destroy(&pg->reload_cv);
     free(pg->users);
     free((void *)pg->up);
     if (pg->ssl)
@@ -2720,6 +2750,54 @@ static void pg_free(struct pg *pg)
     if (pg->conf)
         conf_unref(pg->conf);
     free(pg);
+}
+
+/* The users of the auth file, with SCRAM verifiers derived once from plain
+ * passwords (PBKDF2 is slow on purpose: not at every login). */
+static bool build_users(const struct conf_pg *cf, struct pg_user **out, uint32_t *n,
+                        char *err, size_t errlen)
+{
+    *out = NULL;
+    *n = 0;
+    if (!cf->nusers)
+        return true;
+    struct pg_user *us = calloc(cf->nusers, sizeof *us);
+    if (!us) {
+        snprintf(err, errlen, "out of memory");
+        return false;
+    }
+    for (uint32_t i = 0; i < cf->nusers; i++) {
+        struct pg_user *u = &us[i];
+        u->name = cf->users[i].name;
+        u->secret = cf->users[i].secret;
+        if (!strncmp(u->secret, "SCRAM-SHA-256$", 14))
+            u->has_scram = pg_scram_parse_secret(u->secret, &u->scram);
+        else if (strncmp(u->secret, "md5", 3) || strlen(u->secret) != 35)
+            u->has_scram = pg_scram_from_password(u->secret, NULL, 0, 4096, &u->scram);
+        if (!strncmp(u->secret, "SCRAM-SHA-256$", 14) && !u->has_scram) {
+            snprintf(err, errlen, "postgres.auth.file: user \"%s\": malformed SCRAM secret", u->name);
+            free(us);
+            return false;
+        }
+    }
+    *out = us;
+    *n = cf->nusers;
+    return true;
+}
+
+/* This worker's share of each pool (the shares of all workers add up to the pool). */
+static void worker_shares(struct worker *w)
+{
+    uint32_t nw = w->pg->nw, i = w->idx;
+    for (uint32_t j = 0; j < w->npools; j++) {
+        struct wpool *p = &w->pools[j];
+        const struct conf_pg_pool *cp = p->cp = &w->c->pools[p->idx];
+        p->size = cp->pool_size / nw + (i < cp->pool_size % nw);
+        p->min = cp->min_pool_size / nw + (i < cp->min_pool_size % nw);
+        p->reserve = cp->reserve_pool / nw + (i < cp->reserve_pool % nw);
+        if (p->size == 0)
+            p->size = 1;    /* more workers than connections: each may open one */
+    }
 }
 
 struct pg *pg_start(struct conf *conf, char *err, size_t errlen)
@@ -2734,25 +2812,11 @@ struct pg *pg_start(struct conf *conf, char *err, size_t errlen)
     pg->c = cf;
     pg->nbuckets = conf->metrics.nbuckets;
     memcpy(pg->buckets, conf->metrics.buckets, sizeof pg->buckets);
-    /* users: SCRAM verifiers derived once from plain passwords */
-    if (cf->nusers && !(pg->users = calloc(cf->nusers, sizeof *pg->users))) {
-        snprintf(err, errlen, "out of memory");
+    pthread_mutex_init(&pg->reload_mu, NULL);
+    pthread_cond_init(&pg->reload_cv, NULL);
+    if (!build_users(cf, &pg->users, &pg->nusers, err, errlen)) {
         pg_free(pg);
         return NULL;
-    }
-    for (uint32_t i = 0; i < cf->nusers; i++) {
-        struct pg_user *u = &pg->users[pg->nusers++];
-        u->name = cf->users[i].name;
-        u->secret = cf->users[i].secret;
-        if (!strncmp(u->secret, "SCRAM-SHA-256$", 14))
-            u->has_scram = pg_scram_parse_secret(u->secret, &u->scram);
-        else if (strncmp(u->secret, "md5", 3) || strlen(u->secret) != 35)
-            u->has_scram = pg_scram_from_password(u->secret, NULL, 0, 4096, &u->scram);
-        if (!strncmp(u->secret, "SCRAM-SHA-256$", 14) && !u->has_scram) {
-            snprintf(err, errlen, "postgres.auth.file: user \"%s\": malformed SCRAM secret", u->name);
-            pg_free(pg);
-            return NULL;
-        }
     }
     if (cf->sslmode != CONF_PG_SSL_DISABLE) {
         if (!(pg->ssl = SSL_CTX_new(TLS_client_method()))) {
@@ -2800,6 +2864,9 @@ struct pg *pg_start(struct conf *conf, char *err, size_t errlen)
     for (uint32_t i = 0; i < pg->nw; i++) {
         struct worker *w = &pg->w[i];
         w->pg = pg;
+        w->c = cf;
+        w->users = pg->users;
+        w->nusers = pg->nusers;
         w->idx = i;
         w->next_key = 1;
         pthread_mutex_init(&w->keys_mu, NULL);
@@ -2836,17 +2903,12 @@ struct pg *pg_start(struct conf *conf, char *err, size_t errlen)
             p->cp = cp;
             p->idx = k;
             p->sidx = j % pg->nsrv;
-            /* this worker's share of the pool: the sum over workers is exact */
-            p->size = cp->pool_size / pg->nw + (i < cp->pool_size % pg->nw);
-            p->min = cp->min_pool_size / pg->nw + (i < cp->min_pool_size % pg->nw);
-            p->reserve = cp->reserve_pool / pg->nw + (i < cp->reserve_pool % pg->nw);
-            if (p->size == 0)
-                p->size = 1;    /* more workers than connections: each may open one */
         }
+        worker_shares(w);
         w->tick.cb = worker_tick;
         loop_timer_arm(w->loop, &w->tick, TICK_MS);
         loop_set_before_sleep(w->loop, worker_before_sleep, w);
-        loop_set_wake(w->loop, worker_stop_cb, w);
+        loop_set_wake(w->loop, worker_wake_cb, w);
     }
     for (uint32_t i = 0; i < pg->nw; i++) {
         if (pthread_create(&pg->w[i].thread, NULL, worker_main, &pg->w[i]) != 0) {
@@ -2905,14 +2967,74 @@ static bool conf_pg_same(const struct conf_pg *a, const struct conf_pg *b)
     return true;
 }
 
-bool pg_reload_check(const struct pg *p, const struct conf *c)
+/* What a running pooler cannot change: its sockets, its servers, its pools'
+ * identities and modes, TLS. */
+static bool conf_pg_hot(const struct conf_pg *a, const struct conf_pg *b)
 {
-    const struct conf_pg *running = p ? p->c : NULL;
-    static const struct conf_pg none;
-    bool same = conf_pg_same(running ? running : &none, &c->pg);
-    if (!same)
-        log_warn("postgres: the section changed; restart portico to apply it");
-    return same;
+    if (a->nlisten != b->nlisten || a->nservers != b->nservers || a->npools != b->npools ||
+        a->sslmode != b->sslmode || !str_eq(a->sslrootcert, b->sslrootcert))
+        return false;
+    for (uint32_t i = 0; i < a->nlisten; i++)
+        if (!conf_addr_equal(&a->listen[i], &b->listen[i]))
+            return false;
+    for (uint32_t i = 0; i < a->nservers; i++)
+        if (!conf_addr_equal(&a->servers[i].addr, &b->servers[i].addr) ||
+            a->servers[i].role != b->servers[i].role || a->servers[i].weight != b->servers[i].weight)
+            return false;
+    for (uint32_t i = 0; i < a->npools; i++)
+        if (strcmp(a->pools[i].database, b->pools[i].database) || strcmp(a->pools[i].user, b->pools[i].user) ||
+            a->pools[i].mode != b->pools[i].mode)
+            return false;
+    return true;
+}
+
+int pg_reload(struct pg *pg, struct conf *nc)
+{
+    if (!pg || !nc->pg.enabled) {
+        if ((pg != NULL) != nc->pg.enabled)
+            log_warn("postgres: the section was %s; restart portico to apply it", pg ? "removed" : "added");
+        return pg || nc->pg.enabled ? -1 : 0;
+    }
+    if (conf_pg_same(pg->c, &nc->pg))
+        return 0;
+    if (!conf_pg_hot(pg->c, &nc->pg)) {
+        log_warn("postgres: listen, servers, the pools' database/user/pool_mode or TLS changed; "
+                 "restart portico to apply them (the pooler keeps its running configuration)");
+        return -1;
+    }
+    char err[256];
+    struct pg_user *users;
+    uint32_t nusers;
+    if (!build_users(&nc->pg, &users, &nusers, err, sizeof err)) {
+        log_warn("postgres: reload refused: %s", err);
+        return -1;
+    }
+    /* every worker switches in its own thread; the old configuration is
+     * released once none runs on it */
+    pthread_mutex_lock(&pg->reload_mu);
+    pg->next_c = &nc->pg;
+    pg->next_users = users;
+    pg->next_nusers = nusers;
+    pg->acks = 0;
+    for (uint32_t i = 0; i < pg->nw; i++) {
+        atomic_store(&pg->w[i].adopt_req, true);
+        loop_wake(pg->w[i].loop);
+    }
+    while (pg->acks < pg->nw)
+        pthread_cond_wait(&pg->reload_cv, &pg->reload_mu);
+    pthread_mutex_unlock(&pg->reload_mu);
+    pthread_mutex_lock(&g_mu);          /* the admin thread reads pg->c under it */
+    struct conf *old = pg->conf;
+    struct pg_user *old_users = pg->users;
+    pg->conf = conf_ref(nc);
+    pg->c = &nc->pg;
+    pg->users = users;
+    pg->nusers = nusers;
+    pthread_mutex_unlock(&g_mu);
+    free(old_users);
+    conf_unref(old);
+    log_info("postgres: configuration reloaded");
+    return 0;
 }
 
 void pg_stop(struct pg *pg)

@@ -168,11 +168,14 @@ void pg_md5_response(const char *secret, const char *user, const uint8_t salt[4]
 struct pg;
 /* Bind the listeners and start the workers. NULL with err set on failure. */
 struct pg *pg_start(struct conf *c, char *err, size_t errlen);
-/* On a reload: the pooler keeps running on the configuration it started
- * with. Logs a warning (and returns false) when `c`'s postgres: section
- * differs from it, so that the operator knows a restart is needed. `p` may
- * be NULL (no pooler running). */
-bool pg_reload_check(const struct pg *p, const struct conf *c);
+/* Reload (SIGHUP, after the proxy accepted the same file): apply `c`'s
+ * postgres: section to the running pooler. Pool sizes, passwords, the auth
+ * file, timeouts, slow_query and the other limits change at once (each
+ * worker switches between two events; connections stay). A change to
+ * listen, servers, the pools' database/user/pool_mode or TLS takes a
+ * restart: -1 with a warning logged, the pooler keeps running as it was.
+ * Takes its own reference to `c`. Call from one thread at a time (main). */
+int pg_reload(struct pg *p, struct conf *c);
 /* Close the listeners, end every client and server connection, join. */
 void pg_stop(struct pg *p);
 

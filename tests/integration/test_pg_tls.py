@@ -75,18 +75,58 @@ def test_require_against_a_server_without_tls(make_pooler, pg_server):
         p.connect()
 
 
-def test_reload_keeps_the_pooler_and_says_restart(make_pooler):
+def scram_verifier(password, salt=b"portico-test-salt", iterations=4096):
+    import base64
+    import hashlib
+    import hmac
+    sp = hashlib.pbkdf2_hmac("sha256", password.encode(), salt, iterations)
+    ck = hmac.new(sp, b"Client Key", "sha256").digest()
+    sk = hmac.new(sp, b"Server Key", "sha256").digest()
+    b64 = lambda b: base64.b64encode(b).decode()
+    return "SCRAM-SHA-256$%d:%s$%s:%s" % (iterations, b64(salt), b64(hashlib.sha256(ck).digest()), b64(sk))
+
+
+def test_reload_applies_pool_sizes_and_passwords(make_pooler, pg_server):
+    p = make_pooler()
+    conn = p.connect()
+    conn.autocommit = True
+    cur = conn.cursor()
+    cur.execute("SELECT 1")
+    path = p.portico.config_path
+    text = open(path).read()
+    users = text.split("file: ")[1].split(" ")[0].strip()
+    # the auth file now holds a verifier for a new password; portico keeps logging in
+    # to the server with the old one, now written in the pool
+    with open(users, "w") as f:
+        f.write('"app" "%s"\n' % scram_verifier("newpass"))
+    with open(path, "w") as f:
+        f.write(text.replace("pool_size: 5", "pool_size: 7, password: apppass"))
+    p.portico.signal(signal.SIGHUP)
+    assert wait_for(lambda: "postgres: configuration reloaded" in p.portico.log_text(), 10), p.portico.log_text()
+    assert p.admin("/pools")["pools"][0]["pool_size"] == 7
+    cur.execute("SELECT 2")                     # the connection stays
+    assert cur.fetchone() == (2,)
+    with pytest.raises(psycopg2.OperationalError, match="password authentication failed"):
+        p.connect(password="apppass")
+    with p.connect(password="newpass") as c2, c2.cursor() as k:
+        k.execute("SELECT current_user")
+        assert k.fetchone() == ("app",)
+    conn.close()
+
+
+def test_reload_of_what_takes_a_restart(make_pooler):
     p = make_pooler()
     conn = p.connect()
     conn.autocommit = True
     path = p.portico.config_path
     text = open(path).read()
     with open(path, "w") as f:
-        f.write(text.replace("pool_size: 5", "pool_size: 6"))
+        f.write(text.replace("pool_size: 5", "pool_size: 6, pool_mode: session"))
     p.portico.signal(signal.SIGHUP)
     assert wait_for(lambda: "restart portico to apply" in p.portico.log_text(), 10), p.portico.log_text()
     cur = conn.cursor()
     cur.execute("SELECT 1")
     assert cur.fetchone() == (1,)
-    assert p.admin("/pools")["pools"][0]["pool_size"] == 5
+    st = p.admin("/pools")["pools"][0]
+    assert st["pool_size"] == 5 and st["pool_mode"] == "transaction"
     conn.close()
