@@ -259,6 +259,7 @@ struct client {
     struct wpool *cur;              /* the pool it waits in or has a server from */
     struct server *srv;
     bool can_read, can_write, eof, queued, counted;
+    bool hup;                       /* the peer closed (or reset): read until EOF */
     char user[64], db[64];
     uint32_t key_pid, key_secret;
     _Atomic uint64_t cancel_target;  /* server pid << 32 | key of the attached server; 0 none */
@@ -286,6 +287,7 @@ struct server {
     struct client *client;
     uint32_t sidx;                  /* conf server index */
     bool can_read, can_write, connected;
+    bool hup;                       /* the peer closed (or reset): read until EOF */
     uint32_t be_pid, be_key;
     struct pend *pend;
     uint32_t phead, pcount, pcap;
@@ -770,7 +772,7 @@ static void set_nodelay(int fd)
 
 /* Read what is there into b (growing for a message in progress). 1: got
  * bytes or nothing yet (EAGAIN), 0: EOF, -1: error. */
-static int sock_read(int fd, SSL *ssl, struct pgbuf *b, bool *can_read, size_t limit)
+static int sock_read(int fd, SSL *ssl, struct pgbuf *b, bool *can_read, bool hup, size_t limit)
 {
     while (*can_read && pb_len(b) < limit) {
         if (!pb_reserve(b, 16384))
@@ -804,8 +806,11 @@ static int sock_read(int fd, SSL *ssl, struct pgbuf *b, bool *can_read, size_t l
                 return 0;
         }
         b->end += (uint32_t)n;
-        if ((size_t)n < room && !ssl) {
-            *can_read = false;      /* a short read: the socket is drained (edge-triggered) */
+        if ((size_t)n < room && !ssl && !hup) {
+            /* a short read: the socket is drained (edge-triggered). Not when
+             * the peer closed: its FIN came with the same edge as the data,
+             * and no other edge will tell us to read the EOF */
+            *can_read = false;
             return 1;
         }
     }
@@ -1332,7 +1337,7 @@ static void server_pump(struct server *s)
         }
         if (n == 0) {
             pb_trim(&s->in);
-            int r = sock_read(s->io.fd, s->ssl, &s->in, &s->can_read, want_bytes(&s->in, 1u << 20));
+            int r = sock_read(s->io.fd, s->ssl, &s->in, &s->can_read, s->hup, want_bytes(&s->in, 1u << 20));
             if (r <= 0) {
                 server_fail(s, r == 0 ? "the server closed the connection" : "read error");
                 goto out;
@@ -1388,6 +1393,8 @@ static void server_io(struct loop *l, struct loop_io *io, unsigned ev)
         return;
     if (ev & LOOP_READ)
         s->can_read = true;
+    if (ev & LOOP_HUP)
+        s->hup = true;
     if (ev & LOOP_WRITE)
         s->can_write = true;
     if (s->state == SS_CONNECT) {
@@ -2309,7 +2316,7 @@ static void client_pump(struct client *c)
     size_t limit = c->state == CS_WAITING ? 65536 : 1u << 20;
     if (!c->eof && c->can_read) {
         size_t want = c->state == CS_LOGIN ? PG_MAX_STARTUP : want_bytes(&c->in, limit);
-        int r = sock_read(c->io.fd, NULL, &c->in, &c->can_read, want);
+        int r = sock_read(c->io.fd, NULL, &c->in, &c->can_read, c->hup, want);
         if (r <= 0)
             c->eof = true;
     }
@@ -2343,6 +2350,8 @@ static void client_io(struct loop *l, struct loop_io *io, unsigned ev)
     struct client *c = (struct client *)io;
     if (ev & LOOP_READ)
         c->can_read = true;
+    if (ev & LOOP_HUP)
+        c->hup = true;
     if (ev & LOOP_WRITE) {
         c->can_write = true;
         client_flush(c);

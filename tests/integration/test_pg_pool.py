@@ -401,3 +401,16 @@ def test_prepared_statement_cache_bound(make_pooler, pg_server):
     rows = [body for t, body in read_msgs(s) if t == b"D"]
     assert rows and rows[0].endswith(b"2"), rows
     s.close()
+
+
+def test_half_closed_clients_are_closed(make_pooler):
+    # data and FIN in one edge: portico must still see the EOF and close
+    p = make_pooler(auth_type="trust")
+    for cut in (1, 3, 6, 9):
+        s = raw_login(p.port)
+        s.sendall(m_query("SELECT 1")[:cut])
+        s.shutdown(socket.SHUT_WR)
+        s.settimeout(5)
+        assert s.recv(100) == b""       # portico closed its side
+        s.close()
+    assert wait_for(lambda: p.admin("/pools")["clients"] == 0, 5), p.admin("/pools")
