@@ -591,6 +591,42 @@ static bool load_guard(struct ctx *x, yaml_node_t *m, const char *path, struct c
     return true;
 }
 
+/* challenge: { key_file: PATH, difficulty: 16, ttl: 1h, bind: address | network } */
+static bool load_challenge(struct ctx *x, yaml_node_t *m, struct conf_challenge *cc)
+{
+    if (!expect_map(x, m, "challenge"))
+        return false;
+    FOR_PAIRS(x, m, k, v) {
+        char kp[256];
+        join(kp, sizeof kp, "challenge", k);
+        bool ok = true;
+        if (!strcmp(k, "difficulty")) ok = get_uint(x, v, kp, &cc->difficulty, 1, 28);
+        else if (!strcmp(k, "ttl")) ok = get_timeout(x, v, kp, &cc->ttl_ms);
+        else if (!strcmp(k, "bind")) {
+            const char *b = scalar(v);
+            if (b && !strcmp(b, "address")) cc->bind_network = false;
+            else if (b && !strcmp(b, "network")) cc->bind_network = true;
+            else ok = bad(x, v, kp, "expected address or network");
+        } else if (!strcmp(k, "key_file")) {
+            const char *path = scalar(v);
+            FILE *f = path && *path ? fopen(path, "rb") : NULL;
+            if (!f)
+                return bad(x, v, kp, "%s: %s", path ? path : "", path && *path ? strerror(errno)
+                                                                               : "expected a file name");
+            size_t n = fread(cc->key, 1, sizeof cc->key, f);
+            fclose(f);
+            if (n < 16)
+                return bad(x, v, kp, "%s: the key must have at least 16 bytes", path);
+            cc->key_len = n;
+        } else {
+            ok = unknown(x, p_, "challenge", k);
+        }
+        if (!ok)
+            return false;
+    }
+    return true;
+}
+
 static bool load_rate_limits(struct ctx *x, yaml_node_t *v, const char *path, struct conf_route *r);
 static bool load_cidrs(struct ctx *x, yaml_node_t *v, const char *path, struct conf_cidr **out,
                        uint32_t *n);
@@ -749,6 +785,9 @@ static bool load_route(struct ctx *x, struct conf *c, yaml_node_t *m, const char
                 return bad(x, v, kp, "needs a top-level audit_log to write to");
         } else if (!strcmp(k, "rate_limit")) {
             if (!load_rate_limits(x, v, kp, r))
+                return false;
+        } else if (!strcmp(k, "challenge")) {
+            if (!get_bool(x, v, kp, &r->challenge))
                 return false;
         } else if (!strcmp(k, "login_guard")) {
             if (!load_guard(x, v, kp, &r->guard))
@@ -1033,9 +1072,10 @@ static bool load_rate_limit(struct ctx *x, yaml_node_t *m, const char *path, str
         else if (!strcmp(k, "dry_run")) ok = get_bool(x, v, kp, &l->dry_run);
         else if (!strcmp(k, "action")) {
             const char *a = scalar(v);
-            if (a && !strcmp(a, "reject")) l->delay = false;
+            if (a && !strcmp(a, "reject")) l->delay = l->challenge = false;
             else if (a && !strcmp(a, "delay")) l->delay = true;
-            else ok = bad(x, v, kp, "expected reject or delay");
+            else if (a && !strcmp(a, "challenge")) l->challenge = true;
+            else ok = bad(x, v, kp, "expected reject, delay or challenge");
         }
         else if (!strcmp(k, "name")) {
             const char *s = scalar(v);
@@ -1223,6 +1263,7 @@ static bool load_root(struct ctx *x, struct conf *c, yaml_node_t *root)
         else if (!strcmp(k, "metrics")) ok = load_metrics(x, v, &c->metrics);
         else if (!strcmp(k, "audit_log")) ok = load_log(x, v, k, false, c);
         else if (!strcmp(k, "trusted_proxies")) ok = load_trusted(x, v, c);
+        else if (!strcmp(k, "challenge")) ok = load_challenge(x, v, &c->challenge);
         else if (!strcmp(k, "allow")) ok = load_cidrs(x, v, k, &c->allow, &c->nallow);
         else if (!strcmp(k, "deny")) ok = load_cidrs(x, v, k, &c->deny, &c->ndeny);
         else if (!strcmp(k, "path_normalization")) ok = load_pathnorm(x, v, &c->pathnorm);
@@ -1385,6 +1426,8 @@ struct conf *conf_load_string(const char *name, const char *text, size_t len,
     };
     c->metrics.enabled = true;
     c->pathnorm.forward_normalized = true;
+    c->challenge.difficulty = 16;
+    c->challenge.ttl_ms = 3600000;
     c->metrics.nbuckets = sizeof default_buckets / sizeof default_buckets[0];
     memcpy(c->metrics.buckets, default_buckets, sizeof default_buckets);
 

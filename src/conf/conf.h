@@ -139,6 +139,7 @@ struct conf_rate_limit {
     uint8_t v4_prefix, v6_prefix;   /* `aggregate:` client_ip to a network (32/128: none) */
     bool dry_run;               /* count and log, never refuse */
     bool delay;                 /* action: delay: pace early requests instead of refusing */
+    bool challenge;             /* action: challenge: a proof-of-work page instead of 429 */
     uint8_t headers;            /* enum conf_limit_headers */
     uint16_t status;            /* 429 (default) or 503 */
 };
@@ -168,6 +169,16 @@ struct conf_route {
     struct conf_cidr *allow, *deny; /* the route's own, checked after the global ones */
     uint32_t nallow, ndeny;
     struct conf_login_guard guard;
+    bool challenge;             /* challenge: true: every client without a pass ("bot fight") */
+};
+
+/* `challenge:` the proof-of-work challenge's settings. */
+struct conf_challenge {
+    unsigned char key[64];      /* from key_file; empty: a random key per process */
+    size_t key_len;
+    uint32_t difficulty;        /* leading zero bits of SHA-256 (default 16) */
+    uint64_t ttl_ms;            /* how long a pass is good (default 1h) */
+    bool bind_network;          /* bind passes to the /24 (IPv6: /64), not the address */
 };
 
 struct conf_limits {
@@ -317,6 +328,7 @@ struct conf {
     struct conf_pg pg;          /* postgres: (pg.enabled false when absent) */
     struct conf_cidr *allow, *deny; /* allow / deny: who may use any route */
     uint32_t nallow, ndeny;
+    struct conf_challenge challenge;
 };
 
 /* Whether addr (AF_INET / AF_INET6 bytes, v4-mapped IPv6 counts as IPv4) is

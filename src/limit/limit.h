@@ -26,6 +26,7 @@
 
 struct obs_text;
 struct stage_def;
+struct stage_x;
 
 struct limit_result {
     bool admitted;
@@ -99,6 +100,12 @@ void limit_conn_release(int family, const uint8_t *addr);
  * denials by list, the table's keys and evictions. */
 void limit_metrics(struct obs_text *t);
 void limit_guard_metrics(struct obs_text *t);
+
+/* The proof-of-work challenge (challenge.c). */
+struct conf_challenge;
+bool limit_challenge_passed(struct stage_x *sx, const struct conf_challenge *cc);
+int limit_challenge_page(struct stage_x *sx, const struct conf_challenge *cc);
+int limit_challenge_verify(struct stage_x *sx, const struct conf_challenge *cc);
 
 /* The top offenders (Space-Saving, bounded): note a refusal of client `key`
  * by `why`; JSON for GET /limits/top (at most max); metrics by rank. */

@@ -33,7 +33,7 @@ struct series {
 static struct series series[MAX_SERIES];
 static _Atomic uint32_t nseries;
 static pthread_mutex_t series_mu = PTHREAD_MUTEX_INITIALIZER;
-static _Atomic uint64_t denied_global, denied_route;
+static _Atomic uint64_t denied_global, denied_route, challenged;
 
 static void route_label(const struct conf_route *rt, char *out, size_t n)
 {
@@ -72,13 +72,29 @@ struct rlimit {
 struct rstate {
     const struct conf *conf;
     const struct conf_route *rt;
+    bool challenges;            /* some route challenges: answer the verification path */
     uint32_t n;
     struct rlimit l[];
 };
 
+/* Whether any route challenges: then every route answers the challenge's
+ * verification path (the page may be on another route than its check). */
+static bool conf_challenges(const struct conf *conf)
+{
+    for (uint32_t i = 0; i < conf->nroutes; i++) {
+        if (conf->routes[i].challenge)
+            return true;
+        for (uint32_t k = 0; k < conf->routes[i].nlimits; k++)
+            if (conf->routes[i].limits[k].challenge)
+                return true;
+    }
+    return false;
+}
+
 static void *limit_route_new(const struct conf *conf, const struct conf_route *rt)
 {
-    if (!rt->nlimits && !rt->nallow && !rt->ndeny && !conf->nallow && !conf->ndeny)
+    bool chall = conf_challenges(conf);
+    if (!rt->nlimits && !rt->nallow && !rt->ndeny && !conf->nallow && !conf->ndeny && !chall)
         return NULL;
     if (rt->nlimits && limit_table_init(conf->limits.max_keys) < 0) {
         log_error("rate limits: no memory for %u keys: limits off", conf->limits.max_keys);
@@ -89,6 +105,7 @@ static void *limit_route_new(const struct conf *conf, const struct conf_route *r
         return NULL;
     st->conf = conf;
     st->rt = rt;
+    st->challenges = chall;
     st->n = rt->nlimits;
     char label[256];
     route_label(rt, label, sizeof label);
@@ -293,6 +310,22 @@ static enum stage_verdict limit_request(struct stage_x *sx)
         limit_top_note(ip, ipn, denied ? "deny" : "route allow/deny");
         return refuse(sx, 403, "403 Forbidden\n", NULL, NULL);
     }
+    bool passed = false;
+    if (st->challenges) {
+        static const char verify[] = "/.well-known/portico-challenge";
+        size_t pl;
+        const char *path = stage_path(sx, &pl);
+        if (pl >= sizeof verify - 1 && !memcmp(path, verify, sizeof verify - 1) &&
+            (pl == sizeof verify - 1 || path[sizeof verify - 1] == '?'))
+            return limit_challenge_verify(sx, &conf->challenge) == 0 ? STAGE_ANSWERED
+                                                                    : STAGE_CONTINUE;
+        passed = limit_challenge_passed(sx, &conf->challenge);
+        if (rt->challenge && !passed) {          /* bot fight: everyone proves it once */
+            atomic_fetch_add_explicit(&challenged, 1, memory_order_relaxed);
+            return limit_challenge_page(sx, &conf->challenge) == 0 ? STAGE_ANSWERED
+                                                                  : STAGE_CONTINUE;
+        }
+    }
     int64_t now = now_ns();
     uint64_t wait_ns = 0;
     for (uint32_t i = 0; i < st->n; i++) {
@@ -314,6 +347,16 @@ static enum stage_verdict limit_request(struct stage_x *sx)
         int out = r.admitted ? OUT_ALLOWED : l->c->dry_run ? OUT_DRY_RUN : OUT_LIMITED;
         if (l->s)
             atomic_fetch_add_explicit(&l->s->n[out], 1, memory_order_relaxed);
+        if (!r.admitted && l->c->challenge) {
+            if (passed)
+                continue;               /* a pass exempts its holder from this limit */
+            size_t ipn;
+            const char *ip = stage_client_ip(sx, &ipn);
+            limit_top_note(ip, ipn, l->c->name);
+            atomic_fetch_add_explicit(&challenged, 1, memory_order_relaxed);
+            return limit_challenge_page(sx, &conf->challenge) == 0 ? STAGE_ANSWERED
+                                                                  : STAGE_CONTINUE;
+        }
         if (!r.admitted && l->c->dry_run) {
             size_t ipn;
             const char *ip = stage_client_ip(sx, &ipn);
@@ -384,6 +427,9 @@ void limit_metrics(struct obs_text *t)
                (unsigned long long)atomic_load(&denied_route));
     limit_guard_metrics(t);
     limit_top_metrics(t);
+    obs_printf(t, "# HELP portico_challenges_total Challenge pages served.\n"
+                  "# TYPE portico_challenges_total counter\nportico_challenges_total %llu\n",
+               (unsigned long long)atomic_load(&challenged));
     uint64_t keys, ev, aev;
     limit_table_stats(&keys, &ev, &aev);
     obs_printf(t, "# HELP portico_ratelimit_keys Keys the rate-limit table tracks.\n"

@@ -211,13 +211,22 @@ static const char *const variants[NVARIANTS] = {
     "  - { match: { prefix: /wait/ }, upstream: app }\n"
     "  - { match: { prefix: /upper/ }, upstream: app }\n"
     "  - { match: { prefix: /watch/ }, upstream: app }\n"
+    "  - { match: { prefix: /bot/ }, upstream: app, challenge: true }\n"
+    "  - match: { prefix: /rl/ }\n"
+    "    upstream: app\n"
+    "    rate_limit: [ { rate: 2/s, burst: 1, name: a, key: [ client_ip, \"header:X-K\" ] },\n"
+    "                  { rate: 1/min, action: challenge, name: c },\n"
+    "                  { rate: 5/s, action: delay, burst: 2, name: d } ]\n"
+    "    login_guard: { max_failures: 2, account: \"form:u\" }\n"
     "  - match: { prefix: / }\n"
     "    upstream: app\n"
     "    headers:\n"
     "      request: { set: { X-Client: \"${client_ip} ${request_id}\" }, remove: [ Cookie ] }\n"
     "      response: { set: { Cache-Control: \"max-age=60\" }, default: { X-A: b },\n"
     "                  remove: [ Server ], add: { X-Route: \"${route} ${host}\" } }\n"
-    "limits: { max_header_bytes: 2KiB, max_request_line: 1KiB }\n",
+    "challenge: { difficulty: 2 }\n"
+    "limits: { max_header_bytes: 2KiB, max_request_line: 1KiB, max_keys: 256,\n"
+    "          max_connections_per_ip: 4 }\n",
 };
 
 static const uint64_t advance_ms[12] = {

@@ -266,3 +266,84 @@ def test_top_offenders_and_status(start_portico, start_upstream):
     assert rl["limited"] == 9 and rl["allowed"] == 2
     assert rl["top_offenders"][0]["client"] == "198.51.100.9"
     assert 'portico_ratelimit_top_offender_refusals{rank="1",client="198.51.100.9"} 7' in metrics
+
+
+# ---------------------------------------------------------------- the proof-of-work challenge
+
+import hashlib
+import os
+import re
+
+
+def solve(page):
+    m = re.search(r'data-difficulty="(\d+)" data-nonce="([0-9a-f]{32})" data-ts="(\d+)" '
+                  r'data-next="([^"]*)"', page)
+    assert m, page[:500]
+    d, nonce, ts, nxt = int(m.group(1)), m.group(2), m.group(3), m.group(4)
+    c = 0
+    while True:
+        h = int.from_bytes(hashlib.sha256(("%s:%d" % (nonce, c)).encode()).digest(), "big")
+        if h >> (256 - d) == 0:
+            return "/.well-known/portico-challenge?ts=%s&nonce=%s&c=%d&next=%s" % (ts, nonce, c, nxt)
+        c += 1
+
+
+CHALLENGE_ROUTE = "    challenge: true\n"
+
+
+def test_challenge_pass_and_replay(start_portico, start_upstream, tmp_path):
+    up = start_upstream("u1")
+    key = tmp_path / "challenge.key"
+    key.write_bytes(os.urandom(32))
+    p = start(start_portico, up, CHALLENGE_ROUTE, prefix="/bot/",
+              extra=TRUST + "\nchallenge: { key_file: %s, difficulty: 12 }" % key)
+    ip = [("X-Forwarded-For", "198.51.100.20")]
+    r = statuses(p.port, "/bot/echo?q=1", 1, headers=ip)[0]
+    assert r.status == 429 and r.header("content-type").startswith("text/html")
+    page = r.body.decode()
+    assert "<noscript>" in page and "http" not in page.split("<script>")[0].lower().replace(
+        "http-equiv", "")                         # no third-party resources
+    assert up.requests() == []
+    verify = solve(page)
+    v = statuses(p.port, verify, 1, headers=ip)[0]
+    assert v.status == 303 and v.header("location") == "/bot/echo?q=1"
+    cookie = v.header("set-cookie").split(";")[0]
+    assert "HttpOnly" in v.header("set-cookie")
+    ok = statuses(p.port, "/bot/echo?q=1", 1, headers=ip + [("Cookie", cookie)])[0]
+    assert ok.status == 200 and ok.json()["target"] == "/bot/echo?q=1"
+    # the same pass from another address is not a pass
+    other = statuses(p.port, "/bot/echo", 1,
+                     headers=[("X-Forwarded-For", "203.0.113.50"), ("Cookie", cookie)])[0]
+    assert other.status == 429
+    # a forged or wrong answer
+    bad = statuses(p.port, verify.replace("&c=", "&c=9"), 1, headers=ip)[0]
+    assert bad.status == 403
+    assert statuses(p.port, verify, 1, headers=[("X-Forwarded-For", "203.0.113.50")])[0].status == 403
+
+
+def test_challenge_as_a_limit_action(start_portico, start_upstream):
+    up = start_upstream("u1")
+    p = start(start_portico, up,
+              "    rate_limit: { rate: 1/min, burst: 1, action: challenge }\n", prefix="/api/",
+              extra="challenge: { difficulty: 8 }")
+    rs = statuses(p.port, "/api/echo", 3)
+    assert [r.status for r in rs] == [200, 200, 429]        # limited: the page, not a bare 429
+    assert b"Checking your browser" in rs[2].body
+    v = statuses(p.port, solve(rs[2].body.decode()), 1)[0]
+    cookie = v.header("set-cookie").split(";")[0]
+    rs = statuses(p.port, "/api/echo", 3, headers=[("Cookie", cookie)])
+    assert [r.status for r in rs] == [200, 200, 200]        # a pass exempts from the limit
+
+
+def test_challenge_solved_by_headless_chromium(start_portico, start_upstream, tmp_path):
+    """A real browser runs the page's script, gets the pass, and lands on
+    the page it asked for, without a click."""
+    from test_status_page import chromium
+    up = start_upstream("u1")
+    p = start(start_portico, up, CHALLENGE_ROUTE, prefix="/bot/",
+              extra="challenge: { difficulty: 12 }")
+    dom = chromium("http://127.0.0.1:%d/bot/echo?from=chromium" % p.port, tmp_path,
+                   "--dump-dom", budget=20000)
+    assert '"target": "/bot/echo?from=chromium"' in dom, dom[:1000]
+    assert [q["target"] for q in up.requests() if q["target"].startswith("/bot/")] == \
+        ["/bot/echo?from=chromium"]
