@@ -223,7 +223,73 @@ int limit_table_apply(uint64_t key, int64_t now_ns, void (*fn)(struct limit_val 
     return 0;
 }
 
-struct limit_backend limit_local = { .take = local_take, .self = NULL };
+struct pace_arg { const struct limit_gcra *g; uint64_t max; int64_t now; struct limit_result *r; uint64_t *delay; };
+
+static void pace_fn(struct limit_val *v, void *arg)
+{
+    struct pace_arg *p = arg;
+    limit_gcra_delay(p->g, p->max, &v->a, p->now, p->r, p->delay);
+}
+
+static int local_pace(void *self, uint64_t key, const struct limit_gcra *g, uint64_t max_delay_ns,
+                      int64_t now_ns, struct limit_result *r, uint64_t *delay_ns)
+{
+    (void)self;
+    struct pace_arg p = { g, max_delay_ns, now_ns, r, delay_ns };
+    return limit_table_apply(key, now_ns, pace_fn, &p);
+}
+
+struct check_arg { int64_t now, until; };
+
+static void check_fn(struct limit_val *v, void *arg)
+{
+    struct check_arg *c = arg;
+    c->until = v->b > c->now ? v->b : 0;
+}
+
+static int local_guard_check(void *self, uint64_t key, int64_t now_ns, int64_t *blocked_until)
+{
+    (void)self;
+    struct check_arg c = { now_ns, 0 };
+    int rc = limit_table_apply(key, now_ns, check_fn, &c);
+    *blocked_until = c.until;
+    return rc;
+}
+
+struct record_arg { bool failed, blocked; uint32_t max; int64_t window, block, now; };
+
+static void record_fn(struct limit_val *v, void *arg)
+{
+    struct record_arg *r = arg;
+    if (!r->failed) {
+        v->n = 0;                           /* a success resets the count */
+        return;
+    }
+    if (!v->n || r->now - v->a > r->window) {
+        v->a = r->now;                      /* a new window */
+        v->n = 0;
+    }
+    if (++v->n >= r->max && v->b <= r->now) {
+        v->b = r->now + r->block;
+        v->n = 0;
+        r->blocked = true;
+    }
+}
+
+static int local_guard_record(void *self, uint64_t key, bool failed, uint32_t max_failures,
+                              int64_t window_ns, int64_t block_ns, int64_t now_ns, bool *blocked)
+{
+    (void)self;
+    struct record_arg r = { failed, false, max_failures, window_ns, block_ns, now_ns };
+    int rc = limit_table_apply(key, now_ns, record_fn, &r);
+    *blocked = r.blocked;
+    return rc;
+}
+
+struct limit_backend limit_local = {
+    .take = local_take, .pace = local_pace, .guard_check = local_guard_check,
+    .guard_record = local_guard_record, .self = NULL,
+};
 
 void limit_table_stats(uint64_t *keys, uint64_t *evictions, uint64_t *active_evictions)
 {

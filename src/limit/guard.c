@@ -91,14 +91,6 @@ static bool body_field(const char *b, size_t n, const char *name, bool json, con
     return false;
 }
 
-struct check { int64_t now; int64_t blocked_until; };
-
-static void check_fn(struct limit_val *v, void *arg)
-{
-    struct check *c = arg;
-    c->blocked_until = v->b > c->now ? v->b : 0;
-}
-
 static enum stage_verdict guard_request(struct stage_x *sx)
 {
     struct gstate *g = stage_route_state(sx);
@@ -116,22 +108,19 @@ static enum stage_verdict guard_request(struct stage_x *sx)
         body_field(body, bl, cf->account_name, cf->account_from == 3, &v, &vl);
     if (v && vl)
         cx->keys[1] = limit_hash(g->seed ^ 0xacc, v, vl);
-    struct check c = { .now = now_ns() };
-    int64_t until = 0;
+    int64_t now = now_ns(), until = 0;
     for (int k = 0; k < 2; k++) {
-        if (!cx->keys[k])
-            continue;
-        c.blocked_until = 0;
-        limit_table_apply(cx->keys[k], c.now, check_fn, &c);
-        if (c.blocked_until > until)
-            until = c.blocked_until;
+        int64_t u = 0;
+        if (cx->keys[k] && limit_local.guard_check(limit_local.self, cx->keys[k], now, &u) == 0 &&
+            u > until)
+            until = u;
     }
     if (!until)
         return STAGE_CONTINUE;
     atomic_fetch_add_explicit(&g_refused, 1, memory_order_relaxed);
     limit_top_note(cx->who, strlen(cx->who), "login_guard");
     char ra[32];
-    int rl = snprintf(ra, sizeof ra, "%lld", (long long)((until - c.now + 999999999) / 1000000000));
+    int rl = snprintf(ra, sizeof ra, "%lld", (long long)((until - now + 999999999) / 1000000000));
     struct stage_field f[] = { { "Retry-After", ra, 11, (size_t)rl },
                                { "Content-Type", "text/plain", 12, 10 } };
     static const char msg[] = "too many failed logins: try again later\n";
@@ -140,26 +129,6 @@ static enum stage_verdict guard_request(struct stage_x *sx)
     stage_body_unref(b);
     cx->keys[0] = cx->keys[1] = 0;          /* a refusal is not a failed login */
     return rc == 0 ? STAGE_ANSWERED : STAGE_CONTINUE;
-}
-
-struct record { const struct conf_login_guard *cf; int64_t now; bool failed, blocked; };
-
-static void record_fn(struct limit_val *v, void *arg)
-{
-    struct record *r = arg;
-    if (!r->failed) {
-        v->n = 0;                           /* a success resets the count */
-        return;
-    }
-    if (!v->n || r->now - v->a > (int64_t)r->cf->window_ms * 1000000) {
-        v->a = r->now;                      /* a new window */
-        v->n = 0;
-    }
-    if (++v->n >= r->cf->max_failures && v->b <= r->now) {
-        v->b = r->now + (int64_t)r->cf->block_ms * 1000000;
-        v->n = 0;
-        r->blocked = true;
-    }
 }
 
 static enum stage_body_mode guard_response(struct stage_x *sx)
@@ -177,13 +146,15 @@ static enum stage_body_mode guard_response(struct stage_x *sx)
         return STAGE_BODY_NONE;             /* neither a failed login nor a success */
     if (failed)
         atomic_fetch_add_explicit(&g_failures, 1, memory_order_relaxed);
-    struct record r = { .cf = cf, .now = now_ns(), .failed = failed };
+    int64_t now = now_ns();
     for (int k = 0; k < 2; k++) {
-        if (!cx->keys[k])
+        bool blocked = false;
+        if (!cx->keys[k] ||
+            limit_local.guard_record(limit_local.self, cx->keys[k], failed, cf->max_failures,
+                                     (int64_t)cf->window_ms * 1000000, (int64_t)cf->block_ms * 1000000,
+                                     now, &blocked) < 0)
             continue;
-        r.blocked = false;
-        limit_table_apply(cx->keys[k], r.now, record_fn, &r);
-        if (r.blocked) {
+        if (blocked) {
             atomic_fetch_add_explicit(&g_blocks, 1, memory_order_relaxed);
             log_rl_warn("login guard %s%s: %s %s blocked for %llu s after %u failed logins",
                         g->rt->host ? g->rt->host : "", g->rt->prefix,

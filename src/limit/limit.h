@@ -65,12 +65,24 @@ struct limit_val {
 int limit_table_apply(uint64_t key, int64_t now_ns, void (*fn)(struct limit_val *v, void *arg),
                       void *arg);
 
+/* Every decision goes through a backend: the local table (limit_local)
+ * today; a cluster-wide store (Redis, a later issue) implements the same
+ * four operations and the request path does not change. Each returns 0, or
+ * -1 when it cannot decide (then the request is admitted: limits fail
+ * open). `key` is a 64-bit hash of the limit (or guard) and the key's bytes. */
 struct limit_backend {
-    /* Take one request for `key` (a 64-bit hash of the limit and the key's
-     * bytes) under limit g at now_ns. 0, or -1 when the backend cannot say
-     * (then the request is admitted: limits fail open). */
+    /* One request under GCRA limit g. */
     int (*take)(void *self, uint64_t key, const struct limit_gcra *g, int64_t now_ns,
                 struct limit_result *r);
+    /* One request paced under g (action: delay): *delay_ns to wait. */
+    int (*pace)(void *self, uint64_t key, const struct limit_gcra *g, uint64_t max_delay_ns,
+                int64_t now_ns, struct limit_result *r, uint64_t *delay_ns);
+    /* The login guard: when the key is blocked until (0: it is not). */
+    int (*guard_check)(void *self, uint64_t key, int64_t now_ns, int64_t *blocked_until);
+    /* A login's outcome: a failure counts (within window_ns; max_failures
+     * block for block_ns, *blocked says so), a success resets. */
+    int (*guard_record)(void *self, uint64_t key, bool failed, uint32_t max_failures,
+                        int64_t window_ns, int64_t block_ns, int64_t now_ns, bool *blocked);
     void *self;
 };
 

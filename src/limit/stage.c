@@ -273,21 +273,6 @@ static enum stage_verdict refuse(struct stage_x *sx, int status, const char *why
     return rc == 0 ? STAGE_ANSWERED : STAGE_CONTINUE;
 }
 
-/* action: delay: GCRA pacing, under the key's lock. */
-struct pace {
-    const struct rlimit *l;
-    int64_t now;
-    struct limit_result r;
-    uint64_t delay_ns;
-};
-
-static void pace_fn(struct limit_val *v, void *arg)
-{
-    struct pace *p = arg;
-    struct limit_gcra strict = { p->l->g.interval_ns, 0 };
-    limit_gcra_delay(&strict, p->l->g.tolerance_ns, &v->a, p->now, &p->r, &p->delay_ns);
-}
-
 static enum stage_verdict limit_request(struct stage_x *sx)
 {
     struct rstate *st = stage_route_state(sx);
@@ -335,12 +320,13 @@ static enum stage_verdict limit_request(struct stage_x *sx)
         if (!request_key(sx, l, fam, addr, &key))
             continue;
         if (l->c->delay) {
-            struct pace p = { .l = l, .now = now };
-            if (limit_table_apply(key, now, pace_fn, &p) < 0)
+            /* strict pacing: no instant burst, a queue of `burst` intervals */
+            struct limit_gcra strict = { l->g.interval_ns, 0 };
+            uint64_t d = 0;
+            if (limit_local.pace(limit_local.self, key, &strict, l->g.tolerance_ns, now, &r, &d) < 0)
                 continue;
-            r = p.r;
-            if (r.admitted && p.delay_ns > wait_ns)
-                wait_ns = p.delay_ns;
+            if (r.admitted && d > wait_ns)
+                wait_ns = d;
         } else if (limit_local.take(limit_local.self, key, &l->g, now, &r) < 0) {
             continue;
         }
