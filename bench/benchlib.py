@@ -22,7 +22,8 @@ import statistics
 import sys
 import time
 
-PROXIES = ("portico", "portico3", "porticolog", "porticooff", "nginx", "haproxy")
+PROXIES = ("portico", "portico3", "porticolog", "porticooff", "porticorl", "nginx", "nginxrl",
+           "haproxy")
 SIZES = ("small", "32k")
 EXPECTED_BODY = {"small": 13, "32k": 32768}
 
@@ -306,6 +307,23 @@ def cmd_report(results_path, idle_path):
         print("the CPU per request observability costs; target below 1.05x. Middle column: metrics alone")
         print()
         print(table(["size", "log+metrics cpu", "metrics cpu", "req/s"], rows))
+        print()
+
+    rows = []
+    for size in SIZES:
+        pb, pr = med.get(("portico", size)), med.get(("porticorl", size))
+        nb, nr = med.get(("nginx", size)), med.get(("nginxrl", size))
+        if pb and pr and nb and nr and pb["cpu_us"] and nb["cpu_us"]:
+            padd, nadd = pr["cpu_us"] - pb["cpu_us"], nr["cpu_us"] - nb["cpu_us"]
+            rows.append([size, fmt_ratio(pr["cpu_us"] / pb["cpu_us"]),
+                         fmt_ratio(nr["cpu_us"] / nb["cpu_us"]),
+                         fmt_num(padd, 2), fmt_num(nadd, 2)])
+    if rows:
+        print("A rate limit that rejects nothing (one key, 100000/s): porticorl / portico against")
+        print("nginxrl (limit_req) / nginx, and the CPU per request each adds; target: portico's")
+        print("added CPU at most nginx's")
+        print()
+        print(table(["size", "portico rl/plain", "nginx rl/plain", "portico +us", "nginx +us"], rows))
         print()
 
     idle = read_tsv(idle_path)

@@ -40,7 +40,7 @@ ROUNDS=${BENCH_ROUNDS:-3}
 WARMUP=${BENCH_WARMUP:-1}; WARMUP=${WARMUP%s}
 IDLE_CONNS=${BENCH_IDLE_CONNS:-9000}
 IDLE_WINDOW=${BENCH_IDLE_WINDOW:-256}
-PROXIES=${BENCH_PROXIES:-portico portico3 porticolog porticooff nginx haproxy}
+PROXIES=${BENCH_PROXIES:-portico portico3 porticolog porticooff porticorl nginx nginxrl haproxy}
 PORTICO_BIN=${PORTICO_BIN:-$ROOT/build/portico}
 OUT=${BENCH_OUT:-$ROOT/build/bench}
 PROXY_CPU=${BENCH_PROXY_CPU:-0}
@@ -55,7 +55,7 @@ for v in DURATION CONNS ROUNDS WARMUP IDLE_CONNS IDLE_WINDOW PROXY_CPU LOAD_CPU;
 done
 [ "$DURATION" -ge 1 ] && [ "$ROUNDS" -ge 1 ] && [ "$CONNS" -ge 1 ] || die "duration, rounds and connections must be >= 1"
 for p in $PROXIES; do
-    case $p in portico|portico3|porticolog|porticooff|nginx|haproxy) ;; *) die "unknown proxy '$p' in BENCH_PROXIES" ;; esac
+    case $p in portico|portico3|porticolog|porticooff|porticorl|nginx|nginxrl|haproxy) ;; *) die "unknown proxy '$p' in BENCH_PROXIES" ;; esac
 done
 [ -x "$PY" ] || die "$PY not found"
 for t in wrk nginx haproxy taskset; do
@@ -227,8 +227,12 @@ EOF
 # ------------------------------------------------------------------------- proxies under test
 declare -A PID_OF PORT_OF WHY_NOT
 
-write_nginx_conf() {    # DIR PORT
-    local d=$1 port=$2
+write_nginx_conf() {    # DIR PORT [LIMIT]: LIMIT adds limit_req (nginxrl)
+    local d=$1 port=$2 zone="" req=""
+    if [ "${3:-}" = limit ]; then
+        zone="limit_req_zone \$binary_remote_addr zone=rl:10m rate=100000r/s;"
+        req="limit_req zone=rl burst=100000 nodelay;"
+    fi
     mkdir -p "$d/tmp" "$d/logs"
     cat >"$d/nginx.conf" <<EOF
 # nginx under test: one process (no master), no access log, keep-alive to the upstream
@@ -248,6 +252,7 @@ http {
     scgi_temp_path $d/tmp/scgi;
     keepalive_timeout 300s;
     keepalive_requests 1000000000;
+    $zone
     upstream bench {
         server 127.0.0.1:$UPSTREAM_PORT;
         keepalive 64;
@@ -257,6 +262,7 @@ http {
     server {
         listen 127.0.0.1:$port backlog=4096;
         location / {
+            $req
             proxy_pass http://bench;
             proxy_http_version 1.1;
             proxy_set_header Connection "";
@@ -345,13 +351,13 @@ start_proxy() {         # start_proxy NAME TAG: sets PID_OF[NAME] PORT_OF[NAME],
     port=$(free_port) || die "no free port"
     unset "PID_OF[$name]"
     case $name in
-        nginx)
-            write_nginx_conf "$d" "$port"
+        nginx|nginxrl)
+            write_nginx_conf "$d" "$port" "$([ "$name" = nginxrl ] && echo limit)"
             spawn "$d/stdout.log" taskset -c "$PROXY_CPU" nginx -p "$d/" -c "$d/nginx.conf" -e "$d/error.log" ;;
         haproxy)
             write_haproxy_conf "$d" "$port"
             spawn "$d/stdout.log" taskset -c "$PROXY_CPU" haproxy -f "$d/haproxy.cfg" -db ;;
-        portico|portico3|porticolog|porticooff)
+        portico|portico3|porticolog|porticooff|porticorl)
             if [ ! -x "$PORTICO_BIN" ]; then
                 WHY_NOT[$name]="$PORTICO_BIN not found (make all)"
                 say "$name unavailable: ${WHY_NOT[$name]}"
@@ -363,6 +369,8 @@ start_proxy() {         # start_proxy NAME TAG: sets PID_OF[NAME] PORT_OF[NAME],
             [ "$name" = porticolog ] && printf 'access_log: { path: %s/access.log, format: json }\n' "$d" >>"$d/portico.yaml"
             # porticooff: the same, without access log and without per-request metrics
             [ "$name" = porticooff ] && printf 'metrics: { enabled: false }\n' >>"$d/portico.yaml"
+            # porticorl: the same route under a rate limit too high to reject anything
+            [ "$name" = porticorl ] && sed -i 's|^    upstream: bench$|    upstream: bench\n    rate_limit: { rate: 100000/s, burst: 100000, key: client_ip }|' "$d/portico.yaml"
             spawn "$d/stdout.log" taskset -c "$PROXY_CPU" "$PORTICO_BIN" -c "$d/portico.yaml" ;;
     esac
     pid=$BG_PID
@@ -451,9 +459,9 @@ declare -A LOG_NOTE
 # ------------------------------------------------------------------------- main
 version_of() {
     case $1 in
-        nginx) nginx -v 2>&1 | sed 's/^nginx version: //' ;;
+        nginx|nginxrl) nginx -v 2>&1 | sed 's/^nginx version: //' ;;
         haproxy) haproxy -v 2>&1 | head -n1 | awk '{print "haproxy/" $3}' ;;
-        portico|portico3|porticolog|porticooff)
+        portico|portico3|porticolog|porticooff|porticorl)
             if [ ! -x "$PORTICO_BIN" ]; then echo "(not built: $PORTICO_BIN)"
             elif out=$(timeout 5 "$PORTICO_BIN" --version 2>&1); then echo "${out%%$'\n'*}"
             else echo "(--version failed: ${out%%$'\n'*})"; fi ;;
@@ -483,7 +491,7 @@ echo
 if [ "$IDLE_CONNS" -gt 0 ]; then
     echo "Idle keep-alive connections: $IDLE_CONNS per proxy ($IDLE_WINDOW opening at once), fresh instance each"
     for p in $PROXIES; do
-        [ "$p" = portico3 ] || [ "$p" = porticolog ] || [ "$p" = porticooff ] && continue  # same binary: one idle test is enough
+        case $p in portico3|porticolog|porticooff|porticorl|nginxrl) continue ;; esac  # same binary: one idle test is enough
         if ! start_proxy "$p" idle; then
             printf '%s\tfail\t0\t0\t0\t0\t0\t0\t%s\n' "$p" "${WHY_NOT[$p]:-did not start}" >>"$IDLE"
             printf '  %-8s unavailable\n' "$p"
