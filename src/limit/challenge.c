@@ -178,11 +178,10 @@ static bool cookie(struct stage_x *sx, const char *name, const char **v, size_t 
     return false;
 }
 
-bool limit_challenge_passed(struct stage_x *sx, const struct conf_challenge *cc)
+bool limit_pass_check(const struct conf_challenge *cc, const char *bind, const char *v, size_t vl,
+                      long long now)
 {
-    const char *v;
-    size_t vl;
-    if (!cookie(sx, "portico_pass", &v, &vl) || vl < 66 || vl > 90)
+    if (vl < 66 || vl > 90)
         return false;
     const char *dot = memchr(v, '.', vl);
     if (!dot || (size_t)(v + vl - dot - 1) != 64)
@@ -195,13 +194,33 @@ bool limit_challenge_passed(struct stage_x *sx, const struct conf_challenge *cc)
     exp[el] = '\0';
     char *end;
     long long e = strtoll(exp, &end, 10);
-    if (*end || e < (long long)time(NULL))
+    if (*end || exp[0] == '-' || exp[0] == '+' || e < now)
         return false;
-    char b[64], msg[128], mac[65];
-    binding(sx, cc, b, sizeof b);
-    int n = snprintf(msg, sizeof msg, "p|%s|%s", b, exp);
+    char msg[128], mac[65];
+    int n = snprintf(msg, sizeof msg, "p|%s|%s", bind, exp);
     hmac_hex(cc, msg, (size_t)n, mac);
     return CRYPTO_memcmp(mac, dot + 1, 64) == 0;
+}
+
+size_t limit_pass_make(const struct conf_challenge *cc, const char *bind, long long exp, char *out,
+                       size_t cap)
+{
+    char msg[128], mac[65];
+    int n = snprintf(msg, sizeof msg, "p|%s|%lld", bind, exp);
+    hmac_hex(cc, msg, (size_t)n, mac);
+    n = snprintf(out, cap, "%lld.%s", exp, mac);
+    return n > 0 && (size_t)n < cap ? (size_t)n : 0;
+}
+
+bool limit_challenge_passed(struct stage_x *sx, const struct conf_challenge *cc)
+{
+    const char *v;
+    size_t vl;
+    char b[64];
+    if (!cookie(sx, "portico_pass", &v, &vl))
+        return false;
+    binding(sx, cc, b, sizeof b);
+    return limit_pass_check(cc, b, v, vl, (long long)time(NULL));
 }
 
 /* The challenge page for this client, with a nonce bound to it and now. */
@@ -334,12 +353,11 @@ int limit_challenge_verify(struct stage_x *sx, const struct conf_challenge *cc)
     }
     /* the pass: expiry and an HMAC of the binding and the expiry */
     long long exp = (long long)time(NULL) + (long long)(cc->ttl_ms / 1000);
-    char mac[65], cookie_v[256], loc[1100];
-    int n = snprintf(msg, sizeof msg, "p|%s|%lld", b, exp);
-    hmac_hex(cc, msg, (size_t)n, mac);
+    char pass[128], cookie_v[256], loc[1100];
+    limit_pass_make(cc, b, exp, pass, sizeof pass);
     int cvl = snprintf(cookie_v, sizeof cookie_v,
-                       "portico_pass=%lld.%s; Path=/; Max-Age=%llu; HttpOnly; SameSite=Lax", exp,
-                       mac, (unsigned long long)(cc->ttl_ms / 1000));
+                       "portico_pass=%s; Path=/; Max-Age=%llu; HttpOnly; SameSite=Lax", pass,
+                       (unsigned long long)(cc->ttl_ms / 1000));
     /* back where the client was going: a path on this site only */
     size_t ll = 0;
     for (size_t i = 0; i < xl && ll + 1 < sizeof loc; i++) {

@@ -118,6 +118,12 @@ struct conf_challenge;
 bool limit_challenge_passed(struct stage_x *sx, const struct conf_challenge *cc);
 int limit_challenge_page(struct stage_x *sx, const struct conf_challenge *cc);
 int limit_challenge_verify(struct stage_x *sx, const struct conf_challenge *cc);
+/* A pass ("EXPIRY.HMAC" of the binding and the expiry): made, and checked
+ * against a binding (an address or network) at time `now` (seconds). */
+size_t limit_pass_make(const struct conf_challenge *cc, const char *bind, long long exp, char *out,
+                       size_t cap);
+bool limit_pass_check(const struct conf_challenge *cc, const char *bind, const char *v, size_t vl,
+                      long long now);
 
 /* The top offenders (Space-Saving, bounded): note a refusal of client `key`
  * by `why`; JSON for GET /limits/top (at most max); metrics by rank. */

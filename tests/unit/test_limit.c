@@ -9,6 +9,7 @@
 
 #include <cmocka.h>
 
+#include "conf/conf.h"
 #include "limit/limit.h"
 #include "obs/obs.h"
 
@@ -171,6 +172,34 @@ static void top_offenders(void **state)
     assert_non_null(strstr(buf, "\"capacity\":64"));
 }
 
+/* A pass: its signature, its expiry, its binding. */
+static void challenge_pass(void **state)
+{
+    (void)state;
+    struct conf_challenge cc = { .key_len = 32, .difficulty = 16, .ttl_ms = 3600000 };
+    memset(cc.key, 7, 32);
+    char pass[128];
+    size_t n = limit_pass_make(&cc, "198.51.100.7", 2000000000, pass, sizeof pass);
+    assert_true(n > 64);
+    assert_true(limit_pass_check(&cc, "198.51.100.7", pass, n, 1999999999));
+    assert_true(limit_pass_check(&cc, "198.51.100.7", pass, n, 2000000000));   /* the last second */
+    assert_false(limit_pass_check(&cc, "198.51.100.7", pass, n, 2000000001));  /* expired */
+    assert_false(limit_pass_check(&cc, "198.51.100.8", pass, n, 1999999999));  /* another address */
+    assert_false(limit_pass_check(&cc, "198.51.100", pass, n, 1999999999));    /* its network */
+    char forged[128];
+    memcpy(forged, pass, n);
+    forged[n - 1] ^= 1;                                                          /* signature */
+    assert_false(limit_pass_check(&cc, "198.51.100.7", forged, n, 1999999999));
+    memcpy(forged, pass, n);
+    forged[0] = '3';                                                             /* expiry moved */
+    assert_false(limit_pass_check(&cc, "198.51.100.7", forged, n, 1999999999));
+    struct conf_challenge other = cc;
+    memset(other.key, 8, 32);                                                    /* another key */
+    assert_false(limit_pass_check(&other, "198.51.100.7", pass, n, 1999999999));
+    assert_false(limit_pass_check(&cc, "198.51.100.7", pass, n - 1, 0));       /* truncated */
+    assert_false(limit_pass_check(&cc, "198.51.100.7", "", 0, 0));
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -179,6 +208,7 @@ int main(void)
         cmocka_unit_test(table_bounds_and_eviction),
         cmocka_unit_test(decisions_per_second),
         cmocka_unit_test(top_offenders),
+        cmocka_unit_test(challenge_pass),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
