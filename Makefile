@@ -51,6 +51,7 @@ run: deps all
 	echo "  curl -i 'http://127.0.0.1:8080/bytes?n=100000' -o /dev/null"; \
 	echo "  curl -i http://127.0.0.1:8080/static/app.js          # headers: Cache-Control set, Server removed"; \
 	echo "  curl -i 'http://127.0.0.1:8080/./static/%61pp.js'     # the same route: paths are matched normalised"; \
+	echo "  for i in 1 2 3 4 5; do curl -s -o /dev/null -w '%{http_code} ' http://127.0.0.1:8080/auth/login; done; echo   # 200 200 200 429 429"; \
 	echo "  open http://127.0.0.1:9901/   curl -s http://127.0.0.1:9901/metrics | head   # status page, metrics"; \
 	echo "Ctrl-C stops both."; echo; \
 	$(BUILD)/portico -c examples/quickstart.yaml
