@@ -2817,12 +2817,24 @@ struct pg *pg_start(struct conf *conf, char *err, size_t errlen)
         snprintf(err, errlen, "out of memory");
         return NULL;
     }
-    pg->conf = conf_ref(conf);
-    pg->c = cf;
-    pg->nbuckets = conf->metrics.nbuckets;
-    memcpy(pg->buckets, conf->metrics.buckets, sizeof pg->buckets);
     pthread_mutex_init(&pg->reload_mu, NULL);
     pthread_cond_init(&pg->reload_cv, NULL);
+    pg->conf = conf_ref(conf);
+    pg->c = cf;
+    /* SO_REUSEPORT would let the pooler share a port with the HTTP side and
+     * split its connections between them: refuse that */
+    for (uint32_t i = 0; i < cf->nlisten; i++) {
+        bool clash = conf->admin_enabled && conf_addr_equal(&cf->listen[i], &conf->admin_listen);
+        for (uint32_t k = 0; k < conf->nlisten && !clash; k++)
+            clash = conf_addr_equal(&cf->listen[i], &conf->listen[k]);
+        if (clash) {
+            snprintf(err, errlen, "postgres.listen %s: also an HTTP or admin address", cf->listen[i].text);
+            pg_free(pg);
+            return NULL;
+        }
+    }
+    pg->nbuckets = conf->metrics.nbuckets;
+    memcpy(pg->buckets, conf->metrics.buckets, sizeof pg->buckets);
     if (!build_users(cf, &pg->users, &pg->nusers, err, errlen)) {
         pg_free(pg);
         return NULL;

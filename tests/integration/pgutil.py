@@ -285,7 +285,10 @@ def make_pooler(start_portico, request, tmp_path):
                     f.write('"%s" "%s"\n' % (u, s))
         if pools is None:
             pools = [{"database": "app", "user": "app", "pool_size": 5}]
-        http_port, pg_port, admin_port = free_port(), free_port(), free_port()
+        ports = set()
+        while len(ports) < 3:           # free_port() may hand out the same port twice
+            ports.add(free_port())
+        http_port, pg_port, admin_port = sorted(ports)
         text = pg_config(http_port, pg_port, servers or [srv.port], pools, auth_type, auth_file,
                          admin_port, workers, extra)
         p = start_portico(text, port=http_port)

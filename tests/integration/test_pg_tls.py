@@ -130,3 +130,16 @@ def test_reload_of_what_takes_a_restart(make_pooler):
     st = p.admin("/pools")["pools"][0]
     assert st["pool_size"] == 5 and st["pool_mode"] == "transaction"
     conn.close()
+
+
+def test_pooler_port_shared_with_http_is_refused(portico_bin, tmp_path):
+    port = free_port()
+    cfg = tmp_path / "clash.yaml"
+    cfg.write_text('listen: [ "127.0.0.1:%d" ]\nupstreams: { app: { servers: [ "127.0.0.1:9" ] } }\n'
+                   'routes: [ { upstream: app } ]\npostgres:\n  listen: [ "127.0.0.1:%d" ]\n'
+                   '  servers: [ "127.0.0.1:5432" ]\n  auth: { type: trust }\n'
+                   '  pools: [ { database: a, user: b } ]\n' % (port, port))
+    r = subprocess.run([portico_bin, "-c", str(cfg)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                       timeout=20)
+    assert r.returncode == 1
+    assert b"postgres.listen 127.0.0.1:%d: also an HTTP or admin address" % port in r.stdout
