@@ -627,6 +627,101 @@ static bool load_challenge(struct ctx *x, yaml_node_t *m, struct conf_challenge 
     return true;
 }
 
+static bool check_template(struct ctx *x, yaml_node_t *n, const char *path, const char *v);
+
+const char *const conf_security_names[CONF_SEC_N] = {
+    "Strict-Transport-Security", "X-Content-Type-Options", "X-Frame-Options", "Referrer-Policy",
+    "Content-Security-Policy", "Permissions-Policy", "Cross-Origin-Opener-Policy",
+};
+const char *const conf_security_defaults[CONF_SEC_N] = {
+    "max-age=31536000; includeSubDomains",
+    "nosniff",
+    "DENY",
+    "strict-origin-when-cross-origin",
+    "default-src 'self'; object-src 'none'; base-uri 'self'; frame-ancestors 'none'; form-action 'self'",
+    "camera=(), microphone=(), geolocation=(), payment=(), usb=()",
+    "same-origin",
+};
+
+/* security_headers: default | off | { default: true, <Field>: value | off, override: bool,
+ *                                     hide: [ Server, X-Powered-By ] } */
+static bool load_security(struct ctx *x, yaml_node_t *v, const char *path, struct conf_security *sec)
+{
+    const char *s = scalar(v);
+    if (s && (!strcmp(s, "off") || !strcmp(s, "false"))) {
+        memset(sec, 0, sizeof *sec);
+        sec->mode = -1;
+        return true;
+    }
+    sec->enabled = true;
+    sec->mode = 1;
+    if (s && !strcmp(s, "default"))
+        return true;
+    if (!expect_map(x, v, path))
+        return false;
+    FOR_PAIRS(x, v, k, e) {
+        char kp[300];
+        join(kp, sizeof kp, path, k);
+        if (!strcmp(k, "override")) {
+            if (!get_bool(x, e, kp, &sec->override))
+                return false;
+            sec->override_set = true;
+            continue;
+        }
+        if (!strcmp(k, "hide")) {
+            if (!expect_seq(x, e, kp))
+                return false;
+            sec->nhide = 0;
+            sec->hide_set = true;
+            for (yaml_node_item_t *it = e->data.sequence.items.start; it < e->data.sequence.items.top; it++) {
+                const char *n = scalar(node(x, *it));
+                if (!n || !*n || !is_token(n) || strlen(n) >= sizeof sec->hide[0] ||
+                    sec->nhide >= CONF_SEC_MAX_HIDE)
+                    return bad(x, node(x, *it), kp, "expected up to %d header names", CONF_SEC_MAX_HIDE);
+                snprintf(sec->hide[sec->nhide++], sizeof sec->hide[0], "%s", n);
+            }
+            continue;
+        }
+        int f = -1;
+        for (int i = 0; i < CONF_SEC_N; i++)
+            if (!strcasecmp(k, conf_security_names[i]))
+                f = i;
+        if (f < 0)
+            return unknown(x, p_, path, k);
+        const char *val = scalar(e);
+        if (!val || strlen(val) >= sizeof sec->value[0] || !check_template(x, e, kp, val))
+            return val ? false : bad(x, e, kp, "expected a value or off");
+        sec->set[f] = true;
+        snprintf(sec->value[f], sizeof sec->value[0], "%s", strcmp(val, "off") ? val : "");
+    }
+    return true;
+}
+
+/* A route's security headers: the top level's with the route's over them. */
+static void merge_security(struct conf_security *route, const struct conf_security *top, bool route_has)
+{
+    struct conf_security r = *route;
+    *route = *top;
+    if (!route_has)
+        return;
+    if (r.mode < 0) {
+        route->enabled = false;             /* the route said off */
+        return;
+    }
+    route->enabled = true;
+    for (int i = 0; i < CONF_SEC_N; i++)
+        if (r.set[i]) {
+            route->set[i] = true;
+            memcpy(route->value[i], r.value[i], sizeof r.value[i]);
+        }
+    if (r.override_set)
+        route->override = r.override;
+    if (r.hide_set) {
+        route->nhide = r.nhide;
+        memcpy(route->hide, r.hide, sizeof r.hide);
+    }
+}
+
 static bool load_rate_limits(struct ctx *x, yaml_node_t *v, const char *path, struct conf_route *r);
 static bool load_cidrs(struct ctx *x, yaml_node_t *v, const char *path, struct conf_cidr **out,
                        uint32_t *n);
@@ -742,6 +837,7 @@ static bool load_route(struct ctx *x, struct conf *c, yaml_node_t *m, const char
 {
     if (!expect_map(x, m, path))
         return false;
+    bool route_security = false;
     yaml_node_t *up = NULL;
     FOR_PAIRS(x, m, k, v) {
         char kp[256];
@@ -786,6 +882,10 @@ static bool load_route(struct ctx *x, struct conf *c, yaml_node_t *m, const char
         } else if (!strcmp(k, "rate_limit")) {
             if (!load_rate_limits(x, v, kp, r))
                 return false;
+        } else if (!strcmp(k, "security_headers")) {
+            if (!load_security(x, v, kp, &r->security))
+                return false;
+            route_security = true;
         } else if (!strcmp(k, "challenge")) {
             if (!get_bool(x, v, kp, &r->challenge))
                 return false;
@@ -819,6 +919,7 @@ static bool load_route(struct ctx *x, struct conf *c, yaml_node_t *m, const char
         return bad(x, m, path, "missing key \"upstream\"");
     if (!r->prefix && !(r->prefix = strdup("/")))
         return bad(x, m, path, "out of memory");
+    merge_security(&r->security, &c->security, route_security);
     r->prefix_len = strlen(r->prefix);
     r->host_len = r->host ? strlen(r->host) : 0;
     return true;
@@ -1264,6 +1365,7 @@ static bool load_root(struct ctx *x, struct conf *c, yaml_node_t *root)
         else if (!strcmp(k, "audit_log")) ok = load_log(x, v, k, false, c);
         else if (!strcmp(k, "trusted_proxies")) ok = load_trusted(x, v, c);
         else if (!strcmp(k, "challenge")) ok = load_challenge(x, v, &c->challenge);
+        else if (!strcmp(k, "security_headers")) ok = load_security(x, v, k, &c->security);
         else if (!strcmp(k, "allow")) ok = load_cidrs(x, v, k, &c->allow, &c->nallow);
         else if (!strcmp(k, "deny")) ok = load_cidrs(x, v, k, &c->deny, &c->ndeny);
         else if (!strcmp(k, "path_normalization")) ok = load_pathnorm(x, v, &c->pathnorm);

@@ -144,6 +144,29 @@ struct conf_rate_limit {
     uint16_t status;            /* 429 (default) or 503 */
 };
 
+/* `security_headers:` response fields audits ask for (filter/security.c). */
+enum {
+    CONF_SEC_HSTS, CONF_SEC_NOSNIFF, CONF_SEC_FRAME, CONF_SEC_REFERRER, CONF_SEC_CSP,
+    CONF_SEC_PERMISSIONS, CONF_SEC_COOP, CONF_SEC_N
+};
+#define CONF_SEC_MAX_HIDE 16
+
+struct conf_security {
+    bool enabled;               /* `default` or a map; `off` or absent: not at all */
+    int8_t mode;                /* as written at this level: 1 on, -1 off, 0 not said */
+    bool set[CONF_SEC_N];       /* this level says something of field i */
+    char value[CONF_SEC_N][512];    /* "" with set: `off` (not added) */
+    bool override;              /* replace the upstream's own values */
+    bool override_set;
+    char hide[CONF_SEC_MAX_HIDE][64];   /* upstream fields removed (Server, X-Powered-By) */
+    uint32_t nhide;
+    bool hide_set;
+};
+
+/* The field names, in enum order, and the defaults of `security_headers: default`. */
+extern const char *const conf_security_names[CONF_SEC_N];
+extern const char *const conf_security_defaults[CONF_SEC_N];
+
 /* `login_guard:` failed logins per client address (and account). */
 struct conf_login_guard {
     bool enabled;
@@ -170,6 +193,7 @@ struct conf_route {
     uint32_t nallow, ndeny;
     struct conf_login_guard guard;
     bool challenge;             /* challenge: true: every client without a pass ("bot fight") */
+    struct conf_security security;  /* the top level's, with this route's security_headers over it */
 };
 
 /* `challenge:` the proof-of-work challenge's settings. */
@@ -329,6 +353,7 @@ struct conf {
     struct conf_cidr *allow, *deny; /* allow / deny: who may use any route */
     uint32_t nallow, ndeny;
     struct conf_challenge challenge;
+    struct conf_security security;  /* security_headers: at the top level */
 };
 
 /* Whether addr (AF_INET / AF_INET6 bytes, v4-mapped IPv6 counts as IPv4) is

@@ -13,6 +13,13 @@
 
 extern const struct stage_def filter_headers_stage;
 
+/* filter_security_stage: security_headers (the top level's, and a route's
+ * over them): Strict-Transport-Security (HTTPS only), X-Content-Type-Options,
+ * X-Frame-Options, Referrer-Policy, Content-Security-Policy,
+ * Permissions-Policy, Cross-Origin-Opener-Policy, each unless the upstream
+ * set it (or always with override); `hide` removes upstream fields. */
+extern const struct stage_def filter_security_stage;
+
 /* Expand a template into out (at most cap bytes). Returns the length, or
  * -1 when it does not fit. Exposed for the unit tests. */
 long filter_render(struct stage_x *sx, const char *tpl, size_t len, char *out, size_t cap);

@@ -101,18 +101,10 @@ static void put_forwarded(struct http_hw *hw, const struct exchange *x, const st
     size_t pl = peer_text(x->c, peer, sizeof peer);
     http_hw_put(hw, peer, pl);
     http_hw_lit(hw, "\r\n");
-    const char *proto = "http";
-    size_t plen = 4;
-    for (uint32_t j = 0; x->trusted_peer && j < m->nheaders; j++) {
-        if (m->kinds[j] != HTTP_H_X_FORWARDED_PROTO || nominated(m, j))
-            continue;
-        const struct http_header *h = &m->headers[j];
-        if (h->value_len == 5 && http_ieq(h->value, "https", 5))
-            proto = "https", plen = 5;
-        else if (h->value_len == 4 && http_ieq(h->value, "http", 4))
-            proto = "http", plen = 4;
-    }
-    http_hw_field(hw, "X-Forwarded-Proto", 17, proto, plen);
+    if (x->https)
+        http_hw_lit(hw, "X-Forwarded-Proto: https\r\n");
+    else
+        http_hw_lit(hw, "X-Forwarded-Proto: http\r\n");
 }
 
 /* The request's id: the client's first non-empty X-Request-Id (not one

@@ -203,6 +203,7 @@ struct exchange {
     uint8_t client_family;          /* AF_INET / AF_INET6: client_addr's */
     uint8_t client_addr[16];        /* the client's address, for ip_hash */
     bool trusted_peer;              /* the connection comes from trusted_proxies */
+    bool https;                     /* the client used HTTPS (a trusted X-Forwarded-Proto) */
     bool sent_continue;             /* we answered Expect: 100-continue ourselves */
     bool abnormal;                  /* the response body ended before its end */
     uint64_t bytes_in, bytes_out, upstream_us;

@@ -101,6 +101,18 @@ void client_identity(struct exchange *x, const struct http_request *r)
     uint8_t fam, a[16];
     peer_addr(x->c, &fam, a);
     x->trusted_peer = conf->ntrusted && conf_cidr_match(conf->trusted, conf->ntrusted, fam, a);
+    /* the scheme the client used: a trusted proxy's X-Forwarded-Proto (the
+     * last one it sent), plain HTTP otherwise (portico has no TLS yet) */
+    x->https = false;
+    for (uint32_t j = 0; x->trusted_peer && j < m->nheaders; j++) {
+        if (m->kinds[j] != HTTP_H_X_FORWARDED_PROTO || nominated(m, j))
+            continue;
+        const struct http_header *h = &m->headers[j];
+        if (h->value_len == 5 && http_ieq(h->value, "https", 5))
+            x->https = true;
+        else if (h->value_len == 4 && http_ieq(h->value, "http", 4))
+            x->https = false;
+    }
     x->client_family = fam;
     memcpy(x->client_addr, a, 16);
     if (x->trusted_peer) {

@@ -28,6 +28,7 @@ static uint32_t all_stages(const struct stage_def **out)
     out[n++] = &limit_stage;
     out[n++] = &limit_guard_stage;
     out[n++] = &filter_headers_stage;
+    out[n++] = &filter_security_stage;
     for (uint32_t i = 0; i < nregistered && n < STAGE_MAX; i++)
         out[n++] = registered[i];
     out[n++] = &stage_metrics;
@@ -260,6 +261,8 @@ bool stage_request_header(struct stage_x *sx, const char *name, size_t name_len,
     return r && find_field(&r->m, name, name_len, value, value_len);
 }
 
+bool stage_https(struct stage_x *sx) { return sx->x->https; }
+
 bool stage_request_body(struct stage_x *sx, const char **body, size_t *len)
 {
     struct exchange *x = sx->x;
@@ -407,12 +410,21 @@ void edits_put(struct http_hw *hw, const struct head_edit *e, uint32_t n, const 
     for (uint32_t i = 0; i < n; i++) {
         if (e[i].verb == STAGE_REMOVE)
             continue;
+        bool earlier = false;           /* an earlier stage set it: the first one wins */
+        for (uint32_t k = 0; !earlier && e[i].verb != STAGE_ADD && k < i; k++)
+            earlier = (e[k].verb == STAGE_SET || e[k].verb == STAGE_DEFAULT) &&
+                      e[k].name_len == e[i].name_len && http_ieq(e[k].name, e[i].name, e[k].name_len);
+        if (earlier)
+            continue;
         if (e[i].verb == STAGE_DEFAULT) {
             const char *v;
             size_t vl;
             bool there = m ? find_field(m, e[i].name, e[i].name_len, &v, &vl) : false;
             for (uint32_t k = 0; !there && k < nf; k++)
                 there = f[k].name_len == e[i].name_len && http_ieq(f[k].name, e[i].name, f[k].name_len);
+            for (uint32_t k = 0; !there && k < i; k++)     /* an earlier stage's field */
+                there = e[k].verb != STAGE_REMOVE && e[k].name_len == e[i].name_len &&
+                        http_ieq(e[k].name, e[i].name, e[k].name_len);
             if (there)
                 continue;
         }

@@ -91,6 +91,8 @@ const char *stage_path(struct stage_x *sx, size_t *len);
 const char *stage_host(struct stage_x *sx, size_t *len);     /* NULL: none */
 const char *stage_client_ip(struct stage_x *sx, size_t *len); /* trusted_proxies applied */
 const char *stage_request_id(struct stage_x *sx, size_t *len);
+/* Whether the client used HTTPS (as a trusted proxy says; portico has no TLS yet). */
+bool stage_https(struct stage_x *sx);
 /* A request field by name (the first one), during on_request, or at any
  * time for a stage with keep_request_headers. */
 bool stage_request_header(struct stage_x *sx, const char *name, size_t name_len,

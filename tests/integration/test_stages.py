@@ -228,3 +228,58 @@ def test_headers_config_errors(portico_bin, tmp_path):
         r = subprocess.run([portico_bin, "-t", "-c", str(cfg)], capture_output=True, timeout=10)
         out = (r.stdout + r.stderr).decode()
         assert r.returncode != 0 and where in out and "bad.yaml:" in out, out
+
+
+# ---------------------------------------------------------------- security_headers
+
+SEC_CFG = """
+security_headers: { hide: [ Server, X-Powered-By ] }
+trusted_proxies: [ "127.0.0.1" ]
+routes:
+  - match: { prefix: /embed/ }
+    upstream: app
+    security_headers: { X-Frame-Options: SAMEORIGIN, Content-Security-Policy: off }
+  - match: { prefix: /raw/ }
+    upstream: app
+    security_headers: off
+  - match: { prefix: /strict/ }
+    upstream: app
+    security_headers: { override: true }
+    headers: { response: { set: { Referrer-Policy: no-referrer } } }
+  - match: { prefix: / }
+    upstream: app
+"""
+
+
+@pytest.fixture
+def sec_proxy(start_upstream, start_portico):
+    up = start_upstream("u1")
+    port = free_port()
+    cfg = make_config(port, {"app": {"servers": [up.address]}}, routes=[])
+    cfg = cfg.replace("routes:\n", SEC_CFG.strip() + "\n")
+    return start_portico(cfg, port=port)
+
+
+def test_security_headers(sec_proxy):
+    p = sec_proxy
+    up_hdrs = "h=Server:gunicorn&h=X-Powered-By:php&h=X-Frame-Options:ALLOWALL"
+    with RawConn(p.port) as c:
+        r = c.request("GET", "/echo?" + up_hdrs)
+        https = c.request("GET", "/echo", headers=[("X-Forwarded-Proto", "https")])
+        embed = c.request("GET", "/embed/echo")
+        raw = c.request("GET", "/raw/echo?h=Server:gunicorn")
+        strict = c.request("GET", "/strict/echo?" + up_hdrs)
+    assert r.header("x-content-type-options") == "nosniff"
+    assert r.header("referrer-policy") == "strict-origin-when-cross-origin"
+    assert "default-src 'self'" in r.header("content-security-policy")
+    assert r.header("permissions-policy") and r.header("cross-origin-opener-policy") == "same-origin"
+    assert r.header_all("x-frame-options") == ["ALLOWALL"]       # the upstream's value wins
+    assert r.header("server") is None and r.header("x-powered-by") is None
+    assert r.header("strict-transport-security") is None          # plain HTTP: no HSTS
+    assert https.header("strict-transport-security") == "max-age=31536000; includeSubDomains"
+    assert embed.header("x-frame-options") == "SAMEORIGIN"
+    assert embed.header("content-security-policy") is None
+    assert embed.header("x-content-type-options") == "nosniff"     # the rest from the top level
+    assert raw.header("x-content-type-options") is None and raw.header("server") == "gunicorn"
+    assert strict.header_all("x-frame-options") == ["DENY"]       # override: ours replaces theirs
+    assert strict.header_all("referrer-policy") == ["no-referrer"]    # a headers: rule, not twice
