@@ -145,7 +145,7 @@ static void decisions_per_second(void **state)
 static void top_offenders(void **state)
 {
     (void)state;
-    char key[32];
+    char key[64];
     for (int round = 0; round < 200; round++) {
         for (int h = 0; h < 5; h++) {             /* five heavy hitters, 20 refusals a round */
             int n = snprintf(key, sizeof key, "198.51.100.%d", h + 1);
