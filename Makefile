@@ -15,7 +15,7 @@ ifeq ($(findstring -flto,$(CFLAGS)),-flto)
 LDFLAGS += -flto=auto
 endif
 override CFLAGS += -std=c11 -D_GNU_SOURCE -Wall -Wextra -Werror -Isrc -MMD -MP
-LDLIBS  := -lyaml -lpthread -lssl -lcrypto
+LDLIBS  := -lyaml -lpthread -lssl -lcrypto -lz -lbrotlienc -lzstd
 PYTHON  := /usr/bin/python3
 
 SRCS    := $(sort $(wildcard src/*/*.c))

@@ -627,6 +627,85 @@ static bool load_challenge(struct ctx *x, yaml_node_t *m, struct conf_challenge 
     return true;
 }
 
+/* compression: { encodings: [br, zstd, gzip], min_size: 1KiB, types: [...],
+ *                gzip: { level: 5 }, brotli: { level: 4 }, zstd: { level: 3 } } */
+static bool load_compression(struct ctx *x, yaml_node_t *m, struct conf_compression *cp)
+{
+    const char *s = scalar(m);
+    if (s && (!strcmp(s, "off") || !strcmp(s, "false"))) {
+        cp->enabled = false;
+        return true;
+    }
+    cp->enabled = true;
+    if (s && (!strcmp(s, "on") || !strcmp(s, "true") || !strcmp(s, "default")))
+        return true;
+    if (!expect_map(x, m, "compression"))
+        return false;
+    static const char *const names[CONF_ENC_N] = { "br", "zstd", "gzip" };
+    static const char *const sections[CONF_ENC_N] = { "brotli", "zstd", "gzip" };
+    static const uint32_t maxlevel[CONF_ENC_N] = { 11, 19, 9 };
+    FOR_PAIRS(x, m, k, v) {
+        char kp[256];
+        join(kp, sizeof kp, "compression", k);
+        bool ok = true;
+        int sec = -1;
+        for (int i = 0; i < CONF_ENC_N; i++)
+            if (!strcmp(k, sections[i]))
+                sec = i;
+        if (sec >= 0) {
+            if (!expect_map(x, v, kp))
+                return false;
+            FOR_PAIRS(x, v, lk, lv) {
+                char lp[300];
+                join(lp, sizeof lp, kp, lk);
+                uint32_t lvl;
+                if (strcmp(lk, "level"))
+                    return unknown(x, p_, kp, lk);
+                if (!get_uint(x, lv, lp, &lvl, sec == CONF_ENC_BR ? 0 : 1, maxlevel[sec]))
+                    return false;
+                cp->level[sec] = (int)lvl;
+            }
+        } else if (!strcmp(k, "min_size")) {
+            ok = get_size(x, v, kp, &cp->min_size, 0, 1ull << 30);
+        } else if (!strcmp(k, "encodings")) {
+            if (!expect_seq(x, v, kp))
+                return false;
+            cp->norder = 0;
+            for (yaml_node_item_t *it = v->data.sequence.items.start; it < v->data.sequence.items.top; it++) {
+                const char *e = scalar(node(x, *it));
+                int f = -1;
+                for (int i = 0; e && i < CONF_ENC_N; i++)
+                    if (!strcmp(e, names[i]))
+                        f = i;
+                if (f < 0 || cp->norder >= CONF_ENC_N)
+                    return bad(x, node(x, *it), kp, "expected br, zstd or gzip, each at most once");
+                for (int i = 0; i < cp->norder; i++)
+                    if (cp->order[i] == f)
+                        return bad(x, node(x, *it), kp, "expected br, zstd or gzip, each at most once");
+                cp->order[cp->norder++] = (uint8_t)f;
+            }
+            if (!cp->norder)
+                return bad(x, v, kp, "expected at least one of br, zstd, gzip");
+        } else if (!strcmp(k, "types")) {
+            if (!expect_seq(x, v, kp))
+                return false;
+            cp->ntypes = 0;
+            for (yaml_node_item_t *it = v->data.sequence.items.start; it < v->data.sequence.items.top; it++) {
+                const char *t = scalar(node(x, *it));
+                if (!t || !strchr(t, '/') || strlen(t) >= sizeof cp->types[0] || cp->ntypes >= CONF_COMP_MAX_TYPES)
+                    return bad(x, node(x, *it), kp, "expected up to %d media types like text/* or application/json",
+                               CONF_COMP_MAX_TYPES);
+                snprintf(cp->types[cp->ntypes++], sizeof cp->types[0], "%s", t);
+            }
+        } else {
+            ok = unknown(x, p_, "compression", k);
+        }
+        if (!ok)
+            return false;
+    }
+    return true;
+}
+
 static bool check_template(struct ctx *x, yaml_node_t *n, const char *path, const char *v);
 
 const char *const conf_security_names[CONF_SEC_N] = {
@@ -882,6 +961,11 @@ static bool load_route(struct ctx *x, struct conf *c, yaml_node_t *m, const char
         } else if (!strcmp(k, "rate_limit")) {
             if (!load_rate_limits(x, v, kp, r))
                 return false;
+        } else if (!strcmp(k, "compression")) {
+            bool on = true;
+            if (!get_bool(x, v, kp, &on))
+                return false;
+            r->no_compression = !on;
         } else if (!strcmp(k, "security_headers")) {
             if (!load_security(x, v, kp, &r->security))
                 return false;
@@ -1366,6 +1450,7 @@ static bool load_root(struct ctx *x, struct conf *c, yaml_node_t *root)
         else if (!strcmp(k, "trusted_proxies")) ok = load_trusted(x, v, c);
         else if (!strcmp(k, "challenge")) ok = load_challenge(x, v, &c->challenge);
         else if (!strcmp(k, "security_headers")) ok = load_security(x, v, k, &c->security);
+        else if (!strcmp(k, "compression")) ok = load_compression(x, v, &c->compression);
         else if (!strcmp(k, "allow")) ok = load_cidrs(x, v, k, &c->allow, &c->nallow);
         else if (!strcmp(k, "deny")) ok = load_cidrs(x, v, k, &c->deny, &c->ndeny);
         else if (!strcmp(k, "path_normalization")) ok = load_pathnorm(x, v, &c->pathnorm);
@@ -1529,6 +1614,15 @@ struct conf *conf_load_string(const char *name, const char *text, size_t len,
     c->metrics.enabled = true;
     c->pathnorm.forward_normalized = true;
     c->challenge.difficulty = 16;
+    c->compression = (struct conf_compression){
+        .order = { CONF_ENC_BR, CONF_ENC_ZSTD, CONF_ENC_GZIP }, .norder = 3,
+        .level = { 4, 3, 5 }, .min_size = 1024,
+        .types = { "text/*", "application/json", "application/javascript", "application/xml",
+                   "image/svg+xml", "application/wasm", "application/problem+json",
+                   "application/ld+json", "application/manifest+json", "application/rss+xml",
+                   "application/atom+xml" },
+        .ntypes = 11,
+    };
     c->challenge.ttl_ms = 3600000;
     c->metrics.nbuckets = sizeof default_buckets / sizeof default_buckets[0];
     memcpy(c->metrics.buckets, default_buckets, sizeof default_buckets);

@@ -167,6 +167,20 @@ struct conf_security {
 extern const char *const conf_security_names[CONF_SEC_N];
 extern const char *const conf_security_defaults[CONF_SEC_N];
 
+/* `compression:` (filter/compress.c). */
+enum { CONF_ENC_BR, CONF_ENC_ZSTD, CONF_ENC_GZIP, CONF_ENC_N };
+#define CONF_COMP_MAX_TYPES 32
+
+struct conf_compression {
+    bool enabled;               /* the section is there (routes may turn it off) */
+    uint8_t order[CONF_ENC_N];  /* the server's preference: encodings in order */
+    uint8_t norder;
+    int level[CONF_ENC_N];      /* br 0-11, zstd 1-19, gzip 1-9 */
+    uint64_t min_size;          /* smaller bodies (by Content-Length) go as they are */
+    char types[CONF_COMP_MAX_TYPES][64];    /* media types; "text/" + "*" matches a whole type */
+    uint32_t ntypes;
+};
+
 /* `login_guard:` failed logins per client address (and account). */
 struct conf_login_guard {
     bool enabled;
@@ -194,6 +208,7 @@ struct conf_route {
     struct conf_login_guard guard;
     bool challenge;             /* challenge: true: every client without a pass ("bot fight") */
     struct conf_security security;  /* the top level's, with this route's security_headers over it */
+    bool no_compression;        /* compression: off on this route */
 };
 
 /* `challenge:` the proof-of-work challenge's settings. */
@@ -354,6 +369,7 @@ struct conf {
     uint32_t nallow, ndeny;
     struct conf_challenge challenge;
     struct conf_security security;  /* security_headers: at the top level */
+    struct conf_compression compression;
 };
 
 /* Whether addr (AF_INET / AF_INET6 bytes, v4-mapped IPv6 counts as IPv4) is

@@ -20,6 +20,10 @@ extern const struct stage_def filter_headers_stage;
  * set it (or always with override); `hide` removes upstream fields. */
 extern const struct stage_def filter_security_stage;
 
+/* filter_compress_stage: `compression:` gzip, brotli and zstd as bodies
+ * stream (filter/compress.c). */
+extern const struct stage_def filter_compress_stage;
+
 /* Expand a template into out (at most cap bytes). Returns the length, or
  * -1 when it does not fit. Exposed for the unit tests. */
 long filter_render(struct stage_x *sx, const char *tpl, size_t len, char *out, size_t cap);

@@ -153,6 +153,7 @@ struct stage_state {
     uint32_t ran;               /* on_request ran for links [0, ran) */
     bool parked, answered, ended;
     int8_t xform;               /* the transforming link, or -1 */
+    bool can_transform;         /* during on_response: a transformer may take this body */
     uint32_t watch;             /* links watching the body (bit per link) */
     /* the request head, copied when it must outlive c->in (a park, or a
      * stage keeping request headers), parsed again from this copy */

@@ -29,6 +29,7 @@ static uint32_t all_stages(const struct stage_def **out)
     out[n++] = &limit_guard_stage;
     out[n++] = &filter_headers_stage;
     out[n++] = &filter_security_stage;
+    out[n++] = &filter_compress_stage;
     for (uint32_t i = 0; i < nregistered && n < STAGE_MAX; i++)
         out[n++] = registered[i];
     out[n++] = &stage_metrics;
@@ -153,6 +154,7 @@ void stages_response(struct exchange *x, const struct http_response *r, bool can
 {
     struct stage_state *st = x->st;
     st->resp = r;
+    st->can_transform = can_transform;
     for (uint32_t i = 0; i < st->ran; i++) {
         const struct stage_def *d = st->chain->links[i].def;
         if (!d->on_response)
@@ -262,6 +264,11 @@ bool stage_request_header(struct stage_x *sx, const char *name, size_t name_len,
 }
 
 bool stage_https(struct stage_x *sx) { return sx->x->https; }
+
+bool stage_body_transformable(struct stage_x *sx)
+{
+    return sx->x->st->can_transform && sx->x->st->xform < 0;
+}
 
 bool stage_request_body(struct stage_x *sx, const char **body, size_t *len)
 {

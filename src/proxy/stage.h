@@ -102,6 +102,9 @@ bool stage_request_header(struct stage_x *sx, const char *name, size_t name_len,
  * False otherwise: portico does not wait for a body on a stage's behalf. */
 bool stage_request_body(struct stage_x *sx, const char **body, size_t *len);
 int stage_status(struct stage_x *sx);           /* 0 until a response head */
+/* During on_response: whether STAGE_BODY_TRANSFORM would be honoured (a
+ * body that can be rewritten and no other stage rewriting it). */
+bool stage_body_transformable(struct stage_x *sx);
 /* A field of the response head, during on_response. */
 bool stage_response_header(struct stage_x *sx, const char *name, size_t name_len,
                            const char **value, size_t *value_len);

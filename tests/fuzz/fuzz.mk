@@ -49,7 +49,7 @@ LIBS_logline := -lpthread
 check-path check-known: export FUZZ_PATH_FDS := 1
 check-path check-known: export FUZZ_PATH_STRICT := 1
 SRCS_path := $(filter-out src/main.c src/admin/% src/pg/%,$(sort $(wildcard src/*/*.c))) tests/stage/test_stage.c
-LIBS_path := -lyaml -lpthread -lcrypto
+LIBS_path := -lyaml -lpthread -lcrypto -lz -lbrotlienc -lzstd
 
 # the PostgreSQL message parsers (src/pg/proto.c)
 SRCS_pgmsg := src/pg/proto.c

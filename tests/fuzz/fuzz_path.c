@@ -225,6 +225,8 @@ static const char *const variants[NVARIANTS] = {
     "      response: { set: { Cache-Control: \"max-age=60\" }, default: { X-A: b },\n"
     "                  remove: [ Server ], add: { X-Route: \"${route} ${host}\" } }\n"
     "challenge: { difficulty: 2 }\n"
+    "compression: { min_size: 16 }\n"
+    "security_headers: { hide: [ Server ] }\n"
     "limits: { max_header_bytes: 2KiB, max_request_line: 1KiB, max_keys: 256,\n"
     "          max_connections_per_ip: 4 }\n",
 };
