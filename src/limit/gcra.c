@@ -76,8 +76,8 @@ uint64_t limit_hash(uint64_t seed, const void *data, size_t len)
 struct entry {
     uint64_t key;               /* 0: free */
     struct limit_val v;         /* a limit's TAT in v.a; the login guard's counts */
-    uint32_t prev, next;        /* the shard's LRU list, most recent first */
     uint32_t hnext;             /* hash chain */
+    uint32_t last;              /* when it was last used, in ms: eviction picks the oldest */
 };
 
 struct shard {
@@ -85,8 +85,8 @@ struct shard {
     struct entry *e;            /* [cap] */
     uint32_t *bucket;           /* [nb]: first entry of each chain */
     uint32_t cap, nb, used;
-    uint32_t head, tail;        /* LRU */
     uint32_t free;              /* free list through hnext */
+    uint64_t rng;               /* eviction's sampling */
     uint64_t evictions, active_evictions;
     char pad[64];
 };
@@ -120,7 +120,7 @@ int limit_table_init(uint32_t max_keys)
         for (uint32_t k = 0; k < per; k++)
             h->e[k].hnext = k + 1 < per ? k + 1 : NIL;
         h->free = 0;
-        h->head = h->tail = NIL;
+        h->rng = 0x9e3779b97f4a7c15ull * (uint64_t)(i + 1);
     }
     S = s;
     return 0;
@@ -139,25 +139,6 @@ void limit_table_free(void)
     S = NULL;
 }
 
-static void lru_unlink(struct shard *h, uint32_t i)
-{
-    struct entry *e = &h->e[i];
-    if (e->prev != NIL) h->e[e->prev].next = e->next; else h->head = e->next;
-    if (e->next != NIL) h->e[e->next].prev = e->prev; else h->tail = e->prev;
-}
-
-static void lru_front(struct shard *h, uint32_t i)
-{
-    struct entry *e = &h->e[i];
-    e->prev = NIL;
-    e->next = h->head;
-    if (h->head != NIL)
-        h->e[h->head].prev = i;
-    h->head = i;
-    if (h->tail == NIL)
-        h->tail = i;
-}
-
 static void chain_remove(struct shard *h, uint32_t i)
 {
     uint32_t *pp = &h->bucket[h->e[i].key & (h->nb - 1)];
@@ -166,14 +147,19 @@ static void chain_remove(struct shard *h, uint32_t i)
     *pp = h->e[i].hnext;
 }
 
-/* The entry for key, made (evicting the least recently used) if absent. */
+#define SAMPLES 8
+
+/* The entry for key, made if absent. A full shard evicts the least recently
+ * used of SAMPLES entries picked at random (as Redis does): no list to keep
+ * in order on every decision, so a decision touches two cache lines, not
+ * five. */
 static uint32_t lookup(struct shard *h, uint64_t key, int64_t now)
 {
     uint32_t b = (uint32_t)(key & (h->nb - 1));
+    uint32_t ms = (uint32_t)(now / 1000000);
     for (uint32_t i = h->bucket[b]; i != NIL; i = h->e[i].hnext) {
         if (h->e[i].key == key) {
-            lru_unlink(h, i);
-            lru_front(h, i);
+            h->e[i].last = ms;
             return i;
         }
     }
@@ -182,17 +168,24 @@ static uint32_t lookup(struct shard *h, uint64_t key, int64_t now)
         h->free = h->e[i].hnext;
         h->used++;
     } else {
-        i = h->tail;                /* full: the least recently used goes */
-        lru_unlink(h, i);
+        uint32_t old = NIL;
+        for (int k = 0; k < SAMPLES; k++) {
+            h->rng ^= h->rng << 13;
+            h->rng ^= h->rng >> 7;
+            h->rng ^= h->rng << 17;
+            uint32_t c = (uint32_t)(h->rng % h->cap);
+            if (old == NIL || (int32_t)(h->e[c].last - h->e[old].last) < 0)
+                old = c;
+        }
+        i = old;
         chain_remove(h, i);
         h->evictions++;
         if (h->e[i].v.a > now || h->e[i].v.b > now)
             h->active_evictions++;
     }
-    h->e[i] = (struct entry){ .key = key };
+    h->e[i] = (struct entry){ .key = key, .last = ms };
     h->e[i].hnext = h->bucket[b];
     h->bucket[b] = i;
-    lru_front(h, i);
     return i;
 }
 

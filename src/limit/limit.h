@@ -8,9 +8,9 @@
  * decision for a key is taken under its shard's lock, whatever worker asks.
  *
  * Keys live in one process-wide table of limits.max_keys entries (fixed at
- * start, 48 bytes each), sharded by hash, one lock per shard, never held
+ * start, 40 bytes each), sharded by hash, one lock per shard, never held
  * across I/O. A key whose TAT has passed is idle (it is as if absent); when
- * a shard is full its least recently used key goes, and
+ * a shard is full, the least recently used of 8 keys sampled at random goes, and
  * portico_ratelimit_evictions_total counts it (an active one too).
  *
  * The decision goes through struct limit_backend, so that a cluster-wide
