@@ -273,6 +273,78 @@ static enum stage_verdict refuse(struct stage_x *sx, int status, const char *why
     return rc == 0 ? STAGE_ANSWERED : STAGE_CONTINUE;
 }
 
+/* allow / deny: a deny match refuses; a non-empty allow list refuses whoever
+ * it does not match. Global lists first, then the route's. 0: neither. */
+static int access_refused(const struct conf *conf, const struct conf_route *rt, int fam,
+                          const uint8_t *addr)
+{
+    if (!fam)
+        return 0;
+    if ((conf->ndeny && conf_cidr_match(conf->deny, conf->ndeny, fam, addr)) ||
+        (conf->nallow && !conf_cidr_match(conf->allow, conf->nallow, fam, addr)))
+        return 1;
+    if ((rt->ndeny && conf_cidr_match(rt->deny, rt->ndeny, fam, addr)) ||
+        (rt->nallow && !conf_cidr_match(rt->allow, rt->nallow, fam, addr)))
+        return 2;
+    return 0;
+}
+
+static void note_refused(struct stage_x *sx, const char *why)
+{
+    size_t ipn;
+    const char *ip = stage_client_ip(sx, &ipn);
+    limit_top_note(ip, ipn, why);
+}
+
+static enum stage_verdict challenge(struct stage_x *sx, const struct conf *conf)
+{
+    atomic_fetch_add_explicit(&challenged, 1, memory_order_relaxed);
+    return limit_challenge_page(sx, &conf->challenge) == 0 ? STAGE_ANSWERED : STAGE_CONTINUE;
+}
+
+/* The challenge's verification path, and `challenge: true` routes. 1 when
+ * *v is the verdict; *passed says whether the client holds a pass. */
+static int challenge_first(struct stage_x *sx, const struct rstate *st, bool *passed,
+                           enum stage_verdict *v)
+{
+    static const char verify[] = "/.well-known/portico-challenge";
+    const struct conf *conf = st->conf;
+    size_t pl;
+    const char *path = stage_path(sx, &pl);
+    if (pl >= sizeof verify - 1 && !memcmp(path, verify, sizeof verify - 1) &&
+        (pl == sizeof verify - 1 || path[sizeof verify - 1] == '?')) {
+        *v = limit_challenge_verify(sx, &conf->challenge) == 0 ? STAGE_ANSWERED : STAGE_CONTINUE;
+        return 1;
+    }
+    *passed = limit_challenge_passed(sx, &conf->challenge);
+    if (st->rt->challenge && !*passed) {     /* bot fight: everyone proves it once */
+        *v = challenge(sx, conf);
+        return 1;
+    }
+    return 0;
+}
+
+/* One limit's decision: r, and *wait_ns grown for a paced one. False when
+ * it does not apply (no key) or cannot decide. */
+static bool decide(struct stage_x *sx, const struct rlimit *l, int fam, const uint8_t *addr,
+                   int64_t now, struct limit_result *r, uint64_t *wait_ns)
+{
+    uint64_t key;
+    if (!request_key(sx, l, fam, addr, &key))
+        return false;
+    if (l->c->delay) {
+        /* strict pacing: no instant burst, a queue of `burst` intervals */
+        struct limit_gcra strict = { l->g.interval_ns, 0 };
+        uint64_t d = 0;
+        if (limit_local.pace(limit_local.self, key, &strict, l->g.tolerance_ns, now, r, &d) < 0)
+            return false;
+        if (r->admitted && d > *wait_ns)
+            *wait_ns = d;
+        return true;
+    }
+    return limit_local.take(limit_local.self, key, &l->g, now, r) == 0;
+}
+
 static enum stage_verdict limit_request(struct stage_x *sx)
 {
     struct rstate *st = stage_route_state(sx);
@@ -280,69 +352,29 @@ static enum stage_verdict limit_request(struct stage_x *sx)
     uint8_t addr[16];
     int fam = client_addr(sx, addr);
     const struct conf *conf = st->conf;
-    const struct conf_route *rt = st->rt;
-    /* allow / deny: a deny match refuses; a non-empty allow list refuses
-     * whoever it does not match. Global lists first, then the route's. */
-    bool denied = fam && ((conf->ndeny && conf_cidr_match(conf->deny, conf->ndeny, fam, addr)) ||
-                          (conf->nallow && !conf_cidr_match(conf->allow, conf->nallow, fam, addr)));
-    bool rdenied = !denied && fam &&
-                   ((rt->ndeny && conf_cidr_match(rt->deny, rt->ndeny, fam, addr)) ||
-                    (rt->nallow && !conf_cidr_match(rt->allow, rt->nallow, fam, addr)));
-    if (denied || rdenied) {
-        atomic_fetch_add_explicit(denied ? &denied_global : &denied_route, 1, memory_order_relaxed);
-        size_t ipn;
-        const char *ip = stage_client_ip(sx, &ipn);
-        limit_top_note(ip, ipn, denied ? "deny" : "route allow/deny");
+    int refused = access_refused(conf, st->rt, fam, addr);
+    if (refused) {
+        atomic_fetch_add_explicit(refused == 1 ? &denied_global : &denied_route, 1,
+                                  memory_order_relaxed);
+        note_refused(sx, refused == 1 ? "deny" : "route allow/deny");
         return refuse(sx, 403, "403 Forbidden\n", NULL, NULL);
     }
     bool passed = false;
-    if (st->challenges) {
-        static const char verify[] = "/.well-known/portico-challenge";
-        size_t pl;
-        const char *path = stage_path(sx, &pl);
-        if (pl >= sizeof verify - 1 && !memcmp(path, verify, sizeof verify - 1) &&
-            (pl == sizeof verify - 1 || path[sizeof verify - 1] == '?'))
-            return limit_challenge_verify(sx, &conf->challenge) == 0 ? STAGE_ANSWERED
-                                                                    : STAGE_CONTINUE;
-        passed = limit_challenge_passed(sx, &conf->challenge);
-        if (rt->challenge && !passed) {          /* bot fight: everyone proves it once */
-            atomic_fetch_add_explicit(&challenged, 1, memory_order_relaxed);
-            return limit_challenge_page(sx, &conf->challenge) == 0 ? STAGE_ANSWERED
-                                                                  : STAGE_CONTINUE;
-        }
-    }
+    enum stage_verdict v;
+    if (st->challenges && challenge_first(sx, st, &passed, &v))
+        return v;
     int64_t now = now_ns();
     uint64_t wait_ns = 0;
     for (uint32_t i = 0; i < st->n; i++) {
         const struct rlimit *l = &st->l[i];
-        uint64_t key;
         struct limit_result r;
-        if (!request_key(sx, l, fam, addr, &key))
+        if (!decide(sx, l, fam, addr, now, &r, &wait_ns))
             continue;
-        if (l->c->delay) {
-            /* strict pacing: no instant burst, a queue of `burst` intervals */
-            struct limit_gcra strict = { l->g.interval_ns, 0 };
-            uint64_t d = 0;
-            if (limit_local.pace(limit_local.self, key, &strict, l->g.tolerance_ns, now, &r, &d) < 0)
-                continue;
-            if (r.admitted && d > wait_ns)
-                wait_ns = d;
-        } else if (limit_local.take(limit_local.self, key, &l->g, now, &r) < 0) {
-            continue;
-        }
         int out = r.admitted ? OUT_ALLOWED : l->c->dry_run ? OUT_DRY_RUN : OUT_LIMITED;
         if (l->s)
             atomic_fetch_add_explicit(&l->s->n[out], 1, memory_order_relaxed);
-        if (!r.admitted && l->c->challenge) {
-            if (passed)
-                continue;               /* a pass exempts its holder from this limit */
-            size_t ipn;
-            const char *ip = stage_client_ip(sx, &ipn);
-            limit_top_note(ip, ipn, l->c->name);
-            atomic_fetch_add_explicit(&challenged, 1, memory_order_relaxed);
-            return limit_challenge_page(sx, &conf->challenge) == 0 ? STAGE_ANSWERED
-                                                                  : STAGE_CONTINUE;
-        }
+        if (!r.admitted && l->c->challenge && passed)
+            continue;                   /* a pass exempts its holder from this limit */
         if (!r.admitted && l->c->dry_run) {
             size_t ipn;
             const char *ip = stage_client_ip(sx, &ipn);
@@ -350,14 +382,13 @@ static enum stage_verdict limit_request(struct stage_x *sx)
             continue;
         }
         if (!r.admitted) {
-            size_t ipn;
-            const char *ip = stage_client_ip(sx, &ipn);
-            limit_top_note(ip, ipn, l->c->name);
-        }
-        if (!r.admitted)
+            note_refused(sx, l->c->name);
+            if (l->c->challenge)
+                return challenge(sx, conf);
             return refuse(sx, l->c->status, l->c->status == 429 ? "429 Too Many Requests\n"
                                                                  : "503 Service Unavailable\n",
                           l->c->headers == CONF_LHDR_NONE ? NULL : l->c, &r);
+        }
         if (!cx->have || r.remaining < cx->r.remaining) {
             cx->r = r;
             cx->c = l->c;

@@ -27,6 +27,28 @@ void listener_io(struct loop *l, struct loop_io *io, unsigned ev)
     listener_accept(ls);
 }
 
+/* limits.max_connections_per_ip: count the new connection against its
+ * address, or answer 429 and close it. False when it was refused. */
+static bool admit_per_ip(struct worker *w, struct client *c, int fd)
+{
+    uint32_t per_ip = w->conf->limits.max_connections_per_ip;
+    if (!per_ip)
+        return true;
+    uint8_t fam, a[16];
+    peer_addr(c, &fam, a);
+    if (limit_conn_take(fam, a, per_ip)) {
+        c->ip_counted = true;
+        return true;
+    }
+    static const char many[] = "HTTP/1.1 429 Too Many Requests\r\nContent-Length: 0\r\n"
+                               "Retry-After: 1\r\nConnection: close\r\n\r\n";
+    ssize_t r = write(fd, many, sizeof many - 1);
+    (void)r;
+    close(fd);
+    obs_add(&w->obs->rejected, 1);
+    return false;
+}
+
 static void listener_accept(struct listener *ls)
 {
     struct worker *w = ls->w;
@@ -70,22 +92,10 @@ static void listener_accept(struct listener *ls)
             continue;
         }
         c->peer = tmp.peer;
-        uint32_t per_ip = w->conf->limits.max_connections_per_ip;
-        if (per_ip) {
-            uint8_t fam, a[16];
-            peer_addr(c, &fam, a);
-            if (!limit_conn_take(fam, a, per_ip)) {
-                atomic_fetch_sub_explicit(&w->p->nconns, 1, memory_order_relaxed);
-                static const char many[] = "HTTP/1.1 429 Too Many Requests\r\nContent-Length: 0\r\n"
-                                           "Retry-After: 1\r\nConnection: close\r\n\r\n";
-                ssize_t r = write(fd, many, sizeof many - 1);
-                (void)r;
-                close(fd);
-                free(c);
-                obs_add(&w->obs->rejected, 1);
-                continue;
-            }
-            c->ip_counted = true;
+        if (!admit_per_ip(w, c, fd)) {
+            atomic_fetch_sub_explicit(&w->p->nconns, 1, memory_order_relaxed);
+            free(c);
+            continue;
         }
         c->io.fd = fd;
         c->io.cb = client_io;
