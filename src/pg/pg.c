@@ -2658,6 +2658,9 @@ static void *worker_main(void *arg)
 {
     struct worker *w = arg;
     loop_run(w->loop);
+    /* free what the stop closed, now that no event of the last batch can
+     * still point at it */
+    worker_before_sleep(w->loop, w);
     return NULL;
 }
 
@@ -2700,7 +2703,8 @@ static void worker_wake_cb(struct loop *l, void *arg)
         probe_done(w->probes, atomic_load(&w->pg->up[w->probes->sidx]));
     while (w->cancels)
         cancel_done(l, w->cancels);
-    worker_before_sleep(l, w);
+    /* not freed here: events later in this batch may name what was closed
+     * (worker_main frees the graveyards once the loop returned) */
     loop_stop(l);
 }
 
