@@ -23,9 +23,9 @@ FUZZ_OUT     := build/fuzz
 
 FUZZ_TARGETS := $(patsubst tests/fuzz/fuzz_%.c,%,$(wildcard tests/fuzz/fuzz_*.c))
 
-SRCS_request  := src/http/http.c
-SRCS_response := src/http/http.c
-SRCS_chunked  := src/http/http.c
+SRCS_request  := $(wildcard src/http/*.c)
+SRCS_response := $(wildcard src/http/*.c)
+SRCS_chunked  := $(wildcard src/http/*.c)
 DICT_request  := tests/fuzz/http.dict
 DICT_response := tests/fuzz/http.dict
 DICT_chunked  := tests/fuzz/http.dict
