@@ -21,6 +21,8 @@ static const char *const enc_name[CONF_ENC_N] = { "br", "zstd", "gzip" };
 
 struct cctx {
     int enc;                    /* -1: none chosen */
+    bool gunzip;                /* the upstream's gzip, for a client that does not take it */
+    bool gzip_ok;               /* the client accepts gzip */
     bool sse;                   /* text/event-stream: flush every piece */
     bool done;
     z_stream *z;
@@ -73,10 +75,13 @@ static enum stage_verdict compress_request(struct stage_x *sx)
     const struct conf_compression *cp = stage_route_state(sx);
     struct cctx *cx = stage_ctx(sx);
     cx->enc = -1;
+    cx->gzip_ok = true;         /* no Accept-Encoding: any coding will do (RFC 9110 12.5.3) */
     const char *v;
     size_t n;
     if (!stage_request_header(sx, "Accept-Encoding", 15, &v, &n))
         return STAGE_CONTINUE;
+    double gstar, gq = q_of(v, n, "gzip", &gstar);
+    cx->gzip_ok = gq > 0 || (gq < 0 && gstar > 0);
     double best = 0;
     for (uint8_t i = 0; i < cp->norder; i++) {
         double star, q = q_of(v, n, enc_name[cp->order[i]], &star);
@@ -155,12 +160,35 @@ static enum stage_body_mode compress_response(struct stage_x *sx)
     int status = stage_status(sx);
     const char *v;
     size_t n;
-    if (cx->enc < 0 || !stage_body_transformable(sx) || (ml == 4 && !memcmp(method, "HEAD", 4)) ||
-        status < 200 || status == 204 ||
-        status == 206 || status == 304)
+    if (status < 200 || status == 204 || status == 206 || status == 304)
         return STAGE_BODY_NONE;
-    if (stage_response_header(sx, "Content-Encoding", 16, &v, &n) ||
-        stage_response_header(sx, "Content-Range", 13, &v, &n))
+    if (stage_response_header(sx, "Content-Range", 13, &v, &n))
+        return STAGE_BODY_NONE;
+    if (stage_response_header(sx, "Content-Encoding", 16, &v, &n)) {
+        /* already encoded: never twice; an upstream's gzip is decoded for a
+         * client that does not accept it (and may not be transformed) */
+        bool gz = n == 4 && !strncasecmp(v, "gzip", 4);
+        const char *cc;
+        size_t ccl;
+        if (!gz || cx->gzip_ok || !stage_body_transformable(sx) ||
+            (ml == 4 && !memcmp(method, "HEAD", 4)) ||
+            (stage_response_header(sx, "Cache-Control", 13, &cc, &ccl) && has_token(cc, ccl, "no-transform")))
+            return STAGE_BODY_NONE;
+        if (!(cx->z = calloc(1, sizeof *cx->z)) || inflateInit2(cx->z, 15 + 16) != Z_OK) {
+            free(cx->z);
+            cx->z = NULL;
+            return STAGE_BODY_NONE;
+        }
+        cx->gunzip = true;
+        stage_response_edit(sx, STAGE_REMOVE, "Content-Encoding", 16, NULL, 0);
+        if (stage_response_header(sx, "ETag", 4, &v, &n) && n >= 2 && v[0] == '"' && n + 2 < 512) {
+            char etag[512] = "W/";
+            memcpy(etag + 2, v, n);
+            stage_response_edit(sx, STAGE_SET, "ETag", 4, etag, n + 2);
+        }
+        return STAGE_BODY_TRANSFORM;
+    }
+    if (cx->enc < 0 || !stage_body_transformable(sx) || (ml == 4 && !memcmp(method, "HEAD", 4)))
         return STAGE_BODY_NONE;
     if (stage_response_header(sx, "Cache-Control", 13, &v, &n) && has_token(v, n, "no-transform"))
         return STAGE_BODY_NONE;
@@ -213,6 +241,24 @@ static size_t compress_body(struct stage_x *sx, const char *in, size_t len, bool
     if (cx->done)
         return len;
     bool flush = cx->sse && len;
+    if (cx->gunzip) {
+        z_stream *z = cx->z;
+        z->next_in = (Bytef *)(uintptr_t)in;
+        z->avail_in = (uInt)len;
+        z->next_out = (Bytef *)out;
+        z->avail_out = (uInt)room;
+        int rc = inflate(z, Z_NO_FLUSH);
+        *out_len = room - z->avail_out;
+        if (rc != Z_STREAM_END && rc != Z_OK && rc != Z_BUF_ERROR) {
+            stage_body_error(sx);   /* corrupt: the client must not take it for whole */
+            return len;
+        }
+        if (rc == Z_STREAM_END)
+            cx->done = true;
+        if (end && !cx->done && !*out_len && z->avail_in == 0)
+            stage_body_error(sx);   /* the gzip stream stopped short */
+        return len - z->avail_in;
+    }
     switch (cx->enc) {
     case CONF_ENC_GZIP: {
         z_stream *z = cx->z;
@@ -257,7 +303,10 @@ static void compress_end(struct stage_x *sx)
 {
     struct cctx *cx = stage_ctx(sx);
     if (cx->z) {
-        deflateEnd(cx->z);
+        if (cx->gunzip)
+            inflateEnd(cx->z);
+        else
+            deflateEnd(cx->z);
         free(cx->z);
     }
     if (cx->br)

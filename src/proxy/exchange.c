@@ -522,28 +522,32 @@ static bool tout_append(struct exchange *x, const char *data, size_t n, bool las
 /* Offer the body read so far (x->resp_fwd bytes, unframed) to the
  * transforming stage while its output has room: backpressure is the
  * client taking st->tout. */
-static void transform_step(struct exchange *x)
+static bool transform_step(struct exchange *x)
 {
     struct stage_state *st = x->st;
     struct worker *w = x->c->w;
     const struct stage_link *l = &st->chain->links[st->xform];
     while (!st->tend) {
         if (!ensure_buf(w, &st->tout) || (!w->tscratch && !(w->tscratch = malloc(TSCRATCH))))
-            return;
+            return true;
         if (!buf_len(st->tout))
             st->tout->start = st->tout->end = 0;
         else if (buf_room(st->tout) < 128)
             buf_compact(st->tout);
         size_t room = buf_room(st->tout);
         if (room < 128)
-            return;
+            return true;
         size_t cap = room - 32 < TSCRATCH ? room - 32 : TSCRATCH;
         size_t in = x->resp_fwd, outl = 0;
         bool end = x->resp_done;
         if (!in && !end)
-            return;
+            return true;
         size_t used = l->def->on_body(&st->sx[st->xform], in ? buf_head(x->uin) : "", in, end,
                                       w->tscratch, cap, &outl);
+        if (st->body_error) {
+            exchange_fail(x, 502, "a stage could not transform the response body");
+            return false;
+        }
         used = used < in ? used : in;
         outl = outl < cap ? outl : cap;
         if (used) {
@@ -552,12 +556,13 @@ static void transform_step(struct exchange *x)
         }
         bool last = end && used == in && !outl;
         if ((outl || last) && !tout_append(x, w->tscratch, outl, last))
-            return;
+            return true;
         if (last)
             st->tend = true;
         else if (!used && !outl)
-            return;
+            return true;
     }
+    return true;
 }
 
 /* What a step of the pump did. PUMP_ENDED: the exchange is over and freed
@@ -761,8 +766,8 @@ static enum pump pump_response(struct exchange *x)
         exchange_fail(x, 502, "invalid chunked response body");
         return PUMP_ENDED;
     }
-    if (x->st && x->st->xform >= 0 && x->resp_head_done)
-        transform_step(x);
+    if (x->st && x->st->xform >= 0 && x->resp_head_done && !transform_step(x))
+        return PUMP_ENDED;
     return r;
 }
 

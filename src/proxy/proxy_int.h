@@ -154,6 +154,7 @@ struct stage_state {
     bool parked, answered, ended;
     int8_t xform;               /* the transforming link, or -1 */
     bool can_transform;         /* during on_response: a transformer may take this body */
+    bool body_error;            /* the transformer said the body is corrupt */
     uint32_t watch;             /* links watching the body (bit per link) */
     /* the request head, copied when it must outlive c->in (a park, or a
      * stage keeping request headers), parsed again from this copy */

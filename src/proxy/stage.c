@@ -265,6 +265,8 @@ bool stage_request_header(struct stage_x *sx, const char *name, size_t name_len,
 
 bool stage_https(struct stage_x *sx) { return sx->x->https; }
 
+void stage_body_error(struct stage_x *sx) { sx->x->st->body_error = true; }
+
 bool stage_body_transformable(struct stage_x *sx)
 {
     return sx->x->st->can_transform && sx->x->st->xform < 0;

@@ -128,6 +128,10 @@ int stage_request_edit(struct stage_x *sx, enum stage_edit e, const char *name, 
 int stage_response_edit(struct stage_x *sx, enum stage_edit e, const char *name, size_t name_len,
                         const char *value, size_t value_len);
 
+/* During on_body: the body cannot be transformed (corrupt input): the
+ * client's response ends abnormally (a reset), as a cut upstream body does. */
+void stage_body_error(struct stage_x *sx);
+
 /* ---- answering from memory ---- */
 
 /* A body that lives in memory and may outlive the request (a cached

@@ -36,6 +36,14 @@ def serve(c, n):
             body = JSON if "small" not in target else b'{"a":1}'
             c.send(("HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n%sContent-Length: %d\r\n\r\n"
                     % (extra, len(body))).encode() + body)
+        elif target.startswith("/gz"):
+            body = gzip.compress(JSON)
+            c.send(("HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Encoding: gzip\r\n"
+                    'ETag: "g1"\r\nContent-Length: %d\r\n\r\n' % len(body)).encode() + body)
+        elif target.startswith("/badgz"):
+            body = gzip.compress(JSON)[:200] + b"garbage" * 50
+            c.send(("HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Encoding: gzip\r\n"
+                    "Content-Length: %d\r\n\r\n" % len(body)).encode() + body)
         elif target.startswith("/image"):
             c.send(b"HTTP/1.1 200 OK\r\nContent-Type: image/png\r\nContent-Length: 4000\r\n\r\n" + b"p" * 4000)
         elif target.startswith("/chunked"):
@@ -132,7 +140,7 @@ def test_command_line_decoders_and_chunked_input(cp, enc, tmp_path):
 
 def test_what_is_never_compressed(cp):
     assert get(cp, "/json?no-transform", "gzip").header("content-encoding") is None
-    r = get(cp, "/json?encoded", "br")               # already encoded: not twice
+    r = get(cp, "/json?encoded", "gzip, br")         # already encoded: not twice
     assert r.header_all("content-encoding") == ["gzip"] and r.body == JSON
     assert get(cp, "/image", "gzip").header("content-encoding") is None
     assert get(cp, "/json?small", "gzip").header("content-encoding") is None      # under min_size
@@ -218,3 +226,32 @@ def test_large_body_streams_in_bounded_memory(cp):
     assert wire[0] < (100 << 20) / 20               # it compressed as it went
     # 100 MiB went through: what grows is a few buffers and one compressor, not the body
     assert peak[0] - base < 8 * 1024, "RSS grew by %d KiB" % (peak[0] - base)
+
+
+@pytest.mark.parametrize("ae,plain", [("identity", True), ("br, gzip;q=0", True), ("gzip", False),
+                                      ("*", False), (None, False)])
+def test_gzip_from_the_upstream_is_decoded_for_who_cannot_take_it(cp, ae, plain):
+    r = get(cp, "/gz", ae)
+    if plain:
+        assert r.header("content-encoding") is None and r.body == JSON
+        assert r.header("etag") == 'W/"g1"'
+    else:
+        assert r.header("content-encoding") == "gzip" and gzip.decompress(r.body) == JSON
+        assert r.header("etag") == '"g1"'
+
+
+def test_a_corrupt_gzip_body_does_not_look_complete(cp):
+    import socket
+    s = socket.create_connection(("127.0.0.1", cp.port), timeout=5)
+    s.sendall(build_request("GET", "/badgz", headers=[("Accept-Encoding", "identity")]))
+    got, reset = b"", False
+    try:
+        while True:
+            d = s.recv(65536)
+            if not d:
+                break
+            got += d
+    except ConnectionResetError:
+        reset = True
+    s.close()
+    assert reset and not got.endswith(b"0\r\n\r\n"), got[-40:]
