@@ -379,6 +379,26 @@ def build_request(method, path, headers=None, body=b"", host="test.local", versi
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
 
 
+def send_and_read_to_end(port, data, timeout=5.0):
+    """Send raw bytes on a fresh connection and read until the peer ends it.
+    Returns (bytes received, whether it ended with a reset rather than a FIN):
+    a cut response must end with a reset to be told from a complete one."""
+    s = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+    got, reset = b"", False
+    try:
+        s.sendall(data)
+        while True:
+            d = s.recv(65536)
+            if not d:
+                break
+            got += d
+    except ConnectionResetError:
+        reset = True
+    finally:
+        s.close()
+    return got, reset
+
+
 def status_of(data):
     """Status codes of every response status line in raw bytes."""
     return [int(x) for x in re.findall(rb"HTTP/1\.[01] (\d{3})", data)]

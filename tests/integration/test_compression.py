@@ -13,7 +13,7 @@ import zlib
 import brotli
 import pytest
 
-from conftest import RawConn, build_request, free_port, make_config, rss_kib
+from conftest import RawConn, build_request, free_port, make_config, rss_kib, send_and_read_to_end
 from rawup import RawUpstream
 
 JSON = json.dumps([{"id": i, "name": "item %d" % i, "tags": ["a", "b", "c"]} for i in range(300)]).encode()
@@ -241,17 +241,6 @@ def test_gzip_from_the_upstream_is_decoded_for_who_cannot_take_it(cp, ae, plain)
 
 
 def test_a_corrupt_gzip_body_does_not_look_complete(cp):
-    import socket
-    s = socket.create_connection(("127.0.0.1", cp.port), timeout=5)
-    s.sendall(build_request("GET", "/badgz", headers=[("Accept-Encoding", "identity")]))
-    got, reset = b"", False
-    try:
-        while True:
-            d = s.recv(65536)
-            if not d:
-                break
-            got += d
-    except ConnectionResetError:
-        reset = True
-    s.close()
+    got, reset = send_and_read_to_end(
+        cp.port, build_request("GET", "/badgz", headers=[("Accept-Encoding", "identity")]))
     assert reset and not got.endswith(b"0\r\n\r\n"), got[-40:]

@@ -11,7 +11,8 @@ import time
 
 import pytest
 
-from conftest import RawConn, build_request, free_port, make_config, raw_exchange, status_of
+from conftest import (RawConn, build_request, free_port, make_config, raw_exchange,
+                      send_and_read_to_end, status_of)
 from rawup import RawUpstream
 
 
@@ -500,18 +501,7 @@ def test_cut_chunked_body_does_not_look_complete(start_portico, raw_upstream, ve
         c.sock.close()
     up = raw_upstream(handler)
     p = start(start_portico, up)
-    s = socket.create_connection(("127.0.0.1", p.port), timeout=5)
-    s.sendall(b"GET / " + version + b"\r\nHost: t\r\n\r\n")
-    got, reset = b"", False
-    try:
-        while True:
-            d = s.recv(65536)
-            if not d:
-                break
-            got += d
-    except ConnectionResetError:
-        reset = True
-    s.close()
+    got, reset = send_and_read_to_end(p.port, b"GET / " + version + b"\r\nHost: t\r\n\r\n")
     assert not got.endswith(b"0\r\n\r\n")
     # close-delimited for HTTP/1.0: only a reset says "incomplete"
     assert reset, "a cut body ended with a clean close: %r" % got
