@@ -45,6 +45,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <netinet/in.h>
+#include <poll.h>
 #include <signal.h>
 #include <stdbool.h>
 #include <stdint.h>
@@ -292,8 +293,7 @@ static void fail(const char *fmt, ...)
 
 static void die(const char *what)
 {
-    fprintf(stderr, "fuzz_path: %s: %s\n", what, strerror(errno));
-    abort();
+    fail("%s: %s", what, strerror(errno));
 }
 
 static int count_fds(void)
@@ -599,7 +599,7 @@ static void client_open(struct run *r)
 {
     if (r->ncl == MAXCL)
         return;
-    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (fd < 0)
         die("socket");
     setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &(int){ 4 << 20 }, sizeof(int));
@@ -607,17 +607,28 @@ static void client_open(struct run *r)
     struct sockaddr_in a;
     socklen_t alen = sizeof a;
     getsockname(G.lsn_client, (struct sockaddr *)&a, &alen);
-    if (connect(fd, (struct sockaddr *)&a, alen) < 0)
+    /* non-blocking: a signal (libFuzzer's timers) cannot cut it short; on a
+     * loaded machine the handshake may finish after connect() returns */
+    if (connect(fd, (struct sockaddr *)&a, alen) < 0 && errno != EINPROGRESS && errno != EINTR)
         die("connect");
+    struct pollfd pw = { .fd = fd, .events = POLLOUT };
+    int err = 0;
+    socklen_t elen = sizeof err;
+    if (poll(&pw, 1, 5000) != 1 || getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &elen) < 0 || err) {
+        errno = err ? err : ETIMEDOUT;
+        die("connect");
+    }
     struct sockaddr_in peer;
     socklen_t plen = sizeof peer;
     int sfd = -1;
-    for (int i = 0; i < 1000 && sfd < 0; i++)
+    struct pollfd pr = { .fd = G.lsn_client, .events = POLLIN };
+    for (int i = 0; i < 50 && sfd < 0; i++) {
         sfd = accept4(G.lsn_client, (struct sockaddr *)&peer, &plen, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        if (sfd < 0)
+            poll(&pr, 1, 100);
+    }
     if (sfd < 0)
         die("accept");
-    if (fcntl(fd, F_SETFL, O_NONBLOCK) < 0)
-        die("fcntl");
     if (proxy_inline_client(r->p, sfd, (struct sockaddr *)&peer, plen) < 0)
         die("proxy_inline_client");
     r->cur = r->ncl++;
@@ -713,10 +724,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         load_confs();
         r.p = proxy_inline_new(G.conf[variant], err, sizeof err);
     }
-    if (!r.p) {
-        fprintf(stderr, "fuzz_path: proxy_inline_new: %s\n", err);
-        abort();
-    }
+    if (!r.p)
+        fail("proxy_inline_new: %s", err);
 
     client_open(&r);
 
