@@ -66,7 +66,7 @@ unit: $(UNIT)
 
 # -rsxX: every skipped or xfailed test says why in the summary
 integration: $(BUILD)/portico $(BUILD)/tests/portico-stagetest
-	PORTICO_BIN=$(abspath $(BUILD)/portico) PORTICO_STAGETEST_BIN=$(abspath $(BUILD)/tests/portico-stagetest) $(PYTHON) -m pytest -q -rsxX tests/integration
+	PORTICO_BIN=$(abspath $(BUILD)/portico) PORTICO_STAGETEST_BIN=$(abspath $(BUILD)/tests/portico-stagetest) $(PYTHON) -m pytest -q -rsxX --timeout=600 tests/integration
 
 # `make test` installs everything the tests need (scripts/deps.sh: Chromium,
 # promtool, PostgreSQL...), so a skipped test there is a failure (PORTICO_NO_SKIP).
