@@ -112,7 +112,10 @@ def test_sigstop_one_of_three_under_load_no_failed_get(ups, lb):
     fails = load.failures()
     assert not fails, "%d of 2000 GETs failed around the SIGSTOP, first: %r" % (
         len(fails), fails[:5])
-    late = load.counts(since=t_stop)
+    # SIGSTOP takes effect when the process is next scheduled: on a loaded
+    # machine a request sent a moment after pause() returned may still be
+    # served; from 100 ms on, none may
+    late = load.counts(since=t_stop + 0.1)
     assert late.get("b", 0) == 0, late
     assert late.get("a", 0) > 0 and late.get("c", 0) > 0, late
     # the scenario really hit the hung server: some GET timed out on it and was retried

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from conftest import RawConn, build_request, free_port, make_config
+from conftest import RawConn, build_request, free_port, make_config, wait_for
 
 
 def start(start_portico, up, route_extra, extra="", prefix="/auth/"):
@@ -238,9 +238,11 @@ def test_max_connections_per_ip(start_portico, start_upstream):
     got = extra.wait_closed(3)
     assert got.startswith(b"HTTP/1.1 429"), got
     conns[0].close()
-    time.sleep(0.2)
-    with RawConn(port) as c:
-        assert c.request("GET", "/echo").status == 200         # a slot came free
+
+    def slot_free():                    # once portico has seen the close
+        with RawConn(port) as c:
+            return c.request("GET", "/echo").status == 200
+    assert wait_for(slot_free, 5, interval=0.1)                # a slot came free
     for c in conns[1:]:
         c.close()
 
