@@ -27,6 +27,31 @@ void listener_io(struct loop *l, struct loop_io *io, unsigned ev)
     listener_accept(ls);
 }
 
+/* A new client connection on fd (peer filled in): watched, listed, and
+ * given the header timeout. 0, or -errno from epoll (nothing to undo but
+ * the caller's own counts). */
+int client_start(struct worker *w, struct client *c, int fd)
+{
+    c->io.fd = fd;
+    c->io.cb = client_io;
+    c->timer.cb = client_timeout;
+    c->w = w;
+    c->state = C_IDLE;
+    set_nodelay(fd);
+    int rc = loop_add(w->loop, &c->io);
+    if (rc < 0)
+        return rc;
+    c->next = w->clients;
+    if (c->next)
+        c->next->prev = c;
+    w->clients = c;
+    w->nclients++;
+    obs_add(&w->obs->conns_total, 1);
+    /* the first bytes are usually there already (or will be soon) */
+    loop_timer_arm(w->loop, &c->timer, w->conf->limits.header_timeout);
+    return 0;
+}
+
 /* limits.max_connections_per_ip: count the new connection against its
  * address, or answer 429 and close it. False when it was refused. */
 static bool admit_per_ip(struct worker *w, struct client *c, int fd)
@@ -97,13 +122,7 @@ static void listener_accept(struct listener *ls)
             free(c);
             continue;
         }
-        c->io.fd = fd;
-        c->io.cb = client_io;
-        c->timer.cb = client_timeout;
-        c->w = w;
-        c->state = C_IDLE;
-        set_nodelay(fd);
-        if (loop_add(l, &c->io) < 0) {
+        if (client_start(w, c, fd) < 0) {
             atomic_fetch_sub_explicit(&w->p->nconns, 1, memory_order_relaxed);
             if (c->ip_counted) {
                 uint8_t fam, a[16];
@@ -112,16 +131,7 @@ static void listener_accept(struct listener *ls)
             }
             close(fd);
             free(c);
-            continue;
         }
-        c->next = w->clients;
-        if (c->next)
-            c->next->prev = c;
-        w->clients = c;
-        w->nclients++;
-        obs_add(&w->obs->conns_total, 1);
-        /* the first bytes are usually there already (or will be soon) */
-        loop_timer_arm(l, &c->timer, w->conf->limits.header_timeout);
     }
 }
 

@@ -498,4 +498,6 @@ static inline size_t ready_span(struct exchange *x, char **p)
     return x ? x->resp_fwd : 0;
 }
 
+int client_start(struct worker *w, struct client *c, int fd);
+
 #endif

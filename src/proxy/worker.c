@@ -329,25 +329,12 @@ int proxy_inline_client(struct proxy *p, int fd, const struct sockaddr *peer, so
     if (!c)
         return -ENOMEM;
     memcpy(&c->peer, peer, len < sizeof c->peer ? len : sizeof c->peer);
-    c->io.fd = fd;
-    c->io.cb = client_io;
-    c->timer.cb = client_timeout;
-    c->w = w;
-    c->state = C_IDLE;
-    set_nodelay(fd);
-    int rc = loop_add(w->loop, &c->io);
+    int rc = client_start(w, c, fd);           /* as listener_accept does */
     if (rc < 0) {
         free(c);
         return rc;
     }
     atomic_fetch_add_explicit(&p->nconns, 1, memory_order_relaxed);
-    c->next = w->clients;
-    if (c->next)
-        c->next->prev = c;
-    w->clients = c;
-    w->nclients++;
-    obs_add(&w->obs->conns_total, 1);
-    loop_timer_arm(w->loop, &c->timer, w->conf->limits.header_timeout);
     return 0;
 }
 
