@@ -231,9 +231,18 @@ def test_max_connections_per_ip(start_portico, start_upstream):
     port = free_port()
     p = start_portico(make_config(port, {"app": {"servers": [up.address]}},
                                   limits={"max_connections_per_ip": 3}), port=port)
-    conns = [RawConn(port) for _ in range(3)]
-    for c in conns:
-        assert c.request("GET", "/echo").status == 200
+    conns = []
+
+    def one_more():
+        # the start-up probe's connection counts until portico sees it close
+        c = RawConn(port)
+        if c.request("GET", "/echo").status == 200:
+            conns.append(c)
+            return True
+        c.close()
+        return False
+    for _ in range(3):
+        assert wait_for(one_more, 5, interval=0.1)
     extra = RawConn(port)
     got = extra.wait_closed(3)
     assert got.startswith(b"HTTP/1.1 429"), got
