@@ -227,7 +227,9 @@ static uint64_t raise_fd_limit(const struct conf *c)
     return rl.rlim_cur;
 }
 
-struct proxy *proxy_start(struct conf *conf, char *err, size_t errlen)
+/* A proxy with its first generation and room for nworkers workers (not yet
+ * initialised). NULL with err on failure. */
+static struct proxy *proxy_alloc(struct conf *conf, uint32_t nworkers, char *err, size_t errlen)
 {
     struct proxy *p = calloc(1, sizeof *p);
     if (!p) {
@@ -236,7 +238,7 @@ struct proxy *proxy_start(struct conf *conf, char *err, size_t errlen)
     }
     pthread_mutex_init(&p->mu, NULL);
     pthread_mutex_init(&p->reload_mu, NULL);
-    p->nworkers = conf->workers;
+    p->nworkers = nworkers;
     p->bufsize = bufsize_for(conf);
     p->maxfd = raise_fd_limit(conf);
     p->gen = gen_new(conf, NULL, p->nworkers, 1, err, errlen);
@@ -247,6 +249,14 @@ struct proxy *proxy_start(struct conf *conf, char *err, size_t errlen)
         proxy_free(p);
         return NULL;
     }
+    return p;
+}
+
+struct proxy *proxy_start(struct conf *conf, char *err, size_t errlen)
+{
+    struct proxy *p = proxy_alloc(conf, conf->workers, err, errlen);
+    if (!p)
+        return NULL;
     p->stats.generation = 1;
     p->stats.loaded_at = time(NULL);
     for (uint32_t i = 0; i < p->nworkers; i++) {
@@ -292,21 +302,10 @@ void proxy_wait(struct proxy *p)
 
 struct proxy *proxy_inline_new(struct conf *conf, char *err, size_t errlen)
 {
-    struct proxy *p = calloc(1, sizeof *p);
-    if (!p) {
-        snprintf(err, errlen, "out of memory");
+    struct proxy *p = proxy_alloc(conf, 1, err, errlen);
+    if (!p)
         return NULL;
-    }
-    pthread_mutex_init(&p->mu, NULL);
-    pthread_mutex_init(&p->reload_mu, NULL);
-    p->nworkers = 1;
-    p->bufsize = bufsize_for(conf);
-    p->maxfd = raise_fd_limit(conf);
-    p->gen = gen_new(conf, NULL, 1, 1, err, errlen);
-    p->workers = calloc(1, sizeof *p->workers);
-    if (!p->gen || !p->workers || !worker_init(p, &p->workers[0], 0, err, errlen)) {
-        if (!p->workers)
-            snprintf(err, errlen, "out of memory");
+    if (!worker_init(p, &p->workers[0], 0, err, errlen)) {
         proxy_free(p);
         return NULL;
     }
