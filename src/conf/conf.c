@@ -2,7 +2,7 @@
  * Every error names file:line:col and the key's path, e.g.
  *   portico.yaml:7:14: upstreams.app.servers[0].weight: expected an integer >= 1
  */
-#include "conf.h"
+#include "conf_int.h"
 
 #include <arpa/inet.h>
 #include <ctype.h>
@@ -16,16 +16,9 @@
 #include <unistd.h>
 #include <yaml.h>
 
-struct ctx {
-    yaml_document_t doc;
-    const char *file;
-    char *err;
-    size_t errlen;
-    bool failed;
-};
 
 __attribute__((format(printf, 4, 5)))
-static bool bad(struct ctx *x, const yaml_node_t *n, const char *path, const char *fmt, ...)
+bool conf_bad(struct ctx *x, const yaml_node_t *n, const char *path, const char *fmt, ...)
 {
     if (x->failed)
         return false;
@@ -42,15 +35,15 @@ static bool bad(struct ctx *x, const yaml_node_t *n, const char *path, const cha
     return false;
 }
 
-static const char *scalar(const yaml_node_t *n)
+const char *conf_scalar(const yaml_node_t *n)
 {
     return n && n->type == YAML_SCALAR_NODE ? (const char *)n->data.scalar.value : NULL;
 }
 
-static yaml_node_t *node(struct ctx *x, int id) { return yaml_document_get_node(&x->doc, id); }
+yaml_node_t *conf_node(struct ctx *x, int id) { return yaml_document_get_node(&x->doc, id); }
 
 /* out = path + "." + key, truncated to fit (paths are for messages only). */
-static void join(char *out, size_t len, const char *path, const char *key)
+void conf_join(char *out, size_t len, const char *path, const char *key)
 {
     size_t n = 0;
     for (const char *s = path; *s && n + 1 < len; s++)
@@ -169,54 +162,54 @@ bool conf_parse_addr(const char *s, struct conf_addr *out, char *err, size_t err
 
 /* ---- typed getters: each validates one node and reports with its path ---- */
 
-static bool get_duration(struct ctx *x, yaml_node_t *n, const char *path, uint64_t *out)
+bool conf_get_duration(struct ctx *x, yaml_node_t *n, const char *path, uint64_t *out)
 {
-    if (conf_parse_duration(scalar(n), out) < 0)
-        return bad(x, n, path, "expected a duration like 500ms, 10s, 5m, 1h, 1d");
+    if (conf_parse_duration(conf_scalar(n), out) < 0)
+        return conf_bad(x, n, path, "expected a duration like 500ms, 10s, 5m, 1h, 1d");
     return true;
 }
 
 /* A duration that must be > 0: a zero timeout would fire at once. */
-static bool get_timeout(struct ctx *x, yaml_node_t *n, const char *path, uint64_t *out)
+bool conf_get_timeout(struct ctx *x, yaml_node_t *n, const char *path, uint64_t *out)
 {
-    if (!get_duration(x, n, path, out))
+    if (!conf_get_duration(x, n, path, out))
         return false;
     if (*out == 0)
-        return bad(x, n, path, "must be greater than zero");
+        return conf_bad(x, n, path, "must be greater than zero");
     return true;
 }
 
-static bool get_size(struct ctx *x, yaml_node_t *n, const char *path, uint64_t *out,
+bool conf_get_size(struct ctx *x, yaml_node_t *n, const char *path, uint64_t *out,
                      uint64_t min, uint64_t max)
 {
-    if (conf_parse_size(scalar(n), out) < 0)
-        return bad(x, n, path, "expected a size like 512, 16KiB, 8MiB, 1GiB");
+    if (conf_parse_size(conf_scalar(n), out) < 0)
+        return conf_bad(x, n, path, "expected a size like 512, 16KiB, 8MiB, 1GiB");
     if (*out < min || *out > max)
-        return bad(x, n, path, "must be between %llu and %llu bytes",
+        return conf_bad(x, n, path, "must be between %llu and %llu bytes",
                    (unsigned long long)min, (unsigned long long)max);
     return true;
 }
 
-static bool get_uint(struct ctx *x, yaml_node_t *n, const char *path, uint32_t *out,
+bool conf_get_uint(struct ctx *x, yaml_node_t *n, const char *path, uint32_t *out,
                      uint32_t min, uint32_t max)
 {
-    const char *s = scalar(n);
+    const char *s = conf_scalar(n);
     char *end;
     if (!s || !isdigit((unsigned char)*s))
-        return bad(x, n, path, "expected an integer from %u to %u", min, max);
+        return conf_bad(x, n, path, "expected an integer from %u to %u", min, max);
     errno = 0;
     unsigned long v = strtoul(s, &end, 10);
     if (errno || *end || v < min || v > max)
-        return bad(x, n, path, "expected an integer from %u to %u", min, max);
+        return conf_bad(x, n, path, "expected an integer from %u to %u", min, max);
     *out = (uint32_t)v;
     return true;
 }
 
-static bool get_string(struct ctx *x, yaml_node_t *n, const char *path, char **out)
+bool conf_get_string(struct ctx *x, yaml_node_t *n, const char *path, char **out)
 {
-    const char *s = scalar(n);
+    const char *s = conf_scalar(n);
     if (!s || !*s)
-        return bad(x, n, path, "expected a non-empty string");
+        return conf_bad(x, n, path, "expected a non-empty string");
     free(*out);
     *out = strdup(s);
     return *out != NULL;
@@ -224,95 +217,88 @@ static bool get_string(struct ctx *x, yaml_node_t *n, const char *path, char **o
 
 static bool get_addr(struct ctx *x, yaml_node_t *n, const char *path, struct conf_addr *out)
 {
-    const char *s = scalar(n);
+    const char *s = conf_scalar(n);
     char e[200];
     if (!s)
-        return bad(x, n, path, "expected an address \"host:port\"");
+        return conf_bad(x, n, path, "expected an address \"host:port\"");
     if (!conf_parse_addr(s, out, e, sizeof e))
-        return bad(x, n, path, "%s", e);
+        return conf_bad(x, n, path, "%s", e);
     return true;
 }
 
-static bool expect_map(struct ctx *x, yaml_node_t *n, const char *path)
+bool conf_expect_map(struct ctx *x, yaml_node_t *n, const char *path)
 {
     if (!n || n->type != YAML_MAPPING_NODE)
-        return bad(x, n, path, "expected a mapping");
+        return conf_bad(x, n, path, "expected a mapping");
     return true;
 }
 
-static bool expect_seq(struct ctx *x, yaml_node_t *n, const char *path)
+bool conf_expect_seq(struct ctx *x, yaml_node_t *n, const char *path)
 {
     if (!n || n->type != YAML_SEQUENCE_NODE)
-        return bad(x, n, path, "expected a list");
+        return conf_bad(x, n, path, "expected a list");
     return true;
 }
 
-/* Iterate a mapping: for each pair call fn(key, value-node, path-of-key). */
-#define FOR_PAIRS(x, map, k, v)                                                       \
-    for (yaml_node_pair_t *p_ = (map)->data.mapping.pairs.start;                      \
-         p_ < (map)->data.mapping.pairs.top; p_++)                                    \
-        for (yaml_node_t *kn_ = node(x, p_->key), *v = node(x, p_->value); kn_; kn_ = NULL) \
-            for (const char *k = scalar(kn_) ? scalar(kn_) : ""; k; k = NULL)
-
-static bool unknown(struct ctx *x, yaml_node_pair_t *p, const char *path, const char *key)
+bool conf_unknown(struct ctx *x, yaml_node_pair_t *p, const char *path, const char *key)
 {
     char kp[256];
-    join(kp, sizeof kp, path, key);
-    return bad(x, node(x, p->key), kp, "unknown key");
+    conf_join(kp, sizeof kp, path, key);
+    return conf_bad(x, conf_node(x, p->key), kp, "unknown key");
 }
 
 /* ---- sections ---- */
 
 static bool load_limits(struct ctx *x, yaml_node_t *m, const char *path, struct conf_limits *l)
 {
-    if (!expect_map(x, m, path))
+    if (!conf_expect_map(x, m, path))
         return false;
     FOR_PAIRS(x, m, k, v) {
         char kp[256];
-        join(kp, sizeof kp, path, k);
+        conf_join(kp, sizeof kp, path, k);
         uint64_t sz;
         bool ok;
-        if (!strcmp(k, "header_timeout")) ok = get_timeout(x, v, kp, &l->header_timeout);
-        else if (!strcmp(k, "idle_timeout")) ok = get_timeout(x, v, kp, &l->idle_timeout);
-        else if (!strcmp(k, "body_timeout")) ok = get_timeout(x, v, kp, &l->body_timeout);
-        else if (!strcmp(k, "send_timeout")) ok = get_timeout(x, v, kp, &l->send_timeout);
-        else if (!strcmp(k, "tunnel_timeout")) ok = get_timeout(x, v, kp, &l->tunnel_timeout);
+        if (!strcmp(k, "header_timeout")) ok = conf_get_timeout(x, v, kp, &l->header_timeout);
+        else if (!strcmp(k, "idle_timeout")) ok = conf_get_timeout(x, v, kp, &l->idle_timeout);
+        else if (!strcmp(k, "body_timeout")) ok = conf_get_timeout(x, v, kp, &l->body_timeout);
+        else if (!strcmp(k, "send_timeout")) ok = conf_get_timeout(x, v, kp, &l->send_timeout);
+        else if (!strcmp(k, "tunnel_timeout")) ok = conf_get_timeout(x, v, kp, &l->tunnel_timeout);
         else if (!strcmp(k, "max_header_bytes")) {
-            ok = get_size(x, v, kp, &sz, 1024, 1024 * 1024);
+            ok = conf_get_size(x, v, kp, &sz, 1024, 1024 * 1024);
             l->max_header_bytes = (uint32_t)sz;
         } else if (!strcmp(k, "max_request_line")) {
-            ok = get_size(x, v, kp, &sz, 256, 1024 * 1024);
+            ok = conf_get_size(x, v, kp, &sz, 256, 1024 * 1024);
             l->max_request_line = (uint32_t)sz;
-        } else if (!strcmp(k, "max_body")) ok = get_size(x, v, kp, &l->max_body, 0, 1ull << 40);
-        else if (!strcmp(k, "max_headers")) ok = get_uint(x, v, kp, &l->max_headers, 1, 1000);
-        else if (!strcmp(k, "max_connections")) ok = get_uint(x, v, kp, &l->max_connections, 1, 10000000);
-        else if (!strcmp(k, "max_keys")) ok = get_uint(x, v, kp, &l->max_keys, 64, 100000000);
-        else if (!strcmp(k, "max_connections_per_ip")) ok = get_uint(x, v, kp, &l->max_connections_per_ip, 0, 10000000);
-        else ok = unknown(x, p_, path, k);
+        } else if (!strcmp(k, "max_body")) ok = conf_get_size(x, v, kp, &l->max_body, 0, 1ull << 40);
+        else if (!strcmp(k, "max_headers")) ok = conf_get_uint(x, v, kp, &l->max_headers, 1, 1000);
+        else if (!strcmp(k, "max_connections")) ok = conf_get_uint(x, v, kp, &l->max_connections, 1, 10000000);
+        else if (!strcmp(k, "max_keys")) ok = conf_get_uint(x, v, kp, &l->max_keys, 64, 100000000);
+        else if (!strcmp(k, "max_connections_per_ip")) ok = conf_get_uint(x, v, kp, &l->max_connections_per_ip, 0, 10000000);
+        else ok = conf_unknown(x, p_, path, k);
         if (!ok)
             return false;
     }
     if (l->max_request_line > l->max_header_bytes)
-        return bad(x, m, path, "max_request_line must not exceed max_header_bytes");
+        return conf_bad(x, m, path, "max_request_line must not exceed max_header_bytes");
     return true;
 }
 
 /* ---- upstream groups: balancing, health checks, servers ---- */
 
-static bool get_bool(struct ctx *x, yaml_node_t *n, const char *path, bool *out)
+bool conf_get_bool(struct ctx *x, yaml_node_t *n, const char *path, bool *out)
 {
-    const char *s = scalar(n);
+    const char *s = conf_scalar(n);
     if (s && (!strcmp(s, "true") || !strcmp(s, "yes") || !strcmp(s, "on")))
         *out = true;
     else if (s && (!strcmp(s, "false") || !strcmp(s, "no") || !strcmp(s, "off")))
         *out = false;
     else
-        return bad(x, n, path, "expected true or false");
+        return conf_bad(x, n, path, "expected true or false");
     return true;
 }
 
 /* An RFC 9110 token: header and cookie names. */
-static bool is_token(const char *s)
+bool conf_is_token(const char *s)
 {
     if (!*s)
         return false;
@@ -324,7 +310,7 @@ static bool is_token(const char *s)
 
 static bool get_hash_key(struct ctx *x, yaml_node_t *n, const char *path, struct conf_hash_key *h)
 {
-    const char *s = scalar(n);
+    const char *s = conf_scalar(n);
     const char *name = NULL;
     if (s && !strcmp(s, "path")) {
         h->from = CONF_HASH_PATH;
@@ -339,12 +325,12 @@ static bool get_hash_key(struct ctx *x, yaml_node_t *n, const char *path, struct
         h->from = CONF_HASH_COOKIE;
         name = s + 7;
     } else {
-        return bad(x, n, path, "expected \"header:NAME\", \"cookie:NAME\" or \"path\"");
+        return conf_bad(x, n, path, "expected \"header:NAME\", \"cookie:NAME\" or \"path\"");
     }
-    if (!is_token(name))
-        return bad(x, n, path, "expected a header or cookie name after \"%.7s\"", s);
+    if (!conf_is_token(name))
+        return conf_bad(x, n, path, "expected a header or cookie name after \"%.7s\"", s);
     if (strlen(name) >= sizeof h->name)
-        return bad(x, n, path, "name longer than %zu characters", sizeof h->name - 1);
+        return conf_bad(x, n, path, "name longer than %zu characters", sizeof h->name - 1);
     strcpy(h->name, name);
     h->name_len = (uint32_t)strlen(name);
     return true;
@@ -353,7 +339,7 @@ static bool get_hash_key(struct ctx *x, yaml_node_t *n, const char *path, struct
 static bool get_status(struct ctx *x, yaml_node_t *n, const char *path, uint16_t *out)
 {
     uint32_t v;
-    if (!get_uint(x, n, path, &v, 100, 599))
+    if (!conf_get_uint(x, n, path, &v, 100, 599))
         return false;
     *out = (uint16_t)v;
     return true;
@@ -363,48 +349,48 @@ static bool load_health(struct ctx *x, yaml_node_t *m, const char *path, struct 
 {
     *h = (struct conf_health){ .enabled = true, .path = "/", .interval = 5000, .timeout = 2000,
                                .rise = 2, .fall = 3 };
-    if (!expect_map(x, m, path))
+    if (!conf_expect_map(x, m, path))
         return false;
     FOR_PAIRS(x, m, k, v) {
         char kp[256];
-        join(kp, sizeof kp, path, k);
+        conf_join(kp, sizeof kp, path, k);
         bool ok;
         if (!strcmp(k, "path")) {
-            const char *s = scalar(v);
+            const char *s = conf_scalar(v);
             if (!s || s[0] != '/')
-                return bad(x, v, kp, "expected a path starting with \"/\"");
+                return conf_bad(x, v, kp, "expected a path starting with \"/\"");
             if (strlen(s) >= sizeof h->path)
-                return bad(x, v, kp, "longer than %zu characters", sizeof h->path - 1);
+                return conf_bad(x, v, kp, "longer than %zu characters", sizeof h->path - 1);
             for (const char *q = s; *q; q++)
                 if ((unsigned char)*q <= ' ' || *q == 0x7f)
-                    return bad(x, v, kp, "must not contain spaces or control characters");
+                    return conf_bad(x, v, kp, "must not contain spaces or control characters");
             strcpy(h->path, s);
             ok = true;
-        } else if (!strcmp(k, "interval")) ok = get_timeout(x, v, kp, &h->interval);
-        else if (!strcmp(k, "timeout")) ok = get_timeout(x, v, kp, &h->timeout);
-        else if (!strcmp(k, "rise")) ok = get_uint(x, v, kp, &h->rise, 1, 1000);
-        else if (!strcmp(k, "fall")) ok = get_uint(x, v, kp, &h->fall, 1, 1000);
+        } else if (!strcmp(k, "interval")) ok = conf_get_timeout(x, v, kp, &h->interval);
+        else if (!strcmp(k, "timeout")) ok = conf_get_timeout(x, v, kp, &h->timeout);
+        else if (!strcmp(k, "rise")) ok = conf_get_uint(x, v, kp, &h->rise, 1, 1000);
+        else if (!strcmp(k, "fall")) ok = conf_get_uint(x, v, kp, &h->fall, 1, 1000);
         else if (!strcmp(k, "expect")) {
             h->nexpect = 0;
             if (v->type == YAML_SCALAR_NODE) {
                 ok = get_status(x, v, kp, &h->expect[0]);
                 h->nexpect = 1;
             } else {
-                if (!expect_seq(x, v, kp))
+                if (!conf_expect_seq(x, v, kp))
                     return false;
                 size_t n = (size_t)(v->data.sequence.items.top - v->data.sequence.items.start);
                 if (n == 0 || n > CONF_HEALTH_MAX_EXPECT)
-                    return bad(x, v, kp, "expected 1 to %d status codes", CONF_HEALTH_MAX_EXPECT);
+                    return conf_bad(x, v, kp, "expected 1 to %d status codes", CONF_HEALTH_MAX_EXPECT);
                 for (size_t i = 0; i < n; i++) {
                     char ip[300];
                     snprintf(ip, sizeof ip, "%.250s[%zu]", kp, i);
-                    if (!get_status(x, node(x, v->data.sequence.items.start[i]), ip, &h->expect[i]))
+                    if (!get_status(x, conf_node(x, v->data.sequence.items.start[i]), ip, &h->expect[i]))
                         return false;
                 }
                 h->nexpect = (uint32_t)n;
                 ok = true;
             }
-        } else ok = unknown(x, p_, path, k);
+        } else ok = conf_unknown(x, p_, path, k);
         if (!ok)
             return false;
     }
@@ -413,16 +399,16 @@ static bool load_health(struct ctx *x, yaml_node_t *m, const char *path, struct 
 
 static bool load_passive(struct ctx *x, yaml_node_t *m, const char *path, struct conf_passive *pa)
 {
-    if (!expect_map(x, m, path))
+    if (!conf_expect_map(x, m, path))
         return false;
     FOR_PAIRS(x, m, k, v) {
         char kp[256];
-        join(kp, sizeof kp, path, k);
+        conf_join(kp, sizeof kp, path, k);
         bool ok;
-        if (!strcmp(k, "max_fails")) ok = get_uint(x, v, kp, &pa->max_fails, 0, 1000000);
-        else if (!strcmp(k, "fail_timeout")) ok = get_timeout(x, v, kp, &pa->fail_timeout);
-        else if (!strcmp(k, "on_5xx")) ok = get_bool(x, v, kp, &pa->on_5xx);
-        else ok = unknown(x, p_, path, k);
+        if (!strcmp(k, "max_fails")) ok = conf_get_uint(x, v, kp, &pa->max_fails, 0, 1000000);
+        else if (!strcmp(k, "fail_timeout")) ok = conf_get_timeout(x, v, kp, &pa->fail_timeout);
+        else if (!strcmp(k, "on_5xx")) ok = conf_get_bool(x, v, kp, &pa->on_5xx);
+        else ok = conf_unknown(x, p_, path, k);
         if (!ok)
             return false;
     }
@@ -434,23 +420,23 @@ static bool load_server(struct ctx *x, yaml_node_t *n, const char *path, struct 
     s->weight = 1;
     if (n->type == YAML_SCALAR_NODE)        /* shorthand: "host:port" */
         return get_addr(x, n, path, &s->addr);
-    if (!expect_map(x, n, path))
+    if (!conf_expect_map(x, n, path))
         return false;
     bool have_addr = false;
     FOR_PAIRS(x, n, k, v) {
         char kp[256];
-        join(kp, sizeof kp, path, k);
+        conf_join(kp, sizeof kp, path, k);
         bool ok;
         if (!strcmp(k, "address")) ok = have_addr = get_addr(x, v, kp, &s->addr);
-        else if (!strcmp(k, "weight")) ok = get_uint(x, v, kp, &s->weight, 1, 1000);
-        else if (!strcmp(k, "backup")) ok = get_bool(x, v, kp, &s->backup);
-        else if (!strcmp(k, "slow_start")) ok = get_duration(x, v, kp, &s->slow_start);
-        else ok = unknown(x, p_, path, k);
+        else if (!strcmp(k, "weight")) ok = conf_get_uint(x, v, kp, &s->weight, 1, 1000);
+        else if (!strcmp(k, "backup")) ok = conf_get_bool(x, v, kp, &s->backup);
+        else if (!strcmp(k, "slow_start")) ok = conf_get_duration(x, v, kp, &s->slow_start);
+        else ok = conf_unknown(x, p_, path, k);
         if (!ok)
             return false;
     }
     if (!have_addr)
-        return bad(x, n, path, "missing key \"address\"");
+        return conf_bad(x, n, path, "missing key \"address\"");
     return true;
 }
 
@@ -463,47 +449,47 @@ static bool load_upstream(struct ctx *x, yaml_node_t *m, const char *path, struc
     u->balance = CONF_BALANCE_WEIGHTED;
     u->passive = (struct conf_passive){ .max_fails = 3, .fail_timeout = 10000, .on_5xx = false };
     u->retries = 2;
-    if (!expect_map(x, m, path))
+    if (!conf_expect_map(x, m, path))
         return false;
     bool have_servers = false;
     yaml_node_t *hash_key = NULL, *servers = NULL;
     char hash_key_path[256] = "";
     FOR_PAIRS(x, m, k, v) {
         char kp[256];
-        join(kp, sizeof kp, path, k);
+        conf_join(kp, sizeof kp, path, k);
         bool ok;
         if (!strcmp(k, "servers")) {
-            if (!expect_seq(x, v, kp))
+            if (!conf_expect_seq(x, v, kp))
                 return false;
             size_t n = (size_t)(v->data.sequence.items.top - v->data.sequence.items.start);
             if (n == 0)
-                return bad(x, v, kp, "needs at least one server");
+                return conf_bad(x, v, kp, "needs at least one server");
             if (n > 1024)
-                return bad(x, v, kp, "at most 1024 servers");
+                return conf_bad(x, v, kp, "at most 1024 servers");
             free(u->servers);
             u->servers = calloc(n, sizeof *u->servers);
             if (!u->servers)
-                return bad(x, v, kp, "out of memory");
+                return conf_bad(x, v, kp, "out of memory");
             u->nservers = (uint32_t)n;
             for (size_t i = 0; i < n; i++) {
                 char ip[300];
                 snprintf(ip, sizeof ip, "%.250s[%zu]", kp, i);
-                if (!load_server(x, node(x, v->data.sequence.items.start[i]), ip, &u->servers[i]))
+                if (!load_server(x, conf_node(x, v->data.sequence.items.start[i]), ip, &u->servers[i]))
                     return false;
             }
             ok = have_servers = true;
             servers = v;
-        } else if (!strcmp(k, "keepalive")) ok = get_uint(x, v, kp, &u->keepalive, 0, 100000);
-        else if (!strcmp(k, "connect_timeout")) ok = get_timeout(x, v, kp, &u->connect_timeout);
-        else if (!strcmp(k, "response_timeout")) ok = get_timeout(x, v, kp, &u->response_timeout);
-        else if (!strcmp(k, "idle_timeout")) ok = get_timeout(x, v, kp, &u->idle_timeout);
+        } else if (!strcmp(k, "keepalive")) ok = conf_get_uint(x, v, kp, &u->keepalive, 0, 100000);
+        else if (!strcmp(k, "connect_timeout")) ok = conf_get_timeout(x, v, kp, &u->connect_timeout);
+        else if (!strcmp(k, "response_timeout")) ok = conf_get_timeout(x, v, kp, &u->response_timeout);
+        else if (!strcmp(k, "idle_timeout")) ok = conf_get_timeout(x, v, kp, &u->idle_timeout);
         else if (!strcmp(k, "balance")) {
-            const char *s = scalar(v);
+            const char *s = conf_scalar(v);
             if (s && !strcmp(s, "weighted")) u->balance = CONF_BALANCE_WEIGHTED;
             else if (s && !strcmp(s, "ip_hash")) u->balance = CONF_BALANCE_IP_HASH;
             else if (s && !strcmp(s, "least_conn")) u->balance = CONF_BALANCE_LEAST_CONN;
             else if (s && !strcmp(s, "hash")) u->balance = CONF_BALANCE_HASH;
-            else return bad(x, v, kp, "expected weighted, ip_hash, least_conn or hash");
+            else return conf_bad(x, v, kp, "expected weighted, ip_hash, least_conn or hash");
             ok = true;
         } else if (!strcmp(k, "hash_key")) {
             ok = get_hash_key(x, v, kp, &u->hash_key);
@@ -511,24 +497,24 @@ static bool load_upstream(struct ctx *x, yaml_node_t *m, const char *path, struc
             snprintf(hash_key_path, sizeof hash_key_path, "%s", kp);
         } else if (!strcmp(k, "health")) ok = load_health(x, v, kp, &u->health);
         else if (!strcmp(k, "passive")) ok = load_passive(x, v, kp, &u->passive);
-        else if (!strcmp(k, "retries")) ok = get_uint(x, v, kp, &u->retries, 0, 100);
-        else ok = unknown(x, p_, path, k);
+        else if (!strcmp(k, "retries")) ok = conf_get_uint(x, v, kp, &u->retries, 0, 100);
+        else ok = conf_unknown(x, p_, path, k);
         if (!ok)
             return false;
     }
     if (!have_servers)
-        return bad(x, m, path, "missing key \"servers\"");
+        return conf_bad(x, m, path, "missing key \"servers\"");
     if (u->balance == CONF_BALANCE_HASH && !hash_key)
-        return bad(x, m, path, "missing key \"hash_key\" (balance: hash needs one)");
+        return conf_bad(x, m, path, "missing key \"hash_key\" (balance: hash needs one)");
     if (u->balance != CONF_BALANCE_HASH && hash_key)
-        return bad(x, hash_key, hash_key_path, "only used with \"balance: hash\"");
+        return conf_bad(x, hash_key, hash_key_path, "only used with \"balance: hash\"");
     bool any_primary = false;
     for (uint32_t i = 0; i < u->nservers; i++)
         any_primary |= !u->servers[i].backup;
     if (!any_primary) {
         char kp[256];
-        join(kp, sizeof kp, path, "servers");
-        return bad(x, servers, kp, "at least one server must not be a backup");
+        conf_join(kp, sizeof kp, path, "servers");
+        return conf_bad(x, servers, kp, "at least one server must not be a backup");
     }
     return true;
 }
@@ -545,45 +531,45 @@ static struct conf_upstream *find_upstream(struct conf *c, const char *name)
  *   status: 429, account: "header:X" | "form:field" | "json:field" } */
 static bool load_guard(struct ctx *x, yaml_node_t *m, const char *path, struct conf_login_guard *g)
 {
-    if (!expect_map(x, m, path))
+    if (!conf_expect_map(x, m, path))
         return false;
     *g = (struct conf_login_guard){ .enabled = true, .max_failures = 5, .window_ms = 900000,
                                     .block_ms = 900000, .failure_status = { 401, 403 },
                                     .nfailure_status = 2, .status = 429 };
     FOR_PAIRS(x, m, k, v) {
         char kp[300];
-        join(kp, sizeof kp, path, k);
+        conf_join(kp, sizeof kp, path, k);
         bool ok = true;
-        if (!strcmp(k, "max_failures")) ok = get_uint(x, v, kp, &g->max_failures, 1, 1000000);
-        else if (!strcmp(k, "window")) ok = get_timeout(x, v, kp, &g->window_ms);
-        else if (!strcmp(k, "block")) ok = get_timeout(x, v, kp, &g->block_ms);
+        if (!strcmp(k, "max_failures")) ok = conf_get_uint(x, v, kp, &g->max_failures, 1, 1000000);
+        else if (!strcmp(k, "window")) ok = conf_get_timeout(x, v, kp, &g->window_ms);
+        else if (!strcmp(k, "block")) ok = conf_get_timeout(x, v, kp, &g->block_ms);
         else if (!strcmp(k, "status")) {
             uint32_t st = 0;
-            ok = get_uint(x, v, kp, &st, 403, 429) && (st == 403 || st == 429 ||
-                 bad(x, v, kp, "expected 429 or 403"));
+            ok = conf_get_uint(x, v, kp, &st, 403, 429) && (st == 403 || st == 429 ||
+                 conf_bad(x, v, kp, "expected 429 or 403"));
             g->status = (uint16_t)st;
         } else if (!strcmp(k, "failure_status")) {
             g->nfailure_status = 0;
             if (v->type == YAML_SEQUENCE_NODE) {
                 for (yaml_node_item_t *it = v->data.sequence.items.start; ok && it < v->data.sequence.items.top; it++) {
                     if (g->nfailure_status >= 8)
-                        return bad(x, v, kp, "at most 8 statuses");
-                    ok = get_status(x, node(x, *it), kp, &g->failure_status[g->nfailure_status++]);
+                        return conf_bad(x, v, kp, "at most 8 statuses");
+                    ok = get_status(x, conf_node(x, *it), kp, &g->failure_status[g->nfailure_status++]);
                 }
             } else {
                 ok = get_status(x, v, kp, &g->failure_status[g->nfailure_status++]);
             }
         } else if (!strcmp(k, "account")) {
-            const char *a = scalar(v);
+            const char *a = conf_scalar(v);
             const char *n = NULL;
             if (a && !strncmp(a, "header:", 7)) g->account_from = 1, n = a + 7;
             else if (a && !strncmp(a, "form:", 5)) g->account_from = 2, n = a + 5;
             else if (a && !strncmp(a, "json:", 5)) g->account_from = 3, n = a + 5;
-            if (!n || !*n || strlen(n) >= sizeof g->account_name || (g->account_from == 1 && !is_token(n)))
-                return bad(x, v, kp, "expected \"header:NAME\", \"form:FIELD\" or \"json:FIELD\"");
+            if (!n || !*n || strlen(n) >= sizeof g->account_name || (g->account_from == 1 && !conf_is_token(n)))
+                return conf_bad(x, v, kp, "expected \"header:NAME\", \"form:FIELD\" or \"json:FIELD\"");
             snprintf(g->account_name, sizeof g->account_name, "%s", n);
         } else {
-            ok = unknown(x, p_, path, k);
+            ok = conf_unknown(x, p_, path, k);
         }
         if (!ok)
             return false;
@@ -594,32 +580,32 @@ static bool load_guard(struct ctx *x, yaml_node_t *m, const char *path, struct c
 /* challenge: { key_file: PATH, difficulty: 16, ttl: 1h, bind: address | network } */
 static bool load_challenge(struct ctx *x, yaml_node_t *m, struct conf_challenge *cc)
 {
-    if (!expect_map(x, m, "challenge"))
+    if (!conf_expect_map(x, m, "challenge"))
         return false;
     FOR_PAIRS(x, m, k, v) {
         char kp[256];
-        join(kp, sizeof kp, "challenge", k);
+        conf_join(kp, sizeof kp, "challenge", k);
         bool ok = true;
-        if (!strcmp(k, "difficulty")) ok = get_uint(x, v, kp, &cc->difficulty, 1, 28);
-        else if (!strcmp(k, "ttl")) ok = get_timeout(x, v, kp, &cc->ttl_ms);
+        if (!strcmp(k, "difficulty")) ok = conf_get_uint(x, v, kp, &cc->difficulty, 1, 28);
+        else if (!strcmp(k, "ttl")) ok = conf_get_timeout(x, v, kp, &cc->ttl_ms);
         else if (!strcmp(k, "bind")) {
-            const char *b = scalar(v);
+            const char *b = conf_scalar(v);
             if (b && !strcmp(b, "address")) cc->bind_network = false;
             else if (b && !strcmp(b, "network")) cc->bind_network = true;
-            else ok = bad(x, v, kp, "expected address or network");
+            else ok = conf_bad(x, v, kp, "expected address or network");
         } else if (!strcmp(k, "key_file")) {
-            const char *path = scalar(v);
+            const char *path = conf_scalar(v);
             FILE *f = path && *path ? fopen(path, "rb") : NULL;
             if (!f)
-                return bad(x, v, kp, "%s: %s", path ? path : "", path && *path ? strerror(errno)
+                return conf_bad(x, v, kp, "%s: %s", path ? path : "", path && *path ? strerror(errno)
                                                                                : "expected a file name");
             size_t n = fread(cc->key, 1, sizeof cc->key, f);
             fclose(f);
             if (n < 16)
-                return bad(x, v, kp, "%s: the key must have at least 16 bytes", path);
+                return conf_bad(x, v, kp, "%s: the key must have at least 16 bytes", path);
             cc->key_len = n;
         } else {
-            ok = unknown(x, p_, "challenge", k);
+            ok = conf_unknown(x, p_, "challenge", k);
         }
         if (!ok)
             return false;
@@ -631,7 +617,7 @@ static bool load_challenge(struct ctx *x, yaml_node_t *m, struct conf_challenge 
  *                gzip: { level: 5 }, brotli: { level: 4 }, zstd: { level: 3 } } */
 static bool load_compression(struct ctx *x, yaml_node_t *m, struct conf_compression *cp)
 {
-    const char *s = scalar(m);
+    const char *s = conf_scalar(m);
     if (s && (!strcmp(s, "off") || !strcmp(s, "false"))) {
         cp->enabled = false;
         return true;
@@ -639,66 +625,66 @@ static bool load_compression(struct ctx *x, yaml_node_t *m, struct conf_compress
     cp->enabled = true;
     if (s && (!strcmp(s, "on") || !strcmp(s, "true") || !strcmp(s, "default")))
         return true;
-    if (!expect_map(x, m, "compression"))
+    if (!conf_expect_map(x, m, "compression"))
         return false;
     static const char *const names[CONF_ENC_N] = { "br", "zstd", "gzip" };
     static const char *const sections[CONF_ENC_N] = { "brotli", "zstd", "gzip" };
     static const uint32_t maxlevel[CONF_ENC_N] = { 11, 19, 9 };
     FOR_PAIRS(x, m, k, v) {
         char kp[256];
-        join(kp, sizeof kp, "compression", k);
+        conf_join(kp, sizeof kp, "compression", k);
         bool ok = true;
         int sec = -1;
         for (int i = 0; i < CONF_ENC_N; i++)
             if (!strcmp(k, sections[i]))
                 sec = i;
         if (sec >= 0) {
-            if (!expect_map(x, v, kp))
+            if (!conf_expect_map(x, v, kp))
                 return false;
             FOR_PAIRS(x, v, lk, lv) {
                 char lp[300];
-                join(lp, sizeof lp, kp, lk);
+                conf_join(lp, sizeof lp, kp, lk);
                 uint32_t lvl;
                 if (strcmp(lk, "level"))
-                    return unknown(x, p_, kp, lk);
-                if (!get_uint(x, lv, lp, &lvl, sec == CONF_ENC_BR ? 0 : 1, maxlevel[sec]))
+                    return conf_unknown(x, p_, kp, lk);
+                if (!conf_get_uint(x, lv, lp, &lvl, sec == CONF_ENC_BR ? 0 : 1, maxlevel[sec]))
                     return false;
                 cp->level[sec] = (int)lvl;
             }
         } else if (!strcmp(k, "min_size")) {
-            ok = get_size(x, v, kp, &cp->min_size, 0, 1ull << 30);
+            ok = conf_get_size(x, v, kp, &cp->min_size, 0, 1ull << 30);
         } else if (!strcmp(k, "encodings")) {
-            if (!expect_seq(x, v, kp))
+            if (!conf_expect_seq(x, v, kp))
                 return false;
             cp->norder = 0;
             for (yaml_node_item_t *it = v->data.sequence.items.start; it < v->data.sequence.items.top; it++) {
-                const char *e = scalar(node(x, *it));
+                const char *e = conf_scalar(conf_node(x, *it));
                 int f = -1;
                 for (int i = 0; e && i < CONF_ENC_N; i++)
                     if (!strcmp(e, names[i]))
                         f = i;
                 if (f < 0 || cp->norder >= CONF_ENC_N)
-                    return bad(x, node(x, *it), kp, "expected br, zstd or gzip, each at most once");
+                    return conf_bad(x, conf_node(x, *it), kp, "expected br, zstd or gzip, each at most once");
                 for (int i = 0; i < cp->norder; i++)
                     if (cp->order[i] == f)
-                        return bad(x, node(x, *it), kp, "expected br, zstd or gzip, each at most once");
+                        return conf_bad(x, conf_node(x, *it), kp, "expected br, zstd or gzip, each at most once");
                 cp->order[cp->norder++] = (uint8_t)f;
             }
             if (!cp->norder)
-                return bad(x, v, kp, "expected at least one of br, zstd, gzip");
+                return conf_bad(x, v, kp, "expected at least one of br, zstd, gzip");
         } else if (!strcmp(k, "types")) {
-            if (!expect_seq(x, v, kp))
+            if (!conf_expect_seq(x, v, kp))
                 return false;
             cp->ntypes = 0;
             for (yaml_node_item_t *it = v->data.sequence.items.start; it < v->data.sequence.items.top; it++) {
-                const char *t = scalar(node(x, *it));
+                const char *t = conf_scalar(conf_node(x, *it));
                 if (!t || !strchr(t, '/') || strlen(t) >= sizeof cp->types[0] || cp->ntypes >= CONF_COMP_MAX_TYPES)
-                    return bad(x, node(x, *it), kp, "expected up to %d media types like text/* or application/json",
+                    return conf_bad(x, conf_node(x, *it), kp, "expected up to %d media types like text/* or application/json",
                                CONF_COMP_MAX_TYPES);
                 snprintf(cp->types[cp->ntypes++], sizeof cp->types[0], "%s", t);
             }
         } else {
-            ok = unknown(x, p_, "compression", k);
+            ok = conf_unknown(x, p_, "compression", k);
         }
         if (!ok)
             return false;
@@ -726,7 +712,7 @@ const char *const conf_security_defaults[CONF_SEC_N] = {
  *                                     hide: [ Server, X-Powered-By ] } */
 static bool load_security(struct ctx *x, yaml_node_t *v, const char *path, struct conf_security *sec)
 {
-    const char *s = scalar(v);
+    const char *s = conf_scalar(v);
     if (s && (!strcmp(s, "off") || !strcmp(s, "false"))) {
         memset(sec, 0, sizeof *sec);
         sec->mode = -1;
@@ -736,27 +722,27 @@ static bool load_security(struct ctx *x, yaml_node_t *v, const char *path, struc
     sec->mode = 1;
     if (s && !strcmp(s, "default"))
         return true;
-    if (!expect_map(x, v, path))
+    if (!conf_expect_map(x, v, path))
         return false;
     FOR_PAIRS(x, v, k, e) {
         char kp[300];
-        join(kp, sizeof kp, path, k);
+        conf_join(kp, sizeof kp, path, k);
         if (!strcmp(k, "override")) {
-            if (!get_bool(x, e, kp, &sec->override))
+            if (!conf_get_bool(x, e, kp, &sec->override))
                 return false;
             sec->override_set = true;
             continue;
         }
         if (!strcmp(k, "hide")) {
-            if (!expect_seq(x, e, kp))
+            if (!conf_expect_seq(x, e, kp))
                 return false;
             sec->nhide = 0;
             sec->hide_set = true;
             for (yaml_node_item_t *it = e->data.sequence.items.start; it < e->data.sequence.items.top; it++) {
-                const char *n = scalar(node(x, *it));
-                if (!n || !*n || !is_token(n) || strlen(n) >= sizeof sec->hide[0] ||
+                const char *n = conf_scalar(conf_node(x, *it));
+                if (!n || !*n || !conf_is_token(n) || strlen(n) >= sizeof sec->hide[0] ||
                     sec->nhide >= CONF_SEC_MAX_HIDE)
-                    return bad(x, node(x, *it), kp, "expected up to %d header names", CONF_SEC_MAX_HIDE);
+                    return conf_bad(x, conf_node(x, *it), kp, "expected up to %d header names", CONF_SEC_MAX_HIDE);
                 snprintf(sec->hide[sec->nhide++], sizeof sec->hide[0], "%s", n);
             }
             continue;
@@ -766,10 +752,10 @@ static bool load_security(struct ctx *x, yaml_node_t *v, const char *path, struc
             if (!strcasecmp(k, conf_security_names[i]))
                 f = i;
         if (f < 0)
-            return unknown(x, p_, path, k);
-        const char *val = scalar(e);
+            return conf_unknown(x, p_, path, k);
+        const char *val = conf_scalar(e);
         if (!val || strlen(val) >= sizeof sec->value[0] || !check_template(x, e, kp, val))
-            return val ? false : bad(x, e, kp, "expected a value or off");
+            return val ? false : conf_bad(x, e, kp, "expected a value or off");
         sec->set[f] = true;
         snprintf(sec->value[f], sizeof sec->value[0], "%s", strcmp(val, "off") ? val : "");
     }
@@ -813,18 +799,18 @@ static bool check_template(struct ctx *x, yaml_node_t *n, const char *path, cons
     for (const char *p = v; *p; p++) {
         unsigned char ch = (unsigned char)*p;
         if (ch < 0x20 ? ch != '\t' : ch == 0x7f)
-            return bad(x, n, path, "control characters are not allowed in a header value");
+            return conf_bad(x, n, path, "control characters are not allowed in a header value");
         if (ch != '$' || p[1] != '{')
             continue;
         const char *e = strchr(p, '}');
         if (!e)
-            return bad(x, n, path, "unterminated ${...}");
+            return conf_bad(x, n, path, "unterminated ${...}");
         size_t len = (size_t)(e - p - 2);
         bool known = false;
         for (size_t i = 0; i < sizeof vars / sizeof vars[0]; i++)
             known |= strlen(vars[i]) == len && !memcmp(vars[i], p + 2, len);
         if (!known)
-            return bad(x, n, path, "unknown variable ${%.*s}: expected ${client_ip}, "
+            return conf_bad(x, n, path, "unknown variable ${%.*s}: expected ${client_ip}, "
                        "${request_id}, ${route}, ${host} or ${upstream}", (int)len, p + 2);
         p = e;
     }
@@ -850,21 +836,21 @@ bool conf_header_reserved(const char *name, bool request)
 static bool add_hdr_op(struct ctx *x, yaml_node_t *n, const char *path, struct conf_hdr_rules *r,
                        const char *name, const char *value, enum conf_hdr_verb verb, bool request)
 {
-    if (!*name || !is_token(name))
-        return bad(x, n, path, "expected a header name");
+    if (!*name || !conf_is_token(name))
+        return conf_bad(x, n, path, "expected a header name");
     if (conf_header_reserved(name, request))
-        return bad(x, n, path, "%s is portico's to write (framing, connection or forwarding)", name);
+        return conf_bad(x, n, path, "%s is portico's to write (framing, connection or forwarding)", name);
     if (r->n >= 64)
-        return bad(x, n, path, "at most 64 header operations");
+        return conf_bad(x, n, path, "at most 64 header operations");
     struct conf_hdr_op *ops = realloc(r->ops, (r->n + 1) * sizeof *ops);
     if (!ops)
-        return bad(x, n, path, "out of memory");
+        return conf_bad(x, n, path, "out of memory");
     r->ops = ops;
     struct conf_hdr_op *o = &ops[r->n];
     memset(o, 0, sizeof *o);
     o->verb = (uint8_t)verb;
     if (!(o->name = strdup(name)) || (value && !(o->value = strdup(value))))
-        return bad(x, n, path, "out of memory");
+        return conf_bad(x, n, path, "out of memory");
     r->n++;
     o->name_len = (uint32_t)strlen(name);
     o->value_len = value ? (uint32_t)strlen(value) : 0;
@@ -875,19 +861,19 @@ static bool add_hdr_op(struct ctx *x, yaml_node_t *n, const char *path, struct c
 static bool load_hdr_rules(struct ctx *x, yaml_node_t *m, const char *path, struct conf_hdr_rules *r,
                            bool request)
 {
-    if (!expect_map(x, m, path))
+    if (!conf_expect_map(x, m, path))
         return false;
     FOR_PAIRS(x, m, k, v) {
         char kp[300];
-        join(kp, sizeof kp, path, k);
+        conf_join(kp, sizeof kp, path, k);
         if (!strcmp(k, "remove")) {
-            if (!expect_seq(x, v, kp))
+            if (!conf_expect_seq(x, v, kp))
                 return false;
             for (yaml_node_item_t *it = v->data.sequence.items.start; it < v->data.sequence.items.top; it++) {
-                yaml_node_t *e = node(x, *it);
-                const char *name = scalar(e);
+                yaml_node_t *e = conf_node(x, *it);
+                const char *name = conf_scalar(e);
                 if (!name || !add_hdr_op(x, e, kp, r, name, NULL, CONF_HDR_REMOVE, request))
-                    return name ? false : bad(x, e, kp, "expected a header name");
+                    return name ? false : conf_bad(x, e, kp, "expected a header name");
             }
             continue;
         }
@@ -895,15 +881,15 @@ static bool load_hdr_rules(struct ctx *x, yaml_node_t *m, const char *path, stru
         if (!strcmp(k, "set")) verb = CONF_HDR_SET;
         else if (!strcmp(k, "add")) verb = CONF_HDR_ADD;
         else if (!strcmp(k, "default")) verb = CONF_HDR_DEFAULT;
-        else return unknown(x, p_, path, k);
-        if (!expect_map(x, v, kp))
+        else return conf_unknown(x, p_, path, k);
+        if (!conf_expect_map(x, v, kp))
             return false;
         FOR_PAIRS(x, v, hn, hv) {
             char hp[400];
-            join(hp, sizeof hp, kp, hn);
-            const char *val = scalar(hv);
+            conf_join(hp, sizeof hp, kp, hn);
+            const char *val = conf_scalar(hv);
             if (!val)
-                return bad(x, hv, hp, "expected a string value");
+                return conf_bad(x, hv, hp, "expected a string value");
             if (!check_template(x, hv, hp, val) || !add_hdr_op(x, kn_, hp, r, hn, val, verb, request))
                 return false;
         }
@@ -914,64 +900,68 @@ static bool load_hdr_rules(struct ctx *x, yaml_node_t *m, const char *path, stru
 static bool load_route(struct ctx *x, struct conf *c, yaml_node_t *m, const char *path,
                        struct conf_route *r)
 {
-    if (!expect_map(x, m, path))
+    if (!conf_expect_map(x, m, path))
         return false;
     bool route_security = false;
     yaml_node_t *up = NULL;
     FOR_PAIRS(x, m, k, v) {
         char kp[256];
-        join(kp, sizeof kp, path, k);
+        conf_join(kp, sizeof kp, path, k);
         if (!strcmp(k, "match")) {
-            if (!expect_map(x, v, kp))
+            if (!conf_expect_map(x, v, kp))
                 return false;
             FOR_PAIRS(x, v, mk, mv) {
                 char mp[300];
-                join(mp, sizeof mp, kp, mk);
+                conf_join(mp, sizeof mp, kp, mk);
                 if (!strcmp(mk, "host")) {
-                    if (!get_string(x, mv, mp, &r->host))
+                    if (!conf_get_string(x, mv, mp, &r->host))
                         return false;
                     for (char *q = r->host; *q; q++) {
                         *q = (char)tolower((unsigned char)*q);
                         if (!(isalnum((unsigned char)*q) || *q == '-' || *q == '.' || *q == '_' ||
                               (*q == '*' && q == r->host && q[1] == '.')))
-                            return bad(x, mv, mp, "expected a host name or \"*.domain\"");
+                            return conf_bad(x, mv, mp, "expected a host name or \"*.domain\"");
                     }
                 } else if (!strcmp(mk, "prefix")) {
-                    if (!get_string(x, mv, mp, &r->prefix))
+                    if (!conf_get_string(x, mv, mp, &r->prefix))
                         return false;
                     if (r->prefix[0] != '/')
-                        return bad(x, mv, mp, "must start with \"/\"");
+                        return conf_bad(x, mv, mp, "must start with \"/\"");
                 } else {
-                    return unknown(x, p_, kp, mk);
+                    return conf_unknown(x, p_, kp, mk);
                 }
             }
         } else if (!strcmp(k, "upstream")) {
-            const char *name = scalar(v);
+            const char *name = conf_scalar(v);
             if (!name)
-                return bad(x, v, kp, "expected the name of an upstream");
+                return conf_bad(x, v, kp, "expected the name of an upstream");
             r->upstream = find_upstream(c, name);
             if (!r->upstream)
-                return bad(x, v, kp, "no upstream named \"%s\"", name);
+                return conf_bad(x, v, kp, "no upstream named \"%s\"", name);
             up = v;
         } else if (!strcmp(k, "audit")) {
-            if (!get_bool(x, v, kp, &r->audit))
+            if (!conf_get_bool(x, v, kp, &r->audit))
                 return false;
             if (r->audit && !c->audit_log)
-                return bad(x, v, kp, "needs a top-level audit_log to write to");
+                return conf_bad(x, v, kp, "needs a top-level audit_log to write to");
         } else if (!strcmp(k, "rate_limit")) {
             if (!load_rate_limits(x, v, kp, r))
                 return false;
         } else if (!strcmp(k, "compression")) {
             bool on = true;
-            if (!get_bool(x, v, kp, &on))
+            if (!conf_get_bool(x, v, kp, &on))
                 return false;
             r->no_compression = !on;
+        } else if (!strcmp(k, "cache")) {
+            if (!conf_route_cache_load(x, v, kp, &r->cache))
+                return false;
+            c->cache_used |= r->cache.enabled;
         } else if (!strcmp(k, "security_headers")) {
             if (!load_security(x, v, kp, &r->security))
                 return false;
             route_security = true;
         } else if (!strcmp(k, "challenge")) {
-            if (!get_bool(x, v, kp, &r->challenge))
+            if (!conf_get_bool(x, v, kp, &r->challenge))
                 return false;
         } else if (!strcmp(k, "login_guard")) {
             if (!load_guard(x, v, kp, &r->guard))
@@ -983,26 +973,26 @@ static bool load_route(struct ctx *x, struct conf *c, yaml_node_t *m, const char
             if (!load_cidrs(x, v, kp, &r->deny, &r->ndeny))
                 return false;
         } else if (!strcmp(k, "headers")) {
-            if (!expect_map(x, v, kp))
+            if (!conf_expect_map(x, v, kp))
                 return false;
             FOR_PAIRS(x, v, hk, hv) {
                 char hp[300];
-                join(hp, sizeof hp, kp, hk);
+                conf_join(hp, sizeof hp, kp, hk);
                 bool ok;
                 if (!strcmp(hk, "request")) ok = load_hdr_rules(x, hv, hp, &r->req_headers, true);
                 else if (!strcmp(hk, "response")) ok = load_hdr_rules(x, hv, hp, &r->resp_headers, false);
-                else ok = unknown(x, p_, kp, hk);
+                else ok = conf_unknown(x, p_, kp, hk);
                 if (!ok)
                     return false;
             }
         } else {
-            return unknown(x, p_, path, k);
+            return conf_unknown(x, p_, path, k);
         }
     }
     if (!up)
-        return bad(x, m, path, "missing key \"upstream\"");
+        return conf_bad(x, m, path, "missing key \"upstream\"");
     if (!r->prefix && !(r->prefix = strdup("/")))
-        return bad(x, m, path, "out of memory");
+        return conf_bad(x, m, path, "out of memory");
     merge_security(&r->security, &c->security, route_security);
     r->prefix_len = strlen(r->prefix);
     r->host_len = r->host ? strlen(r->host) : 0;
@@ -1013,27 +1003,27 @@ static bool load_route(struct ctx *x, struct conf *c, yaml_node_t *m, const char
  * audit_log:  off | { path: stdout | stderr | FILE }     (`access` false) */
 static bool load_log(struct ctx *x, yaml_node_t *v, const char *name, bool access, struct conf *c)
 {
-    const char *s = scalar(v);
+    const char *s = conf_scalar(v);
     if (s && (!strcmp(s, "off") || !strcmp(s, "false")))
         return true;
-    if (!expect_map(x, v, name))
+    if (!conf_expect_map(x, v, name))
         return false;
     char *path = NULL;
     FOR_PAIRS(x, v, k, val) {
         char kp[256];
-        join(kp, sizeof kp, name, k);
+        conf_join(kp, sizeof kp, name, k);
         bool ok = true;
         if (!strcmp(k, "path")) {
-            ok = get_string(x, val, kp, &path);
+            ok = conf_get_string(x, val, kp, &path);
         } else if (access && !strcmp(k, "flush")) {
-            ok = get_timeout(x, val, kp, &c->access_log_flush) &&
+            ok = conf_get_timeout(x, val, kp, &c->access_log_flush) &&
                  (c->access_log_flush <= 60000 ||
-                  bad(x, val, kp, "at most 1m: lines would wait too long"));
+                  conf_bad(x, val, kp, "at most 1m: lines would wait too long"));
         } else if (access && !strcmp(k, "format")) {
-            const char *f = scalar(val);
-            ok = (f && !strcmp(f, "json")) || bad(x, val, kp, "the only format is json");
+            const char *f = conf_scalar(val);
+            ok = (f && !strcmp(f, "json")) || conf_bad(x, val, kp, "the only format is json");
         } else {
-            ok = unknown(x, p_, name, k);
+            ok = conf_unknown(x, p_, name, k);
         }
         if (!ok) {
             free(path);
@@ -1041,9 +1031,9 @@ static bool load_log(struct ctx *x, yaml_node_t *v, const char *name, bool acces
         }
     }
     if (!path && !access)
-        return bad(x, v, name, "missing key \"path\" (a file, stdout or stderr)");
+        return conf_bad(x, v, name, "missing key \"path\" (a file, stdout or stderr)");
     if (!path && !(path = strdup("stdout")))
-        return bad(x, v, name, "out of memory");
+        return conf_bad(x, v, name, "out of memory");
     char **dst = access ? &c->access_log : &c->audit_log;
     free(*dst);
     *dst = path;
@@ -1054,32 +1044,32 @@ static bool load_log(struct ctx *x, yaml_node_t *v, const char *name, bool acces
  *          header_timeout: 5s, idle_timeout: 30s, send_timeout: 10s } */
 static bool load_admin(struct ctx *x, yaml_node_t *m, struct conf *c)
 {
-    if (!expect_map(x, m, "admin"))
+    if (!conf_expect_map(x, m, "admin"))
         return false;
     c->admin_enabled = true;
     conf_parse_addr("127.0.0.1:9901", &c->admin_listen, x->err, x->errlen);
     FOR_PAIRS(x, m, k, v) {
         char kp[256];
-        join(kp, sizeof kp, "admin", k);
+        conf_join(kp, sizeof kp, "admin", k);
         if (!strcmp(k, "listen")) {
             if (!get_addr(x, v, kp, &c->admin_listen))
                 return false;
         } else if (!strcmp(k, "header_timeout")) {
-            if (!get_timeout(x, v, kp, &c->admin_header_timeout))
+            if (!conf_get_timeout(x, v, kp, &c->admin_header_timeout))
                 return false;
         } else if (!strcmp(k, "idle_timeout")) {
-            if (!get_timeout(x, v, kp, &c->admin_idle_timeout))
+            if (!conf_get_timeout(x, v, kp, &c->admin_idle_timeout))
                 return false;
         } else if (!strcmp(k, "send_timeout")) {
-            if (!get_timeout(x, v, kp, &c->admin_send_timeout))
+            if (!conf_get_timeout(x, v, kp, &c->admin_send_timeout))
                 return false;
         } else if (!strcmp(k, "token_file")) {
-            const char *path = scalar(v);
+            const char *path = conf_scalar(v);
             if (!path || !*path)
-                return bad(x, v, kp, "expected a file name");
+                return conf_bad(x, v, kp, "expected a file name");
             FILE *f = fopen(path, "r");
             if (!f)
-                return bad(x, v, kp, "%s: %s", path, strerror(errno));
+                return conf_bad(x, v, kp, "%s: %s", path, strerror(errno));
             char tok[512];
             size_t n = fread(tok, 1, sizeof tok - 1, f);
             fclose(f);
@@ -1087,15 +1077,15 @@ static bool load_admin(struct ctx *x, yaml_node_t *m, struct conf *c)
             while (n && (tok[n - 1] == '\n' || tok[n - 1] == '\r' || tok[n - 1] == ' ' || tok[n - 1] == '\t'))
                 tok[--n] = '\0';
             if (n < 16)
-                return bad(x, v, kp, "%s: the token must be at least 16 characters", path);
+                return conf_bad(x, v, kp, "%s: the token must be at least 16 characters", path);
             for (size_t i = 0; i < n; i++)
                 if ((unsigned char)tok[i] <= 0x20 || (unsigned char)tok[i] >= 0x7f)
-                    return bad(x, v, kp, "%s: the token must be one line of visible ASCII", path);
+                    return conf_bad(x, v, kp, "%s: the token must be one line of visible ASCII", path);
             free(c->admin_token);
             if (!(c->admin_token = strdup(tok)))
-                return bad(x, v, kp, "out of memory");
+                return conf_bad(x, v, kp, "out of memory");
         } else {
-            return unknown(x, p_, "admin", k);
+            return conf_unknown(x, p_, "admin", k);
         }
     }
     return true;
@@ -1166,23 +1156,23 @@ bool conf_cidr_match(const struct conf_cidr *set, uint32_t n, int family, const 
 static bool load_cidrs(struct ctx *x, yaml_node_t *v, const char *path, struct conf_cidr **out,
                        uint32_t *n)
 {
-    if (!expect_seq(x, v, path))
+    if (!conf_expect_seq(x, v, path))
         return false;
     size_t len = (size_t)(v->data.sequence.items.top - v->data.sequence.items.start);
     if (len > 4096)
-        return bad(x, v, path, "expected at most 4096 blocks");
+        return conf_bad(x, v, path, "expected at most 4096 blocks");
     free(*out);
     *out = calloc(len ? len : 1, sizeof **out);
     if (!*out)
-        return bad(x, v, path, "out of memory");
+        return conf_bad(x, v, path, "out of memory");
     *n = 0;
     for (size_t i = 0; i < len; i++) {
         char ip[300];
         snprintf(ip, sizeof ip, "%s[%zu]", path, i);
-        yaml_node_t *e = node(x, v->data.sequence.items.start[i]);
-        const char *s = scalar(e);
+        yaml_node_t *e = conf_node(x, v->data.sequence.items.start[i]);
+        const char *s = conf_scalar(e);
         if (!s || !conf_parse_cidr(s, &(*out)[*n]))
-            return bad(x, e, ip, "expected an address or CIDR block like 10.0.0.0/8 or fd00::/8");
+            return conf_bad(x, e, ip, "expected an address or CIDR block like 10.0.0.0/8 or fd00::/8");
         (*n)++;
     }
     return true;
@@ -1197,39 +1187,39 @@ static bool load_trusted(struct ctx *x, yaml_node_t *v, struct conf *c)
 static bool get_rate(struct ctx *x, yaml_node_t *n, const char *path, uint32_t *count,
                      uint64_t *period_ms)
 {
-    const char *s = scalar(n);
+    const char *s = conf_scalar(n);
     char *end;
     if (!s || !isdigit((unsigned char)*s))
-        return bad(x, n, path, "expected a rate like 10/s, 100/min or 5000/h");
+        return conf_bad(x, n, path, "expected a rate like 10/s, 100/min or 5000/h");
     errno = 0;
     unsigned long v = strtoul(s, &end, 10);
     if (errno || v == 0 || v > 1000000000ul || *end != '/')
-        return bad(x, n, path, "expected a rate like 10/s, 100/min or 5000/h (1 to 10^9 a period)");
+        return conf_bad(x, n, path, "expected a rate like 10/s, 100/min or 5000/h (1 to 10^9 a period)");
     end++;
     if (!strcmp(end, "s")) *period_ms = 1000;
     else if (!strcmp(end, "min") || !strcmp(end, "m")) *period_ms = 60000;
     else if (!strcmp(end, "h")) *period_ms = 3600000;
     else if (!strcmp(end, "d")) *period_ms = 86400000;
-    else return bad(x, n, path, "expected a rate like 10/s, 100/min or 5000/h");
+    else return conf_bad(x, n, path, "expected a rate like 10/s, 100/min or 5000/h");
     *count = (uint32_t)v;
     return true;
 }
 
 static bool get_limit_key(struct ctx *x, yaml_node_t *n, const char *path, struct conf_rate_limit *l)
 {
-    const char *s = scalar(n);
+    const char *s = conf_scalar(n);
     if (!s)
-        return bad(x, n, path, "expected client_ip, route, \"header:NAME\" or \"cookie:NAME\"");
+        return conf_bad(x, n, path, "expected client_ip, route, \"header:NAME\" or \"cookie:NAME\"");
     if (l->nkeys >= CONF_LIMIT_MAX_KEYS)
-        return bad(x, n, path, "at most %d keys", CONF_LIMIT_MAX_KEYS);
+        return conf_bad(x, n, path, "at most %d keys", CONF_LIMIT_MAX_KEYS);
     uint8_t k = 0;
     const char *name = NULL;
     if (!strcmp(s, "client_ip")) k = CONF_LKEY_CLIENT_IP;
     else if (!strcmp(s, "route")) k = CONF_LKEY_ROUTE;
     else if (!strncmp(s, "header:", 7)) k = CONF_LKEY_HEADER, name = s + 7;
     else if (!strncmp(s, "cookie:", 7)) k = CONF_LKEY_COOKIE, name = s + 7;
-    if (!k || (name && (!*name || !is_token(name) || strlen(name) >= sizeof l->key_names[0])))
-        return bad(x, n, path, "expected client_ip, route, \"header:NAME\" or \"cookie:NAME\"");
+    if (!k || (name && (!*name || !conf_is_token(name) || strlen(name) >= sizeof l->key_names[0])))
+        return conf_bad(x, n, path, "expected client_ip, route, \"header:NAME\" or \"cookie:NAME\"");
     l->keys[l->nkeys] = k;
     snprintf(l->key_names[l->nkeys], sizeof l->key_names[0], "%s", name ? name : "");
     l->nkeys++;
@@ -1241,7 +1231,7 @@ static bool get_limit_key(struct ctx *x, yaml_node_t *n, const char *path, struc
 static bool load_rate_limit(struct ctx *x, yaml_node_t *m, const char *path, struct conf_rate_limit *l,
                             uint32_t index)
 {
-    if (!expect_map(x, m, path))
+    if (!conf_expect_map(x, m, path))
         return false;
     snprintf(l->name, sizeof l->name, "limit%u", index);
     l->v4_prefix = 32;
@@ -1250,62 +1240,62 @@ static bool load_rate_limit(struct ctx *x, yaml_node_t *m, const char *path, str
     bool have_rate = false;
     FOR_PAIRS(x, m, k, v) {
         char kp[300];
-        join(kp, sizeof kp, path, k);
+        conf_join(kp, sizeof kp, path, k);
         bool ok = true;
         if (!strcmp(k, "rate")) ok = have_rate = get_rate(x, v, kp, &l->count, &l->period_ms);
-        else if (!strcmp(k, "burst")) ok = get_uint(x, v, kp, &l->burst, 0, 1000000000);
-        else if (!strcmp(k, "dry_run")) ok = get_bool(x, v, kp, &l->dry_run);
+        else if (!strcmp(k, "burst")) ok = conf_get_uint(x, v, kp, &l->burst, 0, 1000000000);
+        else if (!strcmp(k, "dry_run")) ok = conf_get_bool(x, v, kp, &l->dry_run);
         else if (!strcmp(k, "action")) {
-            const char *a = scalar(v);
+            const char *a = conf_scalar(v);
             if (a && !strcmp(a, "reject")) l->delay = l->challenge = false;
             else if (a && !strcmp(a, "delay")) l->delay = true;
             else if (a && !strcmp(a, "challenge")) l->challenge = true;
-            else ok = bad(x, v, kp, "expected reject, delay or challenge");
+            else ok = conf_bad(x, v, kp, "expected reject, delay or challenge");
         }
         else if (!strcmp(k, "name")) {
-            const char *s = scalar(v);
-            if (!s || !*s || !is_token(s) || strlen(s) >= sizeof l->name)
-                return bad(x, v, kp, "expected a short name (a token)");
+            const char *s = conf_scalar(v);
+            if (!s || !*s || !conf_is_token(s) || strlen(s) >= sizeof l->name)
+                return conf_bad(x, v, kp, "expected a short name (a token)");
             snprintf(l->name, sizeof l->name, "%s", s);
         } else if (!strcmp(k, "status")) {
             uint32_t st;
-            ok = get_uint(x, v, kp, &st, 429, 503) && (st == 429 || st == 503 ||
-                 bad(x, v, kp, "expected 429 or 503"));
+            ok = conf_get_uint(x, v, kp, &st, 429, 503) && (st == 429 || st == 503 ||
+                 conf_bad(x, v, kp, "expected 429 or 503"));
             l->status = (uint16_t)st;
         } else if (!strcmp(k, "headers")) {
-            const char *s = scalar(v);
+            const char *s = conf_scalar(v);
             if (s && !strcmp(s, "ietf")) l->headers = CONF_LHDR_IETF;
             else if (s && !strcmp(s, "x-ratelimit")) l->headers = CONF_LHDR_X;
             else if (s && !strcmp(s, "both")) l->headers = CONF_LHDR_BOTH;
             else if (s && !strcmp(s, "none")) l->headers = CONF_LHDR_NONE;
-            else ok = bad(x, v, kp, "expected ietf, x-ratelimit, both or none");
+            else ok = conf_bad(x, v, kp, "expected ietf, x-ratelimit, both or none");
         } else if (!strcmp(k, "key")) {
             if (v->type == YAML_SEQUENCE_NODE) {
                 for (yaml_node_item_t *it = v->data.sequence.items.start; ok && it < v->data.sequence.items.top; it++)
-                    ok = get_limit_key(x, node(x, *it), kp, l);
+                    ok = get_limit_key(x, conf_node(x, *it), kp, l);
             } else {
                 ok = get_limit_key(x, v, kp, l);
             }
         } else if (!strcmp(k, "aggregate")) {
-            if (!expect_map(x, v, kp))
+            if (!conf_expect_map(x, v, kp))
                 return false;
             FOR_PAIRS(x, v, ak, av) {
                 char ap[400];
-                join(ap, sizeof ap, kp, ak);
+                conf_join(ap, sizeof ap, kp, ak);
                 uint32_t bits;
-                if (!strcmp(ak, "ipv4") && get_uint(x, av, ap, &bits, 1, 32)) l->v4_prefix = (uint8_t)bits;
-                else if (!strcmp(ak, "ipv6") && get_uint(x, av, ap, &bits, 1, 128)) l->v6_prefix = (uint8_t)bits;
-                else if (strcmp(ak, "ipv4") && strcmp(ak, "ipv6")) return unknown(x, p_, kp, ak);
+                if (!strcmp(ak, "ipv4") && conf_get_uint(x, av, ap, &bits, 1, 32)) l->v4_prefix = (uint8_t)bits;
+                else if (!strcmp(ak, "ipv6") && conf_get_uint(x, av, ap, &bits, 1, 128)) l->v6_prefix = (uint8_t)bits;
+                else if (strcmp(ak, "ipv4") && strcmp(ak, "ipv6")) return conf_unknown(x, p_, kp, ak);
                 else return false;
             }
         } else {
-            ok = unknown(x, p_, path, k);
+            ok = conf_unknown(x, p_, path, k);
         }
         if (!ok)
             return false;
     }
     if (!have_rate)
-        return bad(x, m, path, "missing key \"rate\" (like 100/min)");
+        return conf_bad(x, m, path, "missing key \"rate\" (like 100/min)");
     if (!l->nkeys) {
         l->keys[0] = CONF_LKEY_CLIENT_IP;
         l->nkeys = 1;
@@ -1318,23 +1308,23 @@ static bool load_rate_limits(struct ctx *x, yaml_node_t *v, const char *path, st
     size_t n = v->type == YAML_SEQUENCE_NODE
              ? (size_t)(v->data.sequence.items.top - v->data.sequence.items.start) : 1;
     if (n == 0 || n > 8)
-        return bad(x, v, path, "expected one limit or a list of 1 to 8");
+        return conf_bad(x, v, path, "expected one limit or a list of 1 to 8");
     if (!(r->limits = calloc(n, sizeof *r->limits)))
-        return bad(x, v, path, "out of memory");
+        return conf_bad(x, v, path, "out of memory");
     r->nlimits = (uint32_t)n;
     if (v->type != YAML_SEQUENCE_NODE)
         return load_rate_limit(x, v, path, &r->limits[0], 0);
     for (size_t i = 0; i < n; i++) {
         char ip[300];
         snprintf(ip, sizeof ip, "%s[%zu]", path, i);
-        if (!load_rate_limit(x, node(x, v->data.sequence.items.start[i]), ip, &r->limits[i],
+        if (!load_rate_limit(x, conf_node(x, v->data.sequence.items.start[i]), ip, &r->limits[i],
                              (uint32_t)i))
             return false;
     }
     for (size_t i = 0; i < n; i++)
         for (size_t j = 0; j < i; j++)
             if (!strcmp(r->limits[i].name, r->limits[j].name))
-                return bad(x, v, path, "two limits named \"%s\": give each its own name",
+                return conf_bad(x, v, path, "two limits named \"%s\": give each its own name",
                            r->limits[i].name);
     return true;
 }
@@ -1343,27 +1333,27 @@ static bool load_rate_limits(struct ctx *x, yaml_node_t *v, const char *path, st
  *                       allow_encoded_slash: false } */
 static bool load_pathnorm(struct ctx *x, yaml_node_t *m, struct conf_pathnorm *pn)
 {
-    if (!expect_map(x, m, "path_normalization"))
+    if (!conf_expect_map(x, m, "path_normalization"))
         return false;
     FOR_PAIRS(x, m, k, v) {
         char kp[256];
-        join(kp, sizeof kp, "path_normalization", k);
+        conf_join(kp, sizeof kp, "path_normalization", k);
         if (!strcmp(k, "merge_slashes")) {
-            if (!get_bool(x, v, kp, &pn->merge_slashes))
+            if (!conf_get_bool(x, v, kp, &pn->merge_slashes))
                 return false;
         } else if (!strcmp(k, "allow_encoded_slash")) {
-            if (!get_bool(x, v, kp, &pn->allow_encoded_slash))
+            if (!conf_get_bool(x, v, kp, &pn->allow_encoded_slash))
                 return false;
         } else if (!strcmp(k, "forward")) {
-            const char *s = scalar(v);
+            const char *s = conf_scalar(v);
             if (s && !strcmp(s, "normalized"))
                 pn->forward_normalized = true;
             else if (s && !strcmp(s, "original"))
                 pn->forward_normalized = false;
             else
-                return bad(x, v, kp, "expected normalized or original");
+                return conf_bad(x, v, kp, "expected normalized or original");
         } else {
-            return unknown(x, p_, "path_normalization", k);
+            return conf_unknown(x, p_, "path_normalization", k);
         }
     }
     return true;
@@ -1372,25 +1362,25 @@ static bool load_pathnorm(struct ctx *x, yaml_node_t *m, struct conf_pathnorm *p
 /* metrics: { enabled: true, buckets: [0.005, 0.01, 25ms, ...] } (seconds, or durations) */
 static bool load_metrics(struct ctx *x, yaml_node_t *m, struct conf_metrics *mt)
 {
-    if (!expect_map(x, m, "metrics"))
+    if (!conf_expect_map(x, m, "metrics"))
         return false;
     FOR_PAIRS(x, m, k, v) {
         char kp[256];
-        join(kp, sizeof kp, "metrics", k);
+        conf_join(kp, sizeof kp, "metrics", k);
         if (!strcmp(k, "enabled")) {
-            if (!get_bool(x, v, kp, &mt->enabled))
+            if (!conf_get_bool(x, v, kp, &mt->enabled))
                 return false;
         } else if (!strcmp(k, "buckets")) {
-            if (!expect_seq(x, v, kp))
+            if (!conf_expect_seq(x, v, kp))
                 return false;
             size_t n = (size_t)(v->data.sequence.items.top - v->data.sequence.items.start);
             if (n == 0 || n > CONF_MAX_BUCKETS)
-                return bad(x, v, kp, "expected 1 to %d upper bounds", CONF_MAX_BUCKETS);
+                return conf_bad(x, v, kp, "expected 1 to %d upper bounds", CONF_MAX_BUCKETS);
             for (size_t i = 0; i < n; i++) {
                 char ip[300];
                 snprintf(ip, sizeof ip, "%s[%zu]", kp, i);
-                yaml_node_t *b = node(x, v->data.sequence.items.start[i]);
-                const char *s = scalar(b);
+                yaml_node_t *b = conf_node(x, v->data.sequence.items.start[i]);
+                const char *s = conf_scalar(b);
                 uint64_t ms;
                 double d = -1;
                 char *end = NULL;
@@ -1403,14 +1393,14 @@ static bool load_metrics(struct ctx *x, yaml_node_t *m, struct conf_metrics *mt)
                         d = -1;
                 }
                 if (!(d > 0))
-                    return bad(x, b, ip, "expected seconds (0.005) or a duration (5ms) above zero");
+                    return conf_bad(x, b, ip, "expected seconds (0.005) or a duration (5ms) above zero");
                 if (i && d <= mt->buckets[i - 1])
-                    return bad(x, b, ip, "bounds must increase strictly");
+                    return conf_bad(x, b, ip, "bounds must increase strictly");
                 mt->buckets[i] = d;
             }
             mt->nbuckets = (uint32_t)n;
         } else {
-            return unknown(x, p_, "metrics", k);
+            return conf_unknown(x, p_, "metrics", k);
         }
     }
     return true;
@@ -1420,20 +1410,20 @@ static bool load_metrics(struct ctx *x, yaml_node_t *m, struct conf_metrics *mt)
 static bool get_log_level(struct ctx *x, yaml_node_t *n, const char *path, enum log_level *out)
 {
     static const char *const names[] = { "debug", "info", "warn", "error" };
-    const char *s = scalar(n);
+    const char *s = conf_scalar(n);
     for (int i = 0; s && i < 4; i++)
         if (!strcmp(s, names[i])) {
             *out = (enum log_level)i;
             return true;
         }
-    return bad(x, n, path, "expected debug, info, warn or error");
+    return conf_bad(x, n, path, "expected debug, info, warn or error");
 }
 
 static bool load_root(struct ctx *x, struct conf *c, yaml_node_t *root)
 {
     if (!root)
-        return bad(x, NULL, "", "the file is empty");
-    if (!expect_map(x, root, ""))
+        return conf_bad(x, NULL, "", "the file is empty");
+    if (!conf_expect_map(x, root, ""))
         return false;
     yaml_node_t *routes = NULL, *upstreams = NULL, *listen = NULL;
     FOR_PAIRS(x, root, k, v) {
@@ -1442,7 +1432,7 @@ static bool load_root(struct ctx *x, struct conf *c, yaml_node_t *root)
         else if (!strcmp(k, "upstreams")) upstreams = v;
         else if (!strcmp(k, "routes")) routes = v;
         else if (!strcmp(k, "limits")) ok = load_limits(x, v, "limits", &c->limits);
-        else if (!strcmp(k, "shutdown_timeout")) ok = get_timeout(x, v, k, &c->shutdown_timeout);
+        else if (!strcmp(k, "shutdown_timeout")) ok = conf_get_timeout(x, v, k, &c->shutdown_timeout);
         else if (!strcmp(k, "admin")) ok = load_admin(x, v, c);
         else if (!strcmp(k, "access_log")) ok = load_log(x, v, k, true, c);
         else if (!strcmp(k, "metrics")) ok = load_metrics(x, v, &c->metrics);
@@ -1451,74 +1441,75 @@ static bool load_root(struct ctx *x, struct conf *c, yaml_node_t *root)
         else if (!strcmp(k, "challenge")) ok = load_challenge(x, v, &c->challenge);
         else if (!strcmp(k, "security_headers")) ok = load_security(x, v, k, &c->security);
         else if (!strcmp(k, "compression")) ok = load_compression(x, v, &c->compression);
+        else if (!strcmp(k, "cache")) ok = conf_cache_load(x, v, &c->cache);
         else if (!strcmp(k, "allow")) ok = load_cidrs(x, v, k, &c->allow, &c->nallow);
         else if (!strcmp(k, "deny")) ok = load_cidrs(x, v, k, &c->deny, &c->ndeny);
         else if (!strcmp(k, "path_normalization")) ok = load_pathnorm(x, v, &c->pathnorm);
         else if (!strcmp(k, "headers_with_underscores")) {
-            const char *s = scalar(v);
+            const char *s = conf_scalar(v);
             if (s && !strcmp(s, "drop")) c->underscores = CONF_UNDERSCORES_DROP;
             else if (s && !strcmp(s, "allow")) c->underscores = CONF_UNDERSCORES_ALLOW;
             else if (s && !strcmp(s, "reject")) c->underscores = CONF_UNDERSCORES_REJECT;
-            else ok = bad(x, v, k, "expected drop, allow or reject");
+            else ok = conf_bad(x, v, k, "expected drop, allow or reject");
         }
         else if (!strcmp(k, "log_level")) ok = get_log_level(x, v, k, &c->log_level);
         else if (!strcmp(k, "postgres"))
             ok = conf_pg_load(&x->doc, v, x->file, x->err, x->errlen, &c->pg) || (x->failed = true, false);
         else if (!strcmp(k, "workers")) {
-            const char *s = scalar(v);
+            const char *s = conf_scalar(v);
             if (s && !strcmp(s, "auto")) {
                 long n = sysconf(_SC_NPROCESSORS_ONLN);
                 c->workers = n > 0 ? (uint32_t)n : 1;
             } else {
-                ok = get_uint(x, v, k, &c->workers, 1, 256);
+                ok = conf_get_uint(x, v, k, &c->workers, 1, 256);
             }
-        } else ok = unknown(x, p_, "", k);
+        } else ok = conf_unknown(x, p_, "", k);
         if (!ok)
             return false;
     }
 
     if (!listen)
-        return bad(x, root, "listen", "missing: at least one \"host:port\" to listen on");
+        return conf_bad(x, root, "listen", "missing: at least one \"host:port\" to listen on");
     if (listen->type == YAML_SCALAR_NODE) {
         c->listen = calloc(1, sizeof *c->listen);
         c->nlisten = 1;
         if (!c->listen || !get_addr(x, listen, "listen", &c->listen[0]))
             return false;
     } else {
-        if (!expect_seq(x, listen, "listen"))
+        if (!conf_expect_seq(x, listen, "listen"))
             return false;
         size_t n = (size_t)(listen->data.sequence.items.top - listen->data.sequence.items.start);
         if (n == 0 || n > 64)
-            return bad(x, listen, "listen", "expected 1 to 64 addresses");
+            return conf_bad(x, listen, "listen", "expected 1 to 64 addresses");
         c->listen = calloc(n, sizeof *c->listen);
         if (!c->listen)
-            return bad(x, listen, "listen", "out of memory");
+            return conf_bad(x, listen, "listen", "out of memory");
         c->nlisten = (uint32_t)n;
         for (size_t i = 0; i < n; i++) {
             char ip[32];
             snprintf(ip, sizeof ip, "listen[%zu]", i);
-            if (!get_addr(x, node(x, listen->data.sequence.items.start[i]), ip, &c->listen[i]))
+            if (!get_addr(x, conf_node(x, listen->data.sequence.items.start[i]), ip, &c->listen[i]))
                 return false;
         }
     }
 
     if (!upstreams)
-        return bad(x, root, "upstreams", "missing: at least one upstream group");
-    if (!expect_map(x, upstreams, "upstreams"))
+        return conf_bad(x, root, "upstreams", "missing: at least one upstream group");
+    if (!conf_expect_map(x, upstreams, "upstreams"))
         return false;
     size_t nu = (size_t)(upstreams->data.mapping.pairs.top - upstreams->data.mapping.pairs.start);
     if (nu == 0)
-        return bad(x, upstreams, "upstreams", "needs at least one upstream group");
+        return conf_bad(x, upstreams, "upstreams", "needs at least one upstream group");
     c->upstreams = calloc(nu, sizeof *c->upstreams);
     if (!c->upstreams)
-        return bad(x, upstreams, "upstreams", "out of memory");
+        return conf_bad(x, upstreams, "upstreams", "out of memory");
     FOR_PAIRS(x, upstreams, k, v) {
         char kp[256];
-        join(kp, sizeof kp, "upstreams", k);
+        conf_join(kp, sizeof kp, "upstreams", k);
         if (!*k)
-            return bad(x, kn_, kp, "expected a name");
+            return conf_bad(x, kn_, kp, "expected a name");
         if (find_upstream(c, k))
-            return bad(x, kn_, kp, "duplicate upstream name");
+            return conf_bad(x, kn_, kp, "duplicate upstream name");
         struct conf_upstream *u = &c->upstreams[c->nupstreams];
         u->index = c->nupstreams++;
         if (!(u->name = strdup(k)) || !load_upstream(x, v, kp, u))
@@ -1526,20 +1517,20 @@ static bool load_root(struct ctx *x, struct conf *c, yaml_node_t *root)
     }
 
     if (!routes)
-        return bad(x, root, "routes", "missing: at least one route");
-    if (!expect_seq(x, routes, "routes"))
+        return conf_bad(x, root, "routes", "missing: at least one route");
+    if (!conf_expect_seq(x, routes, "routes"))
         return false;
     size_t nr = (size_t)(routes->data.sequence.items.top - routes->data.sequence.items.start);
     if (nr == 0 || nr > 10000)
-        return bad(x, routes, "routes", "expected 1 to 10000 routes");
+        return conf_bad(x, routes, "routes", "expected 1 to 10000 routes");
     c->routes = calloc(nr, sizeof *c->routes);
     if (!c->routes)
-        return bad(x, routes, "routes", "out of memory");
+        return conf_bad(x, routes, "routes", "out of memory");
     for (size_t i = 0; i < nr; i++) {
         char ip[32];
         snprintf(ip, sizeof ip, "routes[%zu]", i);
         c->nroutes++;
-        if (!load_route(x, c, node(x, routes->data.sequence.items.start[i]), ip, &c->routes[i]))
+        if (!load_route(x, c, conf_node(x, routes->data.sequence.items.start[i]), ip, &c->routes[i]))
             return false;
     }
     return true;
@@ -1559,6 +1550,7 @@ static void conf_free(struct conf *c)
         free(c->routes[i].limits);
         free(c->routes[i].allow);
         free(c->routes[i].deny);
+        conf_route_cache_free(&c->routes[i].cache);
         struct conf_hdr_rules *rules[] = { &c->routes[i].req_headers, &c->routes[i].resp_headers };
         for (int k = 0; k < 2; k++) {
             for (uint32_t j = 0; j < rules[k]->n; j++) {
@@ -1596,6 +1588,7 @@ struct conf *conf_load_string(const char *name, const char *text, size_t len,
     long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
     c->workers = ncpu > 0 ? (uint32_t)ncpu : 1;
     c->shutdown_timeout = 30000;
+    conf_cache_defaults(&c->cache);
     c->access_log_flush = 200;
     c->log_level = LOG_INFO;
     c->admin_header_timeout = 5000;

@@ -181,6 +181,43 @@ struct conf_compression {
     uint32_t ntypes;
 };
 
+/* `cache:` at the top level: the store (cache/), shared by every route
+ * that caches and kept across reloads. */
+#define CONF_CACHE_NAME 64
+struct conf_cache {
+    uint64_t memory;            /* the byte budget: keys, heads, bodies, metadata */
+    uint64_t max_object;        /* larger responses stream through, not stored */
+    uint64_t stale_while_revalidate_ms;     /* routes' default */
+    uint64_t stale_if_error_ms;             /* routes' default */
+    uint64_t lock_timeout_ms;   /* a coalesced miss waits this long, then goes upstream */
+    uint32_t max_waiters;       /* requests waiting on one fetch; more go upstream */
+    uint64_t heuristic_max_ms;  /* cap of the Last-Modified heuristic (10% of its age) */
+    char tag_header[CONF_CACHE_NAME];   /* the response field with purge tags */
+};
+
+enum conf_cache_query {
+    CONF_CACHE_QUERY_KEEP = 0,  /* the query as sent */
+    CONF_CACHE_QUERY_SORT,      /* parameters sorted: ?b=1&a=2 and ?a=2&b=1 meet */
+    CONF_CACHE_QUERY_IGNORE,    /* no query in the key */
+    CONF_CACHE_QUERY_LIST,      /* only the parameters named in `keep`, sorted */
+};
+
+/* `cache:` on a route. */
+struct conf_route_cache {
+    bool enabled;
+    uint64_t ttl_ms;            /* freshness when the response gives none (0: RFC 9111 only) */
+    bool override;              /* ttl wins over the response's own freshness */
+    bool allow_set_cookie;      /* store responses that set cookies (their Set-Cookie is not stored) */
+    uint8_t query;              /* enum conf_cache_query */
+    char (*keep)[CONF_CACHE_NAME];      /* query parameters kept (CONF_CACHE_QUERY_LIST) */
+    uint32_t nkeep;
+    char ns[CONF_CACHE_NAME];   /* the namespace its entries belong to ("" none) */
+    char (*bump)[CONF_CACHE_NAME];      /* bump_on_write: namespaces a successful write bumps */
+    uint32_t nbump;
+    int64_t swr_ms, sie_ms;     /* stale_while_revalidate / stale_if_error; -1: the top level's */
+    uint32_t expect_hit_permille;       /* expect_hit_ratio x 1000 (0: no expectation) */
+};
+
 /* `login_guard:` failed logins per client address (and account). */
 struct conf_login_guard {
     bool enabled;
@@ -209,6 +246,7 @@ struct conf_route {
     bool challenge;             /* challenge: true: every client without a pass ("bot fight") */
     struct conf_security security;  /* the top level's, with this route's security_headers over it */
     bool no_compression;        /* compression: off on this route */
+    struct conf_route_cache cache;
 };
 
 /* `challenge:` the proof-of-work challenge's settings. */
@@ -370,6 +408,8 @@ struct conf {
     struct conf_challenge challenge;
     struct conf_security security;  /* security_headers: at the top level */
     struct conf_compression compression;
+    struct conf_cache cache;    /* always set: defaults when there is no `cache:` */
+    bool cache_used;            /* a route caches (the store is needed) */
 };
 
 /* Whether addr (AF_INET / AF_INET6 bytes, v4-mapped IPv6 counts as IPv4) is
