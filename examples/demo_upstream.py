@@ -1,9 +1,14 @@
 #!/usr/bin/python3
-"""A small demo upstream for `make run`: /, /echo, /bytes?n=N, /health."""
+"""A small demo upstream for `make run`: /, /echo, /bytes?n=N, /health, /feed/..."""
 import argparse
+import itertools
 import json
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlparse
+
+
+ORIGIN_HITS = itertools.count(1)
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -34,6 +39,13 @@ class Handler(BaseHTTPRequestHandler):
             return self._send(200, b"x" * n, "application/octet-stream")
         if url.path == "/echo":
             return self._echo(b"")
+        if url.path.startswith("/feed/"):
+            # a feed the cache in front keeps for 30 s: origin_hit only grows on a miss
+            items = [{"id": i, "title": f"post {i}", "body": "lorem ipsum dolor sit amet " * 4}
+                     for i in range(20)]
+            body = json.dumps({"feed": url.path, "origin_hit": next(ORIGIN_HITS),
+                               "generated": time.strftime("%H:%M:%S"), "items": items})
+            return self._send(200, body.encode() + b"\n", "application/json")
         self._send(200, b"hello from the demo upstream behind portico\n")
 
     do_HEAD = do_GET

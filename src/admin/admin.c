@@ -3,6 +3,7 @@
 #include "status_page.h"
 
 #include "balance/balance.h"
+#include "cache/cache.h"
 #include "conf/conf.h"
 #include "core/log.h"
 #include "core/loop.h"
@@ -290,6 +291,10 @@ static void status_json(struct admin *a, const struct proxy_gen *g, struct obs_t
         obs_printf(t, ",\"rate_limit\":");
         limit_status_json(t);
     }
+    if (c->cache_used || cache_get()) {     /* the status page's cache card */
+        obs_printf(t, ",\"cache\":");
+        cache_status_json(t);
+    }
     if (pg_running()) {         /* the pooler's pools, as GET /pools has them */
         obs_printf(t, ",\"postgres\":");
         pg_pools_json(t);
@@ -331,7 +336,8 @@ static void serve_request(struct admin *a, struct aconn *c, const struct http_re
     bool get = r->method_len == 3 && memcmp(r->method, "GET", 3) == 0;
     bool head = r->is_head;
     bool post = r->method_len == 4 && memcmp(r->method, "POST", 4) == 0;
-    if (PATH_IS("/reload")) {
+    bool cache = plen > 7 && memcmp(path, "/cache/", 7) == 0;
+    if (PATH_IS("/reload") || cache) {
         if (!post) {
             respond(c, 405, "text/plain", "POST only\n", 10, "Allow: POST\r\n");
             return;
@@ -371,6 +377,17 @@ static void serve_request(struct admin *a, struct aconn *c, const struct http_re
         return;
     }
     struct obs_text t = { 0 };
+    if (cache) {                /* purge and bump (cache/admin.c) */
+        int st = q ? cache_admin(path, plen, q + 1, r->path_len - plen - 1, &t)
+                   : cache_admin(path, plen, "", 0, &t);
+        if (!t.oom) {
+            respond_owned(c, st, "application/json", t.buf, t.len, NULL, t.buf);
+            return;
+        }
+        free(t.buf);
+        text(c, 500, "out of memory\n");
+        return;
+    }
     if (PATH_IS("/metrics")) {
         struct obs_worker *ws[ADMIN_MAX_WORKERS];
         size_t nw = proxy_obs_lock(a->p, ws, ADMIN_MAX_WORKERS);
@@ -381,6 +398,7 @@ static void serve_request(struct admin *a, struct aconn *c, const struct http_re
         log_metrics(g, &t);
         obs_log_metrics(&t);
         limit_metrics(&t);
+        cache_metrics(&t);
         obs_process_metrics(&t);
         pg_metrics(&t);
         if (!t.oom) {
@@ -409,7 +427,7 @@ static void serve_request(struct admin *a, struct aconn *c, const struct http_re
             return;
         }
     } else {
-        text(c, 404, "not found: try /, /health, /ready, /metrics, /status, /pools, /limits/top, POST /reload\n");
+        text(c, 404, "not found: try /, /health, /ready, /metrics, /status, /pools, /limits/top, POST /reload, POST /cache/purge, POST /cache/bump\n");
         return;
     }
     free(t.buf);

@@ -96,6 +96,8 @@ static enum stage_verdict guard_request(struct stage_x *sx)
     struct gstate *g = stage_route_state(sx);
     struct gctx *cx = stage_ctx(sx);
     const struct conf_login_guard *cf = &g->rt->guard;
+    if (stage_internal(sx))
+        return STAGE_CONTINUE;
     size_t n;
     const char *ip = stage_client_ip(sx, &n);
     snprintf(cx->who, sizeof cx->who, "%.*s", (int)n, ip);

@@ -349,6 +349,8 @@ static enum stage_verdict limit_request(struct stage_x *sx)
 {
     struct rstate *st = stage_route_state(sx);
     struct lctx *cx = stage_ctx(sx);
+    if (stage_internal(sx))
+        return STAGE_CONTINUE;          /* portico's own (a cache refresh): no client to limit */
     uint8_t addr[16];
     int fam = client_addr(sx, addr);
     const struct conf *conf = st->conf;

@@ -204,18 +204,22 @@ static void exchange_verdict(struct exchange *x, enum stage_verdict v, const str
                              const char *npath, size_t nplen, size_t consume)
 {
     struct client *c = x->c;
-    if (v == STAGE_CONTINUE) {
-        exchange_forward(x, r, npath, nplen, consume);
+    /* a stage that reads request fields later gets a copy of the head, made
+     * only now: an exchange answered at once (a cache hit) does without */
+    bool keep = v == STAGE_WAIT || (v == STAGE_CONTINUE && x->st->chain->keep_request_headers);
+    if (keep && consume && !exchange_keep_head(x, r, consume, npath, nplen)) {
+        exchange_fail(x, 503, "out of memory");
         return;
     }
-    if (v == STAGE_WAIT && !exchange_keep_head(x, r, consume, npath, nplen)) {
-        exchange_fail(x, 503, "out of memory");
+    if (v == STAGE_CONTINUE) {
+        exchange_forward(x, r, npath, nplen, consume);
         return;
     }
     if (consume)
         buf_consume(c->in, consume);
     if (!x->st->npath_owned)
         x->st->npath = NULL;            /* w->npath is the next request's */
+    x->st->req = x->st->rcopy;          /* c->in moved on: only a copy stays readable */
     if (v == STAGE_ANSWERED) {
         exchange_answer(x);
         return;
@@ -247,10 +251,6 @@ void exchange_start(struct client *c, const struct http_request *r, size_t head_
         return;
     }
     struct stage_state *st = x->st;
-    if (st->chain->keep_request_headers && !exchange_keep_head(x, r, head_len, npath, nplen)) {
-        exchange_fail(x, 503, "out of memory");
-        return;
-    }
     if (!st->npath && nplen) {
         /* the worker's scratch, valid during on_request; a kept head has
          * its own copy (exchange_keep_head) */
@@ -278,7 +278,7 @@ void exchange_continue(struct exchange *x)
 /* A stage answered (stage_answer): no upstream. The response stages see the
  * answer's head; the body is written from memory. A request body is not
  * read: the connection closes after the answer. */
-void exchange_answer(struct exchange *x)
+bool exchange_answer(struct exchange *x)
 {
     struct client *c = x->c;
     struct stage_state *st = x->st;
@@ -298,10 +298,32 @@ void exchange_answer(struct exchange *x)
         st->body = NULL;
         st->answered = false;
         exchange_fail(x, 500, "answer head too large");
-        return;
+        return false;
     }
     x->resp_head_done = x->resp_done = true;
     loop_timer_arm(c->w->loop, &c->timer, x->conf->limits.send_timeout);
+    return true;
+}
+
+/* A stage answers instead of the upstream (stages_upstream said so): the
+ * upstream's response, if any, is dropped with its connection. False when
+ * the exchange ended. */
+bool exchange_replace(struct exchange *x, int status)
+{
+    struct worker *w = x->c->w;
+    attempt_end(x, true, status < 500);
+    if (x->u) {
+        struct uconn *u = x->u;
+        x->u = NULL;
+        uconn_release(u, false);
+    }
+    buf_put(&w->bufs, x->uin);
+    x->uin = NULL;
+    x->resp_fwd = 0;
+    x->upstream_keep = false;
+    x->st->parked = false;
+    loop_timer_stop(w->loop, &x->c->timer);
+    return exchange_answer(x);
 }
 
 /* Re-frame chunked bytes at p (avail of them, ending at b's end) in place:
@@ -485,6 +507,10 @@ void exchange_fail(struct exchange *x, int status, const char *why)
     }
     if (status >= 500)
         log_rl_warn("upstream %s: %d %s", x->route->upstream->name, status, why);
+    if (status >= 500 && x->st && stages_upstream(x, NULL, status)) {
+        exchange_replace(x, status);    /* a stale copy instead of the error */
+        return;
+    }
     client_local_response(c, status, why, false);
 }
 

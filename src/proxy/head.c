@@ -182,7 +182,7 @@ bool build_request_head(struct exchange *x, const struct http_request *r, struct
     http_hw_field(&hw, "X-Request-Id", 12, x->reqid, x->reqid_len);
     http_hw_lit(&hw, "Via: 1.1 portico\r\n");
     if (nedits)
-        edits_put(&hw, ext->req_edits, nedits, m, NULL, 0);
+        edits_put(&hw, ext->req_edits, nedits, m, NULL, 0, NULL, 0);
     if (m->body == HTTP_BODY_CHUNKED) {
         http_hw_lit(&hw, "Transfer-Encoding: chunked\r\n");
     } else if (m->has_cl) {
@@ -293,7 +293,7 @@ static void put_final(struct http_hw *hw, void *arg)
     http_hw_status(hw, r->status, r->reason, r->reason_len);
     put_response_fields(hw, m, x->tunnel, ext);
     if (ext && ext->nresp_edits)
-        edits_put(hw, ext->resp_edits, ext->nresp_edits, m, NULL, 0);
+        edits_put(hw, ext->resp_edits, ext->nresp_edits, m, NULL, 0, NULL, 0);
     if (xform) {
         /* a transformed body has a length nobody knows yet */
         if (x->req_minor >= 1)
@@ -384,6 +384,25 @@ static void response_stages(struct exchange *x, const struct http_response *r, b
 
 /* The head of a stage's answer (stage_answer): its fields with the
  * response stages' edits, Content-Length, and Connection. */
+/* An answer block's lines, but those a response edit removes or replaces. */
+static void put_block(struct http_hw *hw, const struct stage_ext *ext, const char *b, size_t len)
+{
+    if (!ext->nresp_edits) {
+        http_hw_put(hw, b, len);
+        return;
+    }
+    const char *end = b + len;
+    while (b < end) {
+        const char *eol = memchr(b, '\r', (size_t)(end - b));
+        const char *colon = memchr(b, ':', (size_t)(end - b));
+        if (!eol || !colon || colon > eol)
+            break;
+        if (!edits_drop(ext->resp_edits, ext->nresp_edits, b, (size_t)(colon - b), false))
+            http_hw_put(hw, b, (size_t)(eol + 2 - b));
+        b = eol + 2;
+    }
+}
+
 bool write_answer_head(struct exchange *x, struct buf *b)
 {
     const struct stage_state *st = x->st;
@@ -393,6 +412,8 @@ bool write_answer_head(struct exchange *x, struct buf *b)
     struct http_hw hw;
     http_hw_init(&hw, buf_tail(b), buf_room(b));
     http_hw_status(&hw, st->answer_status, NULL, 0);
+    if (ext && ext->answer_block)
+        put_block(&hw, ext, ext->answer_block, ext->answer_block_len);
     for (uint32_t i = 0; ext && i < ext->nanswer_fields; i++) {
         const struct stage_field *f = &ext->answer_fields[i];
         if (ext->nresp_edits && edits_drop(ext->resp_edits, ext->nresp_edits, f->name,
@@ -402,7 +423,7 @@ bool write_answer_head(struct exchange *x, struct buf *b)
     }
     if (ext && ext->nresp_edits)
         edits_put(&hw, ext->resp_edits, ext->nresp_edits, NULL, ext->answer_fields,
-                  ext->nanswer_fields);
+                  ext->nanswer_fields, ext->answer_block, ext->answer_block_len);
     if (st->answer_status != 204 && st->answer_status != 304) {
         http_hw_lit(&hw, "Content-Length: ");
         http_hw_u64(&hw, st->body ? st->body->len : 0);
@@ -466,6 +487,8 @@ int response_head(struct exchange *x)
             buf_consume(x->uin, (size_t)n);
             continue;
         }
+        if (r.status >= 200 && r.status != 101 && x->st && stages_upstream(x, &r, r.status))
+            return exchange_replace(x, r.status) ? 1 : -1;
         response_framing(x, &r);
         if (x->st)
             response_stages(x, &r, a.te_other);

@@ -79,6 +79,7 @@ struct client {
     uint8_t state;
     bool readable, writable, hup, deferred;
     bool ip_counted;                /* counted in limits.max_connections_per_ip */
+    bool internal;                  /* portico's own request (stage_background) */
 };
 
 struct upool {
@@ -136,6 +137,8 @@ struct stage_ext {
     uint32_t nreq_edits, nresp_edits;
     struct stage_field answer_fields[16];
     uint32_t nanswer_fields;
+    const char *answer_block;   /* stage_answer_block: "Name: value\r\n" lines */
+    uint32_t answer_block_len;
     char *arena;                /* copies of edit strings and answer fields */
     uint32_t arena_len, arena_cap;
 };
@@ -146,12 +149,14 @@ struct stage_state {
     const struct stage_chain *chain;
     struct exchange *x;
     struct loop_timer resume_timer;     /* stage_resume_after() */
+    struct stage_waker *waker;          /* stage_waker(): cleared when the exchange ends */
     struct stage_x *sx;         /* [chain->n] */
     char *ctx;                  /* the contexts */
     struct stage_ext *ext;      /* edits and an answer; NULL until one is made */
     uint32_t next;              /* the next stage whose on_request runs */
     uint32_t ran;               /* on_request ran for links [0, ran) */
     bool parked, answered, ended;
+    bool upstream_seen;         /* stages_upstream ran: once per exchange */
     int8_t xform;               /* the transforming link, or -1 */
     bool can_transform;         /* during on_response: a transformer may take this body */
     bool body_error;            /* the transformer said the body is corrupt */
@@ -327,6 +332,8 @@ struct worker {
     struct loop_timer accept_timer; /* retries accept() after EMFILE and the like */
     char *npath;                    /* scratch: the normalised request path */
     char *tscratch;                 /* scratch: a transforming stage's output (TSCRATCH) */
+    pthread_mutex_t mbox_mu;        /* guards mbox: wakers other threads hand over */
+    struct stage_waker *mbox;
 };
 
 struct proxy {
@@ -471,13 +478,17 @@ enum stage_verdict stages_request(struct exchange *x);
 void stages_response(struct exchange *x, const struct http_response *r, bool can_transform);
 void stages_watch(struct exchange *x, const char *data, size_t len, bool end);
 void stages_end(struct exchange *x);
+bool stages_upstream(struct exchange *x, const struct http_response *r, int status);
+void stage_mbox_drain(struct worker *w);
+void stage_waker_cancel(struct exchange *x);
 bool edits_drop(const struct head_edit *e, uint32_t n, const char *name, size_t nlen,
                 bool present_elsewhere);
 void edits_put(struct http_hw *hw, const struct head_edit *e, uint32_t n, const struct http_msg *m,
-               const struct stage_field *f, uint32_t nf);
+               const struct stage_field *f, uint32_t nf, const char *block, size_t block_len);
 void exchange_continue(struct exchange *x);
-void exchange_answer(struct exchange *x);
+bool exchange_answer(struct exchange *x);
 bool write_answer_head(struct exchange *x, struct buf *b);
+bool exchange_replace(struct exchange *x, int status);
 void request_id(struct exchange *x, const struct http_request *r);
 
 /* The response bytes ready for the client after its head: upstream bytes

@@ -2,6 +2,7 @@
  * calls at each point of an exchange, and the functions stages call. */
 #include "proxy_int.h"
 
+#include "cache/cache.h"
 #include "filter/filter.h"
 #include "limit/limit.h"
 
@@ -27,6 +28,7 @@ static uint32_t all_stages(const struct stage_def **out)
     out[n++] = &stage_forward;
     out[n++] = &limit_stage;
     out[n++] = &limit_guard_stage;
+    out[n++] = &cache_stage;
     out[n++] = &filter_headers_stage;
     out[n++] = &filter_security_stage;
     out[n++] = &filter_compress_stage;
@@ -114,6 +116,7 @@ void stage_state_release(struct exchange *x)
         return;
     if (loop_timer_armed(&st->resume_timer))
         loop_timer_stop(x->c->w->loop, &st->resume_timer);
+    stage_waker_cancel(x);
     if (st->ext) {
         free(st->ext->arena);
         free(st->ext);
@@ -155,7 +158,7 @@ void stages_response(struct exchange *x, const struct http_response *r, bool can
     struct stage_state *st = x->st;
     st->resp = r;
     st->can_transform = can_transform;
-    for (uint32_t i = 0; i < st->ran; i++) {
+    for (uint32_t i = 0; i < st->chain->n; i++) {
         const struct stage_def *d = st->chain->links[i].def;
         if (!d->on_response)
             continue;
@@ -180,13 +183,30 @@ void stages_watch(struct exchange *x, const char *data, size_t len, bool end)
     }
 }
 
+/* The upstream answered (status) or failed: a stage may answer instead. */
+bool stages_upstream(struct exchange *x, const struct http_response *r, int status)
+{
+    struct stage_state *st = x->st;
+    if (!st || st->answered || st->upstream_seen)
+        return false;
+    st->upstream_seen = true;
+    st->resp = r;
+    bool answered = false;
+    for (uint32_t i = 0; i < st->ran && !answered; i++) {
+        const struct stage_def *d = st->chain->links[i].def;
+        answered = d->on_upstream && d->on_upstream(&st->sx[i], status) && st->answered;
+    }
+    st->resp = NULL;
+    return answered;
+}
+
 void stages_end(struct exchange *x)
 {
     struct stage_state *st = x->st;
     if (st->ended)
         return;
     st->ended = true;
-    for (uint32_t i = 0; i < st->ran; i++)
+    for (uint32_t i = 0; i < st->chain->n; i++)
         if (st->chain->links[i].def->on_end)
             st->chain->links[i].def->on_end(&st->sx[i]);
 }
@@ -265,6 +285,8 @@ bool stage_request_header(struct stage_x *sx, const char *name, size_t name_len,
 
 bool stage_https(struct stage_x *sx) { return sx->x->https; }
 
+bool stage_internal(struct stage_x *sx) { return sx->x->c->internal; }
+
 void stage_body_error(struct stage_x *sx) { sx->x->st->body_error = true; }
 
 bool stage_body_transformable(struct stage_x *sx)
@@ -287,12 +309,38 @@ bool stage_request_body(struct stage_x *sx, const char **body, size_t *len)
 
 int stage_status(struct stage_x *sx) { return sx->x->status; }
 
+/* A field of an answer block ("Name: value\r\n" lines). */
+static bool block_field(const char *b, size_t len, const char *name, size_t nlen, const char **v,
+                        size_t *vlen)
+{
+    const char *end = b + len;
+    while (b < end) {
+        const char *eol = memchr(b, '\r', (size_t)(end - b));
+        if (!eol)
+            break;
+        if ((size_t)(eol - b) > nlen + 1 && b[nlen] == ':' && http_ieq(b, name, nlen)) {
+            const char *p = b + nlen + 1;
+            while (p < eol && (*p == ' ' || *p == '\t'))
+                p++;
+            *v = p;
+            *vlen = (size_t)(eol - p);
+            return true;
+        }
+        b = eol + 2;
+    }
+    return false;
+}
+
 bool stage_response_header(struct stage_x *sx, const char *name, size_t name_len,
                            const char **value, size_t *value_len)
 {
     struct stage_state *st = sx->x->st;
     if (st->resp)
         return find_field(&st->resp->m, name, name_len, value, value_len);
+    if (st->ext && st->answered && st->ext->answer_block &&
+        block_field(st->ext->answer_block, st->ext->answer_block_len, name, name_len, value,
+                    value_len))
+        return true;
     for (uint32_t i = 0; st->ext && st->answered && i < st->ext->nanswer_fields; i++) {
         const struct stage_field *f = &st->ext->answer_fields[i];
         if (f->name_len == name_len && http_ieq(f->name, name, name_len)) {
@@ -302,6 +350,16 @@ bool stage_response_header(struct stage_x *sx, const char *name, size_t name_len
         }
     }
     return false;
+}
+
+bool stage_response_field(struct stage_x *sx, uint32_t i, struct stage_field *f)
+{
+    const struct http_response *r = sx->x->st->resp;
+    if (!r || i >= r->m.nheaders)
+        return false;
+    const struct http_header *h = &r->m.headers[i];
+    *f = (struct stage_field){ h->name, h->value, h->name_len, h->value_len };
+    return true;
 }
 
 uint64_t stage_bytes_in(struct stage_x *sx) { return sx->x->bytes_in; }
@@ -414,7 +472,7 @@ bool edits_drop(const struct head_edit *e, uint32_t n, const char *name, size_t 
 /* Write the fields an edit list adds; `has` says whether the original head
  * had a field of a name (for STAGE_DEFAULT). */
 void edits_put(struct http_hw *hw, const struct head_edit *e, uint32_t n, const struct http_msg *m,
-               const struct stage_field *f, uint32_t nf)
+               const struct stage_field *f, uint32_t nf, const char *block, size_t block_len)
 {
     for (uint32_t i = 0; i < n; i++) {
         if (e[i].verb == STAGE_REMOVE)
@@ -429,6 +487,10 @@ void edits_put(struct http_hw *hw, const struct head_edit *e, uint32_t n, const 
             const char *v;
             size_t vl;
             bool there = m ? find_field(m, e[i].name, e[i].name_len, &v, &vl) : false;
+            const char *bv;
+            size_t bvl;
+            there = there || (block && block_field(block, block_len, e[i].name, e[i].name_len,
+                                                   &bv, &bvl));
             for (uint32_t k = 0; !there && k < nf; k++)
                 there = f[k].name_len == e[i].name_len && http_ieq(f[k].name, e[i].name, f[k].name_len);
             for (uint32_t k = 0; !there && k < i; k++)     /* an earlier stage's field */
@@ -472,12 +534,13 @@ struct stage_body *stage_body_copy(const void *data, size_t len)
     return b;
 }
 
-int stage_answer(struct stage_x *sx, int status, const struct stage_field *fields, size_t n,
-                 struct stage_body *body)
+int stage_answer_block(struct stage_x *sx, int status, const char *block, size_t block_len,
+                       const struct stage_field *fields, size_t n, struct stage_body *body)
 {
     struct exchange *x = sx->x;
     struct stage_ext *e = ext_of(x);
-    if (!e || status < 200 || status > 599 || n > sizeof e->answer_fields / sizeof e->answer_fields[0])
+    if (!e || status < 200 || status > 599 || n > sizeof e->answer_fields / sizeof e->answer_fields[0] ||
+        block_len > UINT32_MAX)
         return -1;
     for (size_t i = 0; i < n; i++) {
         if (!valid_name(fields[i].name, fields[i].name_len) ||
@@ -490,12 +553,20 @@ int stage_answer(struct stage_x *sx, int status, const struct stage_field *field
         e->answer_fields[i] = (struct stage_field){ nc, vc, fields[i].name_len, fields[i].value_len };
     }
     e->nanswer_fields = (uint32_t)n;
+    e->answer_block = block_len ? block : NULL;
+    e->answer_block_len = (uint32_t)block_len;
     stage_body_unref(x->st->body);
     x->st->body = stage_body_ref(body);
     x->st->body_off = 0;
     x->st->answer_status = status;
     x->st->answered = true;
     return 0;
+}
+
+int stage_answer(struct stage_x *sx, int status, const struct stage_field *fields, size_t n,
+                 struct stage_body *body)
+{
+    return stage_answer_block(sx, status, NULL, 0, fields, n, body);
 }
 
 void stage_resume(struct stage_x *sx)

@@ -17,6 +17,11 @@
  *                response stages still see the answer's head), or
  *                STAGE_WAIT (parked until stage_resume(); its timeout keeps
  *                running and a client that goes away ends the exchange).
+ *   on_upstream  the upstream answered (r_status its status) or failed
+ *                (r_status 502, 503 or 504 with no response): the stage may
+ *                answer from memory instead (stage_answer, return true), as
+ *                a cache does with a 304 it merges or a stale copy when the
+ *                origin fails. The upstream's response is then discarded.
  *   on_response  the response head is known (an upstream's or an answer's):
  *                read it, add, set or remove fields, and return
  *                STAGE_BODY_WATCH to see the body, STAGE_BODY_TRANSFORM to
@@ -29,9 +34,14 @@
  *                output (backpressure, bounded memory). `end` is true once
  *                the whole body has been offered: flush then.
  *   on_end       the exchange is over (status 499 if the client went away):
- *                status, sizes and timings are known. Always called for a
- *                stage whose on_request ran, even when the exchange failed or
- *                was parked: drop any reference to the exchange here.
+ *                status, sizes and timings are known. Called for every stage
+ *                of the chain, even when the exchange failed or was parked:
+ *                drop any reference to the exchange here.
+ *
+ * on_response and on_end run for every stage of the route's chain, also
+ * when an earlier stage answered (a cache hit, a 429) and this one's
+ * on_request never ran: its context is then still zeroed. So headers rules
+ * apply to answers too, and logs and metrics count them.
  *
  * Callbacks run on the exchange's worker thread and must not block. The
  * `struct stage_x *` they get is valid until on_end returns. Strings given
@@ -65,10 +75,13 @@ enum stage_body_mode {
 struct stage_def {
     const char *name;
     uint32_t ctx_size;              /* per-exchange context, zeroed */
-    bool keep_request_headers;      /* stage_request_header() after on_request too */
+    bool keep_request_headers;      /* stage_request_header() after on_request too,
+                                       for an exchange that goes upstream or waits
+                                       (one answered at once does without a copy) */
     void *(*route_new)(const struct conf *conf, const struct conf_route *route);
     void (*route_free)(void *route_state);
     enum stage_verdict (*on_request)(struct stage_x *sx);
+    bool (*on_upstream)(struct stage_x *sx, int r_status);
     enum stage_body_mode (*on_response)(struct stage_x *sx);
     size_t (*on_body)(struct stage_x *sx, const char *in, size_t len, bool end, char *out,
                       size_t out_room, size_t *out_len);
@@ -91,6 +104,8 @@ const char *stage_path(struct stage_x *sx, size_t *len);
 const char *stage_host(struct stage_x *sx, size_t *len);     /* NULL: none */
 const char *stage_client_ip(struct stage_x *sx, size_t *len); /* trusted_proxies applied */
 const char *stage_request_id(struct stage_x *sx, size_t *len);
+/* Whether the request was made by portico itself (stage_background). */
+bool stage_internal(struct stage_x *sx);
 /* Whether the client used HTTPS (as a trusted proxy says; portico has no TLS yet). */
 bool stage_https(struct stage_x *sx);
 /* A request field by name (the first one), during on_request, or at any
@@ -108,6 +123,10 @@ bool stage_body_transformable(struct stage_x *sx);
 /* A field of the response head, during on_response. */
 bool stage_response_header(struct stage_x *sx, const char *name, size_t name_len,
                            const char **value, size_t *value_len);
+/* The i-th field of the upstream's response head, during on_upstream and
+ * on_response; false past the last (and for an answer's head). */
+struct stage_field;
+bool stage_response_field(struct stage_x *sx, uint32_t i, struct stage_field *f);
 uint64_t stage_bytes_in(struct stage_x *sx);
 uint64_t stage_bytes_out(struct stage_x *sx);
 uint64_t stage_duration_us(struct stage_x *sx);
@@ -159,6 +178,12 @@ struct stage_field {
 int stage_answer(struct stage_x *sx, int status, const struct stage_field *fields, size_t n,
                  struct stage_body *body);
 
+/* The same, with the fields as one block of "Name: value\r\n" lines that the
+ * stage has validated (a stored response's head) and keeps unchanged until
+ * its on_end, followed by up to 16 fields (copied). */
+int stage_answer_block(struct stage_x *sx, int status, const char *block, size_t block_len,
+                       const struct stage_field *fields, size_t n, struct stage_body *body);
+
 /* ---- waiting ---- */
 
 /* Continue a parked exchange with the next stage (then the upstream). Call
@@ -171,5 +196,24 @@ void stage_resume_after(struct stage_x *sx, uint64_t ms);
 /* Answer a parked exchange instead (after stage_answer()), or fail it with
  * a status (stage_answer not called: a plain status page). */
 void stage_finish(struct stage_x *sx, int status_if_no_answer);
+
+/* Waking a parked exchange from any thread (another worker's exchange that
+ * finished the fetch it waited on). stage_waker() is called on the
+ * exchange's thread before returning STAGE_WAIT; the handle goes to whoever
+ * will wake it, who calls stage_waker_wake() once (any thread) or, if it
+ * never will, stage_waker_put(). The exchange's worker then calls cb on the
+ * exchange if it is still parked (it may have timed out or its client gone):
+ * cb answers (stage_answer + stage_finish) or resumes it. */
+struct stage_waker;
+struct stage_waker *stage_waker(struct stage_x *sx, void (*cb)(struct stage_x *sx));
+void stage_waker_wake(struct stage_waker *w);
+void stage_waker_put(struct stage_waker *w);
+
+/* Repeat this exchange's request in the background, as portico's own GET
+ * (stage_internal() true) through the same route: the response goes through
+ * the route's stages (a cache refreshes an entry) and is then dropped.
+ * The request's fields are kept except conditionals, Range and framing.
+ * During on_request or on_response. 0 or -1. */
+int stage_background(struct stage_x *sx);
 
 #endif

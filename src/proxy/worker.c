@@ -69,6 +69,7 @@ static void drain_timeout(struct loop *l, struct loop_timer *t)
 static void worker_wake(struct loop *l, void *arg)
 {
     struct worker *w = arg;
+    stage_mbox_drain(w);        /* exchanges another thread woke */
     if (w->draining)
         return;
     if (!atomic_load(&w->p->stopping)) {
@@ -180,6 +181,7 @@ static bool worker_init(struct proxy *p, struct worker *w, uint32_t id, char *er
     }
     loop_set_before_sleep(w->loop, worker_reap, w);
     loop_set_wake(w->loop, worker_wake, w);
+    pthread_mutex_init(&w->mbox_mu, NULL);
     if (!worker_adopt(w, p->gen)) {
         snprintf(err, errlen, "out of memory");
         return false;
