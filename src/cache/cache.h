@@ -158,6 +158,12 @@ bool cache_pending_join(struct cache *c, uint64_t hash, const char *key, size_t 
 /* The leader's fetch is over (stored or not): wake every waiter. */
 void cache_pending_done(struct cache *c, struct cache_pending *p);
 
+/* Keys whose last response could not be stored (Varnish's hit-for-miss):
+ * their misses do not wait on one another until `until` (Unix seconds);
+ * until 0 clears the mark. A small lossy table per shard. */
+void cache_pass_mark(struct cache *c, uint64_t hash, int64_t until);
+bool cache_pass_check(struct cache *c, uint64_t hash, int64_t now);
+
 struct cache_stats {
     uint64_t bytes, entries, budget;
     uint64_t evictions, purges, inserts;

@@ -27,6 +27,7 @@
 
 #define KEY_MAX 4096
 #define MAX_PARAMS 64
+#define PASS_SECONDS 120        /* how long a key found uncacheable skips coalescing */
 
 enum { R_HIT, R_MISS, R_STALE, R_REVALIDATED, R_BYPASS, R_N };
 static const char *const result_name[R_N] = { "hit", "miss", "stale", "revalidated", "bypass" };
@@ -114,6 +115,7 @@ struct cx {
     struct cache_cc req;
     int64_t request_time;
     bool unsafe, validating, answered, store, body_ended, refresh, waiting;
+    bool rejected;              /* the response came and policy would not store it */
     /* the response being stored */
     int status;
     uint32_t flags;
@@ -429,12 +431,13 @@ static bool answer(struct stage_x *sx, struct cx *cx, struct cache_obj *obj, int
     static const char *const xc[R_N] = { "HIT", "MISS", "STALE", "REVALIDATED", "BYPASS" };
     snprintf(status_buf, sizeof status_buf, "portico; hit; ttl=%lld%s", (long long)ttl,
              result == R_REVALIDATED ? "; fwd=stale; fwd-status=304" : "");
-    struct stage_field f[4] = {
+    struct stage_field f[5] = {
+        { "Via", "1.1 portico", 3, 11 },
         { "Age", agebuf, 3, strlen(agebuf) },
         { "X-Cache", xc[result], 7, strlen(xc[result]) },
         { "Cache-Status", status_buf, 12, strlen(status_buf) },
     };
-    size_t nf = 3;
+    size_t nf = 4;
     int status = v.status;
     struct stage_body *body = stage_body_ref(v.body);
     const char *rh;
@@ -584,9 +587,12 @@ static enum stage_verdict on_request(struct stage_x *sx)
         answer_504(sx, cx);
         return STAGE_ANSWERED;
     }
+    const char *rv;
+    size_t rl;
     if (obj)
         validate(sx, cx, obj);
-    else if (!cx->refresh && !(cx->req.flags & CC_NO_CACHE)) {
+    else if (!cx->refresh && !(cx->req.flags & CC_NO_CACHE) && method_is(sx, "GET") &&
+             !stage_request_header(sx, "range", 5, &rv, &rl) && !cache_pass_check(c, cx->hash, now)) {
         struct stage_waker *w = stage_waker(sx, woken);
         if (w && cache_pending_join(c, cx->hash, key, kn, w, &cx->lead)) {
             cx->waiting = true;
@@ -816,8 +822,10 @@ static enum stage_body_mode on_response(struct stage_x *sx)
     int64_t now = now_s();
     stage_response_edit(sx, STAGE_REMOVE, "Portico-Cache-Control", 21, NULL, 0);
     stage_response_edit(sx, STAGE_SET, "X-Cache", 7, "MISS", 4);
-    count(rs->s, cx->req.flags & CC_NO_CACHE ? R_BYPASS : R_MISS);
+    if (!cx->refresh)                   /* portico's own refresh is not a client's miss */
+        count(rs->s, cx->req.flags & CC_NO_CACHE ? R_BYPASS : R_MISS);
     if (!storable(sx, cx, rs, status, now) || !(cx->head = build_head(sx, &cx->head_len, now))) {
+        cx->rejected = status < 500;
         const char *cs = cx->validating ? "portico; fwd=stale" : "portico; fwd=miss";
         stage_response_edit(sx, STAGE_SET, "Cache-Status", 12, cs, strlen(cs));
         return STAGE_BODY_NONE;
@@ -1021,8 +1029,10 @@ static void commit(struct stage_x *sx, struct cx *cx, const struct rstate *rs)
             .flags = cx->flags, .ns = rs->ns, .tags = cx->tags, .tags_len = cx->tags_len,
         };
         struct cache_obj *obj = cache_insert(cache_get(), &o);
-        if (obj)
+        if (obj) {
             atomic_fetch_add_explicit(&rs->s->stored, 1, memory_order_relaxed);
+            cache_pass_mark(cache_get(), cx->hash, 0);
+        }
         cache_obj_unref(obj);
     }
     stage_body_unref(b);
@@ -1032,12 +1042,15 @@ static void on_end(struct stage_x *sx)
 {
     struct cx *cx = stage_ctx(sx);
     struct rstate *rs = stage_route_state(sx);
+    struct cache *c = cache_get();
     if (cx->store && cx->body_ended && stage_status(sx) == cx->status)
         commit(sx, cx, rs);
+    else if (cx->lead && cx->rejected)  /* the next misses need not wait on each other */
+        cache_pass_mark(c, cx->hash, now_s() + PASS_SECONDS);
     if (cx->refresh && cx->obj)
         cache_obj_release_refresh(cx->obj);
     if (cx->lead)
-        cache_pending_done(cache_get(), cx->lead);
+        cache_pending_done(c, cx->lead);
     cache_obj_unref(cx->obj);
     free(cx->buf);
     free(cx->head);

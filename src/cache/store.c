@@ -16,6 +16,7 @@
 
 #define SHARDS 16
 #define GHOST 4096
+#define PASS 1024
 #define NS_MAX 256
 #define OVERHEAD 96             /* malloc headers and the like, per object */
 
@@ -61,6 +62,7 @@ struct shard {
     uint32_t mask, n;
     struct fifo small, main;
     uint64_t ghost[GHOST];
+    struct { uint64_t hash; int64_t until; } pass[PASS];    /* keys found uncacheable */
     struct cache_pending *pending;
 };
 
@@ -641,6 +643,28 @@ void cache_pending_done(struct cache *c, struct cache_pending *p)
         stage_waker_wake(p->waiters[i]);
     free(p->waiters);
     free(p);
+}
+
+void cache_pass_mark(struct cache *c, uint64_t hash, int64_t until)
+{
+    struct shard *s = shard_of(c, hash);
+    pthread_mutex_lock(&s->mu);
+    uint32_t i = (uint32_t)(hash >> 4) % PASS;
+    if (until || s->pass[i].hash == hash) {
+        s->pass[i].hash = hash;
+        s->pass[i].until = until;
+    }
+    pthread_mutex_unlock(&s->mu);
+}
+
+bool cache_pass_check(struct cache *c, uint64_t hash, int64_t now)
+{
+    struct shard *s = shard_of(c, hash);
+    pthread_mutex_lock(&s->mu);
+    uint32_t i = (uint32_t)(hash >> 4) % PASS;
+    bool pass = s->pass[i].hash == hash && s->pass[i].until > now;
+    pthread_mutex_unlock(&s->mu);
+    return pass;
 }
 
 void cache_stats(struct cache *c, struct cache_stats *st)
