@@ -24,7 +24,7 @@ LIBOBJS := $(filter-out $(BUILD)/obj/main.o,$(OBJS))
 UNIT    := $(patsubst tests/unit/%.c,$(BUILD)/tests/%,$(wildcard tests/unit/test_*.c))
 VERSION := $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 
-.PHONY: all deps run test unit integration fuzz bench bench-pg clean
+.PHONY: all deps run test unit integration fuzz bench bench-pg conformance clean
 all: $(BUILD)/portico
 
 deps:
@@ -93,6 +93,15 @@ bench-pg:
 	@scripts/deps.sh bench
 	@$(MAKE) --no-print-directory all
 	bench/pg_bench.py
+
+# the public HTTP caching test suite (npm http-cache-tests) against portico's cache; fails when
+# a required test fails. PEERS=1 also scores nginx, Varnish, HAProxy and httpd, and compares.
+# Results: build/conformance/<proxy>.json. docs/benchmarks.md, "Cache conformance".
+CONFORMANCE_PEERS := $(if $(filter 1,$(PEERS)),nginx varnish haproxy apache)
+conformance:
+	@scripts/deps.sh conformance $(if $(CONFORMANCE_PEERS),conformance-peers)
+	@$(MAKE) --no-print-directory all
+	tests/conformance/run.sh portico $(CONFORMANCE_PEERS)
 
 clean:
 	rm -rf build

@@ -6,6 +6,11 @@
 #                            test, promtool for the metrics test via scripts/promtool.sh)
 #   scripts/deps.sh bench    also the peers and load generator for `make bench`
 #   scripts/deps.sh fuzz     also clang's libFuzzer runtime
+#   scripts/deps.sh conformance        also Node.js (if absent) and the HTTP caching test suite,
+#                            pinned in tests/conformance/package-lock.json (npm ci, into
+#                            tests/conformance/node_modules) for `make conformance`
+#   scripts/deps.sh conformance-peers  also the caches it is compared with (`make conformance
+#                            PEERS=1`): nginx, Varnish, HAProxy, Apache httpd
 set -euo pipefail
 
 pkgs=(build-essential pkg-config libyaml-dev libcmocka-dev wrk
@@ -15,12 +20,29 @@ pkgs=(build-essential pkg-config libyaml-dev libcmocka-dev wrk
       chromium)
 for extra in "$@"; do
     case "$extra" in
-        bench) pkgs+=(wrk nginx-light haproxy util-linux procps valgrind pgbouncer) ;;
+        bench) pkgs+=(wrk nginx-light haproxy varnish util-linux procps valgrind pgbouncer) ;;
         fuzz)  pkgs+=(clang libclang-rt-dev) ;;
         browser) ;;         # chromium is a test dependency now; kept for old callers
+        conformance) conformance=1
+                     command -v node >/dev/null && command -v npm >/dev/null || pkgs+=(nodejs npm) ;;
+        conformance-peers) pkgs+=(nginx-light haproxy varnish apache2) ;;
         *) echo "deps.sh: unknown group '$extra'" >&2; exit 2 ;;
     esac
 done
+
+conformance=${conformance:-0}
+suite_deps() {      # the pinned test suite, installed once (again only when the lock changes)
+    [ "$conformance" = 1 ] || return 0
+    local dir want have
+    dir="$(cd "$(dirname "$0")/.." && pwd)/tests/conformance"
+    want=$(node -p "require('$dir/package-lock.json').packages['node_modules/http-cache-tests'].version")
+    have=$(node -p "require('$dir/node_modules/http-cache-tests/package.json').version" 2>/dev/null || true)
+    if [ "$want" = "$have" ] && [ "$dir/node_modules/.package-lock.json" -nt "$dir/package-lock.json" ]; then
+        return 0
+    fi
+    echo "deps.sh: installing http-cache-tests $want (npm ci in tests/conformance)" >&2
+    (cd "$dir" && npm ci --no-audit --no-fund --ignore-scripts --loglevel=error >/dev/null)
+}
 
 missing=()
 for p in "${pkgs[@]}"; do
@@ -28,6 +50,7 @@ for p in "${pkgs[@]}"; do
 done
 if [ ${#missing[@]} -eq 0 ]; then
     "$(dirname "$0")/promtool.sh" >/dev/null
+    suite_deps
     exit 0
 fi
 
@@ -38,3 +61,4 @@ export DEBIAN_FRONTEND=noninteractive
 $SUDO apt-get update -qq >/dev/null
 $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 "$(dirname "$0")/promtool.sh" >/dev/null
+suite_deps
