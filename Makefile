@@ -55,7 +55,7 @@ run: deps all
 	echo "  for i in 1 2 3; do curl -s -D- -o /dev/null http://127.0.0.1:8080/feed/home | grep -E 'X-Cache|Age'; done   # MISS, then HIT from memory"; \
 	echo "  curl -s -X POST http://127.0.0.1:8080/posts/ -d x >/dev/null; curl -sI http://127.0.0.1:8080/feed/home | grep X-Cache   # a write bumped the feed"; \
 	echo "  curl -s -X POST 'http://127.0.0.1:9901/cache/purge?prefix=/feed/'   # purge by URL, prefix or tag"; \
-	echo "  curl -s -H 'Accept-Encoding: br' -D- -o /dev/null http://127.0.0.1:8080/echo | grep -i content-encoding   # compressed"; \
+	echo "  curl -s -H 'Accept-Encoding: br' -D- -o /dev/null http://127.0.0.1:8080/feed/home | grep -iE 'content-(encoding|length)'   # brotli, compressed once and kept in the cache"; \
 	echo "  open http://127.0.0.1:9901/   curl -s http://127.0.0.1:9901/metrics | head   # status page, metrics"; \
 	echo "Ctrl-C stops both."; echo; \
 	$(BUILD)/portico -c examples/quickstart.yaml

@@ -38,6 +38,7 @@ enum {
     CC_IMMUTABLE = 1u << 7,
     CC_NO_TRANSFORM = 1u << 8,
     CC_MAX_STALE_ANY = 1u << 9,
+    CACHE_F_COMPRESSIBLE = 1u << 16,    /* stored: a compressed variant may be made */
 };
 
 /* Cache-Control directives; -1: absent. */
@@ -133,6 +134,21 @@ struct cache_obj *cache_insert(struct cache *c, const struct cache_obj_new *n);
 void cache_obj_vary(const struct cache_obj *o, const char **vary, size_t *vary_len,
                     const char **names, size_t *names_len, const char **tags, size_t *tags_len,
                     int *ns);
+
+/* A compressed variant of a stored response (filter/'s encodings): its own
+ * head (Content-Encoding, Vary: Accept-Encoding, a weak ETag) and body,
+ * made once on first demand and kept with the object, counted in the
+ * budget, freed with it. */
+struct cache_variant {
+    struct stage_body *body;
+    size_t head_len;
+    char head[];
+};
+#define CACHE_VARIANTS 3
+const struct cache_variant *cache_obj_variant(struct cache_obj *o, int enc);
+/* Attach v (taken over) unless one is there already: the one attached. */
+const struct cache_variant *cache_obj_add_variant(struct cache *c, struct cache_obj *o, int enc,
+                                                  struct cache_variant *v);
 
 /* Namespaces: a small table of names, each with a version; bumping one makes
  * every object stored under an older version stale, in O(1). */

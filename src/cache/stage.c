@@ -16,6 +16,7 @@
  */
 #include "cache.h"
 
+#include "filter/filter.h"
 #include "http/http.h"
 #include "obs/obs.h"
 
@@ -75,6 +76,7 @@ static void count(struct series *s, int r)
 
 struct rstate {
     const struct conf_route_cache *rc;
+    const struct conf_compression *cp;  /* NULL: the route does not compress */
     struct series *s;
     int ns;
     int64_t swr, sie, heuristic_max;    /* seconds */
@@ -91,6 +93,7 @@ static void *route_new(const struct conf *conf, const struct conf_route *route)
     if (!rs)
         return NULL;
     rs->rc = rc;
+    rs->cp = conf->compression.enabled && !route->no_compression ? &conf->compression : NULL;
     rs->s = series_for(route);
     rs->ns = rc->ns[0] ? cache_ns_id(cache_get(), rc->ns) : -1;
     rs->swr = (rc->swr_ms >= 0 ? (uint64_t)rc->swr_ms : conf->cache.stale_while_revalidate_ms) / 1000;
@@ -116,6 +119,7 @@ struct cx {
     int64_t request_time;
     bool unsafe, validating, answered, store, body_ended, refresh, waiting;
     bool rejected;              /* the response came and policy would not store it */
+    bool compressible;          /* its head allows compressed variants (the length is checked at commit) */
     /* the response being stored */
     int status;
     uint32_t flags;
@@ -419,6 +423,88 @@ static bool if_range_ok(struct stage_x *sx, const struct cache_obj_view *v)
     return v->last_modified && v->last_modified_len == hl && !memcmp(v->last_modified, h, hl);
 }
 
+/* The stored head for a compressed body: Content-Encoding, Accept-Encoding
+ * in Vary, a strong ETag made weak (RFC 9110 8.8.1: not the same bytes). */
+static struct cache_variant *make_variant(const struct cache_obj_view *v, int enc, int level)
+{
+    struct stage_body *b = filter_encode(enc, level, v->body->data, v->body->len);
+    if (!b)
+        return NULL;
+    struct cache_variant *var = malloc(sizeof *var + v->head_len + 96);
+    if (!var) {
+        stage_body_unref(b);
+        return NULL;
+    }
+    size_t n = 0;
+    bool vary = false;
+    for (const char *p = v->head, *end = v->head + v->head_len; p < end;) {
+        const char *eol = memchr(p, '\r', (size_t)(end - p)), *colon = memchr(p, ':', (size_t)(end - p));
+        if (!eol || !colon)
+            break;
+        size_t nl = (size_t)(colon - p), ll = (size_t)(eol - p);
+        const char *val = colon + 2 <= eol ? colon + 2 : eol;
+        if (nl == 4 && http_ieq(p, "etag", 4) && val < eol && *val == '"') {
+            n += (size_t)sprintf(var->head + n, "ETag: W/%.*s\r\n", (int)(eol - val), val);
+        } else if (nl == 4 && http_ieq(p, "vary", 4)) {
+            vary = true;
+            memcpy(var->head + n, p, ll);
+            n += ll;
+            n += (size_t)sprintf(var->head + n, ", Accept-Encoding\r\n");
+        } else {
+            memcpy(var->head + n, p, ll + 2);
+            n += ll + 2;
+        }
+        p = eol + 2;
+    }
+    n += (size_t)sprintf(var->head + n, "Content-Encoding: %s\r\n%s", filter_enc_name[enc],
+                         vary ? "" : "Vary: Accept-Encoding\r\n");
+    var->head_len = n;
+    var->body = b;
+    return var;
+}
+
+/* Whether the stored Vary already names Accept-Encoding. */
+static bool varies_on_ae(const struct cache_obj_view *v)
+{
+    for (const char *p = v->head, *end = v->head + v->head_len; p < end;) {
+        const char *eol = memchr(p, '\r', (size_t)(end - p));
+        if (!eol)
+            break;
+        if (eol - p > 5 && http_ieq(p, "vary:", 5))
+            for (const char *q = p + 5; q + 15 <= eol; q++)
+                if (http_ieq(q, "accept-encoding", 15))
+                    return true;
+        p = eol + 2;
+    }
+    return false;
+}
+
+/* The representation to answer with: a compressed variant the client
+ * accepts (made now if it is the first to ask), or the stored one. */
+static void representation(struct stage_x *sx, const struct rstate *rs, struct cache_obj *obj,
+                           struct cache_obj_view *v, bool *add_vary)
+{
+    *add_vary = false;
+    if (!rs->cp || !(v->flags & CACHE_F_COMPRESSIBLE) || !v->body)
+        return;
+    const char *rh;
+    size_t rl;
+    int enc = stage_request_header(sx, "range", 5, &rh, &rl) ? -1 : filter_negotiate(sx, rs->cp);
+    const struct cache_variant *var = enc >= 0 ? cache_obj_variant(obj, enc) : NULL;
+    if (enc >= 0 && !var) {
+        struct cache_variant *made = make_variant(v, enc, rs->cp->cache_level[enc]);
+        if (made)
+            var = cache_obj_add_variant(cache_get(), obj, enc, made);
+    }
+    if (var) {
+        v->head = var->head;
+        v->head_len = var->head_len;
+        v->body = var->body;
+    } else {
+        *add_vary = !varies_on_ae(v);
+    }
+}
+
 /* Answer from obj (the context keeps the reference until on_end). */
 static bool answer(struct stage_x *sx, struct cx *cx, struct cache_obj *obj, int result,
                    int64_t now)
@@ -431,18 +517,22 @@ static bool answer(struct stage_x *sx, struct cx *cx, struct cache_obj *obj, int
     static const char *const xc[R_N] = { "HIT", "MISS", "STALE", "REVALIDATED", "BYPASS" };
     snprintf(status_buf, sizeof status_buf, "portico; hit; ttl=%lld%s", (long long)ttl,
              result == R_REVALIDATED ? "; fwd=stale; fwd-status=304" : "");
-    struct stage_field f[5] = {
+    struct stage_field f[6] = {
         { "Via", "1.1 portico", 3, 11 },
         { "Age", agebuf, 3, strlen(agebuf) },
         { "X-Cache", xc[result], 7, strlen(xc[result]) },
         { "Cache-Status", status_buf, 12, strlen(status_buf) },
     };
     size_t nf = 4;
+    bool modified = !not_modified(sx, &v), add_vary;
+    representation(sx, (const struct rstate *)stage_route_state(sx), obj, &v, &add_vary);
+    if (add_vary)
+        f[nf++] = (struct stage_field){ "Vary", "Accept-Encoding", 4, 15 };
     int status = v.status;
     struct stage_body *body = stage_body_ref(v.body);
     const char *rh;
     size_t rl, from, to;
-    if (not_modified(sx, &v)) {
+    if (!modified) {
         status = 304;
         stage_body_unref(body);
         body = NULL;
@@ -831,6 +921,14 @@ static enum stage_body_mode on_response(struct stage_x *sx)
         return STAGE_BODY_NONE;
     }
     collect_tags(sx, cx, rs);
+    const char *ct, *cc, *ce;
+    size_t ctl, ccl = 0, cel;
+    if (rs->cp && status == 200 && !stage_response_header(sx, "content-encoding", 16, &ce, &cel) &&
+        stage_response_header(sx, "content-type", 12, &ct, &ctl)) {
+        if (!stage_response_header(sx, "cache-control", 13, &cc, &ccl))
+            cc = NULL;
+        cx->compressible = filter_compressible(rs->cp, ct, ctl, cc, ccl, UINT64_MAX);
+    }
     const char *cs = cx->validating ? "portico; fwd=stale; stored" : "portico; fwd=miss; stored";
     stage_response_edit(sx, STAGE_SET, "Cache-Status", 12, cs, strlen(cs));
     cx->status = status;
@@ -1028,6 +1126,8 @@ static void commit(struct stage_x *sx, struct cx *cx, const struct rstate *rs)
             .head_len = cx->head_len, .body = b, .status = cx->status, .t = cx->t,
             .flags = cx->flags, .ns = rs->ns, .tags = cx->tags, .tags_len = cx->tags_len,
         };
+        if (cx->compressible && cx->len >= rs->cp->min_size && cx->len > 0)
+            o.flags |= CACHE_F_COMPRESSIBLE;
         struct cache_obj *obj = cache_insert(cache_get(), &o);
         if (obj) {
             atomic_fetch_add_explicit(&rs->s->stored, 1, memory_order_relaxed);

@@ -38,6 +38,7 @@ struct cache_obj {
     uint32_t flags;
     struct cache_times t;
     struct stage_body *body;
+    _Atomic(struct cache_variant *) var[CACHE_VARIANTS];
     uint32_t key_len, vary_len, vnames_len, head_len, tags_len, etag_len, lm_len;
     const char *key, *vary, *vnames, *head, *tags, *etag, *lm;
     char data[];
@@ -81,6 +82,8 @@ struct cache {
 };
 
 static struct cache *g_cache;
+static bool make_room(struct cache *c, uint64_t need, uint32_t first);
+static struct fifo *fifo_of(struct shard *s, const struct cache_obj *o);
 static pthread_mutex_t g_mu = PTHREAD_MUTEX_INITIALIZER;
 
 struct cache *cache_get(void) { return g_cache; }
@@ -137,8 +140,43 @@ void cache_obj_unref(struct cache_obj *o)
 {
     if (o && atomic_fetch_sub_explicit(&o->refs, 1, memory_order_acq_rel) == 1) {
         stage_body_unref(o->body);
+        for (int i = 0; i < CACHE_VARIANTS; i++) {
+            struct cache_variant *v = atomic_load(&o->var[i]);
+            if (v) {
+                stage_body_unref(v->body);
+                free(v);
+            }
+        }
         free(o);
     }
+}
+
+const struct cache_variant *cache_obj_variant(struct cache_obj *o, int enc)
+{
+    return enc >= 0 && enc < CACHE_VARIANTS ? atomic_load_explicit(&o->var[enc], memory_order_acquire)
+                                            : NULL;
+}
+
+const struct cache_variant *cache_obj_add_variant(struct cache *c, struct cache_obj *o, int enc,
+                                                  struct cache_variant *v)
+{
+    struct cache_variant *none = NULL;
+    if (!atomic_compare_exchange_strong(&o->var[enc], &none, v)) {
+        stage_body_unref(v->body);      /* another thread made it first */
+        free(v);
+        return none;
+    }
+    uint64_t more = sizeof *v + v->head_len + OVERHEAD + sizeof(struct stage_body) + v->body->len;
+    struct shard *s = shard_of(c, o->hash);
+    pthread_mutex_lock(&s->mu);
+    if (o->linked) {                    /* counted while it is in the store */
+        o->charge += more;
+        fifo_of(s, o)->bytes += more;
+        atomic_fetch_add(&c->bytes, more);
+    }
+    pthread_mutex_unlock(&s->mu);
+    make_room(c, 0, (uint32_t)(o->hash & (SHARDS - 1)));
+    return v;
 }
 
 void cache_obj_touch(struct cache_obj *o)
@@ -391,6 +429,8 @@ static struct cache_obj *obj_new(struct cache *c, const struct cache_obj_new *n)
     if (!o)
         return NULL;
     memset(o, 0, sizeof *o);
+    for (int i = 0; i < CACHE_VARIANTS; i++)
+        atomic_init(&o->var[i], NULL);
     atomic_init(&o->refs, 2);           /* the index's and the caller's */
     o->hash = n->hash;
     o->status = n->status;

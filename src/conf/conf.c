@@ -645,11 +645,12 @@ static bool load_compression(struct ctx *x, yaml_node_t *m, struct conf_compress
                 char lp[300];
                 conf_join(lp, sizeof lp, kp, lk);
                 uint32_t lvl;
-                if (strcmp(lk, "level"))
+                bool cache = !strcmp(lk, "cache_level");
+                if (strcmp(lk, "level") && !cache)
                     return conf_unknown(x, p_, kp, lk);
                 if (!conf_get_uint(x, lv, lp, &lvl, sec == CONF_ENC_BR ? 0 : 1, maxlevel[sec]))
                     return false;
-                cp->level[sec] = (int)lvl;
+                (cache ? cp->cache_level : cp->level)[sec] = (int)lvl;
             }
         } else if (!strcmp(k, "min_size")) {
             ok = conf_get_size(x, v, kp, &cp->min_size, 0, 1ull << 30);
@@ -1609,7 +1610,7 @@ struct conf *conf_load_string(const char *name, const char *text, size_t len,
     c->challenge.difficulty = 16;
     c->compression = (struct conf_compression){
         .order = { CONF_ENC_BR, CONF_ENC_ZSTD, CONF_ENC_GZIP }, .norder = 3,
-        .level = { 4, 3, 5 }, .min_size = 1024,
+        .level = { 4, 3, 5 }, .cache_level = { 9, 12, 9 }, .min_size = 1024,
         .types = { "text/*", "application/json", "application/javascript", "application/xml",
                    "image/svg+xml", "application/wasm", "application/problem+json",
                    "application/ld+json", "application/manifest+json", "application/rss+xml",

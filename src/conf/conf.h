@@ -175,7 +175,8 @@ struct conf_compression {
     bool enabled;               /* the section is there (routes may turn it off) */
     uint8_t order[CONF_ENC_N];  /* the server's preference: encodings in order */
     uint8_t norder;
-    int level[CONF_ENC_N];      /* br 0-11, zstd 1-19, gzip 1-9 */
+    int level[CONF_ENC_N];      /* br 0-11, zstd 1-19, gzip 1-9: bodies as they stream */
+    int cache_level[CONF_ENC_N];    /* the cache's stored variants, compressed once */
     uint64_t min_size;          /* smaller bodies (by Content-Length) go as they are */
     char types[CONF_COMP_MAX_TYPES][64];    /* media types; "text/" + "*" matches a whole type */
     uint32_t ntypes;

@@ -70,16 +70,15 @@ static double q_of(const char *v, size_t n, const char *coding, double *star)
     return q;
 }
 
-static enum stage_verdict compress_request(struct stage_x *sx)
+/* The best encoding the request accepts, in cp's order of preference. */
+static void negotiate(struct stage_x *sx, const struct conf_compression *cp, struct cctx *cx)
 {
-    const struct conf_compression *cp = stage_route_state(sx);
-    struct cctx *cx = stage_ctx(sx);
     cx->enc = -1;
     cx->gzip_ok = true;         /* no Accept-Encoding: any coding will do (RFC 9110 12.5.3) */
     const char *v;
     size_t n;
     if (!stage_request_header(sx, "Accept-Encoding", 15, &v, &n))
-        return STAGE_CONTINUE;
+        return;
     double gstar, gq = q_of(v, n, "gzip", &gstar);
     cx->gzip_ok = gq > 0 || (gq < 0 && gstar > 0);
     double best = 0;
@@ -92,7 +91,19 @@ static enum stage_verdict compress_request(struct stage_x *sx)
             cx->enc = cp->order[i];
         }
     }
+}
+
+static enum stage_verdict compress_request(struct stage_x *sx)
+{
+    negotiate(sx, stage_route_state(sx), stage_ctx(sx));
     return STAGE_CONTINUE;
+}
+
+int filter_negotiate(struct stage_x *sx, const struct conf_compression *cp)
+{
+    struct cctx cx = { 0 };
+    negotiate(sx, cp, &cx);
+    return cx.enc;
 }
 
 static bool type_ok(const struct conf_compression *cp, const char *t, size_t n)
@@ -327,3 +338,10 @@ const struct stage_def filter_compress_stage = {
     .on_body = compress_body,
     .on_end = compress_end,
 };
+
+bool filter_compressible(const struct conf_compression *cp, const char *type, size_t tlen,
+                         const char *cc, size_t cclen, uint64_t len)
+{
+    return type && type_ok(cp, type, tlen) && len >= cp->min_size && len > 0 &&
+           !(cc && has_token(cc, cclen, "no-transform"));
+}
