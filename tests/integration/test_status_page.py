@@ -135,14 +135,16 @@ def _chromium(url, tmp_path, extra, timeout, budget):
 
 
 class Dom(HTMLParser):
-    """The parts of a dumped DOM the tests read: `text[id]`, `attr[id]`, and
-    `rows[server address]` = {td class: text} for `tr[data-server]`."""
+    """The parts of a dumped DOM the tests read: `text[id]`, `attr[id]`,
+    `rows[server address]` = {td class: text} for `tr[data-server]`, and
+    `routes[route]` the same for the cache card's `tr[data-route]`; in both,
+    `_attrs` is the row's attributes and `_td[class]` each cell's."""
 
     VOID = {"meta", "link", "input", "br", "img", "hr", "polyline", "path", "col", "source"}
 
     def __init__(self, html):
         super().__init__()
-        self.text, self.attr, self.rows = {}, {}, {}
+        self.text, self.attr, self.rows, self.routes = {}, {}, {}, {}
         self.stack = []
         self.feed(html)
         self.close()
@@ -157,7 +159,9 @@ class Dom(HTMLParser):
             return
         node = {"tag": tag, "a": a, "parts": []}
         if tag == "tr" and "data-server" in a:
-            node["cells"] = self.rows[a["data-server"]] = {"_attrs": a}
+            node["cells"] = self.rows[a["data-server"]] = {"_attrs": a, "_td": {}}
+        elif tag == "tr" and "data-route" in a:
+            node["cells"] = self.routes[a["data-route"]] = {"_attrs": a, "_td": {}}
         self.stack.append(node)
 
     def handle_startendtag(self, tag, attrs):
@@ -179,6 +183,7 @@ class Dom(HTMLParser):
                 if row is not None:
                     for cls in node["a"].get("class", "").split():
                         row["cells"][cls] = text.strip()
+                        row["cells"]["_td"][cls] = node["a"]
             if node["tag"] == tag:
                 break
 
@@ -312,6 +317,120 @@ def test_page_shows_a_refused_reload(start_upstream, start_portico, tmp_path):
     assert dom.text["config"] == "#2"
     assert dom.attr["config"].get("class", "") == ""
     assert dom.attr["config"]["title"] == "loaded from " + p.config_path
+
+
+CACHE_MIB = 64
+
+
+def test_page_shows_the_cache(start_upstream, start_portico, tmp_path):
+    """A portico with three caching routes and one that does not cache takes hits,
+    misses, a stale answer, a coalesced stampede, a no-cache request and a purge;
+    the cache card then shows /status' figures: memory against the budget, entries,
+    evictions, purges, and per route every result, the coalesced waits and the hit
+    ratio, flagged on the one route under its expect_hit_ratio only."""
+    live = start_upstream("u1")
+    tok = tmp_path / "admin.token"
+    tok.write_text(TOKEN + "\n")
+    admin_port, port = free_port(), free_port()
+    cfg = make_config(port, {"app": {"servers": [live.address]}},
+                      routes=[{"prefix": p, "upstream": "app"}
+                              for p in ("/static/", "/feed/", "/api/", "/")],
+                      extra="cache: { memory: %dMiB }\nadmin: { listen: \"127.0.0.1:%d\", token_file: %s }"
+                            % (CACHE_MIB, admin_port, tok))
+    for prefix, cache in (("/static/", "{ ttl: 60s, expect_hit_ratio: 0.5 }"),
+                          ("/feed/", "{ ttl: 1s, stale_while_revalidate: 30s, expect_hit_ratio: 0.9 }"),
+                          ("/api/", "{ ttl: 60s }")):
+        line = "  - match: { prefix: %s }\n    upstream: app\n" % prefix
+        assert line in cfg
+        cfg = cfg.replace(line, line + "    cache: %s\n" % cache)
+    p = start_portico(cfg, port=port)
+    admin = "http://127.0.0.1:%d" % admin_port
+    auth = {"Authorization": "Bearer " + TOKEN}
+    base = "http://127.0.0.1:%d" % p.port
+
+    def get(path, want_cache=None, **headers):
+        r = requests.get(base + path, headers=headers, timeout=10)
+        assert r.status_code == 200, (path, r.status_code, r.text[:200])
+        if want_cache:
+            assert r.headers.get("X-Cache") == want_cache, (path, dict(r.headers))
+        return r
+
+    # static: a miss then hits; five at once on a slow key make one fetch and four waits
+    get("/static/count", "MISS")
+    for _ in range(9):
+        get("/static/count", "HIT")
+    threads = [threading.Thread(target=get, args=("/static/slow?delay=0.5",)) for _ in range(5)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    # feed: misses on distinct pages, then one answered stale (TTL 1 s) while it is refreshed
+    for page in range(4):
+        get("/feed/count?page=%d" % page, "MISS")
+    time.sleep(2.1)
+    get("/feed/count?page=0", "STALE")
+    # api (no expectation): all misses but one hit, a no-cache request, and a purge
+    for i in range(3):
+        get("/api/count?i=%d" % i, "MISS")
+    get("/api/count?i=0", "HIT")
+    get("/api/count?i=9", **{"Cache-Control": "no-cache"})
+    r = requests.post(admin + "/cache/purge?url=/api/count%3Fi%3D1", headers=auth, timeout=5)
+    assert r.status_code == 200 and r.json() == {"purged": 1}, r.text
+    get("/other", None)                                   # not a caching route
+
+    # the background refresh ends; then nothing changes while the page loads
+    def settled():
+        a = status(admin)["cache"]
+        time.sleep(0.3)
+        b = status(admin)["cache"]
+        return a == b and b
+    c = wait_for(settled, 10, 0.1)
+    assert c, status(admin).get("cache")
+    dom = Dom(chromium(admin + "/#token=" + TOKEN, tmp_path, "--dump-dom"))
+    assert status(admin)["cache"] == c
+    assert dom.text["msg"] == "", dom.text["msg"]
+
+    by = {r["route"]: r for r in c["routes"]}
+    assert set(by) == {"/static/", "/feed/", "/api/"}, c
+    assert by["/static/"]["coalesced"] >= 1, by["/static/"]        # the stampede was coalesced
+    assert by["/feed/"]["stale"] == 1 and by["/api/"]["bypass"] == 1, c
+    assert c["purges"] == 1 and c["evictions"] == 0 and c["budget"] == CACHE_MIB << 20, c
+
+    # memory, entries, evictions, purges
+    assert float(dom.attr["cache-bytes"]["data-value"]) == c["bytes"] > 0
+    assert float(dom.attr["cache-budget"]["data-value"]) == c["budget"]
+    assert dom.text["cache-budget"] == "%d.0 MiB" % CACHE_MIB
+    assert abs(float(dom.attr["cache-full"]["data-value"]) - c["bytes"] / c["budget"]) < 1e-12
+    assert number(dom, "cache-entries") == c["entries"] > 0
+    assert number(dom, "cache-evictions") == 0
+    assert number(dom, "cache-purges") == 1
+    assert number(dom, "cache-coalesced") == sum(r["coalesced"] for r in c["routes"])
+    served = sum(r["hits"] + r["stale"] + r["revalidated"] for r in c["routes"])
+    lookups = sum(r["hits"] + r["misses"] + r["stale"] + r["revalidated"] + r["bypass"]
+                  for r in c["routes"])
+    assert abs(float(dom.attr["cache-ratio"]["data-value"]) - served / lookups) < 1e-12
+
+    # a row per caching route with /status' numbers
+    assert set(dom.routes) == set(by), dom.routes
+    for route, want in by.items():
+        row = dom.routes[route]
+        for k in ("hits", "misses", "stale", "revalidated", "bypass", "coalesced"):
+            assert row[k] == "{:,}".format(want[k]), (route, k, row[k], want[k])
+        ratio = float(row["_td"]["ratio"]["data-value"])
+        assert abs(ratio - want["hit_ratio"]) < 1e-4, (route, ratio, want)
+        assert row["ratio"] == "%.1f%%" % (100 * ratio), row["ratio"]
+    # flagged: feed (1 stale of its lookups, 90% expected); not static (over 50%), not api (none)
+    feed, static, api = dom.routes["/feed/"], dom.routes["/static/"], dom.routes["/api/"]
+    assert by["/feed/"]["hit_ratio"] < 0.9 and by["/static/"]["hit_ratio"] >= 0.5
+    assert feed["_attrs"].get("data-below") == "true"
+    assert "bad" in feed["_td"]["ratio"]["class"].split()
+    assert "under the expected 90.0%" in feed["_td"]["ratio"]["title"], feed["_td"]["ratio"]
+    assert feed["expect"] == "90.0%" and static["expect"] == "50.0%"
+    for row in (static, api):
+        assert "data-below" not in row["_attrs"] and "bad" not in row["_td"]["ratio"]["class"]
+    assert api["expect"] == "\u2013"                      # no expectation: a dash
+    assert dom.text["cache-summary"] == "3 routes, 1 under the expected hit ratio"
+    assert dom.attr["cache-summary"]["class"] == "bad"
 
 
 class PacedAdmin:
