@@ -22,6 +22,8 @@
 # Environment: PORTICO_BIN [build/portico]  CONFORMANCE_OUT [build/conformance]
 #              CONFORMANCE_KEEP [0]: 1 keeps the temporary directory (configs, logs)
 #              CONFORMANCE_CHUNK [100]: tests run at once (client.mjs --chunk; 0: all)
+#              PORTICO_ROUTE_CACHE [true]: the value of the route's `cache:` key for portico,
+#                e.g. '{ allow_set_cookie: true, stale_if_error: 60s }'
 #
 # Exit status: 0 when portico (if it was run) passed every required test; 1 when it did not;
 # 2 on a setup error or when a proxy could not be started (the others are still scored).
@@ -177,7 +179,7 @@ cache: { memory: 64MiB }
 routes:
   - match: { prefix: / }
     upstream: suite
-    cache: true
+    cache: ${PORTICO_ROUTE_CACHE:-true}
 EOF
     spawn "$d/out.log" "$PORTICO_BIN" -c "$d/portico.yaml"
 }
