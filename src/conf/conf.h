@@ -350,6 +350,12 @@ struct conf_pg {
     char *auth_file;
     struct conf_pg_user *users;     /* the auth file, read when the configuration loads */
     uint32_t nusers;
+    /* auth_query: a secret the file lacks is looked up on the primary */
+    char *auth_user;                /* the role that runs auth_query; NULL: no lookups */
+    char *auth_password;            /* its password; NULL: the auth file's plain one */
+    char *auth_dbname;              /* where it runs; NULL: the database the client asks for */
+    char *auth_query;               /* $1 is the user name; the row's last column is the secret */
+    uint64_t auth_cache;            /* ms a looked-up secret (or its absence) is reused */
     uint32_t max_client_conn;       /* whole process */
     uint64_t query_wait_timeout;    /* ms a client may wait for a server; 0 = forever */
     uint64_t reserve_pool_timeout;  /* ms */

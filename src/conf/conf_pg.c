@@ -219,33 +219,55 @@ const char *conf_pg_secret(const struct conf_pg *pg, const char *user)
 
 /* ---- sections ---- */
 
+#define AUTH_QUERY_DEFAULT "SELECT usename, passwd FROM pg_shadow WHERE usename = $1"
+
 static bool load_auth(struct pgx *x, yaml_node_t *m, struct conf_pg *pg)
 {
     static const char *const types[] = { "scram-sha-256", "md5", "trust", NULL };
     const char *path = "postgres.auth";
     if (!m || m->type != YAML_MAPPING_NODE)
         return bad(x, m, path, "expected a mapping like { type: scram-sha-256, file: users.txt }");
-    yaml_node_t *filenode = NULL;
+    yaml_node_t *filenode = NULL, *querynode = NULL;
     FOR_PAIRS(x, m, k, v) {
         char kp[256];
         join(kp, sizeof kp, path, k);
         int e;
+        bool ok = true;
         if (!strcmp(k, "type")) {
-            if (!get_enum(x, v, kp, types, "scram-sha-256, md5 or trust", &e))
-                return false;
+            ok = get_enum(x, v, kp, types, "scram-sha-256, md5 or trust", &e);
             pg->auth = (enum conf_pg_auth)e;
         } else if (!strcmp(k, "file")) {
-            if (!get_string(x, v, kp, &pg->auth_file))
-                return false;
+            ok = get_string(x, v, kp, &pg->auth_file);
             filenode = v;
-        } else {
-            return unknown(x, kn_, path, k);
-        }
+        } else if (!strcmp(k, "query")) {
+            ok = get_string(x, v, kp, &pg->auth_query);
+            querynode = v;
+        } else if (!strcmp(k, "user")) {
+            ok = get_string(x, v, kp, &pg->auth_user) &&
+                 (strlen(pg->auth_user) <= 63 || bad(x, v, kp, "at most 63 bytes"));
+        } else if (!strcmp(k, "password")) ok = get_string(x, v, kp, &pg->auth_password);
+        else if (!strcmp(k, "database")) {
+            ok = get_string(x, v, kp, &pg->auth_dbname) &&
+                 (strlen(pg->auth_dbname) <= 63 || bad(x, v, kp, "at most 63 bytes"));
+        } else if (!strcmp(k, "cache")) ok = get_duration(x, v, kp, &pg->auth_cache);
+        else ok = unknown(x, kn_, path, k);
+        if (!ok)
+            return false;
     }
     if (filenode && !load_auth_file(x, filenode, "postgres.auth.file", pg))
         return false;
-    if (!filenode && pg->auth != CONF_PG_AUTH_TRUST)
-        return bad(x, m, path, "missing key \"file\": the users and their passwords");
+    if (querynode && !pg->auth_user)
+        return bad(x, querynode, "postgres.auth.query", "needs postgres.auth.user, the role that runs it");
+    if (pg->auth_user) {
+        if (!pg->auth_query && !(pg->auth_query = strdup(AUTH_QUERY_DEFAULT)))
+            return bad(x, m, path, "out of memory");
+        const char *sec = pg->auth_password ? NULL : conf_pg_secret(pg, pg->auth_user);
+        if (sec && strncmp(sec, "SCRAM-SHA-256$", 14) && !(pg->auth_password = strdup(sec)))
+            return bad(x, m, path, "out of memory");
+    }
+    if (!filenode && !pg->auth_user && pg->auth != CONF_PG_AUTH_TRUST)
+        return bad(x, m, path, "missing key \"file\" (the users and their passwords) or \"user\" "
+                               "(the role that looks them up with auth.query)");
     return true;
 }
 
@@ -328,7 +350,7 @@ bool conf_pg_load(void *docp, void *nodep, const char *file, char *err, size_t e
         .query_wait_timeout = 120000, .reserve_pool_timeout = 5000, .server_lifetime = 3600000,
         .server_idle_timeout = 600000, .server_connect_timeout = 5000,
         .client_login_timeout = 60000, .health_interval = 5000, .slow_query = 0,
-        .slow_query_max_chars = 200, .max_prepared = 200,
+        .slow_query_max_chars = 200, .max_prepared = 200, .auth_cache = 10000,
     };
     if (!(pg->server_reset_query = strdup("DISCARD ALL")))
         return bad(&x, m, path, "out of memory");
@@ -465,6 +487,10 @@ void conf_pg_free(struct conf_pg *pg)
     }
     free(pg->users);
     free(pg->auth_file);
+    free(pg->auth_user);
+    free(pg->auth_password);
+    free(pg->auth_dbname);
+    free(pg->auth_query);
     free(pg->server_reset_query);
     free(pg->sslrootcert);
     memset(pg, 0, sizeof *pg);

@@ -80,6 +80,7 @@ void pg_client_close(struct client *c, const char *why)
 
 void pg_client_free(struct client *c)
 {
+    pg_authq_unref(c->aent);
     pgb_free(&c->in);
     pgb_free(&c->out);
     free(c->scram);
@@ -101,7 +102,7 @@ void pg_client_fatal(struct client *c, const char *code, const char *msg)
 static void client_process(struct client *c)
 {
     for (;;) {
-        if (c->state == CS_CLOSED || c->state == CS_WAITING || c->state == CS_WELCOME)
+        if (c->state == CS_CLOSED || c->state == CS_WAITING || c->state == CS_WELCOME || c->aq_wait)
             return;
         if (c->srv && pgb_len(&c->srv->out) >= OUT_HIGH)
             return;     /* pg_server_flush() will run us again */

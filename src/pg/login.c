@@ -118,7 +118,31 @@ void pg_client_startup(struct client *c, const struct pg_startup *st)
         auth_ok(c);
         return;
     }
-    const struct pg_user *u = find_user(w, c->user);
+    pg_login_challenge(c);
+}
+
+/* The user a client logs in as: from the auth file, else what auth_query
+ * found (NULL: unknown, or not looked up yet). */
+static const struct pg_user *client_user(const struct client *c)
+{
+    const struct pg_user *u = find_user(c->w, c->user);
+    if (!u && c->aent && c->aent->state == AQ_DONE && c->aent->known)
+        u = &c->aent->u;
+    return u;
+}
+
+/* Ask a client for its password: SCRAM, or md5 when the configuration says
+ * md5 and the secret allows it. A user the auth file lacks is looked up
+ * first (auth_query); the client then waits and comes back here. */
+void pg_login_challenge(struct client *c)
+{
+    const struct conf_pg *cf = c->w->c;
+    const struct pg_user *u = find_user(c->w, c->user);
+    if (!u && c->w->apools && !c->aent) {
+        if (!pg_authq_lookup(c))
+            return;             /* pg_authq_done() calls again */
+    }
+    u = client_user(c);
     bool scram = cf->auth == CONF_PG_AUTH_SCRAM ||
                  (u && !strncmp(u->secret, "SCRAM-SHA-256$", 14));
     if (scram) {
@@ -153,7 +177,7 @@ static void auth_failed(struct client *c)
 
 void pg_client_auth_msg(struct client *c, const struct pg_msg *m)
 {
-    const struct pg_user *u = find_user(c->w, c->user);
+    const struct pg_user *u = client_user(c);
     if (m->type != 'p') {
         pg_client_fatal(c, "08P01", "expected a password message");
         return;

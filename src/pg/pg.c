@@ -114,21 +114,28 @@ static void probe_start(struct worker *w, uint32_t sidx)
     loop_timer_arm(w->loop, &q->timer, w->c->server_connect_timeout);
 }
 
+/* Close p's idle servers that are too old, or idle too long beyond min_pool_size. */
+static void close_idle(struct wpool *p, const struct conf_pg *cf, uint64_t now)
+{
+    for (struct server *s = p->idle, *n; s; s = n) {
+        n = s->next;
+        if ((cf->server_lifetime && now - s->created > cf->server_lifetime) ||
+            (cf->server_idle_timeout && now - s->last_used > cf->server_idle_timeout &&
+             p->nservers > p->min))
+            pg_server_close(s, "idle timeout or lifetime");
+    }
+}
+
 static void worker_tick(struct loop *l, struct loop_timer *t)
 {
     struct worker *w = (struct worker *)((char *)t - offsetof(struct worker, tick));
     const struct conf_pg *cf = w->c;
     uint64_t now = loop_now(l);
+    for (uint32_t i = 0; w->apools && i < cf->npools; i++)
+        close_idle(&w->apools[i], cf, now);
     for (uint32_t i = 0; i < w->npools; i++) {
         struct wpool *p = &w->pools[i];
-        /* idle servers: too old, or idle too long beyond min_pool_size */
-        for (struct server *s = p->idle, *n; s; s = n) {
-            n = s->next;
-            if ((cf->server_lifetime && now - s->created > cf->server_lifetime) ||
-                (cf->server_idle_timeout && now - s->last_used > cf->server_idle_timeout &&
-                 p->nservers > p->min))
-                pg_server_close(s, "idle timeout or lifetime");
-        }
+        close_idle(p, cf, now);
         bool recent_fail = p->fail_at && now - p->fail_at < 1000;
         if (!recent_fail)
             while (p->nservers < p->min)
@@ -293,10 +300,12 @@ static void pg_free(struct pg *pg)
                 }
             free(w->stmts);
         }
+        pg_authq_free(pg, w);
         free(w->keys);
         pthread_mutex_destroy(&w->keys_mu);
         loop_free(w->loop);
     }
+    pg_authq_free(pg, NULL);
     free(pg->w);
     pthread_mutex_destroy(&pg->reload_mu);
     pthread_cond_destroy(&pg->reload_cv);
@@ -441,6 +450,10 @@ static bool worker_init(struct pg *pg, uint32_t i, char *err, size_t errlen)
         p->sidx = j % pg->nsrv;
     }
     worker_shares(w);
+    if (!pg_authq_worker(w)) {
+        snprintf(err, errlen, "out of memory");
+        return false;
+    }
     w->tick.cb = worker_tick;
     loop_timer_arm(w->loop, &w->tick, TICK_MS);
     loop_set_before_sleep(w->loop, worker_before_sleep, w);
@@ -487,6 +500,10 @@ struct pg *pg_start(struct conf *conf, char *err, size_t errlen)
             pg->nreplicas++;
         else if (pg->primary == UINT32_MAX)
             pg->primary = i;
+    }
+    if (!pg_authq_setup(pg, err, errlen)) {
+        pg_free(pg);
+        return NULL;
     }
     pg->nw = conf->workers ? conf->workers : 1;
     if (pg->nw > PG_MAX_WORKERS)
@@ -537,7 +554,10 @@ static bool conf_pg_same(const struct conf_pg *a, const struct conf_pg *b)
         a->client_login_timeout != b->client_login_timeout || a->health_interval != b->health_interval ||
         !str_eq(a->server_reset_query, b->server_reset_query) || a->slow_query != b->slow_query ||
         a->slow_query_max_chars != b->slow_query_max_chars || a->sslmode != b->sslmode ||
-        !str_eq(a->sslrootcert, b->sslrootcert) || a->max_prepared != b->max_prepared)
+        !str_eq(a->sslrootcert, b->sslrootcert) || a->max_prepared != b->max_prepared ||
+        !str_eq(a->auth_user, b->auth_user) || !str_eq(a->auth_password, b->auth_password) ||
+        !str_eq(a->auth_dbname, b->auth_dbname) || !str_eq(a->auth_query, b->auth_query) ||
+        a->auth_cache != b->auth_cache)
         return false;
     for (uint32_t i = 0; i < a->nlisten; i++)
         if (!conf_addr_equal(&a->listen[i], &b->listen[i]))
@@ -561,11 +581,13 @@ static bool conf_pg_same(const struct conf_pg *a, const struct conf_pg *b)
 }
 
 /* What a running pooler cannot change: its sockets, its servers, its pools'
- * identities and modes, TLS. */
+ * identities and modes, TLS, the auth_query login. */
 static bool conf_pg_hot(const struct conf_pg *a, const struct conf_pg *b)
 {
     if (a->nlisten != b->nlisten || a->nservers != b->nservers || a->npools != b->npools ||
-        a->sslmode != b->sslmode || !str_eq(a->sslrootcert, b->sslrootcert))
+        a->sslmode != b->sslmode || !str_eq(a->sslrootcert, b->sslrootcert) ||
+        !str_eq(a->auth_user, b->auth_user) || !str_eq(a->auth_password, b->auth_password) ||
+        !str_eq(a->auth_dbname, b->auth_dbname))
         return false;
     for (uint32_t i = 0; i < a->nlisten; i++)
         if (!conf_addr_equal(&a->listen[i], &b->listen[i]))
@@ -591,7 +613,7 @@ int pg_reload(struct pg *pg, struct conf *nc)
     if (conf_pg_same(pg->c, &nc->pg))
         return 0;
     if (!conf_pg_hot(pg->c, &nc->pg)) {
-        log_warn("postgres: listen, servers, the pools' database/user/pool_mode or TLS changed; "
+        log_warn("postgres: listen, servers, the pools' database/user/pool_mode, TLS or auth.user/password/database changed; "
                  "restart portico to apply them (the pooler keeps its running configuration)");
         return -1;
     }

@@ -100,6 +100,8 @@ struct wpool {
     struct pgbuf params;            /* ParameterStatus messages of the first server login */
     bool have_params;
     uint64_t fail_at;               /* ms of the last failed server login */
+    bool is_auth;                   /* one of w->apools: runs auth_query, serves no client */
+    struct authq_ent *aent;         /* an auth pool: the current lookup or cached secret */
     char fail_msg[256];
     struct pstats st;
 };
@@ -124,6 +126,8 @@ struct client {
     _Atomic uint32_t cancel_server;  /* index in conf servers */
     struct pg_scram_server *scram;
     uint8_t md5_salt[4];
+    struct authq_ent *aent;         /* its auth_query lookup (a reference) */
+    bool aq_wait;                   /* waiting for that lookup: input is not read */
     struct pset params;
     struct cstmt **stmts;
     uint32_t nstmts;
@@ -146,6 +150,7 @@ struct server {
     uint32_t sidx;                  /* conf server index */
     bool can_read, can_write, connected;
     bool hup;                       /* the peer closed (or reset): read until EOF */
+    bool eof;                       /* read EOF: handle what is buffered, then close */
     uint32_t be_pid, be_key;
     struct pend *pend;
     uint32_t phead, pcount, pcap;
@@ -155,6 +160,7 @@ struct server {
     struct pset params;
     uint64_t created, last_used;
     struct pg_scram_client scram;
+    struct authq_ent *aq;           /* the auth_query lookup it runs (a reference) */
     SSL *ssl;
     bool tls_done;
     char tx;                        /* last ReadyForQuery status */
@@ -189,6 +195,22 @@ struct pg_user {
     bool has_scram;
 };
 
+/* auth_query: one lookup of a user's secret on the primary, shared by the
+ * clients that log in as that user meanwhile and, once done, cached for
+ * auth.cache. Refcounted: its pool (while current), each client that
+ * waits for or uses it, and the server connection running it. */
+enum aq_state { AQ_PENDING, AQ_DONE, AQ_FAILED };
+struct authq_ent {
+    uint32_t refs;
+    enum aq_state state;
+    bool sent;                      /* the query is on a server connection */
+    bool known;                     /* a row with a non-NULL secret came back */
+    uint64_t expires;               /* loop ms; AQ_DONE */
+    char name[64];
+    char *secret;
+    struct pg_user u;               /* name, secret and SCRAM verifier when known */
+};
+
 struct worker {
     struct pg *pg;
     const struct conf_pg *c;        /* the pooler's configuration this worker runs on */
@@ -201,6 +223,7 @@ struct worker {
     struct listener *lis;
     uint32_t nlis;
     struct wpool *pools;            /* [conf pools x conf servers] */
+    struct wpool *apools;           /* [conf pools]: auth_query connections; NULL: none */
     uint32_t npools;
     uint32_t rr;                    /* replica choice */
     uint64_t probed_at;             /* worker 0: the last round of health checks */
@@ -233,6 +256,7 @@ struct pg {
     _Atomic uint32_t nclients;
     SSL_CTX *ssl;
     uint32_t nsrv, primary, nreplicas;
+    struct conf_pg_pool *acp;       /* [conf pools]: auth_query's logins (own strings) */
     _Atomic uint8_t *up;            /* per server: 1 healthy; written by any worker */
     /* a reload in progress: what the workers switch to, and how many did */
     pthread_mutex_t reload_mu;
@@ -348,5 +372,18 @@ void pg_cancel_forward(struct worker *w, uint32_t pid, uint32_t key);
 
 /* stats.c: the figures: histograms, Prometheus metrics, GET /pools */
 void pg_hist_add(const struct pg *pg, struct obs_hist *h, uint64_t us);
+
+/* authq.c: looking up the secret of a user the auth file lacks */
+bool pg_authq_lookup(struct client *c);
+void pg_authq_unref(struct authq_ent *e);
+bool pg_authq_send(struct server *s);
+bool pg_authq_msg(struct server *s, const struct pg_msg *m);
+void pg_authq_server_gone(struct server *s, const char *why);
+void pg_authq_pool_failed(struct wpool *p, const char *why);
+bool pg_authq_setup(struct pg *pg, char *err, size_t errlen);
+bool pg_authq_worker(struct worker *w);
+void pg_authq_free(struct pg *pg, struct worker *w);
+/* login.c */
+void pg_login_challenge(struct client *c);
 
 #endif

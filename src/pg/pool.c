@@ -35,6 +35,8 @@ void pg_pool_reroute_waiters(struct wpool *p)
 
 void pg_pool_fail_waiters(struct wpool *p, const char *msg)
 {
+    if (p->is_auth)
+        pg_authq_pool_failed(p, msg);
     while (p->wait_head) {
         struct client *c = p->wait_head;
         pgb_error(&c->out, "FATAL", "08006", "%s", msg);
@@ -121,10 +123,13 @@ void pg_pool_release(struct server *s)
         p->nservers > p->size + p->reserve) {
         pg_server_state(s, SS_IDLE);
         pg_server_close(s, "lifetime");
-        if (p->wait_head && p->nservers < p->size)
+        bool lookup = p->aent && p->aent->state == AQ_PENDING && !p->aent->sent;
+        if ((p->wait_head || lookup) && p->nservers < p->size)
             pg_pool_open_server(p);
         return;
     }
+    if (p->is_auth && pg_authq_send(s))
+        return;                 /* the caller flushes s */
     if (p->wait_head) {
         struct client *c = p->wait_head;
         pg_wait_remove(c);

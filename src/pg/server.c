@@ -30,7 +30,7 @@ static void server_fail(struct server *s, const char *msg)
         log_rl_warn("pg: pool %s/%s: server %s: %s", p->cp->database, p->cp->user,
                  server_conf(s)->addr.text, msg);
     }
-    if (login)
+    if (login && !p->is_auth)   /* the auth user's login failing says nothing of the server */
         atomic_store_explicit(&s->w->pg->up[s->sidx], 0, memory_order_relaxed);
     pg_server_close(s, msg);
     if (login && p->nservers == 0) {
@@ -327,18 +327,27 @@ void pg_server_pump(struct server *s)
             goto out;
         }
         if (n == 0) {
-            pgb_trim(&s->in);
-            int r = pg_sock_read(s->io.fd, s->ssl, &s->in, &s->can_read, s->hup, pg_want_bytes(&s->in, 1u << 20));
-            if (r <= 0) {
-                server_fail(s, r == 0 ? "the server closed the connection" : "read error");
+            int r = 1;
+            if (!s->eof) {
+                pgb_trim(&s->in);
+                r = pg_sock_read(s->io.fd, s->ssl, &s->in, &s->can_read, s->hup,
+                                 pg_want_bytes(&s->in, 1u << 20));
+            }
+            if (r < 0) {
+                server_fail(s, "read error");
                 goto out;
             }
+            /* at EOF, what came before it is handled first: often an
+             * ErrorResponse that says why the server closed */
+            s->eof |= r == 0;
             if (pg_msg_next(pgb_head(&s->in), pgb_len(&s->in), PG_MAX_MSG, &m) == 0)
                 break;
             continue;
         }
         bool go;
-        if (s->state == SS_ACTIVE && c) {
+        if (s->state == SS_ACTIVE && s->pool->is_auth) {
+            go = pg_authq_msg(s, &m);
+        } else if (s->state == SS_ACTIVE && c) {
             last = c;
             cnt_add(&c->pool->st.bytes_out, (uint64_t)n);
             go = pg_server_client_msg(s, &m, (size_t)n);
@@ -351,6 +360,10 @@ void pg_server_pump(struct server *s)
             goto out;
         if (!go)
             break;              /* back in the pool, or given to another client */
+    }
+    if (s->eof && s->state != SS_CLOSED) {
+        server_fail(s, "the server closed the connection");
+        goto out;
     }
     pg_server_flush(s);
 out:
@@ -452,6 +465,8 @@ static void server_timer(struct loop *l, struct loop_timer *t)
         server_fail(s, "connect or login timed out");
     else if (s->state == SS_RESET)
         pg_server_close(s, "reset timed out");
+    else if (s->state == SS_ACTIVE && s->pool->is_auth)
+        pg_server_close(s, "auth_query timed out");
 }
 
 void pg_server_unidle(struct server *s)
@@ -511,6 +526,7 @@ void pg_server_close(struct server *s, const char *why)
         pg_client_flush(orphan);
         pg_client_close(orphan, "server lost");
     }
+    pg_authq_server_gone(s, why);
 }
 
 void pg_server_free(struct server *s)

@@ -208,7 +208,7 @@ def md5_secret(user, password):
 
 
 def pg_config(http_port, pg_port, servers, pools, auth_type="scram-sha-256", auth_file=None,
-              admin_port=None, workers=2, extra=None):
+              admin_port=None, workers=2, extra=None, auth_extra=None):
     """portico YAML with a `postgres:` section (and the HTTP part it requires)."""
     out = ['listen: [ "127.0.0.1:%d" ]' % http_port, "workers: %d" % workers,
            "upstreams:", "  app:", "    servers: [ \"127.0.0.1:9\" ]",
@@ -223,7 +223,9 @@ def pg_config(http_port, pg_port, servers, pools, auth_type="scram-sha-256", aut
             out.append("    - { %s }" % ", ".join("%s: %s" % (k, v) for k, v in s.items()))
         else:
             out.append('    - { address: "127.0.0.1:%d", role: primary }' % s)
-    out.append("  auth: { type: %s%s }" % (auth_type, ", file: %s" % auth_file if auth_file else ""))
+    auth = ["type: %s" % auth_type] + (["file: %s" % auth_file] if auth_file else [])
+    auth += ["%s: %s" % (k, v) for k, v in (auth_extra or {}).items()]
+    out.append("  auth: { %s }" % ", ".join(auth))
     out.append("  pools:")
     for p in pools:
         out.append("    - { %s }" % ", ".join("%s: %s" % (k, v) for k, v in p.items()))
@@ -270,10 +272,11 @@ def pg_server():
 
 @pytest.fixture
 def make_pooler(start_portico, request, tmp_path):
-    """make_pooler(pools=[...], auth_type=..., users={name: secret}, extra={...}) -> Pooler
+    """make_pooler(pools=[...], auth_type=..., users={name: secret}, extra={...},
+    auth_extra={key: value under postgres.auth}) -> Pooler
     In front of `server` (a PgCluster), by default the module's pg_server."""
     def make(pools=None, auth_type="scram-sha-256", users=None, extra=None, servers=None,
-             workers=2, server=None):
+             workers=2, server=None, auth_extra=None):
         srv = server or request.getfixturevalue("pg_server")
         if users is None:
             users = {"app": "apppass", "md5user": "md5pass"}
@@ -290,7 +293,7 @@ def make_pooler(start_portico, request, tmp_path):
             ports.add(free_port())
         http_port, pg_port, admin_port = sorted(ports)
         text = pg_config(http_port, pg_port, servers or [srv.port], pools, auth_type, auth_file,
-                         admin_port, workers, extra)
+                         admin_port, workers, extra, auth_extra)
         p = start_portico(text, port=http_port)
         return Pooler(p, pg_port, admin_port)
     return make
