@@ -15,7 +15,7 @@ set -euo pipefail
 
 pkgs=(build-essential pkg-config libyaml-dev libcmocka-dev wrk
       python3-pytest python3-requests
-      libssl-dev openssl postgresql postgresql-client python3-psycopg2
+      libssl-dev openssl postgresql postgresql-client python3-psycopg2 python3-psycopg
       zlib1g-dev libbrotli-dev libzstd-dev brotli zstd python3-brotli python3-pytest-timeout
       chromium)
 for extra in "$@"; do

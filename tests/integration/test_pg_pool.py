@@ -414,3 +414,39 @@ def test_half_closed_clients_are_closed(make_pooler):
         assert s.recv(100) == b""       # portico closed its side
         s.close()
     assert wait_for(lambda: p.admin("/pools")["clients"] == 0, 5), p.admin("/pools")
+
+
+def test_psycopg3_server_side_prepares(make_pooler, pg_server):
+    # psycopg 3 prepares statements on the server (protocol-level Parse with
+    # names _pg3_0, _pg3_1, ... per connection; prepare_threshold=0: from the
+    # first execution). Many connections over one server connection in
+    # transaction mode: the same names stand for different statements, and
+    # a connection's statements must follow it to whichever server it lands on.
+    psycopg = pytest.importorskip("psycopg")
+    p = make_pooler(auth_type="trust", workers=2,
+                    pools=[{"database": "app", "user": "app", "pool_size": 2}])
+    dsn = p.dsn(password=None)
+    errors = []
+
+    def client(k):
+        try:
+            with psycopg.connect(dsn, prepare_threshold=0, autocommit=True) as conn:
+                for i in range(30):
+                    # per client a different query text behind the same _pg3_ names
+                    row = conn.execute("SELECT %s::int * " + str(k + 1), (i,)).fetchone()
+                    assert row == (i * (k + 1),), row
+                    with conn.transaction():
+                        row = conn.execute("SELECT %s::text || '-" + str(k) + "'", ("t%d" % i,),
+                                           prepare=True).fetchone()
+                        assert row == ("t%d-%d" % (i, k),), row
+        except Exception as e:  # noqa: BLE001
+            errors.append(repr(e))
+
+    ts = [threading.Thread(target=client, args=(k,)) for k in range(8)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join(60)
+    assert not errors, errors
+    # the server saw at most pool_size connections of app
+    assert pg_server.count_backends("app") <= 2
