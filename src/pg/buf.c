@@ -155,7 +155,7 @@ int pg_sock_read(int fd, SSL *ssl, struct pgbuf *b, bool *can_read, bool hup, si
             }
             n = r;
         } else {
-            n = read(fd, b->d + b->end, room);
+            n = recv(fd, b->d + b->end, room, 0);   /* not read(): less VFS on the way */
             if (n < 0) {
                 if (errno == EAGAIN || errno == EWOULDBLOCK) {
                     *can_read = false;

@@ -144,6 +144,16 @@ bool pg_server_client_msg(struct server *s, const struct pg_msg *m, size_t whole
 /* Track SET / RESET / DISCARD in a simple query (transaction mode). */
 static void track_query(struct client *c, struct server *s, const char *q, size_t len)
 {
+    /* most queries are none of these: a look at the first three letters */
+    size_t i = 0;
+    while (i < len && (q[i] == ' ' || q[i] == '\n' || q[i] == '\t' || q[i] == '\r'))
+        i++;
+    if (len - i < 3)
+        return;
+    char a = (char)(q[i] | 0x20), b = (char)(q[i + 1] | 0x20), d = (char)(q[i + 2] | 0x20);
+    if (!(a == 's' && b == 'e' && d == 't') && !(a == 'r' && b == 'e' && d == 's') &&
+        !(a == 'd' && b == 'i' && d == 's') && !(a == 'd' && b == 'e' && d == 'a'))
+        return;         /* not SET, RESET, DISCARD or DEALLOCATE */
     struct pg_set set;
     if (pg_parse_set(q, len, &set)) {
         if (set.reset_all) {
@@ -155,9 +165,6 @@ static void track_query(struct client *c, struct server *s, const char *q, size_
         }
         return;
     }
-    size_t i = 0;
-    while (i < len && (q[i] == ' ' || q[i] == '\n' || q[i] == '\t' || q[i] == '\r'))
-        i++;
     if (len - i >= 11 && !strncasecmp(q + i, "DISCARD ALL", 11)) {
         pg_pset_clear(&c->params);
         pg_pset_clear(&s->params);
