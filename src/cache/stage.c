@@ -16,6 +16,7 @@
  */
 #include "cache.h"
 
+#include "core/fmt.h"
 #include "filter/filter.h"
 #include "http/http.h"
 #include "obs/obs.h"
@@ -505,6 +506,14 @@ static void representation(struct stage_x *sx, const struct rstate *rs, struct c
     }
 }
 
+/* Signed decimal (core/fmt.h's, with a sign): no printf on a hit. */
+static size_t fmt_i64(char *out, int64_t v)
+{
+    size_t k = v < 0;
+    out[0] = '-';
+    return k + fmt_u64(out + k, v < 0 ? (uint64_t)0 - (uint64_t)v : (uint64_t)v);
+}
+
 /* Answer from obj (the context keeps the reference until on_end). */
 static bool answer(struct stage_x *sx, struct cx *cx, struct cache_obj *obj, int result,
                    int64_t now)
@@ -513,15 +522,21 @@ static bool answer(struct stage_x *sx, struct cx *cx, struct cache_obj *obj, int
     cache_obj_view(obj, &v);
     int64_t age = current_age(&v, now), ttl = v.t.lifetime - age;
     char agebuf[24], status_buf[96], crange[64];
-    snprintf(agebuf, sizeof agebuf, "%lld", (long long)age);
+    size_t agelen = fmt_i64(agebuf, age);
     static const char *const xc[R_N] = { "HIT", "MISS", "STALE", "REVALIDATED", "BYPASS" };
-    snprintf(status_buf, sizeof status_buf, "portico; hit; ttl=%lld%s", (long long)ttl,
-             result == R_REVALIDATED ? "; fwd=stale; fwd-status=304" : "");
+    size_t sl = 18;
+    memcpy(status_buf, "portico; hit; ttl=", sl);
+    sl += fmt_i64(status_buf + sl, ttl);
+    if (result == R_REVALIDATED) {
+        memcpy(status_buf + sl, "; fwd=stale; fwd-status=304", 27);
+        sl += 27;
+    }
+    status_buf[sl] = '\0';
     struct stage_field f[6] = {
         { "Via", "1.1 portico", 3, 11 },
-        { "Age", agebuf, 3, strlen(agebuf) },
+        { "Age", agebuf, 3, agelen },
         { "X-Cache", xc[result], 7, strlen(xc[result]) },
-        { "Cache-Status", status_buf, 12, strlen(status_buf) },
+        { "Cache-Status", status_buf, 12, sl },
     };
     size_t nf = 4;
     bool modified = !not_modified(sx, &v), add_vary;
@@ -647,6 +662,16 @@ static void validate(struct stage_x *sx, struct cx *cx, struct cache_obj *obj)
 
 static void woken(struct stage_x *sx);
 
+/* The key, copied for the callbacks after on_request (a hit does without). */
+static bool keep_key(struct cx *cx, const char *key, size_t kn)
+{
+    if (!(cx->key = malloc(kn)))
+        return false;
+    memcpy(cx->key, key, kn);
+    cx->key_len = (uint32_t)kn;
+    return true;
+}
+
 static enum stage_verdict on_request(struct stage_x *sx)
 {
     struct cx *cx = stage_ctx(sx);
@@ -656,13 +681,13 @@ static enum stage_verdict on_request(struct stage_x *sx)
     size_t kn = request_key(sx, rs, key, sizeof key);
     bool get = method_is(sx, "GET") || method_is(sx, "HEAD");
     cx->unsafe = is_unsafe(sx);
-    if (!kn || (!get && !cx->unsafe) || !(cx->key = malloc(kn)))
+    if (!kn || (!get && !cx->unsafe))
         return STAGE_CONTINUE;
-    memcpy(cx->key, key, kn);
-    cx->key_len = (uint32_t)kn;
     cx->hash = cache_hash(key, kn);
-    if (!get)
+    if (!get) {
+        keep_key(cx, key, kn);          /* a write: invalidated if it succeeds */
         return STAGE_CONTINUE;
+    }
     request_cc(sx, &cx->req);
     int64_t now = now_s();
     cx->request_time = now;
@@ -679,6 +704,10 @@ static enum stage_verdict on_request(struct stage_x *sx)
     }
     const char *rv;
     size_t rl;
+    if (!keep_key(cx, key, kn)) {     /* going upstream: on_response and on_end need it */
+        cache_obj_unref(obj);
+        return STAGE_CONTINUE;
+    }
     if (obj)
         validate(sx, cx, obj);
     else if (!cx->refresh && !(cx->req.flags & CC_NO_CACHE) && method_is(sx, "GET") &&

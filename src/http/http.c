@@ -616,6 +616,14 @@ int http_parse_response(const char *buf, size_t len, struct http_response *res,
     return r;
 }
 
+bool http_token(const char *s, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        if (!tchar[(unsigned char)s[i]])
+            return false;
+    return n > 0;
+}
+
 const char *http_reason(int status)
 {
     switch (status) {

@@ -117,6 +117,8 @@ bool http_connection_lists(const struct http_msg *m, const char *name, size_t na
 
 /* Case-insensitive ASCII comparison of equal-length strings. */
 bool http_ieq(const char *a, const char *b, size_t n);
+/* Whether s is an RFC 9110 token (a field name): non-empty, tchar only. */
+bool http_token(const char *s, size_t n);
 
 /* The elements of a comma-separated list value (RFC 9110 5.6.1), without
  * empty elements and OWS: `struct http_list it = { v, v + n };` then

@@ -139,8 +139,11 @@ struct stage_ext {
     uint32_t nanswer_fields;
     const char *answer_block;   /* stage_answer_block: "Name: value\r\n" lines */
     uint32_t answer_block_len;
-    char *arena;                /* copies of edit strings and answer fields */
+    char *arena;                /* copies of edit strings and answer fields: in `small`
+                                   until it is full, then in one block as large as a head */
     uint32_t arena_len, arena_cap;
+    uint32_t small_len;
+    char small[512];
 };
 
 /* What stages add to an exchange, allocated with it (one calloc) when its

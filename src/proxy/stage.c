@@ -370,9 +370,17 @@ uint64_t stage_duration_us(struct stage_x *sx) { return now_us() - sx->x->t0_us;
 
 static struct stage_ext *ext_of(struct exchange *x)
 {
-    if (!x->st->ext)
-        x->st->ext = calloc(1, sizeof *x->st->ext);
-    return x->st->ext;
+    struct stage_ext *e = x->st->ext;
+    if (!e && (e = malloc(sizeof *e))) {
+        /* the arrays are read only up to their counts: only those are zeroed */
+        e->nreq_edits = e->nresp_edits = e->nanswer_fields = 0;
+        e->answer_block = NULL;
+        e->answer_block_len = 0;
+        e->arena = NULL;
+        e->arena_len = e->arena_cap = e->small_len = 0;
+        x->st->ext = e;
+    }
+    return e;
 }
 
 /* A copy of s in the exchange's arena (one block, as large as a head may
@@ -380,6 +388,12 @@ static struct stage_ext *ext_of(struct exchange *x)
 static const char *arena_copy(struct exchange *x, const char *s, size_t n)
 {
     struct stage_ext *e = x->st->ext;
+    if (!e->arena && n <= sizeof e->small - e->small_len) {
+        char *p = e->small + e->small_len;      /* most answers' fields fit here */
+        memcpy(p, s, n);
+        e->small_len += (uint32_t)n;
+        return p;
+    }
     if (!e->arena) {
         e->arena_cap = x->conf->limits.max_header_bytes + 4096;
         if (!(e->arena = malloc(e->arena_cap)))
@@ -393,19 +407,7 @@ static const char *arena_copy(struct exchange *x, const char *s, size_t n)
     return p;
 }
 
-static bool valid_name(const char *n, size_t len)
-{
-    static const char ok[] = "!#$%&'*+-.^_`|~";
-    if (!len)
-        return false;
-    for (size_t i = 0; i < len; i++) {
-        char c = n[i];
-        if (!((c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
-              (c && strchr(ok, c))))
-            return false;
-    }
-    return true;
-}
+static bool valid_name(const char *n, size_t len) { return http_token(n, len); }
 
 static bool valid_value(const char *v, size_t len)
 {
