@@ -24,7 +24,7 @@ LIBOBJS := $(filter-out $(BUILD)/obj/main.o,$(OBJS))
 UNIT    := $(patsubst tests/unit/%.c,$(BUILD)/tests/%,$(wildcard tests/unit/test_*.c))
 VERSION := $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 
-.PHONY: all deps run test unit integration fuzz bench bench-pg conformance clean
+.PHONY: all deps run test unit integration fuzz bench bench-pg bench-cache conformance clean
 all: $(BUILD)/portico
 
 deps:
@@ -86,7 +86,14 @@ bench:
 	@scripts/deps.sh bench
 	@$(MAKE) --no-print-directory all
 	bench/run.sh
+	bench/cache_bench.sh
 	bench/pg_bench.py
+
+# only the cache's part: hits against Varnish, nginx and HAProxy's caches
+bench-cache:
+	@scripts/deps.sh bench
+	@$(MAKE) --no-print-directory all
+	bench/cache_bench.sh
 
 # only the PostgreSQL pooler's part: portico against PgBouncer with pgbench
 bench-pg:
