@@ -323,23 +323,25 @@ CACHE_MIB = 64
 
 
 def test_page_shows_the_cache(start_upstream, start_portico, tmp_path):
-    """A portico with three caching routes and one that does not cache takes hits,
-    misses, a stale answer, a coalesced stampede, a no-cache request and a purge;
-    the cache card then shows /status' figures: memory against the budget, entries,
-    evictions, purges, and per route every result, the coalesced waits and the hit
-    ratio, flagged on the one route under its expect_hit_ratio only."""
+    """A portico with four caching routes (one never requested) and one that does not
+    cache takes hits, misses, a stale answer, a coalesced stampede, a no-cache request
+    and a purge; the cache card then shows /status' figures: memory against the budget,
+    entries, evictions, purges, and per route every result, the coalesced waits and the
+    hit ratio, flagged on the one route under its expect_hit_ratio only (not on a route
+    without one, nor on one that had no lookup)."""
     live = start_upstream("u1")
     tok = tmp_path / "admin.token"
     tok.write_text(TOKEN + "\n")
     admin_port, port = free_port(), free_port()
     cfg = make_config(port, {"app": {"servers": [live.address]}},
                       routes=[{"prefix": p, "upstream": "app"}
-                              for p in ("/static/", "/feed/", "/api/", "/")],
+                              for p in ("/static/", "/feed/", "/api/", "/quiet/", "/")],
                       extra="cache: { memory: %dMiB }\nadmin: { listen: \"127.0.0.1:%d\", token_file: %s }"
                             % (CACHE_MIB, admin_port, tok))
     for prefix, cache in (("/static/", "{ ttl: 60s, expect_hit_ratio: 0.5 }"),
                           ("/feed/", "{ ttl: 1s, stale_while_revalidate: 30s, expect_hit_ratio: 0.9 }"),
-                          ("/api/", "{ ttl: 60s }")):
+                          ("/api/", "{ ttl: 60s }"),
+                          ("/quiet/", "{ ttl: 60s, expect_hit_ratio: 0.9 }")):
         line = "  - match: { prefix: %s }\n    upstream: app\n" % prefix
         assert line in cfg
         cfg = cfg.replace(line, line + "    cache: %s\n" % cache)
@@ -391,7 +393,7 @@ def test_page_shows_the_cache(start_upstream, start_portico, tmp_path):
     assert dom.text["msg"] == "", dom.text["msg"]
 
     by = {r["route"]: r for r in c["routes"]}
-    assert set(by) == {"/static/", "/feed/", "/api/"}, c
+    assert set(by) == {"/static/", "/feed/", "/api/", "/quiet/"}, c
     assert by["/static/"]["coalesced"] >= 1, by["/static/"]        # the stampede was coalesced
     assert by["/feed/"]["stale"] == 1 and by["/api/"]["bypass"] == 1, c
     assert c["purges"] == 1 and c["evictions"] == 0 and c["budget"] == CACHE_MIB << 20, c
@@ -416,6 +418,8 @@ def test_page_shows_the_cache(start_upstream, start_portico, tmp_path):
         row = dom.routes[route]
         for k in ("hits", "misses", "stale", "revalidated", "bypass", "coalesced"):
             assert row[k] == "{:,}".format(want[k]), (route, k, row[k], want[k])
+        if route == "/quiet/":
+            continue
         ratio = float(row["_td"]["ratio"]["data-value"])
         assert abs(ratio - want["hit_ratio"]) < 1e-4, (route, ratio, want)
         assert row["ratio"] == "%.1f%%" % (100 * ratio), row["ratio"]
@@ -426,10 +430,14 @@ def test_page_shows_the_cache(start_upstream, start_portico, tmp_path):
     assert "bad" in feed["_td"]["ratio"]["class"].split()
     assert "under the expected 90.0%" in feed["_td"]["ratio"]["title"], feed["_td"]["ratio"]
     assert feed["expect"] == "90.0%" and static["expect"] == "50.0%"
-    for row in (static, api):
+    quiet = dom.routes["/quiet/"]
+    for row in (static, api, quiet):
         assert "data-below" not in row["_attrs"] and "bad" not in row["_td"]["ratio"]["class"]
     assert api["expect"] == "\u2013"                      # no expectation: a dash
-    assert dom.text["cache-summary"] == "3 routes, 1 under the expected hit ratio"
+    # no lookup: no ratio (a dash, not 0%) and no flag, whatever it expects
+    assert quiet["ratio"] == "\u2013" and quiet["_td"]["ratio"]["data-value"] == ""
+    assert quiet["expect"] == "90.0%" and quiet["hits"] == "0"
+    assert dom.text["cache-summary"] == "4 routes, 1 under the expected hit ratio"
     assert dom.attr["cache-summary"]["class"] == "bad"
 
 
