@@ -7,11 +7,15 @@
  * gets `burst` + 1 requests at once and then one every T. Exact: the
  * decision for a key is taken under its shard's lock, whatever worker asks.
  *
- * Keys live in one process-wide table of limits.max_keys entries (fixed at
- * start, 40 bytes each), sharded by hash, one lock per shard, never held
- * across I/O. A key whose TAT has passed is idle (it is as if absent); when
- * a shard is full, the least recently used of 8 keys sampled at random goes, and
- * portico_ratelimit_evictions_total counts it (an active one too).
+ * Keys live in a process-wide table (gcra.c) of at most limits.max_keys
+ * keys, fixed at start: 16 bytes a slot (the key's hash and its TAT), half
+ * the slots used at most, so a decision is one cache miss. It is sharded
+ * by hash, one spinlock per shard, never held across I/O. A key whose TAT
+ * has passed is idle (it is as if absent); when the table (or a shard) is
+ * full, idle keys go first, then the one closest to idle among those a
+ * bounded sweep looks at, and portico_ratelimit_evictions_total counts
+ * them (the active ones apart). The login guard's keys are in a table of
+ * the same kind, under the same max_keys.
  *
  * The decision goes through struct limit_backend, so that a cluster-wide
  * store (Redis, a later issue) can replace the local table without
@@ -53,18 +57,6 @@ void limit_gcra(const struct limit_gcra *g, int64_t *tat, int64_t now_ns, struct
 void limit_gcra_delay(const struct limit_gcra *g, uint64_t max_delay_ns, int64_t *tat,
                       int64_t now_ns, struct limit_result *r, uint64_t *delay_ns);
 
-/* What the table keeps for a key: a limit's TAT in `a`; the login guard's
- * window start, block end and failures in a, b and n. */
-struct limit_val {
-    int64_t a, b;
-    uint32_t n;
-};
-
-/* Run fn on key's value under its shard's lock (a new key's is zero). 0, or
- * -1 without a table. */
-int limit_table_apply(uint64_t key, int64_t now_ns, void (*fn)(struct limit_val *v, void *arg),
-                      void *arg);
-
 /* Every decision goes through a backend: the local table (limit_local)
  * today; a cluster-wide store (Redis, a later issue) implements the same
  * four operations and the request path does not change. Each returns 0, or
@@ -86,8 +78,8 @@ struct limit_backend {
     void *self;
 };
 
-/* The local table: `max_keys` entries. Call once at start (before workers
- * run); later calls keep the first table. 0 or -1 (out of memory). */
+/* The local tables: at most `max_keys` keys. Call once at start (before
+ * workers run); later calls keep the first tables. 0 or -1 (out of memory). */
 int limit_table_init(uint32_t max_keys);
 void limit_table_free(void);
 extern struct limit_backend limit_local;
