@@ -419,6 +419,8 @@ for size in SIZES:
             continue
         m = {k: median([d[k] for d in ok]) for k in ("rps", "p50", "p99", "max", "cpu", "bytes")}
         m["runs"] = f"{len(ok)}/{len(runs[(name, size)])}"
+        rps = [d["rps"] for d in ok]
+        m["spread"] = (max(rps) - min(rps)) / m["rps"] * 100 if m["rps"] else 0
         m["errors"] = sum(d["errors"] for d in ok)
         m["origin"] = sum(d["origin"] for d in ok)
         m["reqs"] = sum(d["n"] for d in ok)
@@ -442,22 +444,24 @@ for size in SIZES:
     for name in proxies:
         m = med.get((name, size))
         if not m:
-            rows.append([name, size, "0", "unavailable"] + ["-"] * 9)
+            rows.append([name, size, "0", "unavailable"] + ["-"] * 10)
             continue
         rows.append([name + (" *" if name == ref else ""), size, m["runs"], fmt_num(m["rps"]),
+                     f"{m['spread']:.0f}%",
                      fmt_us(m["p50"]), fmt_us(m["p99"]), fmt_num(m["cpu"], 2),
                      fmt_ratio(m["cpu"] / r["cpu"]) if r else "-",
                      fmt_ratio(m["rps"] / r["rps"]) if r else "-",
                      fmt_ratio(m["p50"] / r["p50"]) if r and r["p50"] else "-",
                      fmt_ratio(m["p99"] / r["p99"]) if r and r["p99"] else "-",
                      fmt_num(m["bytes"]), str(m["origin"])])
-print(table(["cache", "size", "runs", "req/s", "p50", "p99", "cpu us/hit", "cpu x", "req/s x",
+print(table(["cache", "size", "runs", "req/s", "spread", "p50", "p99", "cpu us/hit", "cpu x", "req/s x",
              "p50 x", "p99 x", "bytes/resp", "origin reqs"], rows))
 print()
 print("  * = the most efficient peer for that size (lowest CPU per hit among varnish, nginx,")
 print("  haproxy); the x columns are each cache's figure over its. Target (#11): portico's cpu x")
 print("  at most 0.90, req/s x at least 1.00, p99 x at most 1.00.")
 print("  cpu us/hit = utime+stime of the cache's processes (/proc) / requests wrk completed.")
+print("  spread = (max - min) / median of req/s over the rounds: how noisy the machine was.")
 print("  origin reqs = requests that reached the upstream during the measured runs (0: all hits).")
 for n in notes:
     print("  ! " + n)
