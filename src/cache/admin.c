@@ -101,9 +101,11 @@ int cache_admin(const char *path, size_t plen, const char *q, size_t qn, struct 
             obs_printf(t, "{\"error\":\"expected namespace=NAME\"}\n");
             return 400;
         }
-        if (!c && cache_configure(&(struct conf_cache){ .memory = 256ull << 20 }) < 0)
-            return 500;
-        uint64_t ver = cache_ns_bump(cache_get(), v);
+        if (!c) {
+            obs_printf(t, "{\"error\":\"no route caches: nothing to bump\"}\n");
+            return 409;
+        }
+        uint64_t ver = cache_ns_bump(c, v);
         obs_printf(t, "{\"namespace\":\"");
         for (size_t i = 0; i < vn; i++)
             obs_printf(t, v[i] == '"' || v[i] == '\\' ? "\\%c" : (unsigned char)v[i] < 0x20 ? "?" : "%c", v[i]);

@@ -38,6 +38,7 @@ enum {
     CC_IMMUTABLE = 1u << 7,
     CC_NO_TRANSFORM = 1u << 8,
     CC_MAX_STALE_ANY = 1u << 9,
+    CC_MUST_UNDERSTAND = 1u << 10,
     CACHE_F_COMPRESSIBLE = 1u << 16,    /* stored: a compressed variant may be made */
 };
 

@@ -20,6 +20,9 @@ static int64_t delta(const char *v, size_t n)
         v++;
         n -= 2;
     }
+    const char *semi = memchr(v, ';', n);
+    if (semi)
+        n = (size_t)(semi - v);         /* Surrogate-Control's "max-age=60;target" */
     if (!n)
         return -2;
     int64_t r = 0;
@@ -48,6 +51,7 @@ static void directive(struct cache_cc *cc, const char *d, size_t n, const char *
         { "must-revalidate", CC_MUST_REVALIDATE }, { "proxy-revalidate", CC_PROXY_REVALIDATE },
         { "only-if-cached", CC_ONLY_IF_CACHED }, { "immutable", CC_IMMUTABLE },
         { "no-transform", CC_NO_TRANSFORM }, { "no-cache", CC_NO_CACHE },
+        { "must-understand", CC_MUST_UNDERSTAND },
     };
     for (size_t i = 0; i < sizeof flags / sizeof flags[0]; i++)
         if (is(d, n, flags[i].name)) {

@@ -50,6 +50,9 @@ static struct series *series_for(const struct conf_route *rt)
 {
     char label[256];
     snprintf(label, sizeof label, "%s%s", rt->host ? rt->host : "", rt->prefix);
+    for (char *p = label; *p; p++)      /* a label in Prometheus text and in JSON as it is */
+        if ((unsigned char)*p < 0x20 || *p == '"' || *p == '\\' || *p == 0x7f)
+            *p = '_';
     pthread_mutex_lock(&series_mu);
     uint32_t n = atomic_load(&nseries);
     struct series *s = NULL;
@@ -141,11 +144,6 @@ static int64_t now_s(void)
 static bool req_field(void *arg, const char *n, size_t nl, const char **v, size_t *vl)
 {
     return stage_request_header(arg, n, nl, v, vl);
-}
-
-static bool resp_field(void *arg, const char *n, size_t nl, const char **v, size_t *vl)
-{
-    return stage_response_header(arg, n, nl, v, vl);
 }
 
 static bool method_is(struct stage_x *sx, const char *m)
@@ -241,29 +239,72 @@ static size_t request_key(struct stage_x *sx, const struct rstate *rs, char *out
 
 /* ---------------------------------------------------------------- freshness */
 
-typedef bool (*field_fn)(void *arg, const char *n, size_t nl, const char **v, size_t *vl);
-
-static bool field(field_fn get, void *arg, const char *name, const char **v, size_t *vl)
+/* The next field called `name` in a head block ("Name: value\r\n" lines)
+ * from *p on; *p moves past it. */
+static bool block_next(const char **p, const char *end, const char *name, const char **v,
+                       size_t *vl)
 {
-    return get(arg, name, strlen(name), v, vl);
+    size_t nl = strlen(name);
+    while (*p < end) {
+        const char *b = *p, *eol = memchr(b, '\r', (size_t)(end - b));
+        if (!eol)
+            break;
+        *p = eol + 2;
+        if ((size_t)(eol - b) > nl && b[nl] == ':' && http_ieq(b, name, nl)) {
+            const char *q = b + nl + 1;
+            while (q < eol && (*q == ' ' || *q == '\t'))
+                q++;
+            *v = q;
+            *vl = (size_t)(eol - q);
+            return true;
+        }
+    }
+    *p = end;
+    return false;
 }
 
-/* The directives the cache obeys: Portico-Cache-Control, else
- * CDN-Cache-Control (RFC 9213), else Cache-Control (and Pragma). True when
- * a targeted field was used (Expires is then ignored too). */
-static bool response_cc(field_fn get, void *arg, struct cache_cc *cc)
+static bool block_get(const char *b, size_t len, const char *name, const char **v, size_t *vl)
 {
-    const char *v;
+    return block_next(&b, b + len, name, v, vl);
+}
+
+/* Every line of one field into cc; whether there was one. */
+static bool block_cc(const char *b, size_t len, const char *name, struct cache_cc *cc)
+{
+    const char *v, *end = b + len;
     size_t vl;
-    cache_cc_init(cc);
-    if (field(get, arg, "portico-cache-control", &v, &vl) ||
-        field(get, arg, "cdn-cache-control", &v, &vl)) {
+    bool any = false;
+    while (block_next(&b, end, name, &v, &vl)) {
         cache_cc_parse(cc, v, vl);
-        return true;
+        any = true;
     }
-    if (field(get, arg, "cache-control", &v, &vl))
-        cache_cc_parse(cc, v, vl);
+    return any;
+}
+
+/* The directives the cache obeys: the first targeted field there is
+ * (RFC 9213: Portico-Cache-Control, Surrogate-Control, CDN-Cache-Control)
+ * instead of Cache-Control, whose lines are combined. True when a targeted
+ * field was used (Expires is then ignored too). */
+static bool response_cc(const char *b, size_t len, struct cache_cc *cc)
+{
+    static const char *const targeted[] = { "portico-cache-control", "surrogate-control",
+                                            "cdn-cache-control" };
+    for (size_t i = 0; i < sizeof targeted / sizeof targeted[0]; i++) {
+        cache_cc_init(cc);
+        if (block_cc(b, len, targeted[i], cc))
+            return true;
+    }
+    cache_cc_init(cc);
+    block_cc(b, len, "cache-control", cc);
     return false;
+}
+
+/* Statuses whose caching semantics RFC 9110 defines (must-understand). */
+static bool understood_status(int s)
+{
+    return s == 200 || s == 203 || s == 204 || s == 206 || s == 300 || s == 301 || s == 302 ||
+           s == 303 || s == 307 || s == 308 || s == 404 || s == 405 || s == 410 || s == 414 ||
+           s == 501;
 }
 
 static bool heuristic_status(int s)
@@ -272,49 +313,68 @@ static bool heuristic_status(int s)
            s == 405 || s == 410 || s == 414 || s == 501;
 }
 
-/* RFC 9111 4.2: the times of a response that arrived at response_time for
- * a request sent at request_time. Sets *explicit when the response (or the
- * route's ttl) gave a lifetime. */
-static void times_of(const struct rstate *rs, field_fn get, void *arg, int status,
-                     int64_t request_time, int64_t response_time, struct cache_times *t,
-                     uint32_t *flags, bool *explicit)
+/* The response's Age: -1 when it is not exactly one non-negative integer
+ * (RFC 9111 5.1: such a response is treated as stale), 0 when absent. */
+static int64_t response_age(struct stage_x *sx)
 {
-    struct cache_cc cc;
-    bool targeted = response_cc(get, arg, &cc);
+    struct stage_field f;
+    int64_t age = 0;
+    int lines = 0;
+    for (uint32_t i = 0; stage_response_field(sx, i, &f); i++) {
+        if (!(f.name_len == 3 && http_ieq(f.name, "age", 3)))
+            continue;
+        if (++lines > 1 || !f.value_len)
+            return -1;
+        for (size_t k = 0; k < f.value_len; k++) {
+            if (f.value[k] < '0' || f.value[k] > '9')
+                return -1;
+            if (age < 2147483648LL)
+                age = age * 10 + (f.value[k] - '0');
+        }
+    }
+    return age;
+}
+
+/* RFC 9111 4.2: the times of a response (its head block) that arrived at
+ * response_time for a request sent at request_time, with its Age (-1:
+ * invalid). Sets *explicit when the response (or the route's ttl) gave a
+ * lifetime, and *cc to the directives obeyed. */
+static void times_of(const struct rstate *rs, const char *b, size_t len, int status, int64_t age,
+                     int64_t request_time, int64_t response_time, struct cache_times *t,
+                     struct cache_cc *cc, bool *explicit)
+{
+    bool targeted = response_cc(b, len, cc);
     const char *v;
     size_t vl;
-    int64_t date = field(get, arg, "date", &v, &vl) ? cache_http_date(v, vl) : -1;
+    int64_t date = block_get(b, len, "date", &v, &vl) ? cache_http_date(v, vl) : -1;
     if (date < 0)
         date = response_time;
-    int64_t age = 0;
-    if (field(get, arg, "age", &v, &vl)) {
-        for (size_t i = 0; i < vl && v[i] >= '0' && v[i] <= '9' && age < 2147483648LL; i++)
-            age = age * 10 + (v[i] - '0');
-    }
     int64_t apparent = response_time - date > 0 ? response_time - date : 0;
-    int64_t corrected = age + (response_time - request_time);
+    int64_t corrected = (age < 0 ? 2147483648LL : age) + (response_time - request_time);
     t->stored = response_time;
     t->initial_age = apparent > corrected ? apparent : corrected;
-    t->swr = cc.swr;
-    t->sie = cc.sie;
-    *flags = cc.flags;
+    t->swr = cc->swr;
+    t->sie = cc->sie;
+    if (cc->s_maxage >= 0)
+        cc->flags |= CC_PROXY_REVALIDATE;      /* RFC 9111 5.2.2.10 */
     *explicit = true;
     const struct conf_route_cache *rc = rs->rc;
-    int64_t ttl = (int64_t)(rc->ttl_ms / 1000);
+    int64_t ttl = (int64_t)(rc->ttl_ms / 1000), lm;
     if (rc->override)
         t->lifetime = ttl;
-    else if (cc.s_maxage >= 0)
-        t->lifetime = cc.s_maxage;
-    else if (cc.max_age >= 0)
-        t->lifetime = cc.max_age;
-    else if (!targeted && field(get, arg, "expires", &v, &vl)) {
+    else if (cc->s_maxage >= 0)
+        t->lifetime = cc->s_maxage;
+    else if (cc->max_age >= 0)
+        t->lifetime = cc->max_age;
+    else if (!targeted && block_get(b, len, "expires", &v, &vl)) {
         int64_t e = cache_http_date(v, vl);
         t->lifetime = e > date ? e - date : 0;      /* an invalid date is in the past */
     } else if (ttl)
         t->lifetime = ttl;
-    else if (heuristic_status(status) && field(get, arg, "last-modified", &v, &vl) &&
-             cache_http_date(v, vl) >= 0 && cache_http_date(v, vl) < date) {
-        int64_t h = (date - cache_http_date(v, vl)) / 10;
+    else if ((heuristic_status(status) || (cc->flags & CC_PUBLIC)) &&
+             block_get(b, len, "last-modified", &v, &vl) && (lm = cache_http_date(v, vl)) >= 0 &&
+             lm < date) {
+        int64_t h = (date - lm) / 10;
         t->lifetime = h < rs->heuristic_max ? h : rs->heuristic_max;
     } else {
         t->lifetime = 0;
@@ -404,9 +464,13 @@ static bool not_modified(struct stage_x *sx, const struct cache_obj_view *v)
         return false;
     if (stage_request_header(sx, "if-none-match", 13, &h, &hl))
         return v->etag && cache_etag_match(h, hl, v->etag, v->etag_len);
-    if (v->last_modified && stage_request_header(sx, "if-modified-since", 17, &h, &hl)) {
-        int64_t ims = cache_http_date(h, hl), lm = cache_http_date(v->last_modified,
-                                                                   v->last_modified_len);
+    if (stage_request_header(sx, "if-modified-since", 17, &h, &hl)) {
+        /* RFC 9111 4.3.2: Last-Modified, or the Date when there is none */
+        const char *lv = v->last_modified;
+        size_t ll = v->last_modified_len;
+        if (!lv && !block_get(v->head, v->head_len, "date", &lv, &ll))
+            return false;
+        int64_t ims = cache_http_date(h, hl), lm = cache_http_date(lv, ll);
         return ims >= 0 && lm >= 0 && lm <= ims;
     }
     return false;
@@ -746,8 +810,8 @@ static bool hop_or_ours(const char *n, size_t nl)
 {
     static const char *const names[] = { "connection", "keep-alive", "proxy-connection", "te",
                                          "transfer-encoding", "upgrade", "trailer",
-                                         "content-length", "age", "portico-cache-control",
-                                         "proxy-authenticate", "x-cache", "cache-status" };
+                                         "content-length", "age", "proxy-authenticate",
+                                         "x-cache", "cache-status" };
     for (size_t i = 0; i < sizeof names / sizeof names[0]; i++)
         if (nl == strlen(names[i]) && http_ieq(n, names[i], nl))
             return true;
@@ -764,10 +828,29 @@ static bool valid_line(const struct stage_field *f)
     return f->name_len > 0;
 }
 
-/* The head to store: the upstream's fields but hop-by-hop ones, framing,
- * Age, Set-Cookie, and (with `skip`) those a 304 replaces. Adds Date when
- * the upstream gave none. */
-static char *build_head(struct stage_x *sx, uint32_t *len, int64_t now)
+/* Whether a field is named in the response's Connection fields (RFC 9110
+ * 7.6.1: hop-by-hop, never stored). */
+static bool connection_named(struct stage_x *sx, const char *n, size_t nl)
+{
+    struct stage_field f;
+    for (uint32_t i = 0; stage_response_field(sx, i, &f); i++) {
+        if (!(f.name_len == 10 && http_ieq(f.name, "connection", 10)))
+            continue;
+        struct http_list it = { f.value, f.value + f.value_len };
+        const char *e;
+        size_t el;
+        while (http_list_next(&it, &e, &el))
+            if (el == nl && http_ieq(e, n, nl))
+                return true;
+    }
+    return false;
+}
+
+/* The head to store: the upstream's fields but hop-by-hop ones (and those
+ * Connection names), framing, Age, and Set-Cookie unless the route allows
+ * it. Adds Date when the upstream gave none. The targeted cache fields are
+ * still there (the policy reads them), strip_targeted() takes them out. */
+static char *build_head(struct stage_x *sx, const struct rstate *rs, uint32_t *len, int64_t now)
 {
     size_t cap = 256, n = 0;
     struct stage_field f;
@@ -778,8 +861,9 @@ static char *build_head(struct stage_x *sx, uint32_t *len, int64_t now)
         return NULL;
     bool date = false;
     for (uint32_t i = 0; stage_response_field(sx, i, &f); i++) {
-        if (hop_or_ours(f.name, f.name_len) || (f.name_len == 10 && http_ieq(f.name, "set-cookie", 10)) ||
-            !valid_line(&f))
+        if (hop_or_ours(f.name, f.name_len) || !valid_line(&f) ||
+            (!rs->rc->allow_set_cookie && f.name_len == 10 && http_ieq(f.name, "set-cookie", 10)) ||
+            connection_named(sx, f.name, f.name_len))
             continue;
         date |= f.name_len == 4 && http_ieq(f.name, "date", 4);
         n += (size_t)sprintf(h + n, "%.*s: %.*s\r\n", (int)f.name_len, f.name, (int)f.value_len, f.value);
@@ -791,6 +875,27 @@ static char *build_head(struct stage_x *sx, uint32_t *len, int64_t now)
     }
     *len = (uint32_t)n;
     return h;
+}
+
+/* Remove the fields addressed to this cache (Portico-Cache-Control,
+ * Surrogate-Control) from a head block, in place. */
+static void strip_targeted(char *h, uint32_t *len)
+{
+    char *w = h, *p = h, *end = h + *len;
+    while (p < end) {
+        char *eol = memchr(p, '\r', (size_t)(end - p));
+        if (!eol)
+            break;
+        size_t ll = (size_t)(eol + 2 - p);
+        bool drop = (ll > 22 && http_ieq(p, "portico-cache-control:", 22)) ||
+                    (ll > 18 && http_ieq(p, "surrogate-control:", 18));
+        if (!drop) {
+            memmove(w, p, ll);
+            w += ll;
+        }
+        p = eol + 2;
+    }
+    *len = (uint32_t)(w - h);
 }
 
 /* Vary's names, lowercase, "a\nb\n"; false for Vary: * (never stored). */
@@ -861,10 +966,17 @@ static bool storable(struct stage_x *sx, struct cx *cx, const struct rstate *rs,
         status == 304 || stage_request_header(sx, "range", 5, &v, &vl))
         return false;
     bool explicit;
-    times_of(rs, resp_field, sx, status, cx->request_time, now, &cx->t, &cx->flags, &explicit);
     struct cache_cc cc;
-    response_cc(resp_field, sx, &cc);
-    if ((cc.flags & (CC_NO_STORE | CC_PRIVATE)))
+    times_of(rs, cx->head, cx->head_len, status, response_age(sx), cx->request_time, now, &cx->t,
+             &cc, &explicit);
+    cx->flags = cc.flags;
+    if (cc.flags & CC_MUST_UNDERSTAND) {
+        if (!understood_status(status))
+            return false;               /* RFC 9111 5.2.2.3: as if no-store */
+    } else if (cc.flags & CC_NO_STORE) {
+        return false;
+    }
+    if (cc.flags & CC_PRIVATE)
         return false;
     if (stage_request_header(sx, "authorization", 13, &v, &vl) &&
         !(cc.flags & (CC_PUBLIC | CC_MUST_REVALIDATE)) && cc.s_maxage < 0)
@@ -873,8 +985,8 @@ static bool storable(struct stage_x *sx, struct cx *cx, const struct rstate *rs,
         return false;
     if (!explicit && !heuristic_status(status))
         return false;
-    bool validators = stage_response_header(sx, "etag", 4, &v, &vl) ||
-                      stage_response_header(sx, "last-modified", 13, &v, &vl);
+    bool validators = block_get(cx->head, cx->head_len, "etag", &v, &vl) ||
+                      block_get(cx->head, cx->head_len, "last-modified", &v, &vl);
     if (cx->t.lifetime <= 0 && !(validators && (cc.flags & CC_NO_CACHE || cc.max_age == 0 ||
                                                 cc.s_maxage == 0)))
         return false;
@@ -940,15 +1052,22 @@ static enum stage_body_mode on_response(struct stage_x *sx)
     }
     int64_t now = now_s();
     stage_response_edit(sx, STAGE_REMOVE, "Portico-Cache-Control", 21, NULL, 0);
-    stage_response_edit(sx, STAGE_SET, "X-Cache", 7, "MISS", 4);
+    stage_response_edit(sx, STAGE_REMOVE, "Surrogate-Control", 17, NULL, 0);
+    bool bypass = cx->req.flags & CC_NO_CACHE;     /* the client asked for the origin */
+    stage_response_edit(sx, STAGE_SET, "X-Cache", 7, bypass ? "BYPASS" : "MISS", bypass ? 6 : 4);
     if (!cx->refresh)                   /* portico's own refresh is not a client's miss */
         count(rs->s, cx->req.flags & CC_NO_CACHE ? R_BYPASS : R_MISS);
-    if (!storable(sx, cx, rs, status, now) || !(cx->head = build_head(sx, &cx->head_len, now))) {
-        cx->rejected = status < 500;
-        const char *cs = cx->validating ? "portico; fwd=stale" : "portico; fwd=miss";
+    cx->head = build_head(sx, rs, &cx->head_len, now);
+    if (!cx->head || !storable(sx, cx, rs, status, now)) {
+        cx->rejected = status < 500 && cx->head;
+        free(cx->head);
+        cx->head = NULL;
+        const char *cs = cx->validating ? "portico; fwd=stale" : bypass ? "portico; fwd=request"
+                                                                        : "portico; fwd=miss";
         stage_response_edit(sx, STAGE_SET, "Cache-Status", 12, cs, strlen(cs));
         return STAGE_BODY_NONE;
     }
+    strip_targeted(cx->head, &cx->head_len);
     collect_tags(sx, cx, rs);
     const char *ct, *cc, *ce;
     size_t ctl, ccl = 0, cel;
@@ -958,7 +1077,9 @@ static enum stage_body_mode on_response(struct stage_x *sx)
             cc = NULL;
         cx->compressible = filter_compressible(rs->cp, ct, ctl, cc, ccl, UINT64_MAX);
     }
-    const char *cs = cx->validating ? "portico; fwd=stale; stored" : "portico; fwd=miss; stored";
+    const char *cs = cx->validating ? "portico; fwd=stale; stored"
+                     : bypass       ? "portico; fwd=request; stored"
+                                    : "portico; fwd=miss; stored";
     stage_response_edit(sx, STAGE_SET, "Cache-Status", 12, cs, strlen(cs));
     cx->status = status;
     cx->store = true;
@@ -1031,34 +1152,25 @@ static struct stage_body *body_from(char *data, size_t len)
     return &f->b;
 }
 
-struct merged {
-    const char *old;
-    size_t old_len;
-    struct stage_x *sx;
-};
-
-static bool merged_field(void *arg, const char *n, size_t nl, const char **v, size_t *vl)
+/* A 304 to our validators: the stored response with the 304's fields
+ * (RFC 9111 4.3.4), stored anew. NULL when it cannot be. */
+/* Fields a 304 does not update: they describe the stored body and its
+ * validator (and framing and hop-by-hop ones are never stored). */
+static bool kept_from_stored(const char *n, size_t nl)
 {
-    struct merged *m = arg;
-    if (stage_response_header(m->sx, n, nl, v, vl) && !hop_or_ours(n, nl))
-        return true;
-    struct stage_field f = { 0 };
-    const char *b = m->old, *end = m->old + m->old_len;
-    while (b < end) {
-        const char *eol = memchr(b, '\r', (size_t)(end - b));
-        if (!eol)
-            break;
-        if ((size_t)(eol - b) > nl + 1 && b[nl] == ':' && http_ieq(b, n, nl)) {
-            f.value = b + nl + 1;
-            while (f.value < eol && *f.value == ' ')
-                f.value++;
-            *v = f.value;
-            *vl = (size_t)(eol - f.value);
+    static const char *const names[] = { "content-encoding", "content-md5", "content-range",
+                                         "etag", "content-length" };
+    for (size_t i = 0; i < sizeof names / sizeof names[0]; i++)
+        if (nl == strlen(names[i]) && http_ieq(n, names[i], nl))
             return true;
-        }
-        b = eol + 2;
-    }
-    return false;
+    return hop_or_ours(n, nl);
+}
+
+static bool update_field(struct stage_x *sx, const struct rstate *rs, const struct stage_field *f)
+{
+    return !kept_from_stored(f->name, f->name_len) && valid_line(f) &&
+           !connection_named(sx, f->name, f->name_len) &&
+           (rs->rc->allow_set_cookie || !(f->name_len == 10 && http_ieq(f->name, "set-cookie", 10)));
 }
 
 /* A 304 to our validators: the stored response with the 304's fields
@@ -1079,25 +1191,29 @@ static struct cache_obj *merge_304(struct stage_x *sx, struct cx *cx, const stru
         const char *eol = memchr(b, '\r', (size_t)(end - b)), *colon = memchr(b, ':', (size_t)(end - b));
         if (!eol || !colon)
             break;
-        const char *x;
-        size_t xl;
-        size_t nl = (size_t)(colon - b);
-        if (!stage_response_header(sx, b, nl, &x, &xl) || hop_or_ours(b, nl)) {
+        bool replaced = false;          /* by a field of the 304 */
+        struct stage_field u = { b, NULL, (size_t)(colon - b), 0 };
+        for (uint32_t i = 0; !replaced && stage_response_field(sx, i, &f); i++)
+            replaced = f.name_len == u.name_len && http_ieq(f.name, b, u.name_len) &&
+                       update_field(sx, rs, &f);
+        if (!replaced) {
             memcpy(h + n, b, (size_t)(eol + 2 - b));
             n += (size_t)(eol + 2 - b);
         }
         b = eol + 2;
     }
     for (uint32_t i = 0; stage_response_field(sx, i, &f); i++)
-        if (!hop_or_ours(f.name, f.name_len) && !(f.name_len == 10 && http_ieq(f.name, "set-cookie", 10)) &&
-            valid_line(&f))
+        if (update_field(sx, rs, &f))
             n += (size_t)sprintf(h + n, "%.*s: %.*s\r\n", (int)f.name_len, f.name, (int)f.value_len, f.value);
-    struct merged m = { h, n, sx };
     struct cache_obj_new o = { .key = cx->key, .key_len = cx->key_len, .hash = cx->hash,
                                .head = h, .head_len = n, .body = v.body, .status = v.status };
     bool explicit;
-    int64_t now = now_s();
-    times_of(rs, merged_field, &m, v.status, cx->request_time, now, &o.t, &o.flags, &explicit);
+    struct cache_cc cc;
+    uint32_t len32 = (uint32_t)n;
+    times_of(rs, h, n, v.status, response_age(sx), cx->request_time, now_s(), &o.t, &cc, &explicit);
+    strip_targeted(h, &len32);
+    o.head_len = len32;
+    o.flags = cc.flags | (v.flags & CACHE_F_COMPRESSIBLE);
     cache_obj_vary(cx->obj, &o.vary, &o.vary_len, &o.vary_names, &o.vary_names_len, &o.tags,
                    &o.tags_len, &o.ns);
     o.ns = rs->ns;
@@ -1128,6 +1244,9 @@ static bool on_upstream(struct stage_x *sx, int status)
     cache_obj_view(cx->obj, &v);
     int64_t now = now_s(), stale = current_age(&v, now) - v.t.lifetime;
     int64_t sie = v.t.sie >= 0 ? v.t.sie : rs->sie;
+    /* within stale-if-error (RFC 5861; the route's default when the response
+     * names none), whether the origin answered 5xx or could not be reached;
+     * never what must be revalidated */
     if ((v.flags & (CC_MUST_REVALIDATE | CC_PROXY_REVALIDATE | CC_NO_CACHE)) || stale > sie)
         return false;
     return answer(sx, cx, cx->obj, R_STALE, now);

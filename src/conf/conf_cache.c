@@ -35,6 +35,7 @@ bool conf_cache_load(struct ctx *x, yaml_node_t *v, struct conf_cache *cc)
 {
     if (!conf_expect_map(x, v, "cache"))
         return false;
+    bool max_object_set = false;
     FOR_PAIRS(x, v, k, n) {
         char kp[128];
         conf_join(kp, sizeof kp, "cache", k);
@@ -42,7 +43,7 @@ bool conf_cache_load(struct ctx *x, yaml_node_t *v, struct conf_cache *cc)
         if (!strcmp(k, "memory"))
             ok = conf_get_size(x, n, kp, &cc->memory, 1u << 20, 1ull << 40);
         else if (!strcmp(k, "max_object"))
-            ok = conf_get_size(x, n, kp, &cc->max_object, 1, 1ull << 32);
+            ok = (max_object_set = conf_get_size(x, n, kp, &cc->max_object, 1, 1ull << 32));
         else if (!strcmp(k, "stale_while_revalidate"))
             ok = conf_get_duration(x, n, kp, &cc->stale_while_revalidate_ms);
         else if (!strcmp(k, "stale_if_error"))
@@ -62,6 +63,8 @@ bool conf_cache_load(struct ctx *x, yaml_node_t *v, struct conf_cache *cc)
         if (!ok)
             return false;
     }
+    if (!max_object_set && cc->max_object > cc->memory / 4)
+        cc->max_object = cc->memory / 4;        /* the default follows a small budget */
     if (cc->max_object > cc->memory / 4)
         return conf_bad(x, v, "cache.max_object", "must be at most a quarter of cache.memory");
     return true;

@@ -5,7 +5,7 @@
 static void client_free_later(struct client *c);
 static int parse_head(struct client *c, struct http_request *r);
 static void client_read_head(struct client *c);
-static void client_defer(struct client *c);
+void client_defer(struct client *c);
 
 /* The peer's address as family and bytes; an IPv4 client of a dual-stack
  * listener (::ffff:a.b.c.d) counts as IPv4. Returns the byte count. */
@@ -421,7 +421,7 @@ static void client_read_head(struct client *c)
         client_close(c);
 }
 
-static void client_defer(struct client *c)
+void client_defer(struct client *c)
 {
     struct worker *w = c->w;
     if (c->deferred)

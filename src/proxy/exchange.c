@@ -508,7 +508,10 @@ void exchange_fail(struct exchange *x, int status, const char *why)
     if (status >= 500)
         log_rl_warn("upstream %s: %d %s", x->route->upstream->name, status, why);
     if (status >= 500 && x->st && stages_upstream(x, NULL, status)) {
-        exchange_replace(x, status);    /* a stale copy instead of the error */
+        /* a stale copy instead of the error; our caller takes x as ended,
+         * so the answer is written from the next loop iteration */
+        if (exchange_replace(x, status))
+            client_defer(c);
         return;
     }
     client_local_response(c, status, why, false);

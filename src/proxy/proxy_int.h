@@ -398,6 +398,8 @@ void client_reject(struct client *c, const struct http_request *r, int status,
 void client_linger(struct client *c);
 void client_abort(struct client *c);
 void client_drive(struct client *c);
+/* Drive c again from the next loop iteration (not from here). */
+void client_defer(struct client *c);
 void client_io(struct loop *l, struct loop_io *io, unsigned ev);
 
 /* ---------------------------------------------------------------- upstream.c */
