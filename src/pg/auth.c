@@ -228,6 +228,8 @@ int pg_scram_server_final(struct pg_scram_server *s, const char *msg, size_t len
     free(am);
     if (CRYPTO_memcmp(sk, s->secret.stored_key, 32) != 0)
         return -2;
+    memcpy(s->client_key, ck, 32);      /* proven: it logs in to servers with this verifier */
+    OPENSSL_cleanse(ck, sizeof ck);
     char v[64];
     if (b64_enc(ssig, 32, v, sizeof v) < 0)
         return -1;
@@ -246,36 +248,40 @@ int pg_scram_client_first(struct pg_scram_client *c, char *out, size_t outlen)
     return n < 0 || (size_t)n >= outlen ? -1 : n;
 }
 
-int pg_scram_client_final(struct pg_scram_client *c, const char *password,
-                          const char *server_first, size_t len, char *out, size_t outlen)
+/* The server-first-message: its nonce (which must extend ours), salt and
+ * iteration count. false when malformed. */
+static bool parse_server_first(struct pg_scram_client *c, const char *server_first, size_t len,
+                               const char **r, size_t *rl, uint8_t salt[64], int *saltn,
+                               uint32_t *iter)
 {
     if (c->state != 1 || memchr(server_first, 0, len) || len > 1024)
-        return -1;
+        return false;
     c->state = 2;
-    const char *r, *s, *i;
-    size_t rl, sl, il;
-    if (!attr(server_first, len, 'r', &r, &rl) || !attr(server_first, len, 's', &s, &sl) ||
+    const char *s, *i;
+    size_t sl, il;
+    if (!attr(server_first, len, 'r', r, rl) || !attr(server_first, len, 's', &s, &sl) ||
         !attr(server_first, len, 'i', &i, &il))
-        return -1;
+        return false;
     size_t nl = strlen(c->nonce);
-    if (rl <= nl || memcmp(r, c->nonce, nl) != 0 || il == 0 || il > 9)
-        return -1;
-    uint32_t iter = 0;
+    if (*rl <= nl || memcmp(*r, c->nonce, nl) != 0 || il == 0 || il > 9)
+        return false;
+    *iter = 0;
     for (size_t k = 0; k < il; k++) {
         if (i[k] < '0' || i[k] > '9')
-            return -1;
-        iter = iter * 10 + (uint32_t)(i[k] - '0');
+            return false;
+        *iter = *iter * 10 + (uint32_t)(i[k] - '0');
     }
-    uint8_t salt[64];
-    int saltn = b64_dec(s, sl, salt, sizeof salt);
-    if (saltn <= 0 || iter == 0)
-        return -1;
-    uint8_t sp[32], ck[32], stored[32], sig[32], skey[32], proof[32];
-    if (!salted_password(password, salt, (size_t)saltn, iter, sp))
-        return -1;
-    hmac(sp, 32, "Client Key", 10, ck);
+    *saltn = b64_dec(s, sl, salt, 64);
+    return *saltn > 0 && *iter > 0;
+}
+
+/* The client-final-message from ClientKey and ServerKey. */
+static int client_final(struct pg_scram_client *c, const uint8_t ck[32], const uint8_t skey[32],
+                        const char *r, size_t rl, const char *server_first, size_t len,
+                        char *out, size_t outlen)
+{
+    uint8_t stored[32], sig[32], proof[32];
     sha256(ck, 32, stored);
-    hmac(sp, 32, "Server Key", 10, skey);
     char without[256];
     int wl = snprintf(without, sizeof without, "c=biws,r=%.*s", (int)rl, r);
     if (wl < 0 || (size_t)wl >= sizeof without)
@@ -290,12 +296,45 @@ int pg_scram_client_final(struct pg_scram_client *c, const char *password,
     free(am);
     for (int k = 0; k < 32; k++)
         proof[k] = ck[k] ^ sig[k];
-    OPENSSL_cleanse(sp, sizeof sp);
     char p64[64];
     if (b64_enc(proof, 32, p64, sizeof p64) < 0)
         return -1;
     int n = snprintf(out, outlen, "%s,p=%s", without, p64);
     return n < 0 || (size_t)n >= outlen ? -1 : n;
+}
+
+int pg_scram_client_final(struct pg_scram_client *c, const char *password,
+                          const char *server_first, size_t len, char *out, size_t outlen)
+{
+    const char *r;
+    size_t rl;
+    uint8_t salt[64], sp[32], ck[32], skey[32];
+    int saltn;
+    uint32_t iter;
+    if (!parse_server_first(c, server_first, len, &r, &rl, salt, &saltn, &iter))
+        return -1;
+    if (!salted_password(password, salt, (size_t)saltn, iter, sp))
+        return -1;
+    hmac(sp, 32, "Client Key", 10, ck);
+    hmac(sp, 32, "Server Key", 10, skey);
+    OPENSSL_cleanse(sp, sizeof sp);
+    int n = client_final(c, ck, skey, r, rl, server_first, len, out, outlen);
+    OPENSSL_cleanse(ck, sizeof ck);
+    return n;
+}
+
+int pg_scram_client_final_keys(struct pg_scram_client *c, const uint8_t client_key[32],
+                               const uint8_t server_key[32], const char *server_first, size_t len,
+                               char *out, size_t outlen)
+{
+    const char *r;
+    size_t rl;
+    uint8_t salt[64];
+    int saltn;
+    uint32_t iter;
+    if (!parse_server_first(c, server_first, len, &r, &rl, salt, &saltn, &iter))
+        return -1;
+    return client_final(c, client_key, server_key, r, rl, server_first, len, out, outlen);
 }
 
 bool pg_scram_client_check(struct pg_scram_client *c, const char *server_final, size_t len)

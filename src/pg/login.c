@@ -121,6 +121,23 @@ void pg_client_startup(struct client *c, const struct pg_startup *st)
     pg_login_challenge(c);
 }
 
+/* A client proved its password: a pool that has none of its own logs in
+ * to its servers with what the proof gave (PgBouncer's pass-through): the
+ * SCRAM ClientKey and the verifier's ServerKey, or the md5 secret. */
+static void learn_credentials(struct client *c, const struct pg_user *u)
+{
+    struct wpool *p = c->pool;
+    if (p->cp->password || !u)
+        return;
+    if (c->scram) {
+        memcpy(p->client_key, c->scram->client_key, sizeof p->client_key);
+        memcpy(p->server_key, c->scram->secret.server_key, sizeof p->server_key);
+        p->have_keys = true;
+    } else if (!strncmp(u->secret, "md5", 3) && strlen(u->secret) == 35) {
+        snprintf(p->md5, sizeof p->md5, "%s", u->secret);
+    }
+}
+
 /* The user a client logs in as: from the auth file, else what auth_query
  * found (NULL: unknown, or not looked up yet). */
 static const struct pg_user *client_user(const struct client *c)
@@ -175,6 +192,65 @@ static void auth_failed(struct client *c)
     pg_client_fatal(c, "28P01", m);
 }
 
+/* The client's first SCRAM message: answer with server-first-message. */
+static void scram_first(struct client *c, const struct pg_user *u, struct pg_rd *r)
+{
+    char out[512];
+    size_t ml;
+    const char *mech = pg_rd_str(r, &ml);
+    uint32_t len = pg_rd_u32(r);
+    const uint8_t *data = r->bad ? NULL : pg_rd_bytes(r, len);
+    if (!mech || strcmp(mech, "SCRAM-SHA-256") || !data) {
+        pg_client_fatal(c, "08P01", "malformed SASL initial response");
+        return;
+    }
+    /* an unknown user or a secret that cannot do SCRAM still goes
+     * through the exchange, with a made-up verifier, and fails at the end */
+    struct pg_scram_secret sec;
+    bool have = u && u->has_scram;
+    if (have)
+        sec = u->scram;
+    else
+        pg_scram_from_password("\x01no such user", (const uint8_t *)"portico-nouser00", 16,
+                               4096, &sec);
+    int n = pg_scram_server_first(c->scram, &sec, (const char *)data, len, out, sizeof out);
+    if (n < 0) {
+        pg_client_fatal(c, "08P01", "malformed SCRAM client-first-message");
+        return;
+    }
+    c->scram->state = have ? 1 : 3;
+    size_t off = pgb_begin(&c->out, 'R');
+    pgb_u32(&c->out, 11);
+    pgb_put(&c->out, out, (size_t)n);
+    pgb_end(&c->out, off);
+}
+
+/* The client's final SCRAM message: check the proof, log in or refuse. */
+static void scram_final(struct client *c, const struct pg_user *u, const struct pg_msg *m)
+{
+    char out[512];
+    bool known = c->scram->state == 1;
+    c->scram->state = 1;
+    int n = pg_scram_server_final(c->scram, (const char *)m->body, m->len, out, sizeof out);
+    if (n == -1) {
+        pg_client_fatal(c, "08P01", "malformed SCRAM client-final-message");
+        return;
+    }
+    if (n < 0 || !known) {
+        auth_failed(c);
+        return;
+    }
+    size_t off = pgb_begin(&c->out, 'R');
+    pgb_u32(&c->out, 12);
+    pgb_put(&c->out, out, (size_t)n);
+    pgb_end(&c->out, off);
+    learn_credentials(c, u);
+    OPENSSL_cleanse(c->scram, sizeof *c->scram);
+    free(c->scram);
+    c->scram = NULL;
+    auth_ok(c);
+}
+
 void pg_client_auth_msg(struct client *c, const struct pg_msg *m)
 {
     const struct pg_user *u = client_user(c);
@@ -184,55 +260,10 @@ void pg_client_auth_msg(struct client *c, const struct pg_msg *m)
     }
     struct pg_rd r = pg_rd(m->body, m->len);
     if (c->scram) {
-        char out[512];
-        if (c->scram->state == 0) {
-            size_t ml;
-            const char *mech = pg_rd_str(&r, &ml);
-            uint32_t len = pg_rd_u32(&r);
-            const uint8_t *data = r.bad ? NULL : pg_rd_bytes(&r, len);
-            if (!mech || strcmp(mech, "SCRAM-SHA-256") || !data) {
-                pg_client_fatal(c, "08P01", "malformed SASL initial response");
-                return;
-            }
-            /* an unknown user or a secret that cannot do SCRAM still goes
-             * through the exchange, with a made-up verifier, and fails at the end */
-            struct pg_scram_secret sec;
-            bool have = u && u->has_scram;
-            if (have)
-                sec = u->scram;
-            else
-                pg_scram_from_password("\x01no such user", (const uint8_t *)"portico-nouser00", 16,
-                                       4096, &sec);
-            int n = pg_scram_server_first(c->scram, &sec, (const char *)data, len, out, sizeof out);
-            if (n < 0) {
-                pg_client_fatal(c, "08P01", "malformed SCRAM client-first-message");
-                return;
-            }
-            c->scram->state = have ? 1 : 3;
-            size_t off = pgb_begin(&c->out, 'R');
-            pgb_u32(&c->out, 11);
-            pgb_put(&c->out, out, (size_t)n);
-            pgb_end(&c->out, off);
-            return;
-        }
-        bool known = c->scram->state == 1;
-        c->scram->state = 1;
-        int n = pg_scram_server_final(c->scram, (const char *)m->body, m->len, out, sizeof out);
-        if (n == -1) {
-            pg_client_fatal(c, "08P01", "malformed SCRAM client-final-message");
-            return;
-        }
-        if (n < 0 || !known) {
-            auth_failed(c);
-            return;
-        }
-        size_t off = pgb_begin(&c->out, 'R');
-        pgb_u32(&c->out, 12);
-        pgb_put(&c->out, out, (size_t)n);
-        pgb_end(&c->out, off);
-        free(c->scram);
-        c->scram = NULL;
-        auth_ok(c);
+        if (c->scram->state == 0)
+            scram_first(c, u, &r);
+        else
+            scram_final(c, u, m);
         return;
     }
     size_t len;
@@ -251,5 +282,6 @@ void pg_client_auth_msg(struct client *c, const struct pg_msg *m)
         auth_failed(c);
         return;
     }
+    learn_credentials(c, u);
     auth_ok(c);
 }

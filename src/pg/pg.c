@@ -137,7 +137,9 @@ static void worker_tick(struct loop *l, struct loop_timer *t)
         struct wpool *p = &w->pools[i];
         close_idle(p, cf, now);
         bool recent_fail = p->fail_at && now - p->fail_at < 1000;
-        if (!recent_fail)
+        /* min_pool_size: once the pool can log in (pass-through pools
+         * learn how from their first client) */
+        if (!recent_fail && pg_pool_has_credentials(p))
             while (p->nservers < p->min)
                 pg_pool_open_server(p);
         /* waiters: retry after a failure, and the reserve after reserve_pool_timeout */

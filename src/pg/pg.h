@@ -138,6 +138,7 @@ struct pg_scram_server {
     char client_first_bare[512];
     char server_first[512];
     int state;
+    uint8_t client_key[32];     /* after a proof that checked: ClientKey */
 };
 /* Handle client-first-message; write server-first-message. Its length, or -1. */
 int pg_scram_server_first(struct pg_scram_server *s, const struct pg_scram_secret *secret,
@@ -157,6 +158,13 @@ struct pg_scram_client {
 int pg_scram_client_first(struct pg_scram_client *c, char *out, size_t outlen);
 int pg_scram_client_final(struct pg_scram_client *c, const char *password,
                           const char *server_first, size_t len, char *out, size_t outlen);
+/* The same from the keys instead of a password: ClientKey (learnt from a
+ * client that proved it, pg_scram_server.client_key) and ServerKey (from
+ * the verifier). This is how a user whose password portico never sees
+ * logs in to the server (PgBouncer's SCRAM pass-through). */
+int pg_scram_client_final_keys(struct pg_scram_client *c, const uint8_t client_key[32],
+                               const uint8_t server_key[32], const char *server_first, size_t len,
+                               char *out, size_t outlen);
 bool pg_scram_client_check(struct pg_scram_client *c, const char *server_final, size_t len);
 
 /* "md5" + md5(md5(password + user) + salt) in hex, into out[36] (with NUL).

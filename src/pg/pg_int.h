@@ -101,6 +101,11 @@ struct wpool {
     bool have_params;
     uint64_t fail_at;               /* ms of the last failed server login */
     bool is_auth;                   /* one of w->apools: runs auth_query, serves no client */
+    /* a pool without a password logs in to its servers with what its
+     * clients proved (primary entry only): SCRAM keys, or an md5 secret */
+    bool have_keys;
+    uint8_t client_key[32], server_key[32];
+    char md5[36];
     struct authq_ent *aent;         /* an auth pool: the current lookup or cached secret */
     char fail_msg[256];
     struct pstats st;
@@ -350,6 +355,7 @@ bool pg_pool_acquire(struct client *c, struct wpool *p);
 void pg_runq_push(struct client *c);
 struct wpool *pg_find_pool(struct worker *w, const char *db, const char *user);
 struct wpool *pg_route(struct client *c, const struct pg_msg *m);
+bool pg_pool_has_credentials(const struct wpool *p);
 
 /* client.c: client connections: accept, read, process, write, close */
 void pg_client_flush(struct client *c);

@@ -168,14 +168,55 @@ void pg_server_ready(struct server *s)
     pg_pool_release(s);
 }
 
+/* SASL (SCRAM-SHA-256) with a server: with the pool's password, or with
+ * the keys a client of the pool proved (pass-through). */
+static bool server_sasl(struct server *s, uint32_t code, const struct pg_msg *m,
+                        struct pg_rd *r, const struct wpool *home)
+{
+    const char *pw = s->pool->cp->password;
+    size_t o = pgb_begin(&s->out, 'p');
+    if (code == 10) {
+        bool have = false;
+        const char *mech;
+        size_t ml;
+        while ((mech = pg_rd_str(r, &ml)) && ml)
+            have |= !strcmp(mech, "SCRAM-SHA-256");
+        char first[200];
+        int n = have ? pg_scram_client_first(&s->scram, first, sizeof first) : -1;
+        if (n < 0) {
+            server_fail(s, have ? "SCRAM failed" : "the server offers no SASL mechanism portico knows");
+            return false;
+        }
+        pgb_str(&s->out, "SCRAM-SHA-256");
+        pgb_u32(&s->out, (uint32_t)n);
+        pgb_put(&s->out, first, (size_t)n);
+    } else {
+        char fin[400];
+        const char *sf = (const char *)m->body + 4;
+        int n = pw ? pg_scram_client_final(&s->scram, pw, sf, m->len - 4, fin, sizeof fin)
+                   : pg_scram_client_final_keys(&s->scram, home->client_key, home->server_key, sf,
+                                                m->len - 4, fin, sizeof fin);
+        if (n < 0) {
+            server_fail(s, "malformed SCRAM server-first-message");
+            return false;
+        }
+        pgb_put(&s->out, fin, (size_t)n);
+    }
+    pgb_end(&s->out, o);
+    return true;
+}
+
 /* An AuthenticationRequest of a server: answer it with the pool's
- * credentials. false when portico cannot (the server is failed). */
+ * password, or without one with what the pool's clients proved (SCRAM
+ * keys or an md5 secret). false when portico cannot (the server is failed). */
 static bool server_auth_request(struct server *s, const struct pg_msg *m)
 {
     struct wpool *p = s->pool;
     struct pg_rd r = pg_rd(m->body, m->len);
     uint32_t code = pg_rd_u32(&r);
     const char *pw = p->cp->password;
+    const struct wpool *home = p->is_auth ? p : &s->w->pools[p->idx * s->w->pg->nsrv + s->w->pg->primary];
+    const char *md5 = pw ? pw : home->md5[0] ? home->md5 : NULL;
     if (r.bad) {
         server_fail(s, "malformed authentication request");
         return false;
@@ -187,54 +228,35 @@ static bool server_auth_request(struct server *s, const struct pg_msg *m)
         }
         return true;
     }
-    if (!pw) {
-        server_fail(s, "the server asks for a password and none is configured for this pool");
-        return false;
-    }
-    size_t o = pgb_begin(&s->out, 'p');
-    if (code == 3) {
-        pgb_str(&s->out, pw);
-    } else if (code == 5) {
+    if ((code == 10 || code == 11) && (pw || home->have_keys))
+        return server_sasl(s, code, m, &r, home);
+    if (code == 5 && md5) {
         const uint8_t *salt = pg_rd_bytes(&r, 4);
         if (!salt) {
             server_fail(s, "malformed md5 request");
             return false;
         }
         char resp[36];
-        pg_md5_response(pw, p->cp->user, salt, resp);
+        pg_md5_response(md5, p->cp->user, salt, resp);
+        size_t o = pgb_begin(&s->out, 'p');
         pgb_str(&s->out, resp);
-    } else if (code == 10) {
-        bool have = false;
-        const char *mech;
-        size_t ml;
-        while ((mech = pg_rd_str(&r, &ml)) && ml)
-            have |= !strcmp(mech, "SCRAM-SHA-256");
-        char first[200];
-        int n = have ? pg_scram_client_first(&s->scram, first, sizeof first) : -1;
-        if (n < 0) {
-            server_fail(s, have ? "SCRAM failed" : "the server offers no SASL mechanism portico knows");
-            return false;
-        }
-        pgb_str(&s->out, "SCRAM-SHA-256");
-        pgb_u32(&s->out, (uint32_t)n);
-        pgb_put(&s->out, first, (size_t)n);
-    } else if (code == 11) {
-        char fin[400];
-        int n = pg_scram_client_final(&s->scram, pw, (const char *)m->body + 4, m->len - 4,
-                                      fin, sizeof fin);
-        if (n < 0) {
-            server_fail(s, "malformed SCRAM server-first-message");
-            return false;
-        }
-        pgb_put(&s->out, fin, (size_t)n);
-    } else {
-        char err[64];
-        snprintf(err, sizeof err, "unsupported authentication method %u", code);
-        server_fail(s, err);
-        return false;
+        pgb_end(&s->out, o);
+        return true;
     }
-    pgb_end(&s->out, o);
-    return true;
+    if (code == 3 && pw) {
+        size_t o = pgb_begin(&s->out, 'p');
+        pgb_str(&s->out, pw);
+        pgb_end(&s->out, o);
+        return true;
+    }
+    char err[120];
+    if (code == 3 || code == 5 || code == 10 || code == 11)
+        snprintf(err, sizeof err, "the server asks for a password and none is configured for this "
+                 "pool (nor learnt from a client's login yet)");
+    else
+        snprintf(err, sizeof err, "unsupported authentication method %u", code);
+    server_fail(s, err);
+    return false;
 }
 
 /* The M field of an ErrorResponse, or "error". */

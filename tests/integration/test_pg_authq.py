@@ -156,3 +156,26 @@ def test_config_errors(portico_bin, tmp_path):
     r = subprocess.run([portico_bin, "-t", "-c", str(cfg)], stdout=subprocess.PIPE,
                        stderr=subprocess.STDOUT, timeout=10)
     assert r.returncode != 0 and "missing key \"file\"" in r.stdout.decode()
+
+
+def test_pools_without_passwords_log_in_with_what_clients_proved(make_pooler, authq_roles):
+    # no password anywhere in the configuration but the auth user's: portico
+    # logs in to the server with the SCRAM keys a client's proof gave (app,
+    # hba scram-sha-256) or with the md5 secret (md5user, hba md5), as
+    # PgBouncer's pass-through does
+    pools = [{"database": "app", "user": "app", "pool_size": 2},
+             {"database": "app", "user": "md5user", "pool_size": 2}]
+    p = make_pooler(users={}, auth_type="md5", pools=pools,
+                    auth_extra={"user": "pgauth", "password": "authpass", "query": LOOKUP})
+    for _ in range(4):          # both workers, new server connections each time
+        assert query_user(p, "app", "apppass") == "app"
+        assert query_user(p, "md5user", "md5pass") == "md5user"
+    with pytest.raises(psycopg2.OperationalError, match="password authentication failed"):
+        p.connect(user="app", password="wrong")
+
+
+def test_stored_verifier_in_the_file_without_pool_password(make_pooler, pg_server):
+    secret = pg_server.psql("SELECT rolpassword FROM pg_authid WHERE rolname = 'app'")
+    p = make_pooler(users={"app": secret}, pools=[{"database": "app", "user": "app", "pool_size": 2}])
+    for _ in range(3):
+        assert query_user(p, "app", "apppass") == "app"
