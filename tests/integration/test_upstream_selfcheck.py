@@ -9,7 +9,7 @@ import os
 import socket
 import time
 
-from conftest import RawConn, build_request, pattern_sha256, ws_frame, sha256
+from conftest import RawConn, build_request, pattern_bytes, pattern_sha256, ws_frame, sha256
 
 
 def test_echo_content_length(start_upstream):
@@ -126,3 +126,41 @@ def test_control_counts_bytes(start_upstream):
     s.close()
     up.reset()
     assert up.stats()["bytes_in"] == 0
+
+
+def test_cacheable_endpoint(start_upstream):
+    """/cacheable (the cache's tests): fields from the query, 304 for matching
+    conditionals, per-path counts and overrides on the control port."""
+    up = start_upstream("s1")
+    with RawConn(up.port) as c:
+        r = c.request("GET", "/a/cacheable?cc=max-age%3D60&etag=v1&lm=1000&vary=Accept-Language"
+                             "&h=Cache-Tag:+x+y", headers=[("Accept-Language", "fr")])
+        assert r.status == 200 and r.header("cache-control") == "max-age=60"
+        assert r.header("etag") == '"v1"' and r.header("cache-tag") == "x y"
+        assert r.header("last-modified") == "Thu, 01 Jan 1970 00:16:40 GMT"
+        assert r.header("date") and r.header("x-origin-count") == "1"
+        assert r.json()["vary"] == {"Accept-Language": "fr"} and r.json()["n"] == 1
+        r = c.request("GET", "/a/cacheable?etag=v1", headers=[("If-None-Match", '"z", W/"v1"')])
+        assert r.status == 304 and r.header("etag") == '"v1"'
+        r = c.request("GET", "/a/cacheable?lm=1000",
+                      headers=[("If-Modified-Since", "Thu, 01 Jan 1970 00:16:40 GMT")])
+        assert r.status == 304
+        r = c.request("GET", "/a/cacheable?lm=1000",
+                      headers=[("If-Modified-Since", "Thu, 01 Jan 1970 00:16:39 GMT")])
+        assert r.status == 200
+        r = c.request("GET", "/a/cacheable?n=1000&status=206")
+        assert r.status == 206 and r.body == pattern_bytes(1000)
+    assert up._ctl("/set?status=503&cc=no-store") == {"overrides": {"status": ["503"],
+                                                                    "cc": ["no-store"]}}
+    with RawConn(up.port) as c:
+        r = c.request("GET", "/b/cacheable?cc=max-age%3D5")
+        assert r.status == 503 and r.header("cache-control") == "no-store"
+    up._ctl("/set?clear=1&fail=500")
+    with RawConn(up.port) as c:
+        r = c.request("GET", "/b/cacheable?cc=max-age%3D5")
+        assert r.status == 500 and r.header("cache-control") is None and r.header("date") is None
+    counts = up._ctl("/counts")
+    assert counts["paths"] == {"/a/cacheable": 5, "/b/cacheable": 2} and counts["total"] == 7
+    assert counts["targets"]["/b/cacheable?cc=max-age%3D5"] == 2
+    up.reset()
+    assert up._ctl("/counts")["total"] == 0 and up._ctl("/set") == {"overrides": {}}

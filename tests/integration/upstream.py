@@ -38,6 +38,26 @@ segment, so `/api/v1/count` is `/count`; unknown names answer like `/echo`.
                      of requests seen on this TCP connection (`conn_requests`,
                      > 1 means the connection was reused) and a connection id.
     /health          200 "ok".
+    /cacheable       a response whose caching fields are set by the query, for
+                     the cache's tests (every response has `Date` and
+                     `X-Origin-Count: <requests for this target so far>`):
+                       cc=V        Cache-Control: V (repeatable)
+                       etag=T      ETag: "T" (wetag=T: W/"T")
+                       lm=N        Last-Modified: unix time N (lm_ago=N: N s ago)
+                       expires=N   Expires: now + N s (may be negative)
+                       vary=V      Vary: V
+                       cookie=V    Set-Cookie: V
+                       h=Name:V    any other header (repeatable)
+                       status=C    that status (206 and others too)
+                       n=N         body: N bytes of pattern() instead of the
+                                   default JSON {"target", "n" (the count),
+                                   "vary": {the Vary'd request headers}}
+                       delay=S     wait S seconds before answering
+                     If-None-Match (weak comparison) / If-Modified-Since
+                     that match get 304 with the same fields and no body.
+                     The control port's /set overrides parameters for every
+                     /cacheable request (`/set?status=500`, `/set?fail=503`:
+                     a bare 503 with no caching fields, `/set?clear=1`).
 
 Keep-alive follows RFC 9112 (1.1 default on, 1.0 only with keep-alive);
 `Expect: 100-continue` is answered with 100 before the body is read.
@@ -49,6 +69,9 @@ so tests can prove that portico forwarded NOTHING:
     GET /log     {"requests": [...complete requests...], "heads": [...],
                   "events": [...]}
     GET /reset   clears everything.
+    GET /counts  {"targets": {target: requests}, "paths": {path: requests},
+                  "total": requests} over the main port.
+    GET /set?k=v overrides /cacheable's query parameter k (see above).
 """
 
 import argparse
@@ -62,6 +85,7 @@ import struct
 import sys
 import threading
 import time
+from email.utils import formatdate, parsedate_to_datetime
 from urllib.parse import parse_qs, urlsplit
 
 PERIOD = 251
@@ -121,6 +145,9 @@ class State:
             self.heads = []
             self.requests = []
             self.events = []
+            self.targets = {}
+            self.paths = {}
+            self.overrides = {}
 
     def event(self, name, **kw):
         kw["event"] = name
@@ -348,6 +375,9 @@ class Server:
                     with self.st.lock:
                         self.st.counter += 1
                         req.count = self.st.counter
+                        self.st.targets[req.target] = self.st.targets.get(req.target, 0) + 1
+                        self.st.paths[req.path] = self.st.paths.get(req.path, 0) + 1
+                        req.target_count = self.st.targets[req.target]
                         self.st.heads.append({"conn": cid, "seq": c.nreq, "method": req.method,
                                               "target": req.target})
                     keep = self._handle(c, req)
@@ -498,6 +528,9 @@ class Server:
         if name == "health":
             return self._respond(c, req, 200, [("Content-Type", "text/plain")], b"ok\n")
 
+        if name == "cacheable":
+            return self._cacheable(c, req)
+
         if name == "count":
             body = json.dumps({"id": self.id, "count": req.count, "conn_requests": c.nreq,
                                "conn": c.cid, "reused": c.nreq > 1}).encode()
@@ -543,6 +576,83 @@ class Server:
                            "chunked": req.chunked, "chunk_exts": req.chunk_exts,
                            "trailers": req.trailers, "conn": c.cid,
                            "conn_requests": c.nreq, "count": req.count}).encode()
+        return self._respond(c, req, status, hdrs, body)
+
+    def _cacheable(self, c, req):
+        q = dict(req.query)
+        with self.st.lock:
+            q.update(self.st.overrides)
+
+        def one(k, d=None):
+            v = q.get(k)
+            return v[0] if v else d
+
+        now = time.time()
+        if one("delay"):
+            time.sleep(float(one("delay")))
+        if one("fail"):
+            return self._respond(c, req, int(one("fail")), [("Content-Type", "text/plain")],
+                                 b"failing on purpose\n")
+        hdrs = [("Date", formatdate(now, usegmt=True)),
+                ("X-Origin-Count", str(getattr(req, "target_count", 0)))]
+        for v in q.get("cc", []):
+            hdrs.append(("Cache-Control", v))
+        etag = None
+        if one("etag") is not None:
+            etag = '"%s"' % one("etag")
+        elif one("wetag") is not None:
+            etag = 'W/"%s"' % one("wetag")
+        if etag:
+            hdrs.append(("ETag", etag))
+        lm = None
+        if one("lm") is not None:
+            lm = int(one("lm"))
+        elif one("lm_ago") is not None:
+            lm = int(now - float(one("lm_ago")))
+        if lm is not None:
+            hdrs.append(("Last-Modified", formatdate(lm, usegmt=True)))
+        if one("expires") is not None:
+            hdrs.append(("Expires", formatdate(now + float(one("expires")), usegmt=True)))
+        if one("vary") is not None:
+            hdrs.append(("Vary", one("vary")))
+        if one("cookie") is not None:
+            hdrs.append(("Set-Cookie", one("cookie")))
+        for hv in q.get("h", []):
+            n, _, v = hv.partition(":")
+            hdrs.append((n.strip(), v.strip()))
+
+        # the client's (or a cache's) conditionals
+        if req.method in ("GET", "HEAD"):
+            inm = hget(req.headers, "if-none-match")
+            ims = hget(req.headers, "if-modified-since")
+            if inm is not None:
+                if etag is not None:
+                    mine = etag[2:] if etag.startswith("W/") else etag
+                    for t in inm.split(","):
+                        t = t.strip()
+                        if t == "*" or (t[2:] if t.startswith("W/") else t) == mine:
+                            return self._respond(c, req, 304, hdrs)
+            elif ims is not None and lm is not None:
+                try:
+                    since = parsedate_to_datetime(ims).timestamp()
+                except (TypeError, ValueError):
+                    since = None
+                if since is not None and lm <= since:
+                    return self._respond(c, req, 304, hdrs)
+
+        status = int(one("status", "200"))
+        if one("n") is not None:
+            body = pattern_bytes(int(one("n")))
+            hdrs.append(("Content-Type", "application/octet-stream"))
+        else:
+            vary = {}
+            for name in (one("vary") or "").split(","):
+                name = name.strip()
+                if name:
+                    vary[name] = hget(req.headers, name)
+            body = json.dumps({"target": req.target, "n": getattr(req, "target_count", 0),
+                               "method": req.method, "vary": vary}).encode() + b"\n"
+            hdrs.append(("Content-Type", "application/json"))
         return self._respond(c, req, status, hdrs, body)
 
     def _send_pattern(self, c, n, piece):
@@ -679,6 +789,18 @@ class Server:
         elif req.path == "/reset":
             self.st.reset()
             body = {"ok": True}
+        elif req.path == "/counts":
+            with self.st.lock:
+                body = {"targets": dict(self.st.targets), "paths": dict(self.st.paths),
+                        "total": self.st.counter}
+        elif req.path == "/set":
+            with self.st.lock:
+                if "clear" in req.query:
+                    self.st.overrides = {}
+                for k, v in req.query.items():
+                    if k != "clear":
+                        self.st.overrides[k] = v
+                body = {"overrides": dict(self.st.overrides)}
         else:
             return self._respond(c, req, 404, [], b"no such control endpoint\n")
         return self._respond(c, req, 200, [("Content-Type", "application/json")],

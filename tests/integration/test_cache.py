@@ -1,0 +1,1120 @@
+"""The RFC 9111 response cache (issue #11) on real portico processes.
+
+One test upstream (upstream.py's /cacheable endpoint: its Cache-Control, ETag,
+Last-Modified, Expires, Vary, Set-Cookie, status and body come from the query;
+the control port counts requests per path and can make it fail or slow)
+behind a portico whose routes cache in different ways (ROUTES below), with an
+admin listener that needs a token.
+
+Every test asserts what reached the origin, not only what the client got:
+a "hit" that still reached the origin is a failure. Run the file with
+PORTICO_CACHETEST_NO_CACHE=1 to start portico without any `cache:` key: every
+test must then fail (that is how we know each one can).
+
+Timing: the origin's Date has one-second resolution, so a response's age may
+start anywhere in [0, 1) s (RFC 9111 4.2.3). Responses that must be fresh now
+get max-age >= 2; expiry tests wait past the lifetime by a margin.
+"""
+
+import json
+import os
+import random
+import re
+import socket
+import struct
+import threading
+import time
+from email.utils import formatdate
+from urllib.parse import urlencode
+
+import pytest
+import requests
+
+from conftest import (RawConn, RssSampler, build_request, free_port, pattern_bytes, sha256,
+                      wait_for)
+
+TOKEN = "cache-admin-token-0123456789"
+HOST = "test.local"
+MiB = 1 << 20
+NO_CACHE = os.environ.get("PORTICO_CACHETEST_NO_CACHE") == "1"
+
+# (prefix, the route's `cache:` value or None)
+ROUTES = [
+    ("/plain/", "true"),                                   # RFC 9111 freshness only
+    ("/ttl/", "{ ttl: 2s }"),
+    ("/override/", "{ ttl: 2s, override: true }"),
+    ("/cookie/", "{ ttl: 30s, allow_set_cookie: true }"),
+    ("/feed/", "{ ttl: 30s, namespace: feed }"),
+    ("/rest/", "{ bump_on_write: [ feed ] }"),
+    ("/inv/", "{ ttl: 60s }"),
+    ("/qi/", "{ ttl: 30s, key: { query: ignore } }"),
+    ("/qs/", "{ ttl: 30s, key: { query: sort } }"),
+    ("/ql/", "{ ttl: 30s, key: { query: [ id ] } }"),
+    ("/swr/", "{ stale_while_revalidate: 3s }"),
+    ("/sie/", "{ stale_if_error: 2s }"),
+    ("/nocache/", None),
+    ("/", None),
+]
+
+
+# --------------------------------------------------------------------------
+# set-up
+
+def cache_config(port, up_addr, admin_port, token_file, routes=ROUTES,
+                 top="{ memory: 64MiB, max_object: 1MiB }", workers=2, extra=""):
+    out = ['listen: [ "127.0.0.1:%d" ]' % port, "workers: %d" % workers,
+           "upstreams:", "  app:", '    servers: [ "%s" ]' % up_addr, "    keepalive: 32",
+           "    connect_timeout: 2s", "    response_timeout: 10s", "    retries: 0"]
+    if top and not NO_CACHE:
+        out.append("cache: %s" % top)
+    out.append("routes:")
+    for prefix, cache in routes:
+        out.append("  - match: { prefix: %s }" % prefix)
+        out.append("    upstream: app")
+        if cache is not None and not NO_CACHE:
+            out.append("    cache: %s" % cache)
+    out.append('admin: { listen: "127.0.0.1:%d", token_file: %s }' % (admin_port, token_file))
+    out.append("shutdown_timeout: 2s")
+    if extra:
+        out.append(extra)
+    return "\n".join(out) + "\n"
+
+
+class Env:
+    """One upstream (`up`) behind one caching portico (`p`)."""
+
+    def __init__(self, p, up, admin_port):
+        self.p = p
+        self.up = up
+        self.port = p.port
+        self.admin = "http://127.0.0.1:%d" % admin_port
+
+    # ---- the proxy
+    def req(self, method, target, headers=None, host=HOST, body=b"", conn=None):
+        if conn is not None:
+            return conn.request(method, target, headers=headers, host=host, body=body)
+        with RawConn(self.port, timeout=10) as c:
+            return c.request(method, target, headers=headers, host=host, body=body)
+
+    def get(self, target, headers=None, **kw):
+        return self.req("GET", target, headers, **kw)
+
+    # ---- the origin
+    def counts(self):
+        return self.up._ctl("/counts")
+
+    def origin(self, path):
+        """Requests that reached the origin for this path (any query)."""
+        return self.counts()["paths"].get(path, 0)
+
+    def origin_requests(self, path):
+        return [r for r in self.up.requests() if r["path"] == path]
+
+    def set(self, **kw):
+        self.up._ctl("/set?" + urlencode(kw, doseq=True))
+
+    def clear(self):
+        self.up._ctl("/set?clear=1")
+
+    # ---- the admin listener
+    def admin_post(self, path, token=TOKEN, **params):
+        h = {"Authorization": "Bearer " + token} if token else {}
+        return requests.post(self.admin + path, params=params, headers=h, timeout=10)
+
+    def purge(self, **params):
+        r = self.admin_post("/cache/purge", **params)
+        assert r.status_code == 200, (r.status_code, r.text)
+        return r.json()
+
+    def bump(self, ns):
+        r = self.admin_post("/cache/bump", namespace=ns)
+        assert r.status_code == 200, (r.status_code, r.text)
+        return r.json()
+
+    def metrics(self):
+        r = requests.get(self.admin + "/metrics", headers={"Authorization": "Bearer " + TOKEN},
+                         timeout=10)
+        assert r.status_code == 200, r.status_code
+        return samples(r.text)
+
+    def status(self):
+        r = requests.get(self.admin + "/status", headers={"Authorization": "Bearer " + TOKEN},
+                         timeout=10)
+        assert r.status_code == 200, r.status_code
+        return r.json()
+
+
+@pytest.fixture
+def make_env(start_upstream, start_portico, tmp_path):
+    def make(routes=ROUTES, top="{ memory: 64MiB, max_object: 1MiB }", workers=2, extra=""):
+        up = start_upstream("origin")
+        tok = tmp_path / "admin.token"
+        tok.write_text(TOKEN + "\n")
+        port, admin_port = free_port(), free_port()
+        cfg = cache_config(port, up.address, admin_port, tok, routes, top, workers, extra)
+        p = start_portico(cfg, port=port)
+        assert wait_for(lambda: _accepts(admin_port), 5), "admin listener did not start"
+        return Env(p, up, admin_port)
+    return make
+
+
+@pytest.fixture
+def env(make_env):
+    return make_env()
+
+
+def _accepts(port):
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+        return True
+    except OSError:
+        return False
+
+
+# --------------------------------------------------------------------------
+# helpers
+
+def url(path, **q):
+    """path + query. Values may be lists (repeated parameters)."""
+    return path + ("?" + urlencode(q, doseq=True) if q else "")
+
+
+def xc(r):
+    return r.header("x-cache")
+
+
+def cache_status(r):
+    """The last (our) Cache-Status entry as (name, {param: value or True})."""
+    v = r.header("cache-status")
+    assert v is not None, "no Cache-Status in %r" % (r,)
+    entry = v.split(",")[-1].strip()
+    parts = [x.strip() for x in entry.split(";")]
+    params = {}
+    for x in parts[1:]:
+        k, eq, val = x.partition("=")
+        params[k.strip().lower()] = val.strip() if eq else True
+    return parts[0], params
+
+
+def body_json(r):
+    return json.loads(r.body)
+
+
+def samples(text):
+    """Prometheus text -> [(name, {label: value}, float)]."""
+    out = []
+    for line in text.splitlines():
+        if not line or line.startswith("#"):
+            continue
+        m = re.match(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})? (\S+)$', line)
+        assert m, "not a valid exposition line: %r" % line
+        labels = dict(re.findall(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"', m.group(2) or ""))
+        out.append((m.group(1), labels, float(m.group(3))))
+    return out
+
+
+def metric_sum(ss, name, **labels):
+    """Sum of the samples of `name` whose labels include `labels` (None if none).
+    A `route` label matches when it contains the given prefix (it may carry
+    the host too)."""
+    total, found = 0.0, False
+    for n, ls, v in ss:
+        if n != name:
+            continue
+        ok = True
+        for k, want in labels.items():
+            got = ls.get(k)
+            if got is None or (got != want and not (k == "route" and want in got)):
+                ok = False
+                break
+        if ok:
+            total += v
+            found = True
+    return total if found else None
+
+
+def http_date(t):
+    return formatdate(t, usegmt=True)
+
+
+# --------------------------------------------------------------------------
+# miss, hit, Age, Cache-Status
+
+def test_miss_then_hit_with_age_and_cache_status(env):
+    t = url("/plain/mh/cacheable", cc="max-age=60")
+    r1 = env.get(t)
+    assert r1.status == 200 and xc(r1) == "MISS", r1
+    name, params = cache_status(r1)
+    assert name == "portico" and params.get("fwd") == "miss", r1.header("cache-status")
+    assert "stored" in params, r1.header("cache-status")
+    r2 = env.get(t)
+    assert r2.status == 200 and xc(r2) == "HIT", r2
+    assert r2.body == r1.body and body_json(r2)["n"] == 1
+    name, params = cache_status(r2)
+    assert name == "portico" and "hit" in params and "fwd" not in params, r2.header("cache-status")
+    assert r2.header("age") is not None and r2.header("age").isdigit(), r2
+    age1 = int(r2.header("age"))
+    assert env.origin("/plain/mh/cacheable") == 1
+    time.sleep(1.1)
+    r3 = env.get(t)
+    assert xc(r3) == "HIT" and int(r3.header("age")) >= age1 + 1, (age1, r3)
+    assert len(r3.header_all("age")) == 1
+    assert env.origin("/plain/mh/cacheable") == 1
+    # the stored fields come back as they were sent
+    assert r3.header("content-type") == r1.header("content-type")
+    assert r3.header("x-origin-count") == "1"
+
+
+def test_route_without_cache_is_not_cached(env):
+    t = url("/nocache/x/cacheable", cc="max-age=60")
+    for _ in range(3):
+        r = env.get(t)
+        assert r.status == 200 and xc(r) != "HIT"
+    assert env.origin("/nocache/x/cacheable") == 3
+    # ...while the same response on a caching route is (the control)
+    t = url("/plain/x/cacheable", cc="max-age=60")
+    env.get(t), env.get(t)
+    assert env.origin("/plain/x/cacheable") == 1
+
+
+def test_keep_alive_hits_and_misses_interleave(env):
+    a = url("/plain/ka/a/cacheable", cc="max-age=60")
+    b = url("/plain/ka/b/cacheable", cc="max-age=60", n=5000)
+    with RawConn(env.port) as c:
+        for i in range(5):
+            ra = env.req("GET", a, conn=c)
+            rb = env.req("GET", b, conn=c)
+            assert ra.status == 200 and body_json(ra)["n"] == 1
+            assert rb.status == 200 and rb.body == pattern_bytes(5000)
+            if i:
+                assert xc(ra) == "HIT" and xc(rb) == "HIT", (ra, rb)
+    assert env.origin("/plain/ka/a/cacheable") == 1 and env.origin("/plain/ka/b/cacheable") == 1
+
+
+# --------------------------------------------------------------------------
+# freshness
+
+# (name, path, query, hit at once?, stale after ~3 s?)
+FRESH_CASES = [
+    ("max-age", "/plain/f/ma/cacheable", {"cc": "max-age=2"}, True, True),
+    ("s-maxage beats max-age=0", "/plain/f/sm0/cacheable", {"cc": "max-age=0, s-maxage=60"}, True, False),
+    ("s-maxage beats max-age=60", "/plain/f/sm/cacheable", {"cc": "max-age=60, s-maxage=2"}, True, True),
+    ("Expires", "/plain/f/ex/cacheable", {"expires": "3"}, True, True),
+    ("Expires in the past", "/plain/f/exp/cacheable", {"expires": "-60"}, False, None),
+    ("max-age beats Expires", "/plain/f/maex/cacheable", {"cc": "max-age=60", "expires": "-60"}, True, False),
+    ("route ttl", "/ttl/f/cacheable", {}, True, True),
+    ("route ttl vs own max-age=0", "/ttl/f0/cacheable", {"cc": "max-age=0"}, False, None),
+    ("route ttl vs own max-age=60", "/ttl/f60/cacheable", {"cc": "max-age=60"}, True, False),
+    ("override wins over max-age=0", "/override/f0/cacheable", {"cc": "max-age=0"}, True, True),
+    ("override wins over max-age=60", "/override/f60/cacheable", {"cc": "max-age=60"}, True, True),
+    ("heuristic from Last-Modified", "/plain/f/lm/cacheable", {"lm_ago": "36000"}, True, False),
+    ("no freshness, no validator", "/plain/f/none/cacheable", {}, False, None),
+]
+
+
+@pytest.mark.parametrize("case", FRESH_CASES, ids=[c[0] for c in FRESH_CASES])
+def test_freshness_now(env, case):
+    """Stored and fresh (a hit at once), or not fresh (the origin again)."""
+    _, path, q, hit, _ = case
+    t = url(path, **q)
+    r1 = env.get(t)
+    assert r1.status == 200 and xc(r1) == "MISS", r1
+    r2 = env.get(t)
+    if hit:
+        assert xc(r2) == "HIT" and env.origin(path) == 1, (r2, env.origin(path))
+        return
+    assert xc(r2) != "HIT" and env.origin(path) == 2, (r2, env.origin(path))
+    # the control: it is a caching route that stores other responses
+    c = url(path.replace("/cacheable", "/ctl/cacheable"), cc="max-age=60")
+    env.get(c), env.get(c)
+    assert env.origin(path.replace("/cacheable", "/ctl/cacheable")) == 1
+
+
+def test_freshness_lifetimes_end(env):
+    """Every case that was a hit at once, 3.3 s later: stale (to the origin
+    again) when its lifetime was 2-3 s, still a hit when it was longer."""
+    cases = [c for c in FRESH_CASES if c[3]]
+    for _, path, q, _, _ in cases:
+        env.get(url(path, **q))
+    time.sleep(3.3)
+    wrong = []
+    for name, path, q, _, expires in cases:
+        r = env.get(url(path, **q))
+        n = env.origin(path)
+        if expires and (xc(r) == "HIT" or n != 2 or body_json(r)["n"] != 2):
+            wrong.append("%s: still served from the cache (X-Cache %s, origin %d)" % (name, xc(r), n))
+        if not expires and (xc(r) != "HIT" or n != 1):
+            wrong.append("%s: not a hit (X-Cache %s, origin %d)" % (name, xc(r), n))
+    assert not wrong, wrong
+
+
+# --------------------------------------------------------------------------
+# what is not stored
+
+def _stored(env, path, q=None, headers=None, method="GET"):
+    """Two requests; True if the second was answered without the origin."""
+    t = url(path, **(q or {}))
+    env.req(method, t, headers)
+    before = env.origin(path)
+    r = env.req(method, t, headers)
+    return env.origin(path) == before and xc(r) == "HIT"
+
+
+def test_no_store_private_not_stored(env):
+    assert not _stored(env, "/plain/ns/cacheable", {"cc": "no-store, max-age=60"})
+    assert not _stored(env, "/plain/pv/cacheable", {"cc": "private, max-age=60"})
+    assert not _stored(env, "/ttl/ns/cacheable", {"cc": "no-store"})
+    assert env.origin("/plain/ns/cacheable") == 2 and env.origin("/plain/pv/cacheable") == 2
+    assert _stored(env, "/plain/pub/cacheable", {"cc": "public, max-age=60"})
+
+
+def test_set_cookie(env):
+    t = url("/plain/sc/cacheable", cc="max-age=60", cookie="sid=abc")
+    r1, r2 = env.get(t), env.get(t)
+    assert r1.header("set-cookie") == "sid=abc" and r2.header("set-cookie") == "sid=abc"
+    assert xc(r2) != "HIT" and env.origin("/plain/sc/cacheable") == 2
+    # allow_set_cookie: stored, but the stored response has no Set-Cookie
+    t = url("/cookie/sc/cacheable", cc="max-age=60", cookie="sid=abc")
+    r1, r2 = env.get(t), env.get(t)
+    assert r1.header("set-cookie") == "sid=abc", r1
+    assert xc(r2) == "HIT" and env.origin("/cookie/sc/cacheable") == 1, r2
+    assert r2.header("set-cookie") is None, r2
+
+
+def test_authorization_requests(env):
+    auth = [("Authorization", "Bearer user-1")]
+    # a response to an authenticated request is not reused for anyone...
+    env.get(url("/plain/au/cacheable", cc="max-age=60"), auth)
+    r = env.get(url("/plain/au/cacheable", cc="max-age=60"))
+    assert xc(r) != "HIT" and env.origin("/plain/au/cacheable") == 2, r
+    assert body_json(r)["n"] == 2
+    # ...unless the response says a shared cache may store it
+    for cc, path in (("public, max-age=60", "/plain/aup/cacheable"),
+                     ("s-maxage=60", "/plain/aus/cacheable")):
+        env.get(url(path, cc=cc), auth)
+        r = env.get(url(path, cc=cc))
+        assert xc(r) == "HIT" and env.origin(path) == 1, (cc, r)
+
+
+def test_post_responses_not_stored(env):
+    t = url("/plain/post/cacheable", cc="max-age=60")
+    r1 = env.req("POST", t, body=b"a=1")
+    r2 = env.req("POST", t, body=b"a=1")
+    assert r1.status == 200 and r2.status == 200 and xc(r2) != "HIT"
+    assert env.origin("/plain/post/cacheable") == 2
+    r3 = env.get(t)
+    assert xc(r3) != "HIT" and body_json(r3)["method"] == "GET"
+    assert env.origin("/plain/post/cacheable") == 3
+    r4 = env.get(t)                     # the control
+    assert xc(r4) == "HIT" and env.origin("/plain/post/cacheable") == 3
+
+
+def test_206_not_stored(env):
+    q = {"status": "206", "cc": "max-age=60", "n": "10", "h": "Content-Range: bytes 0-9/100"}
+    r = env.get(url("/plain/p206/cacheable", **q))
+    assert r.status == 206
+    assert not _stored(env, "/plain/p206/cacheable", q)
+    assert env.origin("/plain/p206/cacheable") == 3
+    assert _stored(env, "/plain/p200/cacheable", {"cc": "max-age=60", "n": "10"})
+
+
+# --------------------------------------------------------------------------
+# request directives
+
+def test_request_directives(env):
+    path = "/plain/rd/cacheable"
+    t = url(path, cc="max-age=60")
+    env.get(t)
+    assert xc(env.get(t)) == "HIT" and env.origin(path) == 1
+    time.sleep(1.1)                     # the entry's age is now >= 1
+    r = env.get(t, [("Cache-Control", "max-age=0")])
+    assert r.status == 200 and xc(r) != "HIT" and env.origin(path) == 2, r
+    r = env.get(t, [("Cache-Control", "no-cache")])
+    assert r.status == 200 and xc(r) != "HIT" and env.origin(path) == 3, r
+    r = env.get(t, [("Pragma", "no-cache")])
+    assert r.status == 200 and xc(r) != "HIT" and env.origin(path) == 4, r
+    r = env.get(t)
+    assert xc(r) == "HIT" and env.origin(path) == 4, r
+    assert body_json(r)["n"] == 4          # the refetches replaced the entry
+    # only-if-cached: from the cache, or 504 without asking the origin
+    r = env.get(t, [("Cache-Control", "only-if-cached")])
+    assert r.status == 200 and xc(r) == "HIT" and env.origin(path) == 4, r
+    r = env.get(url("/plain/rd-miss/cacheable", cc="max-age=60"),
+                [("Cache-Control", "only-if-cached")])
+    assert r.status == 504, r
+    assert env.origin("/plain/rd-miss/cacheable") == 0
+
+
+# --------------------------------------------------------------------------
+# validation with the origin
+
+@pytest.mark.parametrize("validator", ["etag", "last-modified"])
+def test_revalidation_304_merges_headers(env, validator):
+    path = "/plain/rv-%s/cacheable" % validator
+    lm = int(time.time()) - 3600
+    q = {"cc": "max-age=2", "h": "X-Static: same"}
+    q.update({"etag": "v1"} if validator == "etag" else {"lm": str(lm)})
+    t = url(path, **q)
+    r1 = env.get(t)
+    assert xc(r1) == "MISS" and r1.header("x-origin-count") == "1"
+    assert xc(env.get(t)) == "HIT"
+    time.sleep(2.3)
+    r2 = env.get(t)
+    assert r2.status == 200 and xc(r2) == "REVALIDATED", r2
+    assert r2.body == r1.body                              # the stored body...
+    assert r2.header("x-origin-count") == "2", r2          # ...with the 304's fields
+    assert r2.header("x-static") == "same"
+    assert r2.header("content-length") == str(len(r1.body))
+    reqs = env.origin_requests(path)
+    assert len(reqs) == 2
+    hdrs = {n.lower(): v for n, v in reqs[1]["headers"]}
+    if validator == "etag":
+        assert hdrs.get("if-none-match") == '"v1"', reqs[1]["headers"]
+    else:
+        assert hdrs.get("if-modified-since") == http_date(lm), reqs[1]["headers"]
+    # freshened by the 304: a hit again, with the merged field
+    r3 = env.get(t)
+    assert xc(r3) == "HIT" and r3.header("x-origin-count") == "2" and env.origin(path) == 2, r3
+
+
+def test_revalidation_200_replaces_entry(env):
+    path = "/plain/rv200/cacheable"
+    t = url(path, cc="max-age=2", etag="v1")
+    env.get(t)
+    env.set(etag="v2")
+    time.sleep(2.3)
+    r = env.get(t)
+    assert r.status == 200 and r.header("etag") == '"v2"' and body_json(r)["n"] == 2, r
+    r = env.get(t)
+    assert xc(r) == "HIT" and r.header("etag") == '"v2"' and env.origin(path) == 2, r
+
+
+# --------------------------------------------------------------------------
+# clients' conditional requests, HEAD, Range
+
+def test_client_conditionals_answered_from_cache(env):
+    path = "/plain/cond/cacheable"
+    lm = int(time.time()) - 7200
+    t = url(path, cc="max-age=60", etag="v1", lm=str(lm))
+    r0 = env.get(t)
+    assert r0.status == 200
+    r = env.get(t, [("If-None-Match", '"v1"')])
+    assert r.status == 304 and r.body == b"" and r.header("etag") == '"v1"', r
+    r = env.get(t, [("If-None-Match", '"nope", W/"v1"')])
+    assert r.status == 304, r
+    r = env.get(t, [("If-None-Match", '"nope"')])
+    assert r.status == 200 and r.body == r0.body and xc(r) == "HIT", r
+    r = env.get(t, [("If-Modified-Since", http_date(lm))])
+    assert r.status == 304, r
+    r = env.get(t, [("If-Modified-Since", http_date(lm - 100))])
+    assert r.status == 200 and r.body == r0.body, r
+    assert env.origin(path) == 1
+
+
+def test_head_from_stored_get(env):
+    path = "/plain/head/cacheable"
+    t = url(path, cc="max-age=60", n="1000")
+    assert env.get(t).body == pattern_bytes(1000)
+    with RawConn(env.port) as c:
+        r = env.req("HEAD", t, conn=c)
+        assert r.status == 200 and xc(r) == "HIT" and r.header("content-length") == "1000", r
+        # no body followed the head: the next response parses on the same connection
+        r = env.req("GET", t, conn=c)
+        assert r.status == 200 and r.body == pattern_bytes(1000)
+    assert env.origin(path) == 1
+
+
+def test_range_from_stored_response(env):
+    path = "/plain/range/cacheable"
+    t = url(path, cc="max-age=60", n="1000")
+    full = pattern_bytes(1000)
+    assert env.get(t).body == full
+    r = env.get(t, [("Range", "bytes=0-9")])
+    assert r.status == 206, r
+    assert r.header("content-range") == "bytes 0-9/1000", r
+    assert r.body == full[:10] and r.header("content-length") == "10"
+    r = env.get(t, [("Range", "bytes=500-599")])
+    assert r.status == 206 and r.body == full[500:600] and \
+        r.header("content-range") == "bytes 500-599/1000", r
+    r = env.get(t, [("Range", "bytes=-10")])
+    assert r.status == 206 and r.body == full[-10:] and \
+        r.header("content-range") == "bytes 990-999/1000", r
+    r = env.get(t, [("Range", "bytes=2000-3000")])
+    assert r.status == 416, r
+    assert r.header("content-range") == "bytes */1000", r
+    assert env.origin(path) == 1
+
+
+# --------------------------------------------------------------------------
+# Vary
+
+@pytest.mark.parametrize("field,values", [("Accept-Encoding", ["gzip", "br"]),
+                                          ("Accept-Language", ["en", "fr-CH, fr;q=0.9"])])
+def test_vary_variants(env, field, values):
+    path = "/plain/vary-%s/cacheable" % field.lower()
+    t = url(path, cc="max-age=60", vary=field)
+    a, b = values
+    ra = env.get(t, [(field, a)])
+    rb = env.get(t, [(field, b)])
+    assert xc(ra) == "MISS" and xc(rb) == "MISS" and env.origin(path) == 2, (ra, rb)
+    for _ in range(2):
+        ha = env.get(t, [(field, a)])
+        hb = env.get(t, [(field, b)])
+        assert xc(ha) == "HIT" and xc(hb) == "HIT", (ha, hb)
+        assert body_json(ha)["vary"][field] == a and body_json(hb)["vary"][field] == b
+        assert ha.header("vary") == field
+    assert env.origin(path) == 2
+    # a third value (and none at all) is another variant
+    env.get(t)
+    assert env.origin(path) == 3
+
+
+# --------------------------------------------------------------------------
+# stampede protection
+
+def _fire(port, target, n, results, barrier=None, timeout=15):
+    def one(i):
+        try:
+            c = RawConn(port, timeout=timeout)
+            if barrier:
+                barrier.wait(5)
+            c.send(build_request("GET", target, host=HOST))
+            r, _ = c.read_final()
+            results[i] = r
+            c.close()
+        except Exception as e:      # recorded, asserted by the caller
+            results[i] = e
+    ts = [threading.Thread(target=one, args=(i,)) for i in range(n)]
+    for t in ts:
+        t.start()
+    return ts
+
+
+def test_stampede_100_concurrent_misses_one_origin_request(env):
+    path = "/plain/stampede/cacheable"
+    t = url(path, cc="max-age=60", delay="1", n="20000")
+    n = 100
+    results = [None] * n
+    t0 = time.time()
+    ts = _fire(env.port, t, n, results, threading.Barrier(n))
+    for th in ts:
+        th.join(20)
+    took = time.time() - t0
+    bad = [r for r in results if not (hasattr(r, "status") and r.status == 200)]
+    assert not bad, bad[:3]
+    want = pattern_bytes(20000)
+    assert all(r.body == want for r in results)
+    assert env.origin(path) == 1, "%d origin requests for %d concurrent misses" % (env.origin(path), n)
+    assert took < 6, took
+    assert xc(env.get(t)) == "HIT" and env.origin(path) == 1
+
+
+def test_waiter_disconnect_does_not_break_coalesced_fetch(env):
+    path = "/plain/coal-w/cacheable"
+    t = url(path, cc="max-age=60", delay="1.5")
+    leader = RawConn(env.port, timeout=10)
+    leader.send(build_request("GET", t, host=HOST))
+    time.sleep(0.2)
+    conns = [RawConn(env.port, timeout=10) for _ in range(9)]
+    for c in conns:
+        c.send(build_request("GET", t, host=HOST))
+    time.sleep(0.4)
+    # three waiters give up: one with a reset, two with a FIN
+    conns[0].sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    for c in conns[:3]:
+        c.close()
+    got = [leader.read_final()[0]] + [c.read_final()[0] for c in conns[3:]]
+    for c in conns[3:] + [leader]:
+        c.close()
+    assert all(r.status == 200 for r in got), got
+    assert len({r.body for r in got}) == 1 and body_json(got[0])["n"] == 1
+    assert env.origin(path) == 1
+    r = env.get(t)
+    assert xc(r) == "HIT" and env.origin(path) == 1
+    assert env.p.alive()
+
+
+def test_leader_disconnect_does_not_break_waiters(env):
+    path = "/plain/coal-l/cacheable"
+    t = url(path, cc="max-age=60", delay="1.5")
+    leader = RawConn(env.port, timeout=10)
+    leader.send(build_request("GET", t, host=HOST))
+    time.sleep(0.2)
+    conns = [RawConn(env.port, timeout=10) for _ in range(6)]
+    for c in conns:
+        c.send(build_request("GET", t, host=HOST))
+    time.sleep(0.3)
+    leader.close()                       # the client whose miss started the fetch goes away
+    got = [c.read_final(timeout=10)[0] for c in conns]
+    for c in conns:
+        c.close()
+    assert all(r.status == 200 for r in got), got
+    assert len({r.body for r in got}) == 1
+    assert env.origin(path) <= 2, env.origin(path)
+    r = env.get(t)
+    assert r.status == 200 and xc(r) == "HIT"
+    # and portico goes on serving everything else
+    r = env.get("/nocache/after/echo")
+    assert r.status == 200 and env.p.alive()
+
+
+# --------------------------------------------------------------------------
+# stale-if-error, stale-while-revalidate
+
+def test_stale_if_error_origin_killed(env):
+    path = "/sie/k/cacheable"
+    t = url(path, cc="max-age=1")
+    t0 = time.time()
+    r1 = env.get(t)
+    assert xc(r1) == "MISS"
+    time.sleep(1.3)
+    env.up.stop()                        # the origin is gone: connections are refused
+    r = env.get(t)
+    assert r.status == 200 and xc(r) == "STALE" and r.body == r1.body, r
+    assert r.header("age") is not None and int(r.header("age")) >= 1
+    # past max-age (1) + the route's stale_if_error (2), plus the Date's rounding
+    time.sleep(max(0, t0 + 3.4 - time.time()))
+    r = env.get(t)
+    assert r.status in (502, 503, 504), r
+    assert xc(r) != "STALE"
+
+
+def test_stale_if_error_from_response_on_500(env):
+    path = "/plain/sie500/cacheable"
+    t = url(path, cc="max-age=1, stale-if-error=2")
+    t0 = time.time()
+    r1 = env.get(t)
+    time.sleep(1.3)
+    env.set(fail="500")
+    r = env.get(t)
+    assert r.status == 200 and xc(r) == "STALE" and r.body == r1.body, r
+    assert env.origin(path) == 2              # it did ask
+    time.sleep(max(0, t0 + 3.4 - time.time()))
+    r = env.get(t)
+    assert r.status == 500 and xc(r) != "STALE", r
+    env.clear()
+    # the control: without stale-if-error the 500 goes through at once
+    t = url("/plain/sie500-no/cacheable", cc="max-age=1")
+    env.get(t)
+    time.sleep(1.3)
+    env.set(fail="500")
+    assert env.get(t).status == 500
+
+
+def test_stale_while_revalidate_refreshes_once(env):
+    path = "/swr/a/cacheable"
+    t = url(path, cc="max-age=1")
+    r1 = env.get(t)
+    assert xc(r1) == "MISS" and body_json(r1)["n"] == 1
+    time.sleep(1.3)
+    env.set(delay="1", cc="max-age=60")  # the refresh takes a second
+    t0 = time.time()
+    r = env.get(t)
+    took = time.time() - t0
+    assert r.status == 200 and xc(r) == "STALE" and body_json(r)["n"] == 1, r
+    assert took < 0.5, "the stale response waited %.2fs for the origin" % took
+    for _ in range(5):                   # more requests while the refresh runs
+        r = env.get(t)
+        assert r.status == 200 and body_json(r)["n"] == 1, r
+    assert wait_for(lambda: env.origin(path) >= 2, 3)
+    time.sleep(1.3)                      # the refresh's answer arrives and is stored
+    assert env.origin(path) == 2, "%d background refreshes" % (env.origin(path) - 1)
+    env.clear()
+    r = env.get(t)
+    assert xc(r) == "HIT" and body_json(r)["n"] == 2, r
+    assert env.origin(path) == 2
+
+
+def test_stale_while_revalidate_window_ends(env):
+    path = "/plain/swr-end/cacheable"
+    t = url(path, cc="max-age=1, stale-while-revalidate=1")
+    env.get(t)
+    assert _hit(env, t)
+    time.sleep(3.2)                      # past max-age + stale-while-revalidate (+ rounding)
+    r = env.get(t)
+    assert xc(r) not in ("HIT", "STALE") and body_json(r)["n"] == 2, r
+
+
+# --------------------------------------------------------------------------
+# invalidation
+
+def _hit(env, t, host=HOST):
+    return xc(env.get(t, host=host)) == "HIT"
+
+
+def test_purge_url_forms(env):
+    a = url("/plain/pu/a/cacheable", cc="max-age=60")
+    b = "/inv/pu/b/cacheable"
+    for t in (a, b):
+        env.get(t)
+        assert _hit(env, t)
+    j = env.purge(url="http://%s%s" % (HOST, a))
+    assert j == {"purged": 1}, j
+    assert not _hit(env, a) and _hit(env, b)
+    assert env.origin("/plain/pu/a/cacheable") == 2
+    j = env.purge(url=b)
+    assert j.get("purged", 0) >= 1, j
+    r = env.get(b)
+    assert xc(r) != "HIT" and env.origin(b) == 2, r
+    # purging what is not there purges nothing
+    assert env.purge(url="http://%s/plain/pu/none/cacheable" % HOST) == {"purged": 0}
+
+
+def test_purge_prefix(env):
+    ts = ["/inv/pp/a/cacheable", "/inv/pp/b/x/cacheable", "/inv/pq/cacheable"]
+    for t in ts:
+        env.get(t)
+        assert _hit(env, t)
+    j = env.purge(prefix="/inv/pp/")
+    assert j == {"purged": 2}, j
+    assert [_hit(env, t) for t in ts] == [False, False, True]
+
+
+def test_purge_tag(env):
+    tagged = [(url("/plain/tag/a/cacheable", cc="max-age=60", h="Cache-Tag: product-42 product-7"), True),
+              (url("/plain/tag/b/cacheable", cc="max-age=60", h="Cache-Tag: product-7,product-42"), True),
+              (url("/plain/tag/c/cacheable", cc="max-age=60", h="Cache-Tag: product-1, product-420"), False),
+              (url("/plain/tag/d/cacheable", cc="max-age=60"), False)]
+    for t, _ in tagged:
+        env.get(t)
+        assert _hit(env, t)
+    j = env.purge(tag="product-42")
+    assert j == {"purged": 2}, j
+    for t, purged in tagged:
+        assert _hit(env, t) != purged, t
+    assert env.purge(tag="product-7") == {"purged": 2}    # stored again by the refetches
+
+
+def test_bump_namespace_by_api(env):
+    feeds = ["/feed/a/cacheable", "/feed/b/cacheable?page=2"]
+    other = url("/plain/nb/cacheable", cc="max-age=60")
+    for t in feeds + [other]:
+        env.get(t)
+        assert _hit(env, t)
+    j1 = env.bump("feed")
+    assert j1.get("namespace") == "feed" and isinstance(j1.get("version"), int), j1
+    for t in feeds:
+        r = env.get(t)
+        assert xc(r) != "HIT" and body_json(r)["n"] == 2, (t, r)
+        assert _hit(env, t)
+    assert _hit(env, other) and env.origin("/plain/nb/cacheable") == 1
+    j2 = env.bump("feed")
+    assert j2 == {"namespace": "feed", "version": j1["version"] + 1}, (j1, j2)
+    assert not _hit(env, feeds[0])
+
+
+def test_admin_token_required(env):
+    t = "/inv/tok/cacheable"
+    env.get(t)
+    for path, params in (("/cache/purge", {"url": t}), ("/cache/purge", {"prefix": "/inv/"}),
+                         ("/cache/purge", {"tag": "x"}), ("/cache/bump", {"namespace": "feed"})):
+        r = env.admin_post(path, token=None, **params)
+        assert r.status_code == 401, (path, r.status_code, r.text)
+        r = env.admin_post(path, token=TOKEN[:-1] + "x", **params)
+        assert r.status_code == 401, (path, r.status_code)
+    assert _hit(env, t) and env.origin(t) == 1
+    assert env.purge(url=t)["purged"] >= 1
+    assert not _hit(env, t)
+
+
+def test_admin_bad_requests(env):
+    for path, params in (("/cache/purge", {}), ("/cache/bump", {})):
+        r = env.admin_post(path, **params)
+        assert r.status_code == 400, (path, r.status_code, r.text)
+    r = requests.get(env.admin + "/cache/purge", params={"url": "/x"},
+                     headers={"Authorization": "Bearer " + TOKEN}, timeout=5)
+    assert r.status_code in (404, 405), r.status_code
+
+
+def test_bump_on_write(env):
+    feed = "/feed/w/cacheable"
+    env.get(feed)
+    assert _hit(env, feed)
+    # a failed write bumps nothing
+    env.set(status="500")
+    r = env.req("POST", "/rest/w/cacheable", body=b"{}")
+    assert r.status == 500
+    env.set(status="403")
+    assert env.req("PUT", "/rest/w/cacheable", body=b"{}").status == 403
+    env.clear()
+    assert _hit(env, feed) and env.origin(feed) == 1
+    # a successful one bumps `feed`
+    r = env.req("POST", "/rest/w/cacheable", body=b"{}")
+    assert r.status == 200
+    r = env.get(feed)
+    assert xc(r) != "HIT" and env.origin(feed) == 2, r
+
+
+def test_unsafe_methods_invalidate_target_and_locations(env):
+    target, loc, cloc, other = ("/inv/u/t/cacheable", "/inv/u/loc/cacheable",
+                                "/inv/u/cloc/cacheable", "/inv/u/other/cacheable")
+    for t in (target, loc, cloc):
+        env.get(t)
+        assert _hit(env, t)
+    env.get(other, host="other.local")
+    assert _hit(env, other, host="other.local")
+    env.set(h=["Location: %s" % loc, "Content-Location: http://%s%s" % (HOST, cloc)])
+    r = env.req("POST", target, body=b"x=1")
+    assert r.status == 200
+    env.clear()
+    for t, n in ((target, 3), (loc, 2), (cloc, 2)):       # the POST itself reached `target`
+        r = env.get(t)
+        assert xc(r) != "HIT" and env.origin(t) == n, (t, r)
+    # a Location on another host invalidates nothing there
+    env.set(h="Location: http://other.local%s" % other)
+    assert env.req("POST", target, body=b"x=2").status == 200
+    env.clear()
+    assert _hit(env, other, host="other.local")
+    # DELETE and PUT too
+    for m in ("DELETE", "PUT"):
+        env.get(target)
+        assert _hit(env, target)
+        assert env.req(m, target, body=b"" if m == "DELETE" else b"y").status == 200
+        assert not _hit(env, target), m
+
+
+def test_failed_unsafe_methods_do_not_invalidate(env):
+    t = "/inv/uf/cacheable"
+    env.get(t)
+    for status in ("500", "404"):
+        env.set(status=status)
+        r = env.req("POST", t, body=b"x=1")
+        assert r.status == int(status)
+        env.clear()
+        assert _hit(env, t), status
+    assert env.origin(t) == 3
+    # the control: a successful one does
+    assert env.req("POST", t, body=b"x=1").status == 200
+    assert not _hit(env, t)
+
+
+# --------------------------------------------------------------------------
+# the cache key's query
+
+def test_key_query_list(env):
+    for q in ("id=1&utm_source=x", "id=1&utm_source=y", "utm_source=z&id=1", "id=1"):
+        r = env.get("/ql/cacheable?" + q)
+        assert r.status == 200
+    assert env.origin("/ql/cacheable") == 1
+    r = env.get("/ql/cacheable?id=2&utm_source=x")
+    assert xc(r) == "MISS" and env.origin("/ql/cacheable") == 2
+    assert _hit(env, "/ql/cacheable?utm_medium=q&id=2")
+
+
+def test_key_query_sort(env):
+    assert xc(env.get("/qs/cacheable?a=1&b=2")) == "MISS"
+    r = env.get("/qs/cacheable?b=2&a=1")
+    assert xc(r) == "HIT" and env.origin("/qs/cacheable") == 1, r
+    assert xc(env.get("/qs/cacheable?a=1&b=3")) == "MISS"
+    assert env.origin("/qs/cacheable") == 2
+
+
+def test_key_query_ignore_and_keep(env):
+    env.get("/qi/cacheable?x=1")
+    assert _hit(env, "/qi/cacheable?x=2") and _hit(env, "/qi/cacheable")
+    assert env.origin("/qi/cacheable") == 1
+    # the default (keep): every query is its own entry, order included
+    env.get("/ttl/k/cacheable?a=1&b=2")
+    assert not _hit(env, "/ttl/k/cacheable?b=2&a=1")
+    assert _hit(env, "/ttl/k/cacheable?a=1&b=2")
+
+
+# --------------------------------------------------------------------------
+# memory
+
+def test_memory_budget_under_a_flood(make_env):
+    env = make_env(routes=[("/plain/", "true"), ("/", None)],
+                   top="{ memory: 8MiB, max_object: 256KiB }")
+    size = 64 * 1024
+    for i in range(30):                  # warm the workers' buffers
+        env.get(url("/plain/warm/%d/cacheable" % i, cc="max-age=600", n=str(size)))
+    base = env.p.rss_kib()
+    n, nthreads = 3000, 4
+    errors = []
+
+    def flood(k):
+        try:
+            with RawConn(env.port, timeout=10) as c:
+                for i in range(k, n, nthreads):
+                    r = c.request("GET", url("/plain/flood/%d/cacheable" % i,
+                                             cc="max-age=600", n=str(size)), host=HOST)
+                    if r.status != 200 or len(r.body) != size:
+                        errors.append((i, r))
+        except Exception as e:
+            errors.append(e)
+
+    with RssSampler(env.p.pid, 0.05) as s:
+        ts = [threading.Thread(target=flood, args=(k,)) for k in range(nthreads)]
+        for t in ts:
+            t.start()
+        for t in ts:
+            t.join(120)
+    assert not errors, errors[:3]
+    growth = s.growth(base) / 1024.0
+    assert growth < 8 + 40, "RSS grew by %.1f MiB over %.1f MiB (budget 8 MiB)" % (growth, base / 1024)
+    ss = env.metrics()
+    cbytes = metric_sum(ss, "portico_cache_bytes")
+    entries = metric_sum(ss, "portico_cache_entries")
+    evictions = metric_sum(ss, "portico_cache_evictions_total")
+    assert cbytes is not None and 0 < cbytes <= 8 * MiB, cbytes
+    assert entries is not None and 0 < entries <= 8 * MiB // size, entries
+    assert evictions is not None and evictions >= n - entries - 100, (evictions, entries)
+    # recent entries are still served
+    last = url("/plain/flood/%d/cacheable" % (n - 1), cc="max-age=600", n=str(size))
+    r = env.get(last)
+    assert r.status == 200 and len(r.body) == size
+
+
+def test_object_over_max_object_streams_but_is_not_stored(make_env):
+    env = make_env(routes=[("/plain/", "true"), ("/", None)],
+                   top="{ memory: 8MiB, max_object: 256KiB }")
+    big = 300 * 1024
+    t = url("/plain/big/cacheable", cc="max-age=600", n=str(big))
+    for i in range(2):
+        r = env.get(t)
+        assert r.status == 200 and len(r.body) == big and sha256(r.body) == sha256(pattern_bytes(big))
+        assert xc(r) == "MISS", (i, r)
+    assert env.origin("/plain/big/cacheable") == 2
+    small = url("/plain/small/cacheable", cc="max-age=600", n=str(200 * 1024))   # the control
+    env.get(small)
+    assert _hit(env, small)
+
+
+# --------------------------------------------------------------------------
+# metrics and status
+
+def test_metrics_and_status(env):
+    ss0 = env.metrics()
+
+    def delta(ss, result):
+        v1 = metric_sum(ss, "portico_cache_requests_total", route="/plain/", result=result)
+        v0 = metric_sum(ss0, "portico_cache_requests_total", route="/plain/", result=result) or 0
+        return None if v1 is None else v1 - v0
+
+    a = url("/plain/m/a/cacheable", cc="max-age=1, stale-while-revalidate=30")
+    b = url("/plain/m/b/cacheable", cc="max-age=60")
+    env.get(a)                                               # miss
+    env.get(b)                                               # miss
+    for _ in range(3):
+        env.get(b)                                           # 3 hits
+    env.req("POST", "/plain/m/c/cacheable", body=b"x")       # bypass
+    time.sleep(2.1)
+    assert xc(env.get(a)) == "STALE"                         # stale (and a background refresh)
+    c = url("/plain/m/c/cacheable", cc="max-age=1", etag="e")
+    env.get(c)                                               # miss
+    time.sleep(2.1)
+    assert xc(env.get(c)) == "REVALIDATED"                   # revalidated
+    wait_for(lambda: env.origin("/plain/m/a/cacheable") == 2, 3)
+    time.sleep(0.2)
+    ss = env.metrics()
+    assert delta(ss, "hit") == 3, delta(ss, "hit")
+    assert delta(ss, "miss") == 3, delta(ss, "miss")
+    assert delta(ss, "stale") == 1
+    assert delta(ss, "revalidated") == 1
+    assert (delta(ss, "bypass") or 0) >= 1
+    assert metric_sum(ss, "portico_cache_entries") == 3
+    assert metric_sum(ss, "portico_cache_bytes") > 0
+    # coalesced waits
+    d = url("/plain/m/d/cacheable", cc="max-age=60", delay="0.8")
+    results = [None] * 5
+    for th in _fire(env.port, d, 5, results, threading.Barrier(5)):
+        th.join(10)
+    assert all(getattr(r, "status", None) == 200 for r in results), results
+    ss = env.metrics()
+    assert metric_sum(ss, "portico_cache_coalesced_total") >= 4
+    # purges
+    p0 = metric_sum(ss, "portico_cache_purges_total") or 0
+    env.purge(url=b)
+    ss = env.metrics()
+    assert metric_sum(ss, "portico_cache_purges_total") >= p0 + 1
+    assert metric_sum(ss, "portico_cache_entries") == 3
+    assert metric_sum(ss, "portico_cache_evictions_total") is not None
+    # the hit ratio per route in /status
+    st = env.status()
+    assert "cache" in st, sorted(st)
+    ratio = _route_ratio(st["cache"], "/plain/")
+    assert ratio is not None, st["cache"]
+    # as the counters have it: hits over every lookup
+    by = {res: metric_sum(ss, "portico_cache_requests_total", route="/plain/", result=res) or 0
+          for res in ("hit", "miss", "stale", "revalidated")}
+    want = by["hit"] / sum(by.values())
+    assert 0 < ratio < 1 and abs(ratio - want) < 0.1, (ratio, by, st["cache"])
+
+
+def _route_ratio(cache, prefix):
+    """The hit ratio of the route with this prefix, wherever the section
+    puts it: [{"route": "/plain/", "hit_ratio": ..}] or {"/plain/": {..}}."""
+    found = []
+
+    def walk(o, key=None):
+        if isinstance(o, dict):
+            if "hit_ratio" in o and (
+                    (key is not None and prefix in str(key)) or
+                    any(isinstance(v, str) and prefix in v for v in o.values())):
+                found.append(o["hit_ratio"])
+            for k, v in o.items():
+                walk(v, k)
+        elif isinstance(o, list):
+            for v in o:
+                walk(v)
+    walk(cache)
+    return found[0] if found else None
+
+
+# --------------------------------------------------------------------------
+# the runbooks' load scenario
+
+def test_feed_load_zipf_hit_ratio(make_env, capsys):
+    env = make_env(routes=[("/feed/", "{ ttl: 30s, namespace: feed, expect_hit_ratio: 0.7 }"),
+                           ("/", None)])
+    nurls, s, rate, seconds = 500, 1.1, 200, 10
+    rng = random.Random(11)
+    weights = [1.0 / (i ** s) for i in range(1, nurls + 1)]
+    picks = rng.choices(range(nurls), weights=weights, k=rate * seconds)
+    results = [None] * len(picks)
+    nxt = [0]
+    lock = threading.Lock()
+    start = time.time() + 0.2
+
+    def worker():
+        c = RawConn(env.port, timeout=10)
+        try:
+            while True:
+                with lock:
+                    k = nxt[0]
+                    nxt[0] += 1
+                if k >= len(picks):
+                    return
+                wait = start + k / float(rate) - time.time()
+                if wait > 0:
+                    time.sleep(wait)
+                r = c.request("GET", "/feed/%d/cacheable" % picks[k], host=HOST)
+                results[k] = (r.status, xc(r))
+        except Exception as e:
+            results[k] = (None, repr(e))
+        finally:
+            c.close()
+
+    ts = [threading.Thread(target=worker) for _ in range(8)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join(60)
+    took = time.time() - start
+    assert all(r is not None and r[0] == 200 for r in results), \
+        [r for r in results if r is None or r[0] != 200][:5]
+    hits = sum(1 for r in results if r[1] == "HIT")
+    ratio = hits / float(len(results))
+    origin = env.counts()["total"]
+    with capsys.disabled():
+        print("\nfeed load: %d requests in %.1f s (%.0f/s), %d distinct URLs, hit ratio %.1f%%, "
+              "origin %d requests = %.1f/s (%.1f%% of the traffic)"
+              % (len(results), took, len(results) / took, len(set(picks)), ratio * 100, origin,
+                 origin / took, 100.0 * origin / len(results)))
+    assert len(results) / took >= 150, "the load ran at only %.0f/s" % (len(results) / took)
+    assert ratio >= 0.70, ratio
+    assert origin <= len(set(picks)) + 5, (origin, len(set(picks)))
+    h = wait_for(lambda: metric_sum(env.metrics(), "portico_cache_requests_total", route="/feed/",
+                                    result="hit") == hits, 2)
+    assert h, (metric_sum(env.metrics(), "portico_cache_requests_total", route="/feed/",
+                          result="hit"), hits)
