@@ -309,6 +309,21 @@ FRESH_CASES = [
     ("override wins over max-age=60", "/override/f60/cacheable", {"cc": "max-age=60"}, True, True),
     ("heuristic from Last-Modified", "/plain/f/lm/cacheable", {"lm_ago": "36000"}, True, False),
     ("no freshness, no validator", "/plain/f/none/cacheable", {}, False, None),
+    ("Age from the origin over max-age", "/plain/f/age/cacheable", {"cc": "max-age=60", "h": "Age: 100"},
+     False, None),
+    ("Age from the origin under max-age", "/plain/f/age2/cacheable", {"cc": "max-age=4", "h": "Age: 2"},
+     True, True),
+    ("invalid Expires", "/plain/f/exinv/cacheable", {"h": "Expires: 0"}, False, None),
+    ("404 with max-age", "/plain/f/404/cacheable", {"cc": "max-age=60", "status": "404"}, True, False),
+    ("301 with max-age", "/plain/f/301/cacheable", {"cc": "max-age=60", "status": "301",
+                                                    "h": "Location: /elsewhere"}, True, False),
+    ("CDN-Cache-Control over Cache-Control", "/plain/f/cdn/cacheable",
+     {"cc": "no-store", "h": "CDN-Cache-Control: max-age=60"}, True, False),
+    ("CDN-Cache-Control no-store", "/plain/f/cdnns/cacheable",
+     {"cc": "max-age=60", "h": "CDN-Cache-Control: no-store"}, False, None),
+    ("Portico-Cache-Control over CDN-Cache-Control", "/plain/f/pcc/cacheable",
+     {"cc": "max-age=60", "h": ["CDN-Cache-Control: no-store", "Portico-Cache-Control: max-age=2"]},
+     True, True),
 ]
 
 
@@ -318,8 +333,9 @@ def test_freshness_now(env, case):
     _, path, q, hit, _ = case
     t = url(path, **q)
     r1 = env.get(t)
-    assert r1.status == 200 and xc(r1) == "MISS", r1
+    assert r1.status == int(q.get("status", 200)) and xc(r1) == "MISS", r1
     r2 = env.get(t)
+    assert r2.status == r1.status
     if hit:
         assert xc(r2) == "HIT" and env.origin(path) == 1, (r2, env.origin(path))
         return
@@ -341,7 +357,7 @@ def test_freshness_lifetimes_end(env):
     for name, path, q, _, expires in cases:
         r = env.get(url(path, **q))
         n = env.origin(path)
-        if expires and (xc(r) == "HIT" or n != 2 or body_json(r)["n"] != 2):
+        if expires and (xc(r) == "HIT" or n != 2 or json.loads(r.body)["n"] != 2):
             wrong.append("%s: still served from the cache (X-Cache %s, origin %d)" % (name, xc(r), n))
         if not expires and (xc(r) != "HIT" or n != 1):
             wrong.append("%s: not a hit (X-Cache %s, origin %d)" % (name, xc(r), n))
@@ -443,6 +459,59 @@ def test_request_directives(env):
                 [("Cache-Control", "only-if-cached")])
     assert r.status == 504, r
     assert env.origin("/plain/rd-miss/cacheable") == 0
+
+
+def test_request_max_stale_and_min_fresh(env):
+    path = "/plain/ms/cacheable"
+    t = url(path, cc="max-age=1")
+    env.get(t)
+    r = env.get(t, [("Cache-Control", "min-fresh=3600")])      # not fresh enough
+    assert xc(r) != "HIT" and env.origin(path) == 2, r
+    time.sleep(1.3)
+    r = env.get(t, [("Cache-Control", "max-stale=60")])        # stale is fine with it
+    assert r.status == 200 and xc(r) in ("HIT", "STALE") and env.origin(path) == 2, r
+    r = env.get(t, [("Cache-Control", "max-stale")])
+    assert r.status == 200 and xc(r) in ("HIT", "STALE") and env.origin(path) == 2, r
+    r = env.get(t)                                             # without it: the origin
+    assert xc(r) != "HIT" and env.origin(path) == 3, r
+    # must-revalidate: never served stale, max-stale or not
+    path = "/plain/ms-mr/cacheable"
+    t = url(path, cc="max-age=1, must-revalidate")
+    env.get(t)
+    time.sleep(1.3)
+    r = env.get(t, [("Cache-Control", "max-stale=60")])
+    assert xc(r) not in ("HIT", "STALE") and env.origin(path) == 2, r
+
+
+def test_no_cache_response_is_revalidated_every_time(env):
+    path = "/plain/ncr/cacheable"
+    t = url(path, cc="no-cache", etag="v1")
+    r1 = env.get(t)
+    for i in range(2):
+        r = env.get(t)
+        assert r.status == 200 and xc(r) == "REVALIDATED" and r.body == r1.body, r
+        assert env.origin(path) == 2 + i
+        hdrs = {n.lower(): v for n, v in env.origin_requests(path)[-1]["headers"]}
+        assert hdrs.get("if-none-match") == '"v1"'
+
+
+def test_chunked_response_stored(env):
+    path = "/plain/chunked/cacheable"
+    t = url(path, cc="max-age=60", n="10000", chunked="1")
+    r1 = env.get(t)
+    assert r1.status == 200 and r1.body == pattern_bytes(10000)
+    r2 = env.get(t)
+    assert xc(r2) == "HIT" and r2.body == pattern_bytes(10000) and env.origin(path) == 1, r2
+    assert r2.header("content-length") in (None, "10000")
+
+
+def test_cache_survives_reload(env):
+    t = url("/plain/reload/cacheable", cc="max-age=60")
+    env.get(t)
+    assert _hit(env, t)
+    r = requests.post(env.admin + "/reload", headers={"Authorization": "Bearer " + TOKEN}, timeout=10)
+    assert r.status_code == 200, r.text
+    assert _hit(env, t) and env.origin("/plain/reload/cacheable") == 1
 
 
 # --------------------------------------------------------------------------

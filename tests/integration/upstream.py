@@ -53,6 +53,7 @@ segment, so `/api/v1/count` is `/count`; unknown names answer like `/echo`.
                                    default JSON {"target", "n" (the count),
                                    "vary": {the Vary'd request headers}}
                        delay=S     wait S seconds before answering
+                       chunked=1   send the body chunked (no Content-Length)
                      If-None-Match (weak comparison) / If-Modified-Since
                      that match get 304 with the same fields and no body.
                      The control port's /set overrides parameters for every
@@ -653,6 +654,20 @@ class Server:
             body = json.dumps({"target": req.target, "n": getattr(req, "target_count", 0),
                                "method": req.method, "vary": vary}).encode() + b"\n"
             hdrs.append(("Content-Type", "application/json"))
+        if one("chunked") == "1" and req.version == "HTTP/1.1" and status not in (204, 304):
+            out = ["HTTP/1.1 %d %s" % (status, REASONS.get(status, "Status")),
+                   "X-Upstream-Id: %s" % self.id, "Transfer-Encoding: chunked"]
+            out += ["%s: %s" % (n, v) for n, v in hdrs]
+            if not req.keep_alive:
+                out.append("Connection: close")
+            data = ("\r\n".join(out) + "\r\n\r\n").encode("latin-1")
+            if req.method != "HEAD":
+                for i in range(0, len(body), 700):
+                    piece = body[i:i + 700]
+                    data += b"%x\r\n" % len(piece) + piece + b"\r\n"
+                data += b"0\r\n\r\n"
+            c.send(data)
+            return req.keep_alive
         return self._respond(c, req, status, hdrs, body)
 
     def _send_pattern(self, c, n, piece):
