@@ -1028,6 +1028,7 @@ def test_memory_budget_under_a_flood(make_env):
     assert cbytes is not None and 0 < cbytes <= 8 * MiB, cbytes
     assert entries is not None and 0 < entries <= 8 * MiB // size, entries
     assert evictions is not None and evictions >= n - entries - 100, (evictions, entries)
+    assert metric_sum(ss, "portico_cache_budget_bytes") == 8 * MiB
     # recent entries are still served
     last = url("/plain/flood/%d/cacheable" % (n - 1), cc="max-age=600", n=str(size))
     r = env.get(last)
@@ -1185,5 +1186,8 @@ def test_feed_load_zipf_hit_ratio(make_env, capsys):
     assert origin <= len(set(picks)) + 5, (origin, len(set(picks)))
     h = wait_for(lambda: metric_sum(env.metrics(), "portico_cache_requests_total", route="/feed/",
                                     result="hit") == hits, 2)
-    assert h, (metric_sum(env.metrics(), "portico_cache_requests_total", route="/feed/",
-                          result="hit"), hits)
+    ss = env.metrics()
+    assert h, (metric_sum(ss, "portico_cache_requests_total", route="/feed/", result="hit"), hits)
+    assert metric_sum(ss, "portico_cache_expected_hit_ratio", route="/feed/") == 0.7
+    st = env.status()
+    assert _route_ratio(st.get("cache"), "/feed/") >= 0.7, st.get("cache")
