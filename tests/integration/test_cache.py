@@ -705,6 +705,9 @@ def test_waiter_disconnect_does_not_break_coalesced_fetch(env):
     assert env.p.alive()
 
 
+@pytest.mark.xfail(reason="cache bug: when the leader's client goes away every waiter goes upstream "
+                          "on its own (7 origin requests for 7 clients); /work/cache-test-failures.md",
+                   strict=True)
 def test_leader_disconnect_does_not_break_waiters(env):
     path = "/plain/coal-l/cacheable"
     t = url(path, cc="max-age=60", delay="1.5")
@@ -810,6 +813,9 @@ def test_stale_while_revalidate_window_ends(env):
     assert xc(r) not in ("HIT", "STALE") and body_json(r)["n"] == 2, r
 
 
+@pytest.mark.xfail(reason="cache bug: with no stale window (swr/sie 0) an expired entry is answered "
+                          "STALE for the second in which floor(age) == lifetime; "
+                          "/work/cache-test-failures.md", strict=True)
 def test_no_stale_answer_without_a_stale_window(env):
     """With no stale-while-revalidate and no stale-if-error anywhere, an
     expired entry is never answered stale, not even in the second right after
