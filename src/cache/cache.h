@@ -64,9 +64,9 @@ struct cache;
 struct cache_obj;
 
 struct cache_times {
-    int64_t stored;             /* response_time: when the response arrived (s) */
-    int64_t initial_age;        /* RFC 9111 4.2.3 corrected_initial_age (s) */
-    int64_t lifetime;           /* freshness lifetime (s) */
+    int64_t stored;             /* response_time: when the response arrived (Unix ms) */
+    int64_t initial_age;        /* RFC 9111 4.2.3 corrected_initial_age (ms) */
+    int64_t lifetime;           /* freshness lifetime (ms) */
     int64_t swr, sie;           /* stale-while-revalidate, stale-if-error (s), -1 none */
 };
 

@@ -134,11 +134,13 @@ struct cx {
     size_t len, cap;
 };
 
-static int64_t now_s(void)
+/* Wall-clock milliseconds: ages are kept in ms so that a lifetime ends
+ * when it ends, not at the next whole second (HTTP's fields are seconds). */
+static int64_t now_ms(void)
 {
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME_COARSE, &ts);
-    return (int64_t)ts.tv_sec;
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
 static bool req_field(void *arg, const char *n, size_t nl, const char **v, size_t *vl)
@@ -336,8 +338,8 @@ static int64_t response_age(struct stage_x *sx)
 }
 
 /* RFC 9111 4.2: the times of a response (its head block) that arrived at
- * response_time for a request sent at request_time, with its Age (-1:
- * invalid). Sets *explicit when the response (or the route's ttl) gave a
+ * response_time for a request sent at request_time (both ms), with its Age
+ * (s; -1: invalid). The times it sets are in ms but swr and sie (s). Sets *explicit when the response (or the route's ttl) gave a
  * lifetime, and *cc to the directives obeyed. */
 static void times_of(const struct rstate *rs, const char *b, size_t len, int status, int64_t age,
                      int64_t request_time, int64_t response_time, struct cache_times *t,
@@ -348,9 +350,9 @@ static void times_of(const struct rstate *rs, const char *b, size_t len, int sta
     size_t vl;
     int64_t date = block_get(b, len, "date", &v, &vl) ? cache_http_date(v, vl) : -1;
     if (date < 0)
-        date = response_time;
-    int64_t apparent = response_time - date > 0 ? response_time - date : 0;
-    int64_t corrected = (age < 0 ? 2147483648LL : age) + (response_time - request_time);
+        date = response_time / 1000;
+    int64_t apparent = response_time - date * 1000 > 0 ? response_time - date * 1000 : 0;
+    int64_t corrected = (age < 0 ? 2147483648LL : age) * 1000 + (response_time - request_time);
     t->stored = response_time;
     t->initial_age = apparent > corrected ? apparent : corrected;
     t->swr = cc->swr;
@@ -380,6 +382,7 @@ static void times_of(const struct rstate *rs, const char *b, size_t len, int sta
         t->lifetime = 0;
         *explicit = false;
     }
+    t->lifetime *= 1000;
 }
 
 static int64_t current_age(const struct cache_obj_view *v, int64_t now)
@@ -586,11 +589,11 @@ static bool answer(struct stage_x *sx, struct cx *cx, struct cache_obj *obj, int
     cache_obj_view(obj, &v);
     int64_t age = current_age(&v, now), ttl = v.t.lifetime - age;
     char agebuf[24], status_buf[96], crange[64];
-    size_t agelen = fmt_i64(agebuf, age);
+    size_t agelen = fmt_i64(agebuf, age / 1000);
     static const char *const xc[R_N] = { "HIT", "MISS", "STALE", "REVALIDATED", "BYPASS" };
     size_t sl = 18;
     memcpy(status_buf, "portico; hit; ttl=", sl);
-    sl += fmt_i64(status_buf + sl, ttl);
+    sl += fmt_i64(status_buf + sl, ttl >= 0 ? ttl / 1000 : -((-ttl + 999) / 1000));
     if (result == R_REVALIDATED) {
         memcpy(status_buf + sl, "; fwd=stale; fwd-status=304", 27);
         sl += 27;
@@ -680,19 +683,22 @@ static bool use_stored(struct stage_x *sx, struct cx *cx, const struct rstate *r
 {
     struct cache_obj_view v;
     cache_obj_view(obj, &v);
+    /* ms; the request's directives are whole seconds */
     int64_t age = current_age(&v, now), fresh = v.t.lifetime - age;
     bool usable = !(v.flags & CC_NO_CACHE) && !v.bumped && !(cx->req.flags & CC_NO_CACHE) &&
                   !cx->refresh;
-    if (usable && fresh > 0 && (cx->req.max_age < 0 || age <= cx->req.max_age) &&
-        (cx->req.min_fresh < 0 || fresh >= cx->req.min_fresh))
+    if (usable && fresh > 0 && (cx->req.max_age < 0 || age / 1000 <= cx->req.max_age) &&
+        (cx->req.min_fresh < 0 || fresh / 1000 >= cx->req.min_fresh))
         return answer(sx, cx, obj, R_HIT, now);
     bool mustrev = v.flags & (CC_MUST_REVALIDATE | CC_PROXY_REVALIDATE);
     int64_t stale = -fresh;
     if (usable && !mustrev && stale >= 0 &&
-        ((cx->req.flags & CC_MAX_STALE_ANY) || (cx->req.max_stale >= 0 && stale <= cx->req.max_stale)))
+        ((cx->req.flags & CC_MAX_STALE_ANY) ||
+         (cx->req.max_stale >= 0 && stale <= cx->req.max_stale * 1000)))
         return answer(sx, cx, obj, R_STALE, now);
+    /* a window of N seconds after the end of freshness: none when N is 0 */
     int64_t swr = v.t.swr >= 0 ? v.t.swr : rs->swr;
-    if (usable && !mustrev && stale >= 0 && stale <= swr && cx->req.max_age < 0 &&
+    if (usable && !mustrev && stale >= 0 && stale < swr * 1000 && cx->req.max_age < 0 &&
         cx->req.min_fresh < 0) {
         if (cache_obj_claim_refresh(obj) && stage_background(sx) < 0)
             cache_obj_release_refresh(obj);
@@ -753,7 +759,7 @@ static enum stage_verdict on_request(struct stage_x *sx)
         return STAGE_CONTINUE;
     }
     request_cc(sx, &cx->req);
-    int64_t now = now_s();
+    int64_t now = now_ms();
     cx->request_time = now;
     cx->refresh = stage_internal(sx);
     struct cache_obj *obj = cache_lookup(c, cx->hash, key, kn, req_field, sx);
@@ -794,14 +800,27 @@ static void woken(struct stage_x *sx)
 {
     struct cx *cx = stage_ctx(sx);
     struct rstate *rs = stage_route_state(sx);
+    struct cache *c = cache_get();
+    int64_t now = now_ms();
     cx->waiting = false;
-    struct cache_obj *obj = cache_lookup(cache_get(), cx->hash, cx->key, cx->key_len, req_field, sx);
-    bool done = obj && use_stored(sx, cx, rs, obj, now_s());
+    struct cache_obj *obj = cache_lookup(c, cx->hash, cx->key, cx->key_len, req_field, sx);
+    bool done = obj && use_stored(sx, cx, rs, obj, now);
     cache_obj_unref(obj);
-    if (done)
+    if (done) {
         stage_finish(sx, 500);
-    else
-        stage_resume(sx);
+        return;
+    }
+    /* nothing stored: the fetch was abandoned (its client went away) or
+     * failed. Wait on the next one, or be it, so that one impatient client
+     * does not set all its waiters on the origin at once; but not for a key
+     * found uncacheable. The lock_timeout timer still bounds the wait. */
+    struct stage_waker *w = cache_pass_check(c, cx->hash, now) ? NULL : stage_waker(sx, woken);
+    if (w && cache_pending_join(c, cx->hash, cx->key, cx->key_len, w, &cx->lead)) {
+        cx->waiting = true;
+        return;
+    }
+    stage_waker_put(w);
+    stage_resume(sx);
 }
 
 /* ---------------------------------------------------------------- storing */
@@ -870,7 +889,7 @@ static char *build_head(struct stage_x *sx, const struct rstate *rs, uint32_t *l
     }
     if (!date) {
         char d[32];
-        cache_fmt_date(now, d);
+        cache_fmt_date(now / 1000, d);
         n += (size_t)sprintf(h + n, "Date: %s\r\n", d);
     }
     *len = (uint32_t)n;
@@ -1050,7 +1069,7 @@ static enum stage_body_mode on_response(struct stage_x *sx)
             invalidate(sx, cx, rs);
         return STAGE_BODY_NONE;
     }
-    int64_t now = now_s();
+    int64_t now = now_ms();
     stage_response_edit(sx, STAGE_REMOVE, "Portico-Cache-Control", 21, NULL, 0);
     stage_response_edit(sx, STAGE_REMOVE, "Surrogate-Control", 17, NULL, 0);
     bool bypass = cx->req.flags & CC_NO_CACHE;     /* the client asked for the origin */
@@ -1210,7 +1229,7 @@ static struct cache_obj *merge_304(struct stage_x *sx, struct cx *cx, const stru
     bool explicit;
     struct cache_cc cc;
     uint32_t len32 = (uint32_t)n;
-    times_of(rs, h, n, v.status, response_age(sx), cx->request_time, now_s(), &o.t, &cc, &explicit);
+    times_of(rs, h, n, v.status, response_age(sx), cx->request_time, now_ms(), &o.t, &cc, &explicit);
     strip_targeted(h, &len32);
     o.head_len = len32;
     o.flags = cc.flags | (v.flags & CACHE_F_COMPRESSIBLE);
@@ -1234,7 +1253,7 @@ static bool on_upstream(struct stage_x *sx, int status)
             return false;
         cache_obj_unref(cx->obj);
         cx->obj = NULL;
-        bool ok = answer(sx, cx, o, R_REVALIDATED, now_s());
+        bool ok = answer(sx, cx, o, R_REVALIDATED, now_ms());
         cache_obj_unref(o);
         return ok;
     }
@@ -1242,12 +1261,12 @@ static bool on_upstream(struct stage_x *sx, int status)
         return false;
     struct cache_obj_view v;
     cache_obj_view(cx->obj, &v);
-    int64_t now = now_s(), stale = current_age(&v, now) - v.t.lifetime;
+    int64_t now = now_ms(), stale = current_age(&v, now) - v.t.lifetime;
     int64_t sie = v.t.sie >= 0 ? v.t.sie : rs->sie;
     /* within stale-if-error (RFC 5861; the route's default when the response
      * names none), whether the origin answered 5xx or could not be reached;
      * never what must be revalidated */
-    if ((v.flags & (CC_MUST_REVALIDATE | CC_PROXY_REVALIDATE | CC_NO_CACHE)) || stale > sie)
+    if ((v.flags & (CC_MUST_REVALIDATE | CC_PROXY_REVALIDATE | CC_NO_CACHE)) || stale >= sie * 1000)
         return false;
     return answer(sx, cx, cx->obj, R_STALE, now);
 }
@@ -1294,7 +1313,7 @@ static void on_end(struct stage_x *sx)
     if (cx->store && cx->body_ended && stage_status(sx) == cx->status)
         commit(sx, cx, rs);
     else if (cx->lead && cx->rejected)  /* the next misses need not wait on each other */
-        cache_pass_mark(c, cx->hash, now_s() + PASS_SECONDS);
+        cache_pass_mark(c, cx->hash, now_ms() + PASS_SECONDS * 1000);
     if (cx->refresh && cx->obj)
         cache_obj_release_refresh(cx->obj);
     if (cx->lead)
