@@ -263,6 +263,41 @@ static void scram_round_trip(void **state)
     assert_int_equal(scram_exchange("s3cret", "s3creT"), -2);
 }
 
+/* Pass-through: the ClientKey a server-side exchange recovers from a good
+ * proof logs in to another server holding the same verifier, without the
+ * password; a wrong key does not. */
+static void scram_pass_through(void **state)
+{
+    (void)state;
+    struct pg_scram_secret sec;
+    assert_true(pg_scram_from_password("s3cret", NULL, 0, 4096, &sec));
+    struct pg_scram_client c;
+    struct pg_scram_server s;
+    char m1[256], m2[256], m3[256], m4[256];
+    int n1 = pg_scram_client_first(&c, m1, sizeof m1);
+    int n2 = pg_scram_server_first(&s, &sec, m1, (size_t)n1, m2, sizeof m2);
+    int n3 = pg_scram_client_final(&c, "s3cret", m2, (size_t)n2, m3, sizeof m3);
+    assert_true(pg_scram_server_final(&s, m3, (size_t)n3, m4, sizeof m4) > 0);
+    uint8_t ck[32];
+    memcpy(ck, s.client_key, 32);
+    for (int wrong = 0; wrong < 2; wrong++) {
+        struct pg_scram_client c2;
+        struct pg_scram_server s2;
+        ck[0] ^= (uint8_t)wrong;
+        n1 = pg_scram_client_first(&c2, m1, sizeof m1);
+        n2 = pg_scram_server_first(&s2, &sec, m1, (size_t)n1, m2, sizeof m2);
+        n3 = pg_scram_client_final_keys(&c2, ck, sec.server_key, m2, (size_t)n2, m3, sizeof m3);
+        assert_true(n3 > 0);
+        int n4 = pg_scram_server_final(&s2, m3, (size_t)n3, m4, sizeof m4);
+        if (wrong) {
+            assert_int_equal(n4, -2);
+        } else {
+            assert_true(n4 > 0);
+            assert_true(pg_scram_client_check(&c2, m4, (size_t)n4));
+        }
+    }
+}
+
 static void scram_malformed(void **state)
 {
     (void)state;
@@ -345,6 +380,22 @@ static void config_section(void **state)
     assert_null(conf_load_string("t.yaml", text, strlen(text), err, sizeof err));
     assert_string_equal(err, "t.yaml:6:12: postgres.servers: needs a server with role: primary");
 
+    /* auth_query: no file needed; the query defaults to pg_shadow's */
+    snprintf(text, sizeof text,
+             "%spostgres:\n  listen: [ \"127.0.0.1:6432\" ]\n  servers: [ \"127.0.0.1:5432\" ]\n"
+             "  auth: { type: md5, user: lookup, password: pw, database: postgres, cache: 30s }\n"
+             "  pools: [ { database: a, user: b } ]\n",
+             base);
+    c = conf_load_string("t.yaml", text, strlen(text), err, sizeof err);
+    assert_non_null(c);
+    assert_string_equal(c->pg.auth_user, "lookup");
+    assert_string_equal(c->pg.auth_password, "pw");
+    assert_string_equal(c->pg.auth_dbname, "postgres");
+    assert_string_equal(c->pg.auth_query, "SELECT usename, passwd FROM pg_shadow WHERE usename = $1");
+    assert_int_equal(c->pg.auth_cache, 30000);
+    assert_null(c->pg.auth_file);
+    conf_unref(c);
+
     snprintf(text, sizeof text, "%spostgres:\n  listen: [ \"127.0.0.1:6432\" ]\n  bogus: 1\n", base);
     assert_null(conf_load_string("t.yaml", text, strlen(text), err, sizeof err));
     assert_string_equal(err, "t.yaml:6:3: postgres.bogus: unknown key");
@@ -359,6 +410,7 @@ int main(void)
         cmocka_unit_test(set_statements),
         cmocka_unit_test(scram_verifier),
         cmocka_unit_test(scram_round_trip),
+        cmocka_unit_test(scram_pass_through),
         cmocka_unit_test(scram_malformed),
         cmocka_unit_test(md5_response),
         cmocka_unit_test(config_section),
