@@ -24,7 +24,7 @@ LIBOBJS := $(filter-out $(BUILD)/obj/main.o,$(OBJS))
 UNIT    := $(patsubst tests/unit/%.c,$(BUILD)/tests/%,$(wildcard tests/unit/test_*.c))
 VERSION := $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 
-.PHONY: all deps run test unit integration fuzz bench bench-pg bench-cache conformance clean
+.PHONY: all deps run test unit integration fuzz bench bench-pg bench-cache bench-evict conformance clean
 all: $(BUILD)/portico
 
 deps:
@@ -109,6 +109,15 @@ conformance:
 	@scripts/deps.sh conformance $(if $(CONFORMANCE_PEERS),conformance-peers)
 	@$(MAKE) --no-print-directory all
 	tests/conformance/run.sh portico $(CONFORMANCE_PEERS)
+
+# the cache store's eviction against plain LRU on Zipf traces, in hit ratio
+# (docs/benchmarks.md, "Cache eviction"); about a minute, one core
+$(BUILD)/bench/cache_evict: bench/cache_evict.c $(LIBOBJS)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $< $(LIBOBJS) $(LDLIBS) -lm
+
+bench-evict: $(BUILD)/bench/cache_evict
+	$(BUILD)/bench/cache_evict
 
 clean:
 	rm -rf build
