@@ -545,6 +545,100 @@ static void eviction_scan_resistance(void **state)
     assert_false(has("http://e/fresh"));
 }
 
+/* Objects of different sizes: every shard keeps about its share of the
+ * budget. Evicting only from the inserting shard let them drift apart (an
+ * eviction frees whole objects, often more than needed, and the slack went
+ * to whichever shard inserted next): after 60,000 inserts of 256 B to 64 KiB
+ * some shards held a tenth of their share and others several times it. */
+static void fill_and_check_balance(void)
+{
+    enum { N = 60000 };
+    uint64_t fixed = charge_of("http://w/0000000", 0);
+    const uint64_t mem = 4u << 20;
+    budget(mem, 1000);
+    static uint32_t size[N];
+    uint64_t x = 0x9e3779b97f4a7c15ull;
+    char k[64];
+    for (int i = 0; i < N; i++) {
+        x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+        size[i] = (uint32_t)(256u << (x % 9)) - (uint32_t)(x >> 40) % 256;   /* 1 B .. 64 KiB */
+        snprintf(k, sizeof k, "http://w/%07d", i);
+        put_unref(k, size[i]);
+    }
+    uint64_t sh[16] = { 0 };
+    for (int i = 0; i < N; i++) {
+        snprintf(k, sizeof k, "http://w/%07d", i);
+        uint64_t h = cache_hash(k, strlen(k));
+        if (has(k))
+            sh[h & 15] += fixed + size[i];
+    }
+    uint64_t total = 0;
+    if (getenv("DEBUG_SHARDS"))        /* DEBUG_SHARDS=1: each shard's share, always */
+        for (int i = 0; i < 16; i++)
+            fprintf(stderr, "shard %d: %.2f\n", i, (double)sh[i] * 16 / (double)mem);
+    for (int i = 0; i < 16; i++) {
+        total += sh[i];
+        if (sh[i] < mem / 16 / 2 || sh[i] > mem / 16 * 3 / 2)
+            fail_msg("shard %d holds %.2f of its share", i, (double)sh[i] * 16 / (double)mem);
+    }
+    assert_int_equal(total, stats().bytes);
+}
+
+static void eviction_shards_balanced(void **state)
+{
+    (void)state;
+    fill_and_check_balance();
+}
+
+/* A compressed variant added to a stored object is counted in the budget
+ * (globally and in its shard's share) and given back with the object. */
+static void variants_counted(void **state)
+{
+    (void)state;
+    struct cache_obj *o = put("http://var/1", 1000);
+    uint64_t b0 = stats().bytes;
+    struct cache_variant *v = malloc(sizeof *v + 8);
+    assert_non_null(v);
+    v->body = stage_body_copy("zzzzzzzzzz", 10);
+    v->head_len = 8;
+    memcpy(v->head, "X: gz\r\n", 8);
+    assert_ptr_equal(cache_obj_add_variant(C, o, 0, v), v);
+    assert_ptr_equal(cache_obj_variant(o, 0), v);
+    assert_null(cache_obj_variant(o, 1));
+    assert_null(cache_obj_variant(o, CACHE_VARIANTS));
+    uint64_t b1 = stats().bytes;
+    assert_true(b1 > b0 + 10 + 8);
+    /* a second one for the same encoding: the first stays, the second is freed */
+    struct cache_variant *v2 = malloc(sizeof *v2);
+    assert_non_null(v2);
+    v2->body = stage_body_copy("y", 1);
+    v2->head_len = 0;
+    assert_ptr_equal(cache_obj_add_variant(C, o, 0, v2), v);
+    assert_int_equal(stats().bytes, b1);
+    /* given back whole with the object; readable while referenced */
+    assert_int_equal(cache_purge_key(C, "http://var/1", 12), 1);
+    assert_int_equal(stats().bytes, 0);
+    assert_memory_equal(cache_obj_variant(o, 0)->body->data, "zzzzzzzzzz", 10);
+    cache_obj_unref(o);
+    /* and the shard's own count went back with it: the shards still share
+     * the budget evenly (a shard count left wrong by the variant would make
+     * its shard the fullest forever, and every other insert evict from it) */
+    static char big[40000];
+    for (int i = 0; i < 256; i++) {
+        char k[64];
+        snprintf(k, sizeof k, "http://var/%d", i);
+        struct cache_obj *p = put(k, 100);
+        struct cache_variant *pv = malloc(sizeof *pv);
+        assert_non_null(pv);
+        pv->body = stage_body_copy(big, sizeof big);
+        pv->head_len = 0;
+        cache_obj_add_variant(C, p, i % CACHE_VARIANTS, pv);
+        cache_obj_unref(p);
+    }
+    purge_all();
+    fill_and_check_balance();
+}
+
 /* ---------------------------------------------------------------- purge */
 
 static void purge_forms(void **state)
@@ -1098,6 +1192,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(budget_quarter, setup, teardown),
         cmocka_unit_test_setup_teardown(budget_shrinks, setup, teardown),
         cmocka_unit_test_setup_teardown(eviction_scan_resistance, setup, teardown),
+        cmocka_unit_test_setup_teardown(eviction_shards_balanced, setup, teardown),
+        cmocka_unit_test_setup_teardown(variants_counted, setup, teardown),
         cmocka_unit_test_setup_teardown(purge_forms, setup, teardown),
         cmocka_unit_test_setup_teardown(namespaces_bump, setup, teardown),
         cmocka_unit_test_setup_teardown(namespaces_bump_is_o1, setup, teardown),
