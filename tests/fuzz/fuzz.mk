@@ -51,6 +51,11 @@ check-path check-known: export FUZZ_PATH_STRICT := 1
 SRCS_path := $(filter-out src/main.c src/admin/% src/pg/%,$(sort $(wildcard src/*/*.c))) tests/stage/test_stage.c
 LIBS_path := -lyaml -lpthread -lcrypto -lz -lbrotlienc -lzstd
 
+# the cache's field parsers: Cache-Control, HTTP dates, If-None-Match
+# (src/cache/policy.c, pure functions; http_ieq from src/http/)
+SRCS_cachecc := src/cache/policy.c $(wildcard src/http/*.c)
+LIBS_cachecc :=
+
 # the PostgreSQL message parsers (src/pg/proto.c)
 SRCS_pgmsg := src/pg/proto.c
 LIBS_pgmsg :=
