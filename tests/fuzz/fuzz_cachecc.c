@@ -36,7 +36,8 @@ static void fuzz_cc(const char *s, size_t n)
     cache_cc_parse(&cc, s, n);
     const uint32_t known = CC_NO_STORE | CC_NO_CACHE | CC_PRIVATE | CC_PUBLIC |
                            CC_MUST_REVALIDATE | CC_PROXY_REVALIDATE | CC_ONLY_IF_CACHED |
-                           CC_IMMUTABLE | CC_NO_TRANSFORM | CC_MAX_STALE_ANY;
+                           CC_IMMUTABLE | CC_NO_TRANSFORM | CC_MAX_STALE_ANY |
+                           CC_MUST_UNDERSTAND;
     CHECK((cc.flags & ~known) == 0);
     check_arg(cc.max_age);
     check_arg(cc.s_maxage);

@@ -62,7 +62,7 @@ static void cc_every_flag(void **state)
         { "public", CC_PUBLIC }, { "must-revalidate", CC_MUST_REVALIDATE },
         { "proxy-revalidate", CC_PROXY_REVALIDATE }, { "only-if-cached", CC_ONLY_IF_CACHED },
         { "immutable", CC_IMMUTABLE }, { "no-transform", CC_NO_TRANSFORM },
-        { "max-stale", CC_MAX_STALE_ANY },
+        { "max-stale", CC_MAX_STALE_ANY }, { "must-understand", CC_MUST_UNDERSTAND },
     };
     uint32_t all = 0;
     for (size_t i = 0; i < sizeof f / sizeof f[0]; i++) {
@@ -71,7 +71,8 @@ static void cc_every_flag(void **state)
         all |= f[i].flag;
     }
     struct cache_cc cc = cc_of("no-store, no-cache,private ,public,\tmust-revalidate,"
-                               "proxy-revalidate, only-if-cached, immutable, no-transform, max-stale");
+                               "proxy-revalidate, only-if-cached, immutable, no-transform, max-stale, "
+                               "must-understand");
     assert_int_equal(cc.flags, all);
     assert_int_equal(cc.max_stale, -1);
     /* names are case-insensitive */
@@ -170,8 +171,8 @@ static void cc_malformed(void **state)
     /* max-age and s-maxage without a valid argument: 0 (stale), RFC 9111 4.2.1 */
     static const char *const bad_age[] = {
         "max-age", "max-age=", "max-age=-1", "max-age=1.5", "max-age=1e3", "max-age=+5",
-        "max-age=0x10", "max-age=10s", "max-age 60", "max-age=60;x", "max-age=\"60",
-        "max-age==60",
+        "max-age=0x10", "max-age=10s", "max-age 60", "max-age=\"60", "max-age==60",
+        "max-age=;60",
     };
     for (size_t i = 0; i < sizeof bad_age / sizeof bad_age[0]; i++) {
         struct cache_cc cc = cc_of(bad_age[i]);
@@ -180,6 +181,11 @@ static void cc_malformed(void **state)
         assert_int_equal(cc.flags, 0);
     }
     assert_int_equal(cc_of("s-maxage").s_maxage, 0);
+    /* Surrogate-Control's targeted form: what follows ';' is not the number */
+    assert_int_equal(cc_of("max-age=60;edge").max_age, 60);
+    assert_int_equal(cc_of("max-age=\"60;edge\"").max_age, 60);
+    assert_int_equal(cc_of("s-maxage=7;a;b").s_maxage, 7);
+    assert_int_equal(cc_of("max-age=6x;edge").max_age, 0);
     assert_int_equal(cc_of("s-maxage=abc").s_maxage, 0);
     /* the other arguments: a malformed one is ignored */
     struct cache_cc cc = cc_of("min-fresh=x, stale-while-revalidate=-3, stale-if-error, "
