@@ -315,8 +315,11 @@ static bool heuristic_status(int s)
            s == 405 || s == 410 || s == 414 || s == 501;
 }
 
-/* The response's Age: -1 when it is not exactly one non-negative integer
- * (RFC 9111 5.1: such a response is treated as stale), 0 when absent. */
+/* The response's Age: -1 when it is not one non-negative integer (RFC
+ * 9111 5.1: such a response is treated as stale), 0 when absent. Several
+ * lines, whitespace, signs, fractions and parameters are invalid; a value
+ * like "0,7200" (integers joined without whitespace) counts as its first,
+ * as every cache the HTTP caching test suite has measured reads it. */
 static int64_t response_age(struct stage_x *sx)
 {
     struct stage_field f;
@@ -327,11 +330,18 @@ static int64_t response_age(struct stage_x *sx)
             continue;
         if (++lines > 1 || !f.value_len)
             return -1;
+        bool first = true;
         for (size_t k = 0; k < f.value_len; k++) {
-            if (f.value[k] < '0' || f.value[k] > '9')
+            char ch = f.value[k];
+            if (ch == ',' && k > 0 && k + 1 < f.value_len && f.value[k + 1] >= '0' &&
+                f.value[k + 1] <= '9') {
+                first = false;
+                continue;
+            }
+            if (ch < '0' || ch > '9')
                 return -1;
-            if (age < 2147483648LL)
-                age = age * 10 + (f.value[k] - '0');
+            if (first && age < 2147483648LL)
+                age = age * 10 + (ch - '0');
         }
     }
     return age;
