@@ -306,9 +306,10 @@ REQUIRED_FAILED=0
 UNAVAILABLE=0
 
 run_proxy() {       # run_proxy NAME
-    local name=$1 d port pid version t0 rc
+    local name=$1 d port pid version t0 rc died=0
     d=$WORK/$name
     mkdir -p "$d"
+    [ -n "$TEST_ID" ] || rm -f "$OUT/$name.json"     # no stale score from an earlier run
     port=$(free_port) || die "no free port"
     version=$(version_of "$name")
     if ! "start_$name" "$d" "$port"; then
@@ -337,7 +338,7 @@ run_proxy() {       # run_proxy NAME
     if ! is_running "$pid"; then
         say "$name exited during the run; its last output:"
         tail -n 15 "$d/out.log" "$d/error.log" 2>/dev/null | sed 's/^/    /' >&2
-        STATUS[$name]="exited during the run"
+        died=1
     fi
     stop_pid "$pid"
     if [ $rc -ne 0 ] || [ ! -s "$d/raw.json" ]; then
@@ -352,6 +353,10 @@ run_proxy() {       # run_proxy NAME
     rc=$?
     [ $rc -eq 2 ] && { STATUS[$name]="scoring failed"; return 1; }
     echo "   ($((SECONDS - t0)) s; every result in $OUT/$name.json)"
+    if [ "$died" = 1 ]; then
+        STATUS[$name]="exited during the run (scored up to there)"
+        return 1
+    fi
     STATUS[$name]=ok
     [ "$name" = portico ] && [ $rc -ne 0 ] && REQUIRED_FAILED=1
     return 0
@@ -365,7 +370,8 @@ fi
 echo "HTTP caching test suite ($(node -p "require('$HERE/node_modules/http-cache-tests/package.json').version" 2>/dev/null | sed 's/^/http-cache-tests /')), $(date -u +%Y-%m-%dT%H:%M:%SZ)"
 scored=()
 for p in "${PROXIES[@]}"; do
-    if run_proxy "$p"; then scored+=("$OUT/$p.json"); else UNAVAILABLE=1; fi
+    run_proxy "$p" || UNAVAILABLE=1
+    [ -s "$OUT/$p.json" ] && scored+=("$OUT/$p.json")
     echo
 done
 
