@@ -532,6 +532,8 @@ def test_revalidation_304_merges_headers(env, validator):
     time.sleep(3.3)                      # a whole second past max-age, whatever the rounding
     r2 = env.get(t)
     assert r2.status == 200 and xc(r2) == "REVALIDATED", r2
+    name, params = cache_status(r2)
+    assert name == "portico" and params.get("fwd") == "stale", r2.header("cache-status")
     assert r2.body == r1.body                              # the stored body...
     assert r2.header("x-origin-count") == "2", r2          # ...with the 304's fields
     assert r2.header("x-static") == "same"
@@ -613,6 +615,19 @@ def test_range_from_stored_response(env):
     r = env.get(t, [("Range", "bytes=2000-3000")])
     assert r.status == 416, r
     assert r.header("content-range") == "bytes */1000", r
+    r = env.get(t, [("Range", "bytes=0-1,5-6")])             # several ranges: the whole body
+    assert r.status == 200 and r.body == full, r
+    assert env.origin(path) == 1
+
+
+def test_http10_client_gets_a_hit(env):
+    path = "/plain/h10/cacheable"
+    t = url(path, cc="max-age=60", n="3000", chunked="1")
+    env.get(t)
+    with RawConn(env.port) as c:
+        r = c.request("GET", t, version="HTTP/1.0")
+        assert r.status == 200 and xc(r) == "HIT" and r.body == pattern_bytes(3000), r
+        assert r.header("transfer-encoding") is None
     assert env.origin(path) == 1
 
 
@@ -732,6 +747,35 @@ def test_leader_disconnect_does_not_break_waiters(env):
     # and portico goes on serving everything else
     r = env.get("/nocache/after/echo")
     assert r.status == 200 and env.p.alive()
+
+
+def test_lock_timeout_bounds_the_wait(make_env):
+    """Waiters give up after cache.lock_timeout and go upstream themselves."""
+    env = make_env(routes=[("/plain/", "true"), ("/", None)],
+                   top="{ memory: 64MiB, max_object: 1MiB, lock_timeout: 300ms }")
+    path = "/plain/lock/cacheable"
+    t = url(path, cc="max-age=60", delay="1.5")
+    leader = RawConn(env.port, timeout=10)
+    leader.send(build_request("GET", t, host=HOST))
+    time.sleep(0.2)
+    results = [None] * 3
+    t0 = time.time()
+    for th in _fire(env.port, t, 3, results):
+        th.join(10)
+    took = time.time() - t0
+    r = leader.read_final()[0]
+    leader.close()
+    assert r.status == 200 and all(getattr(x, "status", None) == 200 for x in results), results
+    assert env.origin(path) == 4, env.origin(path)           # each waiter went on its own...
+    assert took < 1.5 + 0.3 + 1.0, took                      # ...after 0.3 s, not 1.5 s
+    # the control: a fetch that ends within lock_timeout is shared
+    path = "/plain/lock2/cacheable"
+    t = url(path, cc="max-age=60", delay="0.25")
+    results = [None] * 4
+    for th in _fire(env.port, t, 4, results, threading.Barrier(4)):
+        th.join(10)
+    assert all(getattr(x, "status", None) == 200 for x in results), results
+    assert env.origin(path) == 1, env.origin(path)
 
 
 # --------------------------------------------------------------------------
@@ -878,6 +922,13 @@ def test_purge_prefix(env):
     j = env.purge(prefix="/inv/pp/")
     assert j == {"purged": 2}, j
     assert [_hit(env, t) for t in ts] == [False, False, True]
+    # prefix=http://host/...: that host only
+    t = "/inv/ph/cacheable"
+    for h in ("a.local", "b.local"):
+        env.get(t, host=h)
+        assert _hit(env, t, host=h)
+    assert env.purge(prefix="http://a.local/inv/ph/") == {"purged": 1}
+    assert not _hit(env, t, host="a.local") and _hit(env, t, host="b.local")
 
 
 def test_purge_tag(env):
@@ -893,6 +944,17 @@ def test_purge_tag(env):
     for t, purged in tagged:
         assert _hit(env, t) != purged, t
     assert env.purge(tag="product-7") == {"purged": 2}    # stored again by the refetches
+
+
+def test_tag_header_configurable(make_env):
+    env = make_env(routes=[("/plain/", "true"), ("/", None)],
+                   top="{ memory: 64MiB, max_object: 1MiB, tag_header: Surrogate-Key }")
+    a = url("/plain/sk/a/cacheable", cc="max-age=60", h="Surrogate-Key: k1 k2")
+    b = url("/plain/sk/b/cacheable", cc="max-age=60", h="Cache-Tag: k1")
+    for t in (a, b):
+        env.get(t)
+    assert env.purge(tag="k1") == {"purged": 1}
+    assert not _hit(env, a) and _hit(env, b)
 
 
 def test_bump_namespace_by_api(env):
@@ -1074,6 +1136,32 @@ def test_memory_budget_under_a_flood(make_env):
     last = url("/plain/flood/%d/cacheable" % (n - 1), cc="max-age=600", n=str(size))
     r = env.get(last)
     assert r.status == 200 and len(r.body) == size
+
+
+def test_reload_to_a_smaller_budget_evicts_to_fit(make_env):
+    routes = [("/plain/", "true"), ("/", None)]
+    env = make_env(routes=routes, top="{ memory: 64MiB, max_object: 1MiB }")
+    size = 256 * 1024
+    for i in range(100):                                      # 25 MiB
+        r = env.get(url("/plain/rl/%d/cacheable" % i, cc="max-age=600", n=str(size)))
+        assert r.status == 200
+    ss = env.metrics()
+    assert metric_sum(ss, "portico_cache_bytes") >= 20 * MiB, metric_sum(ss, "portico_cache_bytes")
+    with open(env.p.config_path) as f:
+        cfg = f.read()
+    with open(env.p.config_path, "w") as f:
+        f.write(cfg.replace("cache: { memory: 64MiB, max_object: 1MiB }",
+                            "cache: { memory: 8MiB, max_object: 1MiB }"))
+    r = requests.post(env.admin + "/reload", headers={"Authorization": "Bearer " + TOKEN}, timeout=10)
+    assert r.status_code == 200, r.text
+    # the store shrinks when it next stores (not at the reload itself)
+    env.get(url("/plain/rl/new/cacheable", cc="max-age=600", n="1000"))
+    ok = wait_for(lambda: (metric_sum(env.metrics(), "portico_cache_bytes") or 0) <= 8 * MiB, 5)
+    ss = env.metrics()
+    assert ok, (metric_sum(ss, "portico_cache_bytes"), metric_sum(ss, "portico_cache_entries"))
+    assert metric_sum(ss, "portico_cache_budget_bytes") == 8 * MiB
+    assert metric_sum(ss, "portico_cache_entries") <= 32
+    assert _hit(env, url("/plain/rl/new/cacheable", cc="max-age=600", n="1000"))
 
 
 def test_object_over_max_object_streams_but_is_not_stored(make_env):
