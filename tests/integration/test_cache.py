@@ -391,12 +391,13 @@ def test_set_cookie(env):
     r1, r2 = env.get(t), env.get(t)
     assert r1.header("set-cookie") == "sid=abc" and r2.header("set-cookie") == "sid=abc"
     assert xc(r2) != "HIT" and env.origin("/plain/sc/cacheable") == 2
-    # allow_set_cookie: stored, but the stored response has no Set-Cookie
+    # allow_set_cookie: stored, with its Set-Cookie replayed (docs/configuration.md
+    # since 421bd3d: "every client then gets the same cookie", as RFC 9111 7.3)
     t = url("/cookie/sc/cacheable", cc="max-age=60", cookie="sid=abc")
     r1, r2 = env.get(t), env.get(t)
     assert r1.header("set-cookie") == "sid=abc", r1
     assert xc(r2) == "HIT" and env.origin("/cookie/sc/cacheable") == 1, r2
-    assert r2.header("set-cookie") is None, r2
+    assert r2.header_all("set-cookie") == ["sid=abc"], r2
 
 
 def test_authorization_requests(env):
@@ -720,9 +721,6 @@ def test_waiter_disconnect_does_not_break_coalesced_fetch(env):
     assert env.p.alive()
 
 
-@pytest.mark.xfail(reason="cache bug: when the leader's client goes away every waiter goes upstream "
-                          "on its own (7 origin requests for 7 clients); /work/cache-test-failures.md",
-                   strict=True)
 def test_leader_disconnect_does_not_break_waiters(env):
     path = "/plain/coal-l/cacheable"
     t = url(path, cc="max-age=60", delay="1.5")
@@ -787,14 +785,16 @@ def test_stale_if_error_origin_killed(env):
     t0 = time.time()
     r1 = env.get(t)
     assert xc(r1) == "MISS"
-    time.sleep(2.2)                      # stale by a whole second, whatever the rounding
+    # 1.5 s: stale (max-age 1), and within stale_if_error (2) even when the
+    # Date's rounding down adds up to a second of age
+    time.sleep(1.5)
     env.up.stop()                        # the origin is gone: connections are refused
     r = env.get(t)
     assert r.status == 200 and xc(r) == "STALE" and r.body == r1.body, r
     assert r.header("age") is not None and int(r.header("age")) >= 1
     # past max-age (1) + the route's stale_if_error (2), plus the clocks' rounding
     # (the Date and portico's clock have one-second resolution)
-    time.sleep(max(0, t0 + 4.5 - time.time()))
+    time.sleep(max(0, t0 + 4.0 - time.time()))
     r = env.get(t)
     assert r.status in (502, 503, 504), r
     assert xc(r) != "STALE"
@@ -805,12 +805,12 @@ def test_stale_if_error_from_response_on_500(env):
     t = url(path, cc="max-age=1, stale-if-error=2")
     t0 = time.time()
     r1 = env.get(t)
-    time.sleep(2.2)
+    time.sleep(1.5)                      # as in test_stale_if_error_origin_killed
     env.set(fail="500")
     r = env.get(t)
     assert r.status == 200 and xc(r) == "STALE" and r.body == r1.body, r
     assert env.origin(path) == 2              # it did ask
-    time.sleep(max(0, t0 + 4.5 - time.time()))
+    time.sleep(max(0, t0 + 4.0 - time.time()))
     r = env.get(t)
     assert r.status == 500 and xc(r) != "STALE", r
     env.clear()
@@ -857,9 +857,6 @@ def test_stale_while_revalidate_window_ends(env):
     assert xc(r) not in ("HIT", "STALE") and body_json(r)["n"] == 2, r
 
 
-@pytest.mark.xfail(reason="cache bug: with no stale window (swr/sie 0) an expired entry is answered "
-                          "STALE for the second in which floor(age) == lifetime; "
-                          "/work/cache-test-failures.md", strict=True)
 def test_no_stale_answer_without_a_stale_window(env):
     """With no stale-while-revalidate and no stale-if-error anywhere, an
     expired entry is never answered stale, not even in the second right after
