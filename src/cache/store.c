@@ -225,6 +225,8 @@ size_t cache_vary_values(const char *names, size_t nlen, cache_field_fn get, voi
                          size_t cap)
 {
     size_t n = 0;
+    if (!nlen)
+        return 0;                       /* no Vary: names may be NULL (NULL + 0 is UB) */
     const char *p = names, *end = names + nlen;
     while (p < end) {
         const char *nl = memchr(p, '\n', (size_t)(end - p));

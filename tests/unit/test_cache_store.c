@@ -277,8 +277,10 @@ static void vary_values(void **state)
     struct req r2 = { { "x-lang", NULL }, { "", NULL } };
     assert_int_equal(cache_vary_values(names, strlen(names), req_get, &r2, out, sizeof out), 3);
     assert_memory_equal(out, "\x01\n\n", 3);
-    /* no names: no values */
+    /* no names: no values (the stage passes NULL when the response has no Vary) */
     assert_int_equal(cache_vary_values("", 0, req_get, &r, out, sizeof out), 0);
+    assert_int_equal(cache_vary_values(NULL, 0, req_get, &r, out, sizeof out), 0);
+    assert_int_equal(cache_vary_values(NULL, 0, req_get, &r, NULL, 0), 0);
     /* exactly the capacity fits, one byte less does not */
     assert_int_equal(cache_vary_values(names, strlen(names), req_get, &r, out, 12), 12);
     assert_int_equal(cache_vary_values(names, strlen(names), req_get, &r, out, 11), SIZE_MAX);
