@@ -876,6 +876,39 @@ static void refresh_claim(void **state)
     cache_obj_unref(o);
 }
 
+/* ---------------------------------------------------------------- hit-for-miss */
+
+static void pass_marks(void **state)
+{
+    (void)state;
+    const uint64_t h = cache_hash("http://p/1", 10), other = cache_hash("http://p/2", 10);
+    /* same shard (low 4 bits) and same slot ((h >> 4) % 1024): a collision */
+    const uint64_t twin = h + (1024u << 4);
+    assert_false(cache_pass_check(C, h, 0));
+    cache_pass_mark(C, h, 5000);
+    assert_true(cache_pass_check(C, h, 4999));
+    assert_false(cache_pass_check(C, h, 5000));         /* until is exclusive */
+    assert_false(cache_pass_check(C, other, 10));
+    assert_false(cache_pass_check(C, twin, 10));
+    /* clearing another key, even in the same slot, leaves the mark */
+    cache_pass_mark(C, other, 0);
+    cache_pass_mark(C, twin, 0);
+    assert_true(cache_pass_check(C, h, 10));
+    /* until 0 clears its own */
+    cache_pass_mark(C, h, 0);
+    assert_false(cache_pass_check(C, h, 10));
+    /* lossy: a colliding key's mark replaces it */
+    cache_pass_mark(C, h, 5000);
+    cache_pass_mark(C, twin, 6000);
+    assert_false(cache_pass_check(C, h, 10));
+    assert_true(cache_pass_check(C, twin, 10));
+    cache_pass_mark(C, twin, 0);
+    assert_false(cache_pass_check(C, twin, 10));
+    /* marks are not objects: nothing stored, counted or purged */
+    assert_int_equal(stats().entries, 0);
+    assert_int_equal(stats().bytes, 0);
+}
+
 /* ---------------------------------------------------------------- threads */
 
 struct hammer {
@@ -1202,6 +1235,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(namespaces_table_full, setup, teardown),
         cmocka_unit_test_setup_teardown(reference_outlives_eviction, setup, teardown),
         cmocka_unit_test_setup_teardown(refresh_claim, setup, teardown),
+        cmocka_unit_test_setup_teardown(pass_marks, setup, teardown),
         cmocka_unit_test_setup_teardown(threads, setup, teardown),
         cmocka_unit_test_setup_teardown(coalesce_one_fetch, setup, teardown),
         cmocka_unit_test_setup_teardown(coalesce_max_waiters, setup, teardown),
