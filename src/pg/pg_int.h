@@ -104,6 +104,7 @@ struct wpool {
     /* a pool without a password logs in to its servers with what its
      * clients proved (primary entry only): SCRAM keys, or an md5 secret */
     bool have_keys;
+    bool no_creds;                  /* a server asked for a password it had none for */
     uint8_t client_key[32], server_key[32];
     char md5[36];
     struct authq_ent *aent;         /* an auth pool: the current lookup or cached secret */

@@ -146,12 +146,12 @@ void pg_pool_release(struct server *s)
     p->idle = s;
 }
 
-/* Whether p can log in to its server yet: a password, or what a client of
- * the pool proved (pass-through). */
+/* Whether p can log in to its server yet: a password, what a client of
+ * the pool proved (pass-through), or no server asked for one so far. */
 bool pg_pool_has_credentials(const struct wpool *p)
 {
     const struct wpool *home = p->is_auth ? p : &p->w->pools[p->idx * p->w->pg->nsrv + p->w->pg->primary];
-    return p->cp->password || home->have_keys || home->md5[0];
+    return p->cp->password || home->have_keys || home->md5[0] || !home->no_creds;
 }
 
 /* A client needs a server: attach one now (true) or queue it (false). */

@@ -215,7 +215,7 @@ static bool server_auth_request(struct server *s, const struct pg_msg *m)
     struct pg_rd r = pg_rd(m->body, m->len);
     uint32_t code = pg_rd_u32(&r);
     const char *pw = p->cp->password;
-    const struct wpool *home = p->is_auth ? p : &s->w->pools[p->idx * s->w->pg->nsrv + s->w->pg->primary];
+    struct wpool *home = p->is_auth ? p : &s->w->pools[p->idx * s->w->pg->nsrv + s->w->pg->primary];
     const char *md5 = pw ? pw : home->md5[0] ? home->md5 : NULL;
     if (r.bad) {
         server_fail(s, "malformed authentication request");
@@ -250,6 +250,7 @@ static bool server_auth_request(struct server *s, const struct pg_msg *m)
         return true;
     }
     char err[120];
+    home->no_creds |= code == 3 || code == 5 || code == 10 || code == 11;
     if (code == 3 || code == 5 || code == 10 || code == 11)
         snprintf(err, sizeof err, "the server asks for a password and none is configured for this "
                  "pool (nor learnt from a client's login yet)");
