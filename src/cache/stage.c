@@ -143,9 +143,62 @@ static int64_t now_ms(void)
     return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
-static bool req_field(void *arg, const char *n, size_t nl, const char **v, size_t *vl)
+static int elem_cmp(const void *a, const void *b)
 {
-    return stage_request_header(arg, n, nl, v, vl);
+    const struct stage_field *x = a, *y = b;
+    size_t n = x->name_len < y->name_len ? x->name_len : y->name_len;
+    int c = memcmp(x->name, y->name, n);
+    return c ? c : (x->name_len > y->name_len) - (x->name_len < y->name_len);
+}
+
+/* A request field as a Vary secondary key sees it: every line of it
+ * combined, whitespace dropped, and for Accept-Language, lowercase with
+ * its elements in order (so that "en, fr" and "fr,en" select the same
+ * variant). Into a per-thread scratch buffer, read at once by the caller. */
+static bool vary_field(void *arg, const char *n, size_t nl, const char **v, size_t *vl)
+{
+    static _Thread_local char scratch[2048];
+    struct stage_field f;
+    size_t len = 0;
+    bool any = false, lang = nl == 15 && http_ieq(n, "accept-language", 15);
+    for (uint32_t i = 0; stage_request_field(arg, i, &f); i++) {
+        if (!(f.name_len == nl && http_ieq(f.name, n, nl)))
+            continue;
+        if (any && len < sizeof scratch)
+            scratch[len++] = ',';
+        any = true;
+        for (size_t k = 0; k < f.value_len && len < sizeof scratch; k++)
+            if (f.value[k] != ' ' && f.value[k] != '\t')
+                scratch[len++] = (char)(lang && f.value[k] >= 'A' && f.value[k] <= 'Z'
+                                            ? f.value[k] + 32 : f.value[k]);
+    }
+    if (!any)
+        return false;
+    if (lang) {
+        struct stage_field e[32];
+        size_t ne = 0;
+        char sorted[sizeof scratch];
+        for (size_t p = 0; p < len && ne < 32;) {
+            const char *c = memchr(scratch + p, ',', len - p);
+            size_t el = c ? (size_t)(c - scratch - p) : len - p;
+            if (el)
+                e[ne++] = (struct stage_field){ scratch + p, NULL, el, 0 };
+            p += el + 1;
+        }
+        qsort(e, ne, sizeof e[0], elem_cmp);
+        size_t o = 0;
+        for (size_t i = 0; i < ne; i++) {
+            if (i)
+                sorted[o++] = ',';
+            memcpy(sorted + o, e[i].name, e[i].name_len);
+            o += e[i].name_len;
+        }
+        memcpy(scratch, sorted, o);
+        len = o;
+    }
+    *v = scratch;
+    *vl = len;
+    return true;
 }
 
 static bool method_is(struct stage_x *sx, const char *m)
@@ -772,7 +825,7 @@ static enum stage_verdict on_request(struct stage_x *sx)
     int64_t now = now_ms();
     cx->request_time = now;
     cx->refresh = stage_internal(sx);
-    struct cache_obj *obj = cache_lookup(c, cx->hash, key, kn, req_field, sx);
+    struct cache_obj *obj = cache_lookup(c, cx->hash, key, kn, vary_field, sx);
     if (obj && use_stored(sx, cx, rs, obj, now)) {
         cache_obj_unref(obj);
         return STAGE_ANSWERED;
@@ -813,7 +866,7 @@ static void woken(struct stage_x *sx)
     struct cache *c = cache_get();
     int64_t now = now_ms();
     cx->waiting = false;
-    struct cache_obj *obj = cache_lookup(c, cx->hash, cx->key, cx->key_len, req_field, sx);
+    struct cache_obj *obj = cache_lookup(c, cx->hash, cx->key, cx->key_len, vary_field, sx);
     bool done = obj && use_stored(sx, cx, rs, obj, now);
     cache_obj_unref(obj);
     if (done) {
@@ -950,7 +1003,9 @@ static bool vary_names(struct stage_x *sx, struct cx *cx)
             buf[n++] = '\n';
         }
     }
-    if (n && !(cx->vnames = malloc(n)))
+    if (!n)
+        return true;
+    if (!(cx->vnames = malloc(n)))
         return false;
     memcpy(cx->vnames, buf, n);
     cx->vnames_len = (uint32_t)n;
@@ -1295,7 +1350,7 @@ static void commit(struct stage_x *sx, struct cx *cx, const struct rstate *rs)
         return;
     cx->buf = NULL;
     char vary[2048];
-    size_t vn = cache_vary_values(cx->vnames, cx->vnames_len, req_field, sx, vary, sizeof vary);
+    size_t vn = cache_vary_values(cx->vnames, cx->vnames_len, vary_field, sx, vary, sizeof vary);
     if (vn != SIZE_MAX) {
         struct cache_obj_new o = {
             .key = cx->key, .key_len = cx->key_len, .hash = cx->hash, .vary = vary, .vary_len = vn,

@@ -283,6 +283,16 @@ bool stage_request_header(struct stage_x *sx, const char *name, size_t name_len,
     return r && find_field(&r->m, name, name_len, value, value_len);
 }
 
+bool stage_request_field(struct stage_x *sx, uint32_t i, struct stage_field *f)
+{
+    const struct http_request *r = sx->x->st->req;
+    if (!r || i >= r->m.nheaders)
+        return false;
+    const struct http_header *h = &r->m.headers[i];
+    *f = (struct stage_field){ h->name, h->value, h->name_len, h->value_len };
+    return true;
+}
+
 bool stage_https(struct stage_x *sx) { return sx->x->https; }
 
 bool stage_internal(struct stage_x *sx) { return sx->x->c->internal; }

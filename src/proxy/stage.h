@@ -112,6 +112,10 @@ bool stage_https(struct stage_x *sx);
  * time for a stage with keep_request_headers. */
 bool stage_request_header(struct stage_x *sx, const char *name, size_t name_len,
                           const char **value, size_t *value_len);
+/* The i-th field of the request head (when stage_request_header would
+ * work); false past the last. For fields on several lines. */
+struct stage_field;
+bool stage_request_field(struct stage_x *sx, uint32_t i, struct stage_field *f);
 /* The request body, during on_request, when it has all arrived with the
  * head (a Content-Length body already in the input buffer: a login form).
  * False otherwise: portico does not wait for a body on a stage's behalf. */
