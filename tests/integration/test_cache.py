@@ -1091,6 +1091,11 @@ def test_key_query_ignore_and_keep(env):
 # --------------------------------------------------------------------------
 # memory
 
+def _sanitized(binary):
+    with open(binary, "rb") as f:
+        return b"__asan_init" in f.read()
+
+
 def test_memory_budget_under_a_flood(make_env):
     env = make_env(routes=[("/plain/", "true"), ("/", None)],
                    top="{ memory: 8MiB, max_object: 256KiB }")
@@ -1120,7 +1125,11 @@ def test_memory_budget_under_a_flood(make_env):
             t.join(120)
     assert not errors, errors[:3]
     growth = s.growth(base) / 1024.0
-    assert growth < 8 + 40, "RSS grew by %.1f MiB over %.1f MiB (budget 8 MiB)" % (growth, base / 1024)
+    # AddressSanitizer keeps freed memory in a quarantine (256 MiB by default)
+    # before reusing it, so a sanitized build's RSS grows by up to that much
+    # more, whatever the cache does; the cache's own accounting is checked below
+    slack = 256 + 64 if _sanitized(env.p.binary) else 0
+    assert growth < 8 + 40 + slack, "RSS grew by %.1f MiB over %.1f MiB (budget 8 MiB)" % (growth, base / 1024)
     ss = env.metrics()
     cbytes = metric_sum(ss, "portico_cache_bytes")
     entries = metric_sum(ss, "portico_cache_entries")
