@@ -32,7 +32,8 @@ const suitePkg = JSON.parse(fs.readFileSync(path.join(here, 'node_modules/http-c
 const SUITE = `http-cache-tests ${suitePkg.version}`
 const unpassableDoc = JSON.parse(fs.readFileSync(path.join(here, 'unpassable.json')))
 if (unpassableDoc.suite !== SUITE) {
-  throw new Error(`unpassable.json is for ${unpassableDoc.suite}, the suite is ${SUITE}: check its list again`)
+  console.error(`score.mjs: unpassable.json is for ${unpassableDoc.suite}, the suite is ${SUITE}: check its list again`)
+  process.exit(2)
 }
 const UNPASSABLE = new Set(unpassableDoc.tests)
 
@@ -230,7 +231,12 @@ function usage () {
 }
 
 const [cmd, ...rest] = process.argv.slice(2)
-if (cmd === 'score') process.exit(cmdScore(rest))
-else if (cmd === 'table') process.exit(cmdTable(rest))
-else if (cmd === 'published') process.exit(await cmdPublished())
-else usage()
+try {
+  if (cmd === 'score') process.exit(cmdScore(rest))
+  else if (cmd === 'table') process.exit(cmdTable(rest))
+  else if (cmd === 'published') process.exit(await cmdPublished())
+  else usage()
+} catch (err) { // a broken input or suite: not a score, so not exit 1
+  console.error(`score.mjs: ${err.stack || err}`)
+  process.exit(2)
+}
