@@ -365,6 +365,8 @@ struct conf_pg {
     uint64_t client_login_timeout;  /* ms from connect to a finished login */
     uint64_t health_interval;       /* ms between two health checks of a server */
     char *server_reset_query;       /* session mode, when a client leaves; NULL: none */
+    char *server_check_query;       /* run on a server idle server_check_delay before reuse; NULL: none */
+    uint64_t server_check_delay;    /* ms */
     uint64_t slow_query;            /* ms; 0 = the slow query log is off */
     uint32_t slow_query_max_chars;  /* statement text kept in a slow query line */
     enum conf_pg_sslmode sslmode;

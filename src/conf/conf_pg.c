@@ -77,6 +77,19 @@ static bool get_string(struct pgx *x, yaml_node_t *n, const char *path, char **o
     return true;
 }
 
+/* A query, or "" for none (NULL). */
+static bool get_query(struct pgx *x, yaml_node_t *n, const char *path, char **out)
+{
+    const char *s = scalar(n);
+    if (!s)
+        return bad(x, n, path, "expected a query, or \"\" for none");
+    free(*out);
+    *out = NULL;
+    if (*s && !(*out = strdup(s)))
+        return bad(x, n, path, "out of memory");
+    return true;
+}
+
 static bool get_bool(struct pgx *x, yaml_node_t *n, const char *path, bool *out)
 {
     const char *s = scalar(n);
@@ -351,8 +364,10 @@ bool conf_pg_load(void *docp, void *nodep, const char *file, char *err, size_t e
         .server_idle_timeout = 600000, .server_connect_timeout = 5000,
         .client_login_timeout = 60000, .health_interval = 5000, .slow_query = 0,
         .slow_query_max_chars = 200, .max_prepared = 200, .auth_cache = 10000,
+        .server_check_delay = 30000,
     };
-    if (!(pg->server_reset_query = strdup("DISCARD ALL")))
+    if (!(pg->server_reset_query = strdup("DISCARD ALL")) ||
+        !(pg->server_check_query = strdup("SELECT 1")))
         return bad(&x, m, path, "out of memory");
     if (!m || m->type != YAML_MAPPING_NODE)
         return bad(&x, m, path, "expected a mapping");
@@ -381,15 +396,9 @@ bool conf_pg_load(void *docp, void *nodep, const char *file, char *err, size_t e
         } else if (!strcmp(k, "health_interval")) {
             ok = get_duration(&x, v, kp, &pg->health_interval) &&
                  (pg->health_interval > 0 || bad(&x, v, kp, "must be greater than zero"));
-        } else if (!strcmp(k, "server_reset_query")) {
-            const char *s = scalar(v);
-            if (!s)
-                ok = bad(&x, v, kp, "expected a query, or \"\" for none");
-            free(pg->server_reset_query);
-            pg->server_reset_query = NULL;
-            if (ok && *s && !(pg->server_reset_query = strdup(s)))
-                ok = bad(&x, v, kp, "out of memory");
-        } else if (!strcmp(k, "slow_query")) ok = get_duration(&x, v, kp, &pg->slow_query);
+        } else if (!strcmp(k, "server_reset_query")) ok = get_query(&x, v, kp, &pg->server_reset_query);
+        else if (!strcmp(k, "server_check_query")) ok = get_query(&x, v, kp, &pg->server_check_query);
+        else if (!strcmp(k, "server_check_delay")) ok = get_duration(&x, v, kp, &pg->server_check_delay); else if (!strcmp(k, "slow_query")) ok = get_duration(&x, v, kp, &pg->slow_query);
         else if (!strcmp(k, "slow_query_max_chars"))
             ok = get_uint(&x, v, kp, &pg->slow_query_max_chars, 16, 65536);
         else if (!strcmp(k, "max_prepared_statements"))
@@ -492,6 +501,7 @@ void conf_pg_free(struct conf_pg *pg)
     free(pg->auth_dbname);
     free(pg->auth_query);
     free(pg->server_reset_query);
+    free(pg->server_check_query);
     free(pg->sslrootcert);
     memset(pg, 0, sizeof *pg);
 }

@@ -75,6 +75,11 @@ bool pg_authq_send(struct server *s)
 static void authq_kick(struct wpool *p)
 {
     struct server *s = p->idle;
+    const struct conf_pg *cf = p->w->c;
+    if (s && cf->server_check_query && loop_now(p->w->loop) - s->last_used >= cf->server_check_delay) {
+        pg_server_close(s, "idle too long to trust");  /* a new login is the check */
+        s = NULL;
+    }
     if (s) {
         pg_server_unidle(s);
         if (pg_authq_send(s))

@@ -555,6 +555,8 @@ static bool conf_pg_same(const struct conf_pg *a, const struct conf_pg *b)
         a->server_connect_timeout != b->server_connect_timeout ||
         a->client_login_timeout != b->client_login_timeout || a->health_interval != b->health_interval ||
         !str_eq(a->server_reset_query, b->server_reset_query) || a->slow_query != b->slow_query ||
+        !str_eq(a->server_check_query, b->server_check_query) ||
+        a->server_check_delay != b->server_check_delay ||
         a->slow_query_max_chars != b->slow_query_max_chars || a->sslmode != b->sslmode ||
         !str_eq(a->sslrootcert, b->sslrootcert) || a->max_prepared != b->max_prepared ||
         !str_eq(a->auth_user, b->auth_user) || !str_eq(a->auth_password, b->auth_password) ||

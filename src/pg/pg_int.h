@@ -339,6 +339,7 @@ void pg_server_flush(struct server *s);
 void pg_server_unidle(struct server *s);
 void pg_server_close(struct server *s, const char *why);
 void pg_server_free(struct server *s);
+void pg_server_check(struct server *s);
 const char *pg_error_text(const struct pg_msg *m);
 
 /* relay.c: messages between a client and its server (transaction mode rewriting) */

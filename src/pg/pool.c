@@ -163,8 +163,13 @@ bool pg_pool_acquire(struct client *c, struct wpool *p)
         struct server *s = p->idle;
         pg_server_unidle(s);
         const struct conf_pg *cf = w->c;
-        if (cf->server_lifetime && loop_now(w->loop) - s->created > cf->server_lifetime) {
+        uint64_t now = loop_now(w->loop);
+        if (cf->server_lifetime && now - s->created > cf->server_lifetime) {
             pg_server_close(s, "lifetime");
+            continue;
+        }
+        if (cf->server_check_query && now - s->last_used >= cf->server_check_delay) {
+            pg_server_check(s);     /* it goes to the first waiter once it answers */
             continue;
         }
         attach(c, s);

@@ -162,6 +162,7 @@ static bool server_start_tls(struct server *s)
 void pg_server_ready(struct server *s)
 {
     loop_timer_stop(s->w->loop, &s->timer);
+    s->last_used = loop_now(s->w->loop);
     s->client = NULL;
     s->pcount = 0;
     s->skipping = false;
@@ -258,6 +259,22 @@ static bool server_auth_request(struct server *s, const struct pg_msg *m)
         snprintf(err, sizeof err, "unsupported authentication method %u", code);
     server_fail(s, err);
     return false;
+}
+
+/* A server idle for server_check_delay is checked before a client gets
+ * it: server_check_query, answered like a reset (SS_RESET, then back to
+ * the pool's first waiter); one that does not answer within
+ * server_connect_timeout (a peer gone without a word, an idle connection
+ * a firewall dropped) is closed and replaced. */
+void pg_server_check(struct server *s)
+{
+    const struct conf_pg *cf = s->w->c;
+    size_t o = pgb_begin(&s->out, 'Q');
+    pgb_str(&s->out, cf->server_check_query);
+    pgb_end(&s->out, o);
+    pg_server_state(s, SS_RESET);
+    loop_timer_arm(s->w->loop, &s->timer, cf->server_connect_timeout);
+    pg_server_flush(s);
 }
 
 /* The M field of an ErrorResponse, or "error". */
@@ -487,7 +504,7 @@ static void server_timer(struct loop *l, struct loop_timer *t)
     if (s->state == SS_CONNECT || s->state == SS_LOGIN)
         server_fail(s, "connect or login timed out");
     else if (s->state == SS_RESET)
-        pg_server_close(s, "reset timed out");
+        pg_server_close(s, "reset or check timed out");
     else if (s->state == SS_ACTIVE && s->pool->is_auth)
         pg_server_close(s, "auth_query timed out");
 }

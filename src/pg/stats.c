@@ -65,7 +65,7 @@ static void metrics_gauges(struct obs_text *t, const struct conf_pg *cf, const s
         { "portico_pg_clients_waiting", "Clients waiting for a server connection.", 0, CS_WAITING },
         { "portico_pg_servers_active", "Server connections serving a client.", 1, SS_ACTIVE },
         { "portico_pg_servers_idle", "Server connections idle in the pool.", 1, SS_IDLE },
-        { "portico_pg_servers_used", "Server connections being reset after a session.", 1, SS_RESET },
+        { "portico_pg_servers_used", "Server connections being reset after a session, or checked before reuse.", 1, SS_RESET },
         { "portico_pg_servers_login", "Server connections connecting or logging in.", 1, SS_LOGIN },
     };
     for (size_t g = 0; g < sizeof gauges / sizeof gauges[0]; g++) {

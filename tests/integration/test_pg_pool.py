@@ -450,3 +450,100 @@ def test_psycopg3_server_side_prepares(make_pooler, pg_server):
     assert not errors, errors
     # the server saw at most pool_size connections of app
     assert pg_server.count_backends("app") <= 2
+
+
+class FreezeProxy:
+    """A TCP relay to the server whose existing connections can be frozen: the
+    bytes stop both ways and nothing is closed, like a server that went away
+    without a word or an idle connection a firewall dropped."""
+
+    def __init__(self, target_port):
+        self.target = target_port
+        self.lsock = socket.socket()
+        self.lsock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.lsock.bind(("127.0.0.1", 0))
+        self.lsock.listen(64)
+        self.port = self.lsock.getsockname()[1]
+        self.pairs = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        while True:
+            try:
+                c, _ = self.lsock.accept()
+            except OSError:
+                return
+            try:
+                s = socket.create_connection(("127.0.0.1", self.target), timeout=5)
+            except OSError:
+                c.close()
+                continue
+            s.settimeout(None)
+            pair = {"frozen": False, "socks": (c, s)}
+            self.pairs.append(pair)
+            threading.Thread(target=self._pump, args=(pair, c, s), daemon=True).start()
+            threading.Thread(target=self._pump, args=(pair, s, c), daemon=True).start()
+
+    @staticmethod
+    def _pump(pair, src, dst):
+        while True:
+            try:
+                data = src.recv(65536)
+            except OSError:
+                data = b""
+            while pair["frozen"]:
+                time.sleep(0.05)
+            if not data:
+                break
+            try:
+                dst.sendall(data)
+            except OSError:
+                break
+        for x in pair["socks"]:
+            try:
+                x.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def freeze_existing(self):
+        for pair in self.pairs:
+            pair["frozen"] = True
+
+    def close(self):
+        self.lsock.close()
+
+
+@pytest.mark.parametrize("pool_size", [1, 2])
+def test_idle_server_checked_before_reuse(make_pooler, pg_server, pool_size):
+    # server_check_delay: an idle server connection is checked before a
+    # client gets it; one that does not answer (here: frozen by the relay)
+    # is not handed out: another serves the client (pool_size 2: at once; 1:
+    # once the check timed out after server_connect_timeout and it was closed)
+    proxy = FreezeProxy(pg_server.port)
+    try:
+        p = make_pooler(auth_type="trust", workers=1, servers=[proxy.port],
+                        pools=[{"database": "app", "user": "app", "pool_size": pool_size}],
+                        extra={"server_check_delay": "200ms", "server_connect_timeout": "1s"})
+        conn = p.connect(password=None)
+        conn.autocommit = True
+        cur = conn.cursor()
+        cur.execute("SELECT 1")
+        time.sleep(0.4)
+        cur.execute("SELECT 1")             # checked (it idled 400 ms) and reused
+        assert cur.fetchone() == (1,)
+        proxy.freeze_existing()
+        time.sleep(0.4)
+        result = []
+        start = time.time()
+        t = threading.Thread(target=lambda: (cur.execute("SELECT 2"), result.append(cur.fetchone())))
+        t.start()
+        t.join(15)
+        assert not t.is_alive(), "the query went to the frozen server connection"
+        assert result == [(2,)]
+        took = time.time() - start
+        assert took < 8, took
+        if pool_size == 1:
+            assert took >= 0.8, took        # it waited out the check
+        conn.close()
+    finally:
+        proxy.close()
