@@ -321,6 +321,7 @@ FRESH_CASES = [
      {"cc": "no-store", "h": "CDN-Cache-Control: max-age=60"}, True, False),
     ("CDN-Cache-Control no-store", "/plain/f/cdnns/cacheable",
      {"cc": "max-age=60", "h": "CDN-Cache-Control: no-store"}, False, None),
+    ("Vary: *", "/plain/f/vstar/cacheable", {"cc": "max-age=60", "vary": "*"}, False, None),
     ("Portico-Cache-Control over CDN-Cache-Control", "/plain/f/pcc/cacheable",
      {"cc": "max-age=60", "h": ["CDN-Cache-Control: no-store", "Portico-Cache-Control: max-age=2"]},
      True, True),
@@ -426,6 +427,23 @@ def test_post_responses_not_stored(env):
     assert env.origin("/plain/post/cacheable") == 3
     r4 = env.get(t)                     # the control
     assert xc(r4) == "HIT" and env.origin("/plain/post/cacheable") == 3
+
+
+def test_request_no_store_not_stored(env):
+    path = "/plain/rns/cacheable"
+    t = url(path, cc="max-age=60")
+    env.get(t, [("Cache-Control", "no-store")])
+    r = env.get(t)
+    assert xc(r) != "HIT" and env.origin(path) == 2, r
+    assert _hit(env, t)                  # the control: this one was stored
+
+
+def test_targeted_fields_not_shown_to_clients(env):
+    t = url("/plain/tgt/cacheable", cc="max-age=60",
+            h=["Portico-Cache-Control: max-age=600", "Surrogate-Control: max-age=600"])
+    for r in (env.get(t), env.get(t)):
+        assert r.header("portico-cache-control") is None and r.header("surrogate-control") is None, r
+    assert xc(r) == "HIT"
 
 
 def test_206_not_stored(env):
@@ -619,6 +637,14 @@ def test_range_from_stored_response(env):
     r = env.get(t, [("Range", "bytes=0-1,5-6")])             # several ranges: the whole body
     assert r.status == 200 and r.body == full, r
     assert env.origin(path) == 1
+    # If-Range: the range only while the validator still matches
+    t = url("/plain/ifrange/cacheable", cc="max-age=60", n="1000", etag="r1")
+    env.get(t)
+    r = env.get(t, [("Range", "bytes=0-9"), ("If-Range", '"r1"')])
+    assert r.status == 206 and r.body == full[:10], r
+    r = env.get(t, [("Range", "bytes=0-9"), ("If-Range", '"other"')])
+    assert r.status == 200 and r.body == full, r
+    assert env.origin("/plain/ifrange/cacheable") == 1
 
 
 def test_http10_client_gets_a_hit(env):
@@ -1035,7 +1061,7 @@ def test_unsafe_methods_invalidate_target_and_locations(env):
     env.clear()
     assert _hit(env, other, host="other.local")
     # DELETE and PUT too
-    for m in ("DELETE", "PUT"):
+    for m in ("DELETE", "PUT", "PATCH"):
         env.get(target)
         assert _hit(env, target)
         assert env.req(m, target, body=b"" if m == "DELETE" else b"y").status == 200
@@ -1180,6 +1206,18 @@ def test_object_over_max_object_streams_but_is_not_stored(make_env):
         assert r.status == 200 and len(r.body) == big and sha256(r.body) == sha256(pattern_bytes(big))
         assert xc(r) == "MISS", (i, r)
     assert env.origin("/plain/big/cacheable") == 2
+    # a much larger one streams through without being held whole
+    huge = 48 * MiB
+    base = env.p.rss_kib()
+    h = __import__("hashlib").sha256()
+    with RssSampler(env.p.pid, 0.02) as smp:
+        with RawConn(env.port, timeout=20) as c:
+            c.send(build_request("GET", url("/plain/huge/cacheable", cc="max-age=600", n=str(huge)),
+                                 host=HOST))
+            r, _ = c.read_final(sink=h.update)
+    assert r.status == 200 and h.hexdigest() == sha256(pattern_bytes(huge))
+    growth = smp.growth(base) / 1024.0
+    assert growth < 16, "RSS grew by %.1f MiB streaming a 48 MiB response" % growth
     small = url("/plain/small/cacheable", cc="max-age=600", n=str(200 * 1024))   # the control
     env.get(small)
     assert _hit(env, small)
@@ -1187,6 +1225,29 @@ def test_object_over_max_object_streams_but_is_not_stored(make_env):
 
 # --------------------------------------------------------------------------
 # metrics and status
+
+@pytest.mark.xfail(reason="cache: the access log's `cache` field (null until the cache exists, "
+                          "docs/configuration.md) not yet", strict=True)
+def test_access_log_records_the_cache_result(make_env, tmp_path):
+    log = tmp_path / "access.log"
+    env = make_env(routes=[("/plain/", "true"), ("/", None)],
+                   extra="access_log: { path: %s, format: json, flush: 10ms }" % log)
+    t = url("/plain/alog/cacheable", cc="max-age=60")
+    env.get(t)
+    env.get(t)
+    env.get("/nocache/alog/echo")
+
+    def lines():
+        try:
+            with open(str(log)) as f:
+                return [json.loads(x) for x in f if x.strip()]
+        except OSError:
+            return []
+    got = wait_for(lambda: len(lines()) >= 3 and lines(), 5)
+    assert got, lines()
+    caches = [str(l.get("cache")).lower() for l in got if "alog/cacheable" in l["path"]]
+    assert caches == ["miss", "hit"], got
+    assert [l["cache"] for l in got if "alog/echo" in l["path"]] == [None], got
 
 def test_metrics_and_status(env):
     ss0 = env.metrics()
@@ -1219,6 +1280,9 @@ def test_metrics_and_status(env):
     assert delta(ss, "bypass") == 1, delta(ss, "bypass")
     assert metric_sum(ss, "portico_cache_entries") == 3
     assert metric_sum(ss, "portico_cache_bytes") > 0
+    s1 = metric_sum(ss, "portico_cache_stored_total", route="/plain/")
+    s0 = metric_sum(ss0, "portico_cache_stored_total", route="/plain/") or 0
+    assert s1 is not None and s1 - s0 >= 3, (s0, s1)
     # coalesced waits
     d = url("/plain/m/d/cacheable", cc="max-age=60", delay="0.8")
     results = [None] * 5
