@@ -24,7 +24,7 @@ LIBOBJS := $(filter-out $(BUILD)/obj/main.o,$(OBJS))
 UNIT    := $(patsubst tests/unit/%.c,$(BUILD)/tests/%,$(wildcard tests/unit/test_*.c))
 VERSION := $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 
-.PHONY: all deps run test unit integration fuzz bench bench-pg bench-cache bench-evict conformance clean
+.PHONY: all deps run test unit integration fuzz bench bench-pg bench-cache bench-evict bench-compress conformance clean
 all: $(BUILD)/portico
 
 deps:
@@ -100,6 +100,17 @@ bench-pg:
 	@scripts/deps.sh bench
 	@$(MAKE) --no-print-directory all
 	bench/pg_bench.py
+
+# compression ratio and CPU per byte of gzip, brotli and zstd at every level over a corpus of
+# JSON, HTML, CSS and JavaScript (bench/corpus.py, bench/compress_levels.c; docs/benchmarks.md)
+$(BUILD)/bench/compress_levels: bench/compress_levels.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $< -lz -lbrotlienc -lzstd
+
+bench-compress: $(BUILD)/bench/compress_levels
+	$(PYTHON) bench/corpus.py $(BUILD)/corpus
+	$(BUILD)/bench/compress_levels -o $(BUILD)/bench/compress_stream.tsv $(BUILD)/corpus
+	$(BUILD)/bench/compress_levels -w -o $(BUILD)/bench/compress_whole.tsv $(BUILD)/corpus
 
 # the public HTTP caching test suite (npm http-cache-tests) against portico's cache; fails when
 # a required test fails. PEERS=1 also scores nginx, Varnish, HAProxy and httpd, and compares.
