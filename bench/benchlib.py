@@ -22,10 +22,12 @@ import statistics
 import sys
 import time
 
-PROXIES = ("portico", "portico3", "porticolog", "porticooff", "porticorl", "nginx", "nginxrl",
-           "haproxy")
-SIZES = ("small", "32k")
-EXPECTED_BODY = {"small": 13, "32k": 32768}
+PROXIES = ("portico", "portico3", "porticolog", "porticooff", "porticorl", "porticogz", "nginx",
+           "nginxrl", "nginxgz", "haproxy")
+SIZES = ("small", "32k", "json")
+PLAIN_SIZES = ("small", "32k")     # what every proxy but the compressing pair serves
+JSON_BYTES = 33604                 # bench/corpus.py's orders-32k.json, served gzipped as "json"
+EXPECTED_BODY = {"small": 13, "32k": 32768, "json": 1000}
 
 
 def cmd_ports(n):
@@ -211,6 +213,8 @@ def cmd_report(results_path, idle_path):
     notes = []
     for size in SIZES:
         for proxy in present:
+            if (proxy, size) not in runs:
+                continue            # not a size this proxy serves
             ok = [d for d in runs.get((proxy, size), []) if d["status"] == "ok"]
             n_all = len(runs.get((proxy, size), []))
             if not ok:
@@ -229,6 +233,9 @@ def cmd_report(results_path, idle_path):
                 flag = " !"
                 notes.append(f"{proxy} {size}: {resp:.0f} bytes read per response, "
                              f"less than the {EXPECTED_BODY[size]}-byte body")
+            if size == "json" and resp is not None and resp > JSON_BYTES / 2:
+                flag = " !"
+                notes.append(f"{proxy} {size}: {resp:.0f} bytes read per response: not compressed?")
             rps = [d["rps"] for d in ok]
             spread = (max(rps) - min(rps)) / m["rps"] * 100 if m["rps"] else 0
             rows.append([proxy, size, f"{len(ok)}/{n_all}", fmt_num(m["rps"]) + flag,
@@ -248,11 +255,8 @@ def cmd_report(results_path, idle_path):
         print("  ! " + n)
     print()
 
-    print("portico / best peer (nginx, haproxy); below 1.00x is better for cpu and p99,")
-    print("above 1.00x is better for req/s")
-    print()
     rows = []
-    for size in SIZES:
+    for size in PLAIN_SIZES:
         pm = med.get(("portico", size))
         peers = [med[(p, size)] for p in ("nginx", "haproxy") if (p, size) in med]
         if not pm or not peers:
@@ -265,8 +269,12 @@ def cmd_report(results_path, idle_path):
                      fmt_ratio(pm["cpu_us"] / best_cpu if best_cpu else None),
                      fmt_ratio(pm["rps"] / best_rps if best_rps else None),
                      fmt_ratio(pm["p99"] / best_p99 if best_p99 else None)])
-    print(table(["size", "cpu us/req", "req/s", "p99"], rows))
-    print()
+    if any(r[1] != "-" for r in rows):
+        print("portico / best peer (nginx, haproxy); below 1.00x is better for cpu and p99,")
+        print("above 1.00x is better for req/s")
+        print()
+        print(table(["size", "cpu us/req", "req/s", "p99"], rows))
+        print()
 
     rows = []
     for size in SIZES:
@@ -324,6 +332,21 @@ def cmd_report(results_path, idle_path):
         print("added CPU at most nginx's")
         print()
         print(table(["size", "portico rl/plain", "nginx rl/plain", "portico +us", "nginx +us"], rows))
+        print()
+
+    pg, ng = med.get(("porticogz", "json")), med.get(("nginxgz", "json"))
+    if pg and ng and ng["cpu_us"]:
+        size_of = {p: median([d["bytes"] / d["requests"] for d in runs[(p, "json")]
+                              if d["status"] == "ok" and d["requests"]]) for p in ("porticogz", "nginxgz")}
+        print("Streamed compression: a 32 KiB JSON response (%d bytes) gzipped at level 6 as it" % JSON_BYTES)
+        print("streams, porticogz against nginxgz (gzip on; gzip_comp_level 6); target: portico's CPU")
+        print("per request (the same body, so per byte) at most nginx's")
+        print()
+        print(table(["proxy", "cpu us/req", "bytes/resp", "req/s"],
+                    [[p, fmt_num(m["cpu_us"], 2), fmt_num(size_of[p]), fmt_num(m["rps"])]
+                     for p, m in (("porticogz", pg), ("nginxgz", ng))]))
+        print()
+        print(f"  porticogz / nginxgz: cpu us/req {fmt_ratio(pg['cpu_us'] / ng['cpu_us'])}")
         print()
 
     idle = read_tsv(idle_path)

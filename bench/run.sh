@@ -8,6 +8,9 @@
 #    BENCH_ROUNDS interleaved rounds of: for each proxy, for each size, a wrk run. Per run:
 #    req/s, p50, p99 and the proxy process's CPU time per request (utime+stime).
 #    Medians over rounds, and portico / best peer ratios.
+#    Streamed compression (#13): porticogz and nginxgz compress the upstream's 32 KiB JSON
+#    response (bench/corpus.py's orders-32k.json) with gzip at level 6 as it streams, for wrk
+#    asking with Accept-Encoding: gzip; the same CPU per request, and their ratio.
 # 2. Idle keep-alive memory: a fresh instance of each proxy, BENCH_IDLE_CONNS connections
 #    that each make one request and then sit idle; VmRSS growth per connection.
 #
@@ -40,12 +43,15 @@ ROUNDS=${BENCH_ROUNDS:-3}
 WARMUP=${BENCH_WARMUP:-1}; WARMUP=${WARMUP%s}
 IDLE_CONNS=${BENCH_IDLE_CONNS:-9000}
 IDLE_WINDOW=${BENCH_IDLE_WINDOW:-256}
-PROXIES=${BENCH_PROXIES:-portico portico3 porticolog porticooff porticorl nginx nginxrl haproxy}
+PROXIES=${BENCH_PROXIES:-portico portico3 porticolog porticooff porticorl porticogz nginx nginxrl nginxgz haproxy}
 PORTICO_BIN=${PORTICO_BIN:-$ROOT/build/portico}
 OUT=${BENCH_OUT:-$ROOT/build/bench}
 PROXY_CPU=${BENCH_PROXY_CPU:-0}
 LOAD_CPU=${BENCH_LOAD_CPU:-1}
 SIZES="small 32k"
+sizes_of() {        # the compressing pair serves the JSON body only; the others small and 32k
+    case $1 in porticogz|nginxgz) echo json ;; *) echo "$SIZES" ;; esac
+}
 
 die() { echo "bench: $*" >&2; exit 2; }
 say() { echo "bench: $*" >&2; }
@@ -55,7 +61,7 @@ for v in DURATION CONNS ROUNDS WARMUP IDLE_CONNS IDLE_WINDOW PROXY_CPU LOAD_CPU;
 done
 [ "$DURATION" -ge 1 ] && [ "$ROUNDS" -ge 1 ] && [ "$CONNS" -ge 1 ] || die "duration, rounds and connections must be >= 1"
 for p in $PROXIES; do
-    case $p in portico|portico3|porticolog|porticooff|porticorl|nginx|nginxrl|haproxy) ;; *) die "unknown proxy '$p' in BENCH_PROXIES" ;; esac
+    case $p in portico|portico3|porticolog|porticooff|porticorl|porticogz|nginx|nginxrl|nginxgz|haproxy) ;; *) die "unknown proxy '$p' in BENCH_PROXIES" ;; esac
 done
 [ -x "$PY" ] || die "$PY not found"
 for t in wrk nginx haproxy taskset; do
@@ -179,6 +185,7 @@ start_upstream() {
     local d=$WORK/upstream port
     mkdir -p "$d/tmp" "$d/www" "$d/logs"
     "${LIB[@]}" mkfile "$d/www/32k" 32768 || die "cannot write the 32 KiB file"
+    "$PY" "$HERE/corpus.py" --one orders-32k.json "$d/www/json" || die "cannot write the JSON body"
     port=$(free_port) || die "no free port"
     # two more ports on the same upstream process: portico3's group of three
     UPSTREAM_PORT2=$(free_port) || die "no free port"
@@ -212,6 +219,7 @@ http {
         root $d/www;
         location = /small { default_type text/plain; return 200 "hello world!\n"; }
         location = /32k { }
+        location = /json { default_type application/json; }
     }
 }
 EOF
@@ -227,11 +235,14 @@ EOF
 # ------------------------------------------------------------------------- proxies under test
 declare -A PID_OF PORT_OF WHY_NOT
 
-write_nginx_conf() {    # DIR PORT [LIMIT]: LIMIT adds limit_req (nginxrl)
+write_nginx_conf() {    # DIR PORT [limit|gzip]: limit_req (nginxrl), or gzip level 6 (nginxgz)
     local d=$1 port=$2 zone="" req=""
     if [ "${3:-}" = limit ]; then
         zone="limit_req_zone \$binary_remote_addr zone=rl:10m rate=100000r/s;"
         req="limit_req zone=rl burst=100000 nodelay;"
+    elif [ "${3:-}" = gzip ]; then
+        # what porticogz does: gzip level 6 (window 15, memLevel 8: both defaults) on proxied JSON
+        zone="gzip on; gzip_comp_level 6; gzip_types application/json; gzip_proxied any; gzip_min_length 1024;"
     fi
     mkdir -p "$d/tmp" "$d/logs"
     cat >"$d/nginx.conf" <<EOF
@@ -351,13 +362,13 @@ start_proxy() {         # start_proxy NAME TAG: sets PID_OF[NAME] PORT_OF[NAME],
     port=$(free_port) || die "no free port"
     unset "PID_OF[$name]"
     case $name in
-        nginx|nginxrl)
-            write_nginx_conf "$d" "$port" "$([ "$name" = nginxrl ] && echo limit)"
+        nginx|nginxrl|nginxgz)
+            write_nginx_conf "$d" "$port" "$(case $name in nginxrl) echo limit ;; nginxgz) echo gzip ;; esac)"
             spawn "$d/stdout.log" taskset -c "$PROXY_CPU" nginx -p "$d/" -c "$d/nginx.conf" -e "$d/error.log" ;;
         haproxy)
             write_haproxy_conf "$d" "$port"
             spawn "$d/stdout.log" taskset -c "$PROXY_CPU" haproxy -f "$d/haproxy.cfg" -db ;;
-        portico|portico3|porticolog|porticooff|porticorl)
+        portico|portico3|porticolog|porticooff|porticorl|porticogz)
             if [ ! -x "$PORTICO_BIN" ]; then
                 WHY_NOT[$name]="$PORTICO_BIN not found (make all)"
                 say "$name unavailable: ${WHY_NOT[$name]}"
@@ -371,6 +382,8 @@ start_proxy() {         # start_proxy NAME TAG: sets PID_OF[NAME] PORT_OF[NAME],
             [ "$name" = porticooff ] && printf 'metrics: { enabled: false }\n' >>"$d/portico.yaml"
             # porticorl: the same route under a rate limit too high to reject anything
             [ "$name" = porticorl ] && sed -i 's|^    upstream: bench$|    upstream: bench\n    rate_limit: { rate: 100000/s, burst: 100000, key: client_ip }|' "$d/portico.yaml"
+            # porticogz: the same, compressing JSON with gzip at level 6 as it streams (nginxgz's)
+            [ "$name" = porticogz ] && printf 'compression: { encodings: [ gzip ], gzip: { level: 6 }, min_size: 1KiB }\n' >>"$d/portico.yaml"
             spawn "$d/stdout.log" taskset -c "$PROXY_CPU" "$PORTICO_BIN" -c "$d/portico.yaml" ;;
     esac
     pid=$BG_PID
@@ -418,12 +431,14 @@ run_one() {             # run_one ROUND PROXY SIZE
     fi
     port=${PORT_OF[$proxy]}
     url=http://127.0.0.1:$port/$size
+    local hdr=()        # the JSON body is asked for compressed, as browsers ask
+    [ "$size" = json ] && hdr=(-H "Accept-Encoding: gzip")
     raw=$WORK/wrk-$round-$proxy-$size.txt
     if [ "$WARMUP" -gt 0 ]; then
-        run_wait /dev/null taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNS" -d"${WARMUP}s" "$url"
+        run_wait /dev/null taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNS" -d"${WARMUP}s" "${hdr[@]}" "$url"
     fi
     c0a=$(core_ticks "$PROXY_CPU"); c1a=$(core_ticks "$LOAD_CPU"); t0=$(cpu_ticks "$pid")
-    run_wait "$raw" taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNS" -d"${DURATION}s" --latency "$url"
+    run_wait "$raw" taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNS" -d"${DURATION}s" --latency "${hdr[@]}" "$url"
     t1=$(cpu_ticks "$pid"); c0b=$(core_ticks "$PROXY_CPU"); c1b=$(core_ticks "$LOAD_CPU")
     cpu0=$(pct $c0a $c0b)       # each c* is "busy total"
     cpu1=$(pct $c1a $c1b)
@@ -459,9 +474,9 @@ declare -A LOG_NOTE
 # ------------------------------------------------------------------------- main
 version_of() {
     case $1 in
-        nginx|nginxrl) nginx -v 2>&1 | sed 's/^nginx version: //' ;;
+        nginx|nginxrl|nginxgz) nginx -v 2>&1 | sed 's/^nginx version: //' ;;
         haproxy) haproxy -v 2>&1 | head -n1 | awk '{print "haproxy/" $3}' ;;
-        portico|portico3|porticolog|porticooff|porticorl)
+        portico|portico3|porticolog|porticooff|porticorl|porticogz)
             if [ ! -x "$PORTICO_BIN" ]; then echo "(not built: $PORTICO_BIN)"
             elif out=$(timeout 5 "$PORTICO_BIN" --version 2>&1); then echo "${out%%$'\n'*}"
             else echo "(--version failed: ${out%%$'\n'*})"; fi ;;
@@ -482,7 +497,7 @@ for p in $PROXIES; do start_proxy "$p" tput || true; done
 echo "Throughput runs:"
 for ((round = 1; round <= ROUNDS; round++)); do
     for p in $PROXIES; do
-        for s in $SIZES; do run_one "$round" "$p" "$s"; done
+        for s in $(sizes_of "$p"); do run_one "$round" "$p" "$s"; done
     done
 done
 for p in $PROXIES; do [ -n "${PID_OF[$p]:-}" ] && stop_pid "${PID_OF[$p]}"; unset "PID_OF[$p]"; done
@@ -491,7 +506,7 @@ echo
 if [ "$IDLE_CONNS" -gt 0 ]; then
     echo "Idle keep-alive connections: $IDLE_CONNS per proxy ($IDLE_WINDOW opening at once), fresh instance each"
     for p in $PROXIES; do
-        case $p in portico3|porticolog|porticooff|porticorl|nginxrl) continue ;; esac  # same binary: one idle test is enough
+        case $p in portico3|porticolog|porticooff|porticorl|porticogz|nginxrl|nginxgz) continue ;; esac  # same binary: one idle test is enough
         if ! start_proxy "$p" idle; then
             printf '%s\tfail\t0\t0\t0\t0\t0\t0\t%s\n' "$p" "${WHY_NOT[$p]:-did not start}" >>"$IDLE"
             printf '  %-8s unavailable\n' "$p"
