@@ -1610,7 +1610,9 @@ struct conf *conf_load_string(const char *name, const char *text, size_t len,
     c->challenge.difficulty = 16;
     c->compression = (struct conf_compression){
         .order = { CONF_ENC_BR, CONF_ENC_ZSTD, CONF_ENC_GZIP }, .norder = 3,
-        .level = { 4, 3, 5 }, .cache_level = { 9, 12, 9 }, .min_size = 1024,
+        /* measured (docs/benchmarks.md, "Compression levels"): streamed at each encoding's
+         * knee, cached at the strongest level that stays cheap enough to make inline */
+        .level = { 3, 3, 5 }, .cache_level = { 6, 10, 9 }, .min_size = 1024,
         .types = { "text/*", "application/json", "application/javascript", "application/xml",
                    "image/svg+xml", "application/wasm", "application/problem+json",
                    "application/ld+json", "application/manifest+json", "application/rss+xml",
