@@ -115,11 +115,12 @@ bench-compress: $(BUILD)/bench/compress_levels
 # the public HTTP caching test suite (npm http-cache-tests) against portico's cache; fails when
 # a required test fails. PEERS=1 also scores nginx, Varnish, HAProxy and httpd, and compares.
 # Results: build/conformance/<proxy>.json. docs/benchmarks.md, "Cache conformance".
+# SAN=1 runs it against the sanitizer build (an ASan/UBSan report ends that portico: exit 2).
 CONFORMANCE_PEERS := $(if $(filter 1,$(PEERS)),nginx varnish haproxy apache)
 conformance:
 	@scripts/deps.sh conformance $(if $(CONFORMANCE_PEERS),conformance-peers)
 	@$(MAKE) --no-print-directory all
-	tests/conformance/run.sh portico $(CONFORMANCE_PEERS)
+	PORTICO_BIN=$(abspath $(BUILD)/portico) tests/conformance/run.sh portico $(CONFORMANCE_PEERS)
 
 # the cache store's eviction against plain LRU on Zipf traces, in hit ratio
 # (docs/benchmarks.md, "Cache eviction"); about a minute, one core
