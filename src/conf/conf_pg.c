@@ -349,6 +349,86 @@ static bool load_pool(struct pgx *x, yaml_node_t *n, const char *path, struct co
     return true;
 }
 
+/* postgres.listen: an address or a list of them. */
+static bool load_listen(struct pgx *x, yaml_node_t *m, yaml_node_t *listen, struct conf_pg *pg)
+{
+    if (!listen)
+        return bad(x, m, "postgres.listen", "missing: at least one \"host:port\" to listen on");
+    size_t n = listen->type == YAML_SCALAR_NODE ? 1 :
+               listen->type == YAML_SEQUENCE_NODE ? seq_len(listen) : 0;
+    if (n == 0 || n > 64)
+        return bad(x, listen, "postgres.listen", "expected 1 to 64 addresses");
+    if (!(pg->listen = calloc(n, sizeof *pg->listen)))
+        return bad(x, listen, "postgres.listen", "out of memory");
+    pg->nlisten = (uint32_t)n;
+    for (size_t i = 0; i < n; i++) {
+        char ip[64];
+        snprintf(ip, sizeof ip, "postgres.listen[%zu]", i);
+        yaml_node_t *a = listen->type == YAML_SCALAR_NODE ? listen
+                         : node(x, listen->data.sequence.items.start[i]);
+        if (!get_addr(x, a, listen->type == YAML_SCALAR_NODE ? "postgres.listen" : ip, &pg->listen[i]))
+            return false;
+    }
+    return true;
+}
+
+/* postgres.servers: a list, with a primary. */
+static bool load_servers(struct pgx *x, yaml_node_t *m, yaml_node_t *servers, struct conf_pg *pg)
+{
+    if (!servers)
+        return bad(x, m, "postgres.servers", "missing: at least one server");
+    if (servers->type != YAML_SEQUENCE_NODE || seq_len(servers) == 0 || seq_len(servers) > 64)
+        return bad(x, servers, "postgres.servers", "expected a list of 1 to 64 servers");
+    size_t n = seq_len(servers);
+    if (!(pg->servers = calloc(n, sizeof *pg->servers)))
+        return bad(x, servers, "postgres.servers", "out of memory");
+    bool primary = false;
+    for (size_t i = 0; i < n; i++) {
+        char ip[64];
+        snprintf(ip, sizeof ip, "postgres.servers[%zu]", i);
+        pg->nservers++;
+        if (!load_server(x, node(x, servers->data.sequence.items.start[i]), ip, &pg->servers[i]))
+            return false;
+        primary |= pg->servers[i].role == CONF_PG_PRIMARY;
+    }
+    if (!primary)
+        return bad(x, servers, "postgres.servers", "needs a server with role: primary");
+    return true;
+}
+
+/* postgres.pools: one per (database, user); the server password defaults
+ * to the auth file's plain one. */
+static bool load_pools(struct pgx *x, yaml_node_t *m, yaml_node_t *pools, struct conf_pg *pg)
+{
+    if (!pools)
+        return bad(x, m, "postgres.pools", "missing: at least one pool { database, user }");
+    if (pools->type != YAML_SEQUENCE_NODE || seq_len(pools) == 0 || seq_len(pools) > 10000)
+        return bad(x, pools, "postgres.pools", "expected a list of 1 to 10000 pools");
+    size_t n = seq_len(pools);
+    if (!(pg->pools = calloc(n, sizeof *pg->pools)))
+        return bad(x, pools, "postgres.pools", "out of memory");
+    for (size_t i = 0; i < n; i++) {
+        char ip[64];
+        snprintf(ip, sizeof ip, "postgres.pools[%zu]", i);
+        yaml_node_t *pn = node(x, pools->data.sequence.items.start[i]);
+        struct conf_pg_pool *p = &pg->pools[i];
+        pg->npools++;
+        if (!load_pool(x, pn, ip, p))
+            return false;
+        for (size_t j = 0; j < i; j++)
+            if (!strcmp(pg->pools[j].database, p->database) && !strcmp(pg->pools[j].user, p->user))
+                return bad(x, pn, ip, "a pool for database \"%s\" and user \"%s\" is already defined",
+                           p->database, p->user);
+        if (!p->password) {
+            const char *sec = conf_pg_secret(pg, p->user);
+            bool plain = sec && strncmp(sec, "md5", 3) != 0 && strncmp(sec, "SCRAM-SHA-256$", 14) != 0;
+            if (plain && !(p->password = strdup(sec)))
+                return bad(x, pn, ip, "out of memory");
+        }
+    }
+    return true;
+}
+
 bool conf_pg_load(void *docp, void *nodep, const char *file, char *err, size_t errlen,
                   struct conf_pg *pg)
 {
@@ -414,70 +494,8 @@ bool conf_pg_load(void *docp, void *nodep, const char *file, char *err, size_t e
 
     if (!have_auth)
         return bad(&x, m, "postgres.auth", "missing: { type: scram-sha-256 | md5 | trust, file: ... }");
-    if (!listen)
-        return bad(&x, m, "postgres.listen", "missing: at least one \"host:port\" to listen on");
-    size_t n = listen->type == YAML_SCALAR_NODE ? 1 :
-               listen->type == YAML_SEQUENCE_NODE ? seq_len(listen) : 0;
-    if (n == 0 || n > 64)
-        return bad(&x, listen, "postgres.listen", "expected 1 to 64 addresses");
-    if (!(pg->listen = calloc(n, sizeof *pg->listen)))
-        return bad(&x, listen, "postgres.listen", "out of memory");
-    pg->nlisten = (uint32_t)n;
-    for (size_t i = 0; i < n; i++) {
-        char ip[64];
-        snprintf(ip, sizeof ip, "postgres.listen[%zu]", i);
-        yaml_node_t *a = listen->type == YAML_SCALAR_NODE ? listen
-                         : node(&x, listen->data.sequence.items.start[i]);
-        if (!get_addr(&x, a, listen->type == YAML_SCALAR_NODE ? "postgres.listen" : ip, &pg->listen[i]))
-            return false;
-    }
-
-    if (!servers)
-        return bad(&x, m, "postgres.servers", "missing: at least one server");
-    if (servers->type != YAML_SEQUENCE_NODE || seq_len(servers) == 0 || seq_len(servers) > 64)
-        return bad(&x, servers, "postgres.servers", "expected a list of 1 to 64 servers");
-    n = seq_len(servers);
-    if (!(pg->servers = calloc(n, sizeof *pg->servers)))
-        return bad(&x, servers, "postgres.servers", "out of memory");
-    bool primary = false;
-    for (size_t i = 0; i < n; i++) {
-        char ip[64];
-        snprintf(ip, sizeof ip, "postgres.servers[%zu]", i);
-        pg->nservers++;
-        if (!load_server(&x, node(&x, servers->data.sequence.items.start[i]), ip, &pg->servers[i]))
-            return false;
-        primary |= pg->servers[i].role == CONF_PG_PRIMARY;
-    }
-    if (!primary)
-        return bad(&x, servers, "postgres.servers", "needs a server with role: primary");
-
-    if (!pools)
-        return bad(&x, m, "postgres.pools", "missing: at least one pool { database, user }");
-    if (pools->type != YAML_SEQUENCE_NODE || seq_len(pools) == 0 || seq_len(pools) > 10000)
-        return bad(&x, pools, "postgres.pools", "expected a list of 1 to 10000 pools");
-    n = seq_len(pools);
-    if (!(pg->pools = calloc(n, sizeof *pg->pools)))
-        return bad(&x, pools, "postgres.pools", "out of memory");
-    for (size_t i = 0; i < n; i++) {
-        char ip[64];
-        snprintf(ip, sizeof ip, "postgres.pools[%zu]", i);
-        yaml_node_t *pn = node(&x, pools->data.sequence.items.start[i]);
-        struct conf_pg_pool *p = &pg->pools[i];
-        pg->npools++;
-        if (!load_pool(&x, pn, ip, p))
-            return false;
-        for (size_t j = 0; j < i; j++)
-            if (!strcmp(pg->pools[j].database, p->database) && !strcmp(pg->pools[j].user, p->user))
-                return bad(&x, pn, ip, "a pool for database \"%s\" and user \"%s\" is already defined",
-                           p->database, p->user);
-        if (!p->password) {
-            const char *sec = conf_pg_secret(pg, p->user);
-            bool plain = sec && strncmp(sec, "md5", 3) != 0 && strncmp(sec, "SCRAM-SHA-256$", 14) != 0;
-            if (plain && !(p->password = strdup(sec)))
-                return bad(&x, pn, ip, "out of memory");
-        }
-    }
-    return true;
+    return load_listen(&x, m, listen, pg) && load_servers(&x, m, servers, pg) &&
+           load_pools(&x, m, pools, pg);
 }
 
 void conf_pg_free(struct conf_pg *pg)

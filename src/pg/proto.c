@@ -90,6 +90,50 @@ const uint8_t *pg_rd_bytes(struct pg_rd *r, size_t n)
     return s;
 }
 
+/* The name/value pairs of a startup packet (its body after the version). */
+static bool startup_params(struct pg_startup *s, const uint8_t *p, size_t n, const char **reason)
+{
+    struct pg_rd r = pg_rd(p, n);
+    for (;;) {
+        size_t nl, vl;
+        const char *name = pg_rd_str(&r, &nl);
+        if (!name) {
+            *reason = "unterminated startup packet";
+            return false;
+        }
+        if (nl == 0)
+            break;
+        const char *value = pg_rd_str(&r, &vl);
+        if (!value) {
+            *reason = "startup parameter without a value";
+            return false;
+        }
+        if (!strcmp(name, "user"))
+            s->user = value;
+        else if (!strcmp(name, "database"))
+            s->database = value;
+        else {
+            if (s->nparams == PG_MAX_PARAMS) {
+                *reason = "too many startup parameters";
+                return false;
+            }
+            s->names[s->nparams] = name;
+            s->values[s->nparams++] = value;
+        }
+    }
+    if (r.off != r.n) {
+        *reason = "bytes after the end of the startup packet";
+        return false;
+    }
+    if (!s->user || !*s->user) {
+        *reason = "no PostgreSQL user name specified in startup packet";
+        return false;
+    }
+    if (!s->database || !*s->database)
+        s->database = s->user;
+    return true;
+}
+
 long pg_startup_parse(const uint8_t *p, size_t n, struct pg_startup *s, const char **reason)
 {
     static const char *dummy;
@@ -132,44 +176,8 @@ long pg_startup_parse(const uint8_t *p, size_t n, struct pg_startup *s, const ch
     }
     s->kind = PG_STARTUP;
     s->version = code;
-    struct pg_rd r = pg_rd(p + 8, len - 8);
-    for (;;) {
-        size_t nl, vl;
-        const char *name = pg_rd_str(&r, &nl);
-        if (!name) {
-            *reason = "unterminated startup packet";
-            return -1;
-        }
-        if (nl == 0)
-            break;
-        const char *value = pg_rd_str(&r, &vl);
-        if (!value) {
-            *reason = "startup parameter without a value";
-            return -1;
-        }
-        if (!strcmp(name, "user"))
-            s->user = value;
-        else if (!strcmp(name, "database"))
-            s->database = value;
-        else {
-            if (s->nparams == PG_MAX_PARAMS) {
-                *reason = "too many startup parameters";
-                return -1;
-            }
-            s->names[s->nparams] = name;
-            s->values[s->nparams++] = value;
-        }
-    }
-    if (r.off != r.n) {
-        *reason = "bytes after the end of the startup packet";
+    if (!startup_params(s, p + 8, len - 8, reason))
         return -1;
-    }
-    if (!s->user || !*s->user) {
-        *reason = "no PostgreSQL user name specified in startup packet";
-        return -1;
-    }
-    if (!s->database || !*s->database)
-        s->database = s->user;
     return (long)len;
 }
 
