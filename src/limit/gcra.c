@@ -7,6 +7,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/random.h>
+#include <time.h>
+#include <unistd.h>
 
 void limit_gcra_init(struct limit_gcra *g, uint32_t count, uint64_t period_ms, uint32_t burst)
 {
@@ -66,13 +69,28 @@ void limit_gcra_delay(const struct limit_gcra *g, uint64_t max_delay_ns, int64_t
 
 /* A 64-bit hash, 8 bytes a step (a multiply-rotate per word, then
  * MurmurHash3's finaliser): a key made of an address costs a few
- * multiplies, not a multiply per byte. Never 0 (the table's empty slot). */
+ * multiplies, not a multiply per byte. Never 0 (the table's empty slot).
+ * Mixed with a secret drawn at start, so that a client choosing the values
+ * of a header or cookie key cannot aim them at one shard or one slot (keys
+ * live only as long as the process, so nothing needs them stable across
+ * restarts). */
+static uint64_t secret;
+
+__attribute__((constructor)) static void hash_secret(void)
+{
+    if (getrandom(&secret, sizeof secret, GRND_NONBLOCK) != (ssize_t)sizeof secret) {
+        struct timespec ts;
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        secret = (uint64_t)ts.tv_nsec * 0x9e3779b97f4a7c15ull ^ (uint64_t)getpid() << 32;
+    }
+}
+
 static inline uint64_t rotl(uint64_t x, int r) { return x << r | x >> (64 - r); }
 
 uint64_t limit_hash(uint64_t seed, const void *data, size_t len)
 {
     const unsigned char *p = data;
-    uint64_t h = (seed ^ 0x9e3779b97f4a7c15ull) * 0xbf58476d1ce4e5b9ull ^ len;
+    uint64_t h = (seed ^ secret ^ 0x9e3779b97f4a7c15ull) * 0xbf58476d1ce4e5b9ull ^ len;
     for (; len >= 8; p += 8, len -= 8) {
         uint64_t w;
         memcpy(&w, p, 8);
@@ -299,11 +317,13 @@ static void remove_at(struct table *t, struct shard *h, uint64_t *base, uint32_t
 /* Room for one key in a region: the expired keys met from the hand go (at
  * least SCAN_IDLE slots looked at once one has gone); when SCAN slots hold
  * none, the key that expires first among them goes (active). Returns how
- * many went: 0 only when the SCAN slots were all empty (a region at its
- * cap never is). */
-static uint32_t make_room(struct table *t, struct shard *h, uint64_t *base, int64_t now)
+ * many went: 0 only when the SCAN slots were all empty. A region at its cap
+ * (`full`) is swept until a key goes, however far: keys crafted to share a
+ * home make one long run and leave wide empty stretches, and the region
+ * must keep an empty slot or a probe would never end. */
+static uint32_t make_room(struct table *t, struct shard *h, uint64_t *base, int64_t now, bool full)
 {
-    uint32_t n = t->per < SCAN ? t->per : SCAN, i = h->hand, removed = 0, victim = NONE;
+    uint32_t n = full || t->per < SCAN ? t->per : SCAN, i = h->hand, removed = 0, victim = NONE;
     int64_t first = INT64_MAX;
     for (uint32_t seen = 0; seen < n; seen++) {
         uint64_t *s = at(t, base, i);
@@ -321,6 +341,8 @@ static uint32_t make_room(struct table *t, struct shard *h, uint64_t *base, int6
         }
         if (removed && seen + 1 >= SCAN_IDLE)
             break;
+        if (full && victim != NONE && seen + 1 >= SCAN)
+            break;                          /* a victim, and SCAN slots looked at */
         if (++i == t->per)
             i = 0;
     }
@@ -340,7 +362,8 @@ static __attribute__((noinline)) uint64_t *insert(struct table *t, struct shard 
                                                   uint32_t home, uint32_t i, uint64_t key, int64_t now)
 {
     uint64_t before = atomic_fetch_add_explicit(&nkeys, 1, memory_order_relaxed);
-    if ((before >= max_keys || h->used >= t->cap) && make_room(t, h, base, now)) {
+    bool full = h->used >= t->cap;
+    if ((before >= max_keys || full) && make_room(t, h, base, now, full)) {
         for (i = home; at(t, base, i)[0]; )     /* keys may have moved back: the first empty */
             if (++i == t->per)
                 i = 0;

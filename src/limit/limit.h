@@ -87,7 +87,8 @@ extern struct limit_backend limit_local;
 /* The table's figures: keys in use, evictions. */
 void limit_table_stats(uint64_t *keys, uint64_t *evictions, uint64_t *active_evictions);
 
-/* 64-bit hash of bytes, seeded (per limit). */
+/* 64-bit hash of bytes, seeded (per limit) and mixed with a secret drawn
+ * at start (clients cannot aim keys at one slot). */
 uint64_t limit_hash(uint64_t seed, const void *data, size_t len);
 
 /* The stage: allow / deny, then every rate limit of the route. */

@@ -236,6 +236,29 @@ static void table_crafted_keys_one_shard(void **state)
     limit_table_free();
 }
 
+/* Keys crafted to share one home slot make one long run with a wide empty
+ * stretch beside it: the sweep must still find keys to evict there, or the
+ * region would fill and a probe never end. */
+static void table_crafted_keys_one_home(void **state)
+{
+    (void)state;
+    assert_int_equal(limit_table_init(100000), 0);
+    struct limit_gcra g;
+    limit_gcra_init(&g, 1, 60000, 0);
+    struct limit_result r;
+    int64_t now = 1000 * MS;
+    uint64_t keys, ev, aev;
+    for (uint64_t i = 1; i <= 20000; i++) {
+        uint64_t key = 5ull << 58 | i << 32 | 0x80000000u;     /* shard 5, mid-region home */
+        assert_int_equal(limit_local.take(limit_local.self, key, &g, now, &r), 0);
+        assert_true(r.admitted);
+    }
+    stats(&keys, &ev, &aev);
+    assert_true(keys <= 3128 - 3128 / 8);
+    assert_int_equal(ev, 20000 - keys);
+    limit_table_free();
+}
+
 /* Exact under concurrency: two threads taking from the same keys at one
  * instant get exactly burst + 1 admits per key between them. */
 struct race { const struct limit_gcra *g; int64_t now; uint64_t admitted; };
@@ -427,6 +450,7 @@ int main(void)
         cmocka_unit_test(table_idle_keys_go_first),
         cmocka_unit_test(table_max_keys_across_shards),
         cmocka_unit_test(table_crafted_keys_one_shard),
+        cmocka_unit_test(table_crafted_keys_one_home),
         cmocka_unit_test(table_exact_across_threads),
         cmocka_unit_test(guard_table),
         cmocka_unit_test(decisions_per_second),
