@@ -3,8 +3,10 @@
  * S3-FIFO eviction: new objects enter a small FIFO; one evicted from it
  * unread leaves only its hash in a ghost table, one read since it came goes
  * to the main FIFO, where each read buys one more pass. Objects whose hash
- * is in the ghost go straight to main. Bytes are counted globally against
- * the budget; an insert evicts (from its own shard first) until it fits. */
+ * is in the ghost go straight to main; the ghost remembers the evictions of
+ * the last 90% of a shard's share of the budget, in bytes (S3-FIFO's ghost
+ * is as big as main). Bytes are counted globally against the budget; an
+ * insert evicts (from its own shard first) until it fits. */
 #include "cache.h"
 
 #include "http/http.h"
@@ -63,7 +65,9 @@ struct shard {
     uint32_t mask, n;
     struct fifo small, main;
     atomic_uint_fast64_t bytes;         /* small + main, readable without the lock */
-    uint64_t ghost[GHOST];
+    /* evicted from small unread: its hash, and gbytes after it went */
+    struct { uint64_t hash, at; } ghost[GHOST];
+    uint64_t gbytes;                    /* bytes evicted from small, ever */
     struct { uint64_t hash; int64_t until; } pass[PASS];    /* keys found uncacheable */
     struct cache_pending *pending;
 };
@@ -329,8 +333,11 @@ static struct cache_obj *evict_one(struct cache *c, struct shard *s)
             continue;
         }
         fifo_push(s, o, o->queue);      /* back, so that unlink_obj finds it */
-        if (from_small)
-            s->ghost[(o->hash >> 4) % GHOST] = o->hash;
+        if (from_small) {
+            s->gbytes += o->charge;
+            s->ghost[(o->hash >> 4) % GHOST].hash = o->hash;
+            s->ghost[(o->hash >> 4) % GHOST].at = s->gbytes;
+        }
         unlink_obj(c, s, o);
         return o;
     }
@@ -408,6 +415,20 @@ static void grow(struct shard *s)
 }
 
 /* ---------------------------------------------------------------- lookup, insert */
+
+/* Whether hash was evicted from small unread within the last 90% of the
+ * shard's share of the budget (libCacheSim's ghost-size-ratio 0.9): the
+ * ghost holds about as many entries as main. A ghost of every eviction the
+ * table could hold (4096 a shard, whatever the budget) let nearly any key
+ * seen before skip the small queue at small budgets, and main filled with
+ * keys seen twice in a long while: on bench-evict's Zipf traces S3-FIFO then
+ * won over LRU by 1.6-5.2 points instead of 2.2-11.5. */
+static bool ghost_hit(struct cache *c, const struct shard *s, uint64_t hash)
+{
+    uint32_t i = (uint32_t)(hash >> 4) % GHOST;
+    uint64_t window = atomic_load(&c->budget) / SHARDS / 10 * 9;
+    return s->ghost[i].hash == hash && s->gbytes - s->ghost[i].at < window;
+}
 
 struct cache_obj *cache_lookup(struct cache *c, uint64_t hash, const char *key, size_t klen,
                                cache_field_fn get, void *arg)
@@ -511,7 +532,7 @@ struct cache_obj *cache_insert(struct cache *c, const struct cache_obj_new *n)
         }
         pp = &e->hnext;
     }
-    bool ghost = s->ghost[(o->hash >> 4) % GHOST] == o->hash;
+    bool ghost = ghost_hit(c, s, o->hash);
     uint32_t b = bucket_of(s, o->hash);
     o->hnext = s->buckets[b];
     s->buckets[b] = o;
