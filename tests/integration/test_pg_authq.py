@@ -179,3 +179,25 @@ def test_stored_verifier_in_the_file_without_pool_password(make_pooler, pg_serve
     p = make_pooler(users={"app": secret}, pools=[{"database": "app", "user": "app", "pool_size": 2}])
     for _ in range(3):
         assert query_user(p, "app", "apppass") == "app"
+
+
+def test_reload(make_pooler, authq_roles):
+    # auth.query and auth.cache change on SIGHUP; auth.user takes a restart
+    import signal
+    from conftest import wait_for
+    p = make_pooler(users={}, pools=POOLS,
+                    auth_extra={"user": "pgauth", "password": "authpass", "query": LOOKUP, "cache": "0"})
+    assert query_user(p, "app", "apppass") == "app"
+    path = p.portico.config_path
+    text = open(path).read()
+    # a query that finds no one: every login fails once it applies (cache 0)
+    with open(path, "w") as f:
+        f.write(text.replace(LOOKUP, "'SELECT NULL::text, NULL::text WHERE $1::text IS NOT NULL'"))
+    p.portico.signal(signal.SIGHUP)
+    assert wait_for(lambda: "postgres: configuration reloaded" in p.portico.log_text(), 10)
+    with pytest.raises(psycopg2.OperationalError, match="password authentication failed"):
+        p.connect(user="app", password="apppass")
+    with open(path, "w") as f:
+        f.write(text.replace("user: pgauth", "user: authsuper"))
+    p.portico.signal(signal.SIGHUP)
+    assert wait_for(lambda: "restart portico to apply" in p.portico.log_text(), 10), p.portico.log_text()
