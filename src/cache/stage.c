@@ -1172,6 +1172,8 @@ static enum stage_body_mode on_response(struct stage_x *sx)
     return cx->store ? STAGE_BODY_WATCH : STAGE_BODY_NONE;
 }
 
+static void commit(struct stage_x *sx, struct cx *cx, const struct rstate *rs);
+
 static size_t on_body(struct stage_x *sx, const char *in, size_t len, bool end, char *out,
                       size_t out_room, size_t *out_len)
 {
@@ -1205,8 +1207,18 @@ static size_t on_body(struct stage_x *sx, const char *in, size_t len, bool end, 
     if (len)
         memcpy(cx->buf + cx->len, in, len);
     cx->len += len;
-    if (end)
+    if (end) {
+        /* the whole body is here: stored now, before its last bytes reach
+         * the client, so that its next request (on any connection) hits */
         cx->body_ended = true;
+        if (stage_status(sx) == cx->status)
+            commit(sx, cx, rs);
+        cx->store = false;
+        if (cx->lead) {
+            cache_pending_done(cache_get(), cx->lead);
+            cx->lead = NULL;
+        }
+    }
     return len;
 }
 
@@ -1375,9 +1387,8 @@ static void on_end(struct stage_x *sx)
     struct cx *cx = stage_ctx(sx);
     struct rstate *rs = stage_route_state(sx);
     struct cache *c = cache_get();
-    if (cx->store && cx->body_ended && stage_status(sx) == cx->status)
-        commit(sx, cx, rs);
-    else if (cx->lead && cx->rejected)  /* the next misses need not wait on each other */
+    (void)rs;
+    if (cx->lead && cx->rejected)       /* the next misses need not wait on each other */
         cache_pass_mark(c, cx->hash, now_ms() + PASS_SECONDS * 1000);
     if (cx->refresh && cx->obj)
         cache_obj_release_refresh(cx->obj);
