@@ -70,8 +70,9 @@ static struct series *series_for(const struct conf_route *rt)
     return s;
 }
 
-static void count(struct series *s, int r)
+static void count(struct stage_x *sx, struct series *s, int r)
 {
+    stage_log_cache(sx, result_name[r]);
     if (s)
         atomic_fetch_add_explicit(&s->n[r], 1, memory_order_relaxed);
 }
@@ -708,7 +709,7 @@ static bool answer(struct stage_x *sx, struct cx *cx, struct cache_obj *obj, int
         cx->obj = cache_obj_ref(obj);
     }
     cx->answered = true;
-    count(((struct rstate *)stage_route_state(sx))->s, result);
+    count(sx, ((struct rstate *)stage_route_state(sx))->s, result);
     return true;
 }
 
@@ -1140,7 +1141,7 @@ static enum stage_body_mode on_response(struct stage_x *sx)
     bool bypass = cx->req.flags & CC_NO_CACHE;     /* the client asked for the origin */
     stage_response_edit(sx, STAGE_SET, "X-Cache", 7, bypass ? "BYPASS" : "MISS", bypass ? 6 : 4);
     if (!cx->refresh)                   /* portico's own refresh is not a client's miss */
-        count(rs->s, cx->req.flags & CC_NO_CACHE ? R_BYPASS : R_MISS);
+        count(sx, rs->s, cx->req.flags & CC_NO_CACHE ? R_BYPASS : R_MISS);
     cx->head = build_head(sx, rs, &cx->head_len, now);
     if (!cx->head || !storable(sx, cx, rs, status, now)) {
         cx->rejected = status < 500 && cx->head;

@@ -512,7 +512,9 @@ struct cache_obj *cache_insert(struct cache *c, const struct cache_obj_new *n)
     if (!o)
         return NULL;
     struct shard *s = shard_of(c, n->hash);
-    if (o->charge > atomic_load(&c->budget) / 4 ||
+    /* max_object is at most a quarter of the budget (conf_cache.c); its head
+     * and metadata come on top */
+    if (o->charge > atomic_load(&c->budget) / 2 ||
         !make_room(c, o->charge, (uint32_t)(n->hash & (SHARDS - 1)))) {
         cache_obj_unref(o);
         cache_obj_unref(o);

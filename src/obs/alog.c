@@ -421,7 +421,15 @@ void obs_alog_write(struct obs_alog_buf *b, const struct obs_alog_entry *e)
     } else {
         LIT("null");
     }
-    LIT(",\"cache\":null,\"rate_limit\":null}\n");
+    LIT(",\"cache\":");
+    if (e->cache) {
+        LIT("\"");
+        CSTR(e->cache);
+        LIT("\"");
+    } else {
+        LIT("null");
+    }
+    LIT(",\"rate_limit\":null}\n");
 #undef LIT
 #undef STR
 #undef CSTR

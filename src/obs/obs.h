@@ -167,6 +167,7 @@ struct obs_alog_entry {
     int status;
     uint64_t bytes_in, bytes_out;
     uint64_t duration_us, upstream_us;  /* upstream_us 0: no upstream answered */
+    const char *cache;              /* the cache's result (hit, miss...); NULL: not cached */
 };
 
 /* Open "stdout", "stderr" or a file (appended to). NULL with err on failure. */

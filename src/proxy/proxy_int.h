@@ -160,6 +160,7 @@ struct stage_state {
     uint32_t ran;               /* on_request ran for links [0, ran) */
     bool parked, answered, ended;
     bool upstream_seen;         /* stages_upstream ran: once per exchange */
+    const char *cache_result;   /* stage_log_cache(): for the access log */
     int8_t xform;               /* the transforming link, or -1 */
     bool can_transform;         /* during on_response: a transformer may take this body */
     bool body_error;            /* the transformer said the body is corrupt */

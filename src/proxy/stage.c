@@ -295,6 +295,8 @@ bool stage_request_field(struct stage_x *sx, uint32_t i, struct stage_field *f)
 
 bool stage_https(struct stage_x *sx) { return sx->x->https; }
 
+void stage_log_cache(struct stage_x *sx, const char *result) { sx->x->st->cache_result = result; }
+
 bool stage_internal(struct stage_x *sx) { return sx->x->c->internal; }
 
 void stage_body_error(struct stage_x *sx) { sx->x->st->body_error = true; }

@@ -151,6 +151,10 @@ int stage_request_edit(struct stage_x *sx, enum stage_edit e, const char *name, 
 int stage_response_edit(struct stage_x *sx, enum stage_edit e, const char *name, size_t name_len,
                         const char *value, size_t value_len);
 
+/* The cache's result for this exchange ("hit", "miss"...: a string that
+ * lives for the process), the access log's `cache` field. */
+void stage_log_cache(struct stage_x *sx, const char *result);
+
 /* During on_body: the body cannot be transformed (corrupt input): the
  * client's response ends abnormally (a reset), as a cut upstream body does. */
 void stage_body_error(struct stage_x *sx);

@@ -130,6 +130,7 @@ static void access_log_end(struct stage_x *sx)
         .path_len = x->path_len, .route = x->route->prefix, .upstream = x->route->upstream->name,
         .server = server, .status = status, .bytes_in = x->bytes_in,
         .bytes_out = x->bytes_out, .duration_us = dur, .upstream_us = x->upstream_us,
+        .cache = x->st ? x->st->cache_result : NULL,
     };
     alog_write(w, &e);
 }

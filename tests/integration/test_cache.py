@@ -1249,9 +1249,6 @@ def test_reload_to_a_smaller_budget_evicts_to_fit(make_env):
     assert _hit(env, url("/plain/rl/new/cacheable", cc="max-age=600", n="1000"))
 
 
-@pytest.mark.xfail(reason="cache bug: a body of exactly max_object (= memory/4) is not stored: "
-                          "cache_insert refuses a charge (body + head + key) over budget/4",
-                   strict=True)
 def test_object_of_exactly_max_object_is_stored(make_env):
     env = make_env(routes=[("/plain/", "true"), ("/", None)],
                    top="{ memory: 8MiB, max_object: 2MiB }")
@@ -1292,8 +1289,6 @@ def test_object_over_max_object_streams_but_is_not_stored(make_env):
 # --------------------------------------------------------------------------
 # metrics and status
 
-@pytest.mark.xfail(reason="cache: the access log's `cache` field (null until the cache exists, "
-                          "docs/configuration.md) not yet", strict=True)
 def test_access_log_records_the_cache_result(make_env, tmp_path):
     log = tmp_path / "access.log"
     env = make_env(routes=[("/plain/", "true"), ("/", None)],
