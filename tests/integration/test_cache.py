@@ -1187,7 +1187,7 @@ def _sanitized(binary):
         return b"__asan_init" in f.read()
 
 
-def test_memory_budget_under_a_flood(make_env):
+def test_memory_budget_under_a_flood(make_env, capsys):
     env = make_env(routes=[("/plain/", "true"), ("/", None)],
                    top="{ memory: 8MiB, max_object: 256KiB }")
     size = 64 * 1024
@@ -1229,6 +1229,10 @@ def test_memory_budget_under_a_flood(make_env):
     assert entries is not None and 0 < entries <= 8 * MiB // size, entries
     assert evictions is not None and evictions >= n - entries - 100, (evictions, entries)
     assert metric_sum(ss, "portico_cache_budget_bytes") == 8 * MiB
+    with capsys.disabled():
+        print("\nmemory flood: %d x 64 KiB through an 8 MiB store: RSS %.1f MiB before, +%.1f MiB "
+              "at peak; %d entries, %.1f MiB stored, %d evictions"
+              % (n, base / 1024.0, growth, entries, cbytes / MiB, evictions))
     # recent entries are still served
     last = url("/plain/flood/%d/cacheable" % (n - 1), cc="max-age=600", n=str(size))
     r = env.get(last)
