@@ -12,8 +12,10 @@ BENCH_PROXY_CPU; PostgreSQL and pgbench share core BENCH_LOAD_CPU. For BENCH_ROU
 rounds, for each pooler, for each client count in BENCH_PG_CLIENTS: a pgbench select-only run
 (-S, simple protocol, BENCH_PG_THREADS threads) of BENCH_DURATION seconds. Per run:
 transactions per second and the pooler's CPU time per transaction (utime + stime from
-/proc/PID/stat over the run, divided by the transactions pgbench counted). Medians over rounds,
-and the ratios portico / PgBouncer.
+/proc/PID/stat over the run, divided by the transactions pgbench counted), and the same for
+PostgreSQL (the postmaster and its children) plus pgbench: the work on the load core, which
+bounds the tps when it is busy and the pooler's core is not. Medians over rounds, and the
+ratios portico / PgBouncer.
 
 Environment (defaults in brackets): BENCH_DURATION [10] BENCH_ROUNDS [3] BENCH_WARMUP [1]
 BENCH_PG_CLIENTS ["100 400"] BENCH_PG_POOL [20] BENCH_PG_SCALE [10] BENCH_PG_THREADS [2]
@@ -112,6 +114,22 @@ def cpu_ticks(pid):
     return int(fields[11]) + int(fields[12])      # utime + stime
 
 
+def backend_ticks(postmaster):
+    """CPU ticks of PostgreSQL: the postmaster's children (backends, background processes)."""
+    total = 0
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            with open("/proc/%s/stat" % d) as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == postmaster or int(d) == postmaster:
+            total += int(fields[11]) + int(fields[12])
+    return total
+
+
 def wait_port(port, proc, seconds=30):
     deadline = time.time() + seconds
     while time.time() < deadline:
@@ -127,7 +145,10 @@ def pgbench(port, clients, seconds, log):
     args = ["taskset", "-c", LOAD_CPU, "pgbench", "-n", "-S", "-M", "simple", "-c", str(clients),
             "-j", str(THREADS), "-T", str(seconds), "-h", "127.0.0.1", "-p", str(port), "-U", "bench",
             "bench"]
+    before = os.times()
     r = subprocess.run(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=seconds + 120)
+    after = os.times()
+    cpu = (after.children_user - before.children_user) + (after.children_system - before.children_system)
     out = r.stdout.decode(errors="replace")
     with open(log, "a") as f:
         f.write(out)
@@ -136,7 +157,7 @@ def pgbench(port, clients, seconds, log):
     failed = re.search(r"number of failed transactions: (\d+)", out)
     if r.returncode != 0 or not tps or not done:
         return None
-    return float(tps.group(1)), int(done.group(1)), int(failed.group(1)) if failed else 0
+    return float(tps.group(1)), int(done.group(1)), int(failed.group(1)) if failed else 0, cpu
 
 
 def main():
@@ -227,29 +248,33 @@ def main():
                 for n in CLIENTS:
                     if WARMUP:
                         pgbench(ports[name], n, WARMUP, log)
-                    t0 = cpu_ticks(proc.pid)
+                    t0, b0 = cpu_ticks(proc.pid), backend_ticks(pg.pid)
                     r = pgbench(ports[name], n, DURATION, log)
-                    t1 = cpu_ticks(proc.pid)
+                    t1, b1 = cpu_ticks(proc.pid), backend_ticks(pg.pid)
                     if r is None or proc.poll() is not None:
                         say("round %d: %s with %d clients failed (see %s)" % (rnd, name, n, log))
                         status = 1
                         continue
-                    tps, done, failed = r
+                    tps, done, failed, pgbench_cpu = r
                     cpu_us = (t1 - t0) * 1e6 / CLK_TCK / max(done, 1)
-                    results.setdefault((name, n), []).append((tps, cpu_us))
-                    say("round %d: %-9s %4d clients: %9.0f tps, %6.1f us CPU/tx, %d failed"
-                        % (rnd, name, n, tps, cpu_us, failed))
+                    # the other core's work per transaction: what bounds tps there
+                    load_us = ((b1 - b0) / CLK_TCK + pgbench_cpu) * 1e6 / max(done, 1)
+                    results.setdefault((name, n), []).append((tps, cpu_us, load_us))
+                    say("round %d: %-9s %4d clients: %9.0f tps, %6.1f us CPU/tx, PostgreSQL + pgbench "
+                        "%6.1f us/tx, %d failed" % (rnd, name, n, tps, cpu_us, load_us, failed))
         print()
         print("pgbench -S (select-only), scale %d, transaction pooling, pool %d, %d s x %d rounds, "
               "pooler on core %s, PostgreSQL + pgbench on core %s" % (SCALE, POOL, DURATION, ROUNDS,
                                                                      PROXY_CPU, LOAD_CPU))
-        print("%-10s %8s %12s %16s" % ("pooler", "clients", "tps", "CPU us / tx"))
+        print("%-10s %8s %12s %16s %26s" % ("pooler", "clients", "tps", "CPU us / tx",
+                                             "PostgreSQL+pgbench us / tx"))
         med = {}
         for (name, n), rs in sorted(results.items(), key=lambda kv: (kv[0][1], kv[0][0])):
             tps = statistics.median(x[0] for x in rs)
             cpu = statistics.median(x[1] for x in rs)
+            load = statistics.median(x[2] for x in rs)
             med[(name, n)] = (tps, cpu)
-            print("%-10s %8d %12.0f %16.1f" % (name, n, tps, cpu))
+            print("%-10s %8d %12.0f %16.1f %26.1f" % (name, n, tps, cpu, load))
         print()
         for n in CLIENTS:
             a, b = med.get(("portico", n)), med.get(("pgbouncer", n))
