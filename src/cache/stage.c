@@ -529,8 +529,11 @@ static bool not_modified(struct stage_x *sx, const struct cache_obj_view *v)
     size_t hl;
     if (v->status != 200)
         return false;
-    if (stage_request_header(sx, "if-none-match", 13, &h, &hl))
+    if (stage_request_header(sx, "if-none-match", 13, &h, &hl)) {
+        if (hl == 1 && h[0] == '*')
+            return true;                /* RFC 9110 13.1.2: any current representation */
         return v->etag && cache_etag_match(h, hl, v->etag, v->etag_len);
+    }
     if (stage_request_header(sx, "if-modified-since", 17, &h, &hl)) {
         /* RFC 9111 4.3.2: Last-Modified, or the Date when there is none */
         const char *lv = v->last_modified;

@@ -605,8 +605,6 @@ def test_client_conditionals_answered_from_cache(env):
     assert env.origin(path) == 1
 
 
-@pytest.mark.xfail(reason="cache bug: If-None-Match: * is answered 304 only when the stored "
-                          "response has an ETag (not_modified() asks v->etag first)", strict=True)
 def test_if_none_match_star_without_etag(env):
     path = "/plain/inmstar/cacheable"
     t = url(path, cc="max-age=60", lm_ago="3600")
