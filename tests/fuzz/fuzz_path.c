@@ -57,6 +57,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "cache/cache.h"
 #include "conf/conf.h"
 #include "core/log.h"
 #include "http/http.h"
@@ -199,7 +200,11 @@ static const char *const variants[NVARIANTS] = {
 
     /* 8: stages: the test stage (tests/stage/test_stage.c: answers from
      * memory, parks and resumes, transforms and watches bodies), headers:
-     * rules, trusted proxies, merged slashes */
+     * rules, trusted proxies, merged slashes; the cache (src/cache/) on
+     * /c/ (a namespace, a query key list, stale windows) and /cw/ (writes
+     * bump the namespace; cookies stored), with a budget of 1 MiB, objects
+     * up to 64 KiB and at most 2 requests waiting on one fetch, so that
+     * eviction, the size limit and the waiters' bound are all reachable */
     "listen: [ \"127.0.0.1:LISTEN\" ]\n"
     "upstreams:\n"
     "  app:\n"
@@ -207,7 +212,16 @@ static const char *const variants[NVARIANTS] = {
     "    response_timeout: 2s\n"
     "trusted_proxies: [ \"127.0.0.0/8\" ]\n"
     "path_normalization: { merge_slashes: true }\n"
+    "cache: { memory: 1MiB, max_object: 64KiB, lock_timeout: 1s, max_waiters: 2,\n"
+    "         stale_if_error: 30s }\n"
     "routes:\n"
+    "  - match: { prefix: /c/ }\n"
+    "    upstream: app\n"
+    "    cache: { ttl: 10s, namespace: feed, stale_while_revalidate: 5s,\n"
+    "             key: { query: [ page, id ] } }\n"
+    "  - match: { prefix: /cw/ }\n"
+    "    upstream: app\n"
+    "    cache: { bump_on_write: [ feed ], allow_set_cookie: true, key: { query: sort } }\n"
     "  - { match: { prefix: /answer/ }, upstream: app }\n"
     "  - { match: { prefix: /wait/ }, upstream: app }\n"
     "  - { match: { prefix: /upper/ }, upstream: app }\n"
@@ -769,6 +783,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         fail("%u client connection(s) still open at the end", proxy_inline_nclients(r.p));
     }
     proxy_inline_free(r.p);
+    /* the cache's store is the process's and outlives the proxy: empty it,
+     * so that no input is answered from what an earlier one stored */
+    if (cache_get())
+        cache_purge_path(cache_get(), NULL, 0, "/", 1, true);
     for (int k = 0; k < r.ncl; k++)
         if (r.cl[k] >= 0)
             close(r.cl[k]);

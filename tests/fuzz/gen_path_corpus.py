@@ -262,6 +262,54 @@ seeds["stage_headers"] = enc(STAGES, [C(get("//x//y", extra="Cookie: a=b\r\nX-Fo
                                       U(resp(extra="Server: s\r\nX-A: keep\r\nCache-Control: no-store\r\n")),
                                       C(get("/", host=None, version="1.0")), U(resp())])
 
+# ---- the cache (variant 8: /c/ with ttl, namespace feed, query [page, id], stale windows;
+#      /cw/ bumps feed on writes and stores cookies; 1 MiB, 64 KiB objects, 2 waiters)
+CC60 = "Cache-Control: max-age=60\r\nETag: \"v1\"\r\nLast-Modified: Sun, 06 Nov 1994 08:49:37 GMT\r\n"
+seeds["cache_hit_conditional_range_head"] = enc(STAGES, [
+    C(get("/c/a?page=1&utm=x")), U(resp(body="0123456789", extra=CC60)),
+    C(get("/c/a?utm=y&page=1")),
+    C(get("/c/a?page=1", extra="If-None-Match: W/\"v1\", \"v0\"\r\n")),
+    C(get("/c/a?page=1", extra="If-Modified-Since: Sun, 06 Nov 1994 08:49:37 GMT\r\n")),
+    C(get("/c/a?page=1", extra="Range: bytes=2-5\r\n")),
+    C(get("/c/a?page=1", extra="Range: bytes=20-\r\n")),
+    C(get("/c/a?page=1", method="HEAD")),
+    C(get("/c/a?page=1", extra="Cache-Control: max-age=0\r\n")), U(resp(304, body="", cl=False, extra="ETag: \"v1\"\r\n")),
+    C(get("/c/a?page=1", extra="Cache-Control: no-cache\r\n")), U(resp(body="new", extra=CC60))])
+seeds["cache_coalesce_waiters"] = enc(STAGES, [
+    C(get("/c/b")), K, C(get("/c/b")), K, C(get("/c/b")), K, C(get("/c/b")),
+    U(resp(body="shared", extra="Cache-Control: max-age=30\r\n")), U(resp(body="again"))])
+seeds["cache_coalesce_leader_leaves"] = enc(STAGES, [
+    C(get("/c/l")), K, C(get("/c/l")), ("P", b""), X, K, C(get("/c/l")), T(2001),
+    U(resp(body="late", extra="Cache-Control: max-age=30\r\n")), U(resp())])
+seeds["cache_vary_encodings"] = enc(STAGES, [
+    C(get("/c/v", extra="Accept-Encoding: gzip\r\n")),
+    U(resp(body="v" * 200, extra="Vary: Accept-Encoding, X-Lang\r\nCache-Control: max-age=60\r\n")),
+    C(get("/c/v", extra="Accept-Encoding: gzip\r\n")), C(get("/c/v", extra="Accept-Encoding: br\r\n")),
+    U(resp(body="w" * 200, extra="Vary: *\r\nCache-Control: max-age=60\r\n")),
+    C(get("/c/v", extra="Accept-Encoding: zstd, br, gzip\r\nX-Lang: fr\r\n")), U(resp_chunked("chunk", "ed", extra="Cache-Control: max-age=5\r\n"))])
+seeds["cache_write_bumps"] = enc(STAGES, [
+    C(get("/c/f")), U(resp(body="feed", extra=CC60)), C(get("/c/f")),
+    C(post("new", path="/cw/post")), U(resp(201, body="")),
+    C(get("/c/f")), U(resp(304, body="", cl=False, extra="ETag: \"v1\"\r\n")),
+    C(get("/cw/p?b=2&a=1")), U(resp(body="c", extra="Set-Cookie: s=1\r\nCache-Control: public, max-age=9\r\n")),
+    C(get("/cw/p?a=1&b=2")),
+    C("DELETE /c/f HTTP/1.1\r\nHost: localhost\r\n\r\n"), U(resp(204, body="", cl=False, extra="Location: /c/a?page=1\r\n"))])
+seeds["cache_stale_if_error"] = enc(STAGES, [
+    C(get("/c/s")), U(resp(body="old", extra="Cache-Control: max-age=0, stale-if-error=60\r\nETag: \"s\"\r\n")),
+    C(get("/c/s")), U(resp(503, body="down")),
+    C(get("/c/s")), R, C(get("/c/s", extra="Cache-Control: max-stale\r\n"))])
+seeds["cache_not_stored"] = enc(STAGES, [
+    C(get("/c/n1")), U(resp(body="p", extra="Cache-Control: private\r\n")),
+    C(get("/c/n2")), U(resp(body="n", extra="Cache-Control: no-store\r\n")),
+    C(get("/c/n3", extra="Authorization: Basic YTpi\r\n")), U(resp(body="a")),
+    C(get("/c/n4")), U(resp(body="x" * 70000, extra="Cache-Control: max-age=60\r\n")),
+    C(get("/c/n5", extra="Cache-Control: only-if-cached\r\n")),
+    C(get("/c/n6")), U(resp(500, body="e", extra="Cache-Control: max-age=60\r\n")),
+    C(get("/c/n4")), U(resp(body="y" * 60000, extra="Cache-Control: max-age=60\r\n"))])
+seeds["cache_evictions"] = enc(STAGES, sum(
+    [[C(get("/c/e%d" % i)), U(resp(body="e" * 50000, extra="Cache-Control: max-age=60\r\n"))] for i in range(30)], []) +
+    [C(get("/c/e0")), U(resp())])
+
 # ---- limits at the edge and one over
 def head_of(total, limit_name="X-Pad", path="/", prefix=""):
     """A GET head of exactly `total` bytes (CRLFCRLF included)."""
