@@ -1361,6 +1361,10 @@ static void commit(struct stage_x *sx, struct cx *cx, const struct rstate *rs)
         if (nb)
             cx->buf = nb;
     }
+    /* an empty body still gets a buffer: whoever sends a stored body
+     * computes data + offset, and NULL + 0 is undefined */
+    if (!cx->buf && !(cx->buf = malloc(1)))
+        return;
     struct stage_body *b = body_from(cx->buf, cx->len);
     if (!b)
         return;

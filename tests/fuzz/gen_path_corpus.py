@@ -306,6 +306,12 @@ seeds["cache_not_stored"] = enc(STAGES, [
     C(get("/c/n5", extra="Cache-Control: only-if-cached\r\n")),
     C(get("/c/n6")), U(resp(500, body="e", extra="Cache-Control: max-age=60\r\n")),
     C(get("/c/n4")), U(resp(body="y" * 60000, extra="Cache-Control: max-age=60\r\n"))])
+# a stored empty body served (a hit, HEAD, stale-if-error): its data was NULL, and
+# sending it computed NULL + 0 (UBSan in ready_span)
+seeds["cache_empty_body"] = enc(STAGES, [
+    C(get("/c/z")), U(resp(body="", extra=CC60)), C(get("/c/z")), C(get("/c/z", method="HEAD")),
+    C(get("/c/z0")), U(resp(body="", extra="Cache-Control: max-age=0, stale-if-error=60\r\nETag: \"s\"\r\n")),
+    C(get("/c/z0")), U(resp(503, body="down"))])
 seeds["cache_evictions"] = enc(STAGES, sum(
     [[C(get("/c/e%d" % i)), U(resp(body="e" * 50000, extra="Cache-Control: max-age=60\r\n"))] for i in range(30)], []) +
     [C(get("/c/e0")), U(resp())])
