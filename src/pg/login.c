@@ -157,7 +157,7 @@ void pg_login_challenge(struct client *c)
     const struct pg_user *u = find_user(c->w, c->user);
     if (!u && c->w->apools && !c->aent) {
         if (!pg_authq_lookup(c))
-            return;             /* pg_authq_done() calls again */
+            return;             /* authq.c calls again once the lookup ends */
     }
     u = client_user(c);
     bool scram = cf->auth == CONF_PG_AUTH_SCRAM ||
