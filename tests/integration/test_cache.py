@@ -1308,8 +1308,9 @@ def test_access_log_records_the_cache_result(make_env, tmp_path):
     env = make_env(routes=[("/plain/", "true"), ("/", None)],
                    extra="access_log: { path: %s, format: json, flush: 10ms }" % log)
     t = url("/plain/alog/cacheable", cc="max-age=60")
-    env.get(t)
-    env.get(t)
+    with RawConn(env.port) as c:         # one connection, one worker: its lines are in order
+        env.req("GET", t, conn=c)
+        env.req("GET", t, conn=c)
     env.get("/nocache/alog/echo")
 
     def lines():
