@@ -87,13 +87,16 @@ bench:
 	@$(MAKE) --no-print-directory all
 	bench/run.sh
 	bench/cache_bench.sh
+	bench/cache_gzip_bench.sh
 	bench/pg_bench.py
 
-# only the cache's part: hits against Varnish, nginx and HAProxy's caches
+# only the cache's part: hits against Varnish, nginx and HAProxy's caches, then compressed
+# (gzip) hits of a 32 KiB JSON body against nginx's proxy_cache + gzip
 bench-cache:
 	@scripts/deps.sh bench
 	@$(MAKE) --no-print-directory all
 	bench/cache_bench.sh
+	bench/cache_gzip_bench.sh
 
 # only the PostgreSQL pooler's part: portico against PgBouncer with pgbench
 bench-pg:

@@ -43,6 +43,13 @@ OUT=${BENCH_OUT:-$ROOT/build/bench}
 PROXY_CPU=${BENCH_PROXY_CPU:-0}
 LOAD_CPU=${BENCH_LOAD_CPU:-1}
 SIZES="1k 32k"
+# hooks for bench/cache_gzip_bench.sh, which sources this file (empty here): extra wrk arguments
+# and extra lines in the upstream's, portico's and nginx's configurations
+WRK_EXTRA=()
+UPSTREAM_HTTP_EXTRA=""
+PORTICO_CONF_EXTRA=""
+NGINX_HTTP_EXTRA=""
+NGINX_LOCATION_EXTRA=""
 
 die() { echo "cache bench: $*" >&2; exit 2; }
 say() { echo "cache bench: $*" >&2; }
@@ -177,6 +184,7 @@ http {
         root $d/www;
         add_header Cache-Control "max-age=3600";
     }
+$UPSTREAM_HTTP_EXTRA
 }
 EOF
     spawn "$d/stdout.log" taskset -c "$LOAD_CPU" nginx -p "$d/" -c "$d/nginx.conf" -e "$d/error.log"
@@ -209,6 +217,7 @@ routes:
   - match: { prefix: / }
     upstream: bench
     cache: { ttl: 1h }
+$PORTICO_CONF_EXTRA
 EOF
     spawn "$d/stdout.log" taskset -c "$PROXY_CPU" "$PORTICO_BIN" -c "$d/portico.yaml"
 }
@@ -254,8 +263,10 @@ http {
             proxy_set_header Connection "";
             proxy_cache bench;
             proxy_cache_valid 200 1h;
+$NGINX_LOCATION_EXTRA
         }
     }
+$NGINX_HTTP_EXTRA
 }
 EOF
     spawn "$d/stdout.log" taskset -c "$PROXY_CPU" nginx -p "$d/" -c "$d/nginx.conf" -e "$d/error.log"
@@ -328,9 +339,9 @@ run_one() {             # run_one ROUND CACHE SIZE
     port=${PORT_OF[$name]}
     url=http://127.0.0.1:$port/$size
     raw=$WORK/wrk-$round-$name-$size.txt
-    [ "$WARMUP" -gt 0 ] && run_wait /dev/null taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNS" -d"${WARMUP}s" "$url"
+    [ "$WARMUP" -gt 0 ] && run_wait /dev/null taskset -c "$LOAD_CPU" wrk "${WRK_EXTRA[@]}" -t1 -c"$CONNS" -d"${WARMUP}s" "$url"
     u0=$(upstream_requests); t0=$(tree_ticks "$pid")
-    run_wait "$raw" taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNS" -d"${DURATION}s" --latency "$url"
+    run_wait "$raw" taskset -c "$LOAD_CPU" wrk "${WRK_EXTRA[@]}" -t1 -c"$CONNS" -d"${DURATION}s" --latency "$url"
     t1=$(tree_ticks "$pid"); u1=$(upstream_requests)
     if ! is_running "$pid" || [ -z "$t1" ]; then
         say "$name (pid $pid) died during round $round $size"
@@ -364,6 +375,9 @@ version_of() {
 }
 
 # ------------------------------------------------------------------------- main
+# sourced (bench/cache_gzip_bench.sh): the setup and functions above only
+[[ "${BASH_SOURCE[0]}" != "$0" ]] && return 0
+
 n_runs=$((ROUNDS * $(wc -w <<<"$PROXIES") * 2))
 echo "portico cache bench: $(date -u +%Y-%m-%dT%H:%M:%SZ) on $(uname -sr), $ncpu cores"
 echo "  hits of 1 KiB and 32 KiB bodies; wrk -t1 -c$CONNS -d${DURATION}s --latency (after ${WARMUP}s warm-up), $ROUNDS rounds, about $(( n_runs * (DURATION + WARMUP + 1) / 60 + 1 )) min"
