@@ -61,10 +61,11 @@ ROUTES = [
 # set-up
 
 def cache_config(port, up_addr, admin_port, token_file, routes=ROUTES,
-                 top="{ memory: 64MiB, max_object: 1MiB }", workers=2, extra=""):
+                 top="{ memory: 64MiB, max_object: 1MiB }", workers=2, extra="",
+                 response_timeout="10s"):
     out = ['listen: [ "127.0.0.1:%d" ]' % port, "workers: %d" % workers,
            "upstreams:", "  app:", '    servers: [ "%s" ]' % up_addr, "    keepalive: 32",
-           "    connect_timeout: 2s", "    response_timeout: 10s", "    retries: 0"]
+           "    connect_timeout: 2s", "    response_timeout: %s" % response_timeout, "    retries: 0"]
     if top and not NO_CACHE:
         out.append("cache: %s" % top)
     out.append("routes:")
@@ -146,12 +147,14 @@ class Env:
 
 @pytest.fixture
 def make_env(start_upstream, start_portico, tmp_path):
-    def make(routes=ROUTES, top="{ memory: 64MiB, max_object: 1MiB }", workers=2, extra=""):
+    def make(routes=ROUTES, top="{ memory: 64MiB, max_object: 1MiB }", workers=2, extra="",
+             response_timeout="10s"):
         up = start_upstream("origin")
         tok = tmp_path / "admin.token"
         tok.write_text(TOKEN + "\n")
         port, admin_port = free_port(), free_port()
-        cfg = cache_config(port, up.address, admin_port, tok, routes, top, workers, extra)
+        cfg = cache_config(port, up.address, admin_port, tok, routes, top, workers, extra,
+                           response_timeout)
         p = start_portico(cfg, port=port)
         assert wait_for(lambda: _accepts(admin_port), 5), "admin listener did not start"
         return Env(p, up, admin_port)
@@ -789,6 +792,65 @@ def test_stampede_100_concurrent_misses_one_origin_request(env):
     assert xc(env.get(t)) == "HIT" and env.origin(path) == 1
 
 
+def test_coalesced_waiters_get_their_own_vary_variant(env):
+    """Waiters on a fetch whose response varies on a field they sent
+    differently must not get the leader's variant."""
+    path = "/plain/coal-vary/cacheable"
+    t = url(path, cc="max-age=60", vary="Accept-Language", delay="1")
+    langs = ["en", "fr", "de", "en", "fr"]
+    results = [None] * len(langs)
+
+    def one(i):
+        try:
+            with RawConn(env.port, timeout=10) as c:
+                results[i] = c.request("GET", t, headers=[("Accept-Language", langs[i])], host=HOST)
+        except Exception as e:
+            results[i] = e
+    ths = []
+    for i in range(len(langs)):
+        th = threading.Thread(target=one, args=(i,))
+        th.start()
+        ths.append(th)
+        if i == 0:
+            time.sleep(0.2)              # the first one leads
+    for th in ths:
+        th.join(15)
+    for lang, r in zip(langs, results):
+        assert getattr(r, "status", None) == 200, r
+        assert body_json(r)["vary"]["Accept-Language"] == lang, (lang, r.body)
+    assert env.origin(path) <= 4         # en, fr, de (+ one duplicate at most)
+
+
+def test_coalesced_waiters_never_share_an_unstorable_response(env):
+    """The leader's response says private / sets a cookie: it is not stored,
+    and the waiters each get their own from the origin, never the leader's."""
+    for q in ({"cc": "private, max-age=60"}, {"cc": "max-age=60", "cookie": "sid=leader"}):
+        path = "/plain/coal-priv-%s/cacheable" % ("cookie" if "cookie" in q else "private")
+        t = url(path, delay="0.8", **q)
+        results = [None] * 5
+        for th in _fire(env.port, t, 5, results, threading.Barrier(5)):
+            th.join(15)
+        assert all(getattr(r, "status", None) == 200 for r in results), results
+        ns = sorted(body_json(r)["n"] for r in results)
+        assert ns == [1, 2, 3, 4, 5], (q, ns)        # five different responses
+        assert env.origin(path) == 5
+        # and the key is not waited on again for a while (it is known uncacheable)
+        results = [None] * 4
+        t0 = time.time()
+        for th in _fire(env.port, t, 4, results, threading.Barrier(4)):
+            th.join(15)
+        assert all(getattr(r, "status", None) == 200 for r in results), results
+        assert time.time() - t0 < 1.5, (q, time.time() - t0)
+    # the control: the same without private / the cookie is fetched once for all
+    path = "/plain/coal-pub/cacheable"
+    results = [None] * 5
+    for th in _fire(env.port, url(path, delay="0.8", cc="max-age=60"), 5, results,
+                    threading.Barrier(5)):
+        th.join(15)
+    assert all(getattr(r, "status", None) == 200 for r in results), results
+    assert env.origin(path) == 1
+
+
 def test_waiter_disconnect_does_not_break_coalesced_fetch(env):
     path = "/plain/coal-w/cacheable"
     t = url(path, cc="max-age=60", delay="1.5")
@@ -913,6 +975,28 @@ def test_stale_if_error_from_response_on_500(env):
     time.sleep(2.2)
     env.set(fail="500")
     assert env.get(t).status == 500
+
+
+def test_stale_if_error_on_timeout_and_other_5xx(make_env):
+    env = make_env(routes=[("/sie/", "{ stale_if_error: 30s }"), ("/", None)],
+                   response_timeout="700ms")
+    ts = {k: url("/sie/%s/cacheable" % k, cc="max-age=1") for k in ("timeout", "502", "503", "504")}
+    first = {k: env.get(t).body for k, t in ts.items()}
+    time.sleep(1.5)
+    env.set(delay="2")                   # past the upstream's response_timeout
+    t0 = time.time()
+    r = env.get(ts["timeout"])
+    assert r.status == 200 and xc(r) == "STALE" and r.body == first["timeout"], r
+    assert time.time() - t0 < 1.9, time.time() - t0
+    env.clear()
+    for code in ("502", "503", "504"):
+        env.set(fail=code)
+        r = env.get(ts[code])
+        assert r.status == 200 and xc(r) == "STALE" and r.body == first[code], (code, r)
+    # a 4xx is an answer, not an error: it is passed on
+    env.set(fail="404")
+    r = env.get(ts["502"])
+    assert r.status == 404, r
 
 
 def test_stale_while_revalidate_refreshes_once(env):
