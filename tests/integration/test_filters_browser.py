@@ -259,7 +259,7 @@ class Cdp:
                         self.events.append(m)
                     self.cond.notify_all()
 
-    def call(self, method, params=None, session=None, timeout=30):
+    def call(self, method, params=None, session=None, timeout=30, check=True):
         self.next_id += 1
         mid = self.next_id
         m = {"id": mid, "method": method, "params": params or {}}
@@ -277,6 +277,8 @@ class Cdp:
                     raise AssertionError("no answer to %s within %ds" % (method, timeout))
                 self.cond.wait(left)
             r = self.results.pop(mid)
+        if not check and "error" in r:
+            return None
         assert "error" not in r, "%s: %r" % (method, r["error"])
         return r["result"]
 
@@ -324,20 +326,28 @@ def load(url, tmp_path, probe, timeout=40):
         cdp.call("Page.navigate", {"url": url}, session=sess)
         deadline = time.time() + timeout
         while True:
-            done = cdp.call("Runtime.evaluate", {
+            # an evaluation that meets the navigation (its context destroyed) is retried
+            got = cdp.call("Runtime.evaluate", {
                 "expression": "document.readyState === 'complete' && "
                               "document.documentElement.getAttribute('data-done') === '1' && "
                               "location.href === %s" % json.dumps(url),
-                "returnByValue": True}, session=sess)["result"].get("value")
-            if done:
+                "returnByValue": True}, session=sess, check=False)
+            if got and got.get("result", {}).get("value") is True:
                 break
             assert time.time() < deadline, "the page at %s did not finish within %ds" % (url, timeout)
             time.sleep(0.05)
         dom = cdp.call("Runtime.evaluate", {"expression": "JSON.stringify(%s)" % probe,
                                             "returnByValue": True}, session=sess)["result"]["value"]
-        time.sleep(0.2)                     # let the last loadingFinished events arrive
-        with cdp.cond:
-            events = list(cdp.events)
+        while True:                         # until every response has finished (or failed)
+            with cdp.cond:
+                events = list(cdp.events)
+            got = {e["params"]["requestId"] for e in events if e.get("method") == "Network.responseReceived"}
+            ended = {e["params"]["requestId"] for e in events
+                     if e.get("method") in ("Network.loadingFinished", "Network.loadingFailed")}
+            if got <= ended:
+                break
+            assert time.time() < deadline, "responses %s never finished loading" % (got - ended)
+            time.sleep(0.05)
     finally:
         cdp.close()
     byid, console = {}, []
