@@ -750,6 +750,9 @@ def test_vary_variants(env, field, values):
     # a third value (and none at all) is another variant
     env.get(t)
     assert env.origin(path) == 3
+    # purging the URL purges every variant
+    assert env.purge(url="http://%s%s" % (HOST, t)) == {"purged": 3}
+    assert xc(env.get(t, [(field, a)])) != "HIT" and env.origin(path) == 4
 
 
 # --------------------------------------------------------------------------
@@ -1147,6 +1150,16 @@ def test_bump_namespace_by_api(env):
     j2 = env.bump("feed")
     assert j2 == {"namespace": "feed", "version": j1["version"] + 1}, (j1, j2)
     assert not _hit(env, feeds[0])
+    # an entry with a validator is revalidated after a bump (a 304 keeps its body)
+    v = url("/feed/v/cacheable", etag="f1")
+    r1 = env.get(v)
+    assert _hit(env, v)
+    env.bump("feed")
+    r = env.get(v)
+    assert xc(r) == "REVALIDATED" and r.body == r1.body, r
+    hdrs = {n.lower(): val for n, val in env.origin_requests("/feed/v/cacheable")[-1]["headers"]}
+    assert hdrs.get("if-none-match") == '"f1"'
+    assert _hit(env, v)
 
 
 def test_admin_token_required(env):
@@ -1236,6 +1249,16 @@ def test_failed_unsafe_methods_do_not_invalidate(env):
 
 # --------------------------------------------------------------------------
 # the cache key's query
+
+def test_key_normalises_host_case_and_path(env):
+    t = url("/plain/norm/abc/cacheable", cc="max-age=60")
+    env.get(t, host="Test.LOCAL")
+    assert _hit(env, t, host="test.local")
+    assert _hit(env, t.replace("/abc/", "/%61bc/"))            # %61 is a
+    assert _hit(env, t.replace("/norm/", "/x/../norm/"))
+    assert env.origin("/plain/norm/abc/cacheable") == 1
+    assert not _hit(env, t, host="other.local")               # another host, another entry
+
 
 def test_key_query_list(env):
     for q in ("id=1&utm_source=x", "id=1&utm_source=y", "utm_source=z&id=1", "id=1"):
