@@ -150,6 +150,13 @@ const struct cache_variant *cache_obj_variant(struct cache_obj *o, int enc);
 /* Attach v (taken over) unless one is there already: the one attached. */
 const struct cache_variant *cache_obj_add_variant(struct cache *c, struct cache_obj *o, int enc,
                                                   struct cache_variant *v);
+/* True for the one caller that should make o's variant for enc. */
+bool cache_obj_claim_variant(struct cache_obj *o, int enc);
+/* variant.c: the variant for enc, compressed now when the body is small;
+ * for a larger body it is made by a background thread and NULL is returned
+ * (serve the stored body this time). */
+const struct cache_variant *cache_variant_make(struct cache_obj *obj,
+                                               const struct cache_obj_view *v, int enc, int level);
 
 /* Namespaces: a small table of names, each with a version; bumping one makes
  * every object stored under an older version stale, in O(1). */

@@ -558,46 +558,6 @@ static bool if_range_ok(struct stage_x *sx, const struct cache_obj_view *v)
     return v->last_modified && v->last_modified_len == hl && !memcmp(v->last_modified, h, hl);
 }
 
-/* The stored head for a compressed body: Content-Encoding, Accept-Encoding
- * in Vary, a strong ETag made weak (RFC 9110 8.8.1: not the same bytes). */
-static struct cache_variant *make_variant(const struct cache_obj_view *v, int enc, int level)
-{
-    struct stage_body *b = filter_encode(enc, level, v->body->data, v->body->len);
-    if (!b)
-        return NULL;
-    struct cache_variant *var = malloc(sizeof *var + v->head_len + 96);
-    if (!var) {
-        stage_body_unref(b);
-        return NULL;
-    }
-    size_t n = 0;
-    bool vary = false;
-    for (const char *p = v->head, *end = v->head + v->head_len; p < end;) {
-        const char *eol = memchr(p, '\r', (size_t)(end - p)), *colon = memchr(p, ':', (size_t)(end - p));
-        if (!eol || !colon)
-            break;
-        size_t nl = (size_t)(colon - p), ll = (size_t)(eol - p);
-        const char *val = colon + 2 <= eol ? colon + 2 : eol;
-        if (nl == 4 && http_ieq(p, "etag", 4) && val < eol && *val == '"') {
-            n += (size_t)sprintf(var->head + n, "ETag: W/%.*s\r\n", (int)(eol - val), val);
-        } else if (nl == 4 && http_ieq(p, "vary", 4)) {
-            vary = true;
-            memcpy(var->head + n, p, ll);
-            n += ll;
-            n += (size_t)sprintf(var->head + n, ", Accept-Encoding\r\n");
-        } else {
-            memcpy(var->head + n, p, ll + 2);
-            n += ll + 2;
-        }
-        p = eol + 2;
-    }
-    n += (size_t)sprintf(var->head + n, "Content-Encoding: %s\r\n%s", filter_enc_name[enc],
-                         vary ? "" : "Vary: Accept-Encoding\r\n");
-    var->head_len = n;
-    var->body = b;
-    return var;
-}
-
 /* Whether the stored Vary already names Accept-Encoding. */
 static bool varies_on_ae(const struct cache_obj_view *v)
 {
@@ -626,11 +586,8 @@ static void representation(struct stage_x *sx, const struct rstate *rs, struct c
     size_t rl;
     int enc = stage_request_header(sx, "range", 5, &rh, &rl) ? -1 : filter_negotiate(sx, rs->cp);
     const struct cache_variant *var = enc >= 0 ? cache_obj_variant(obj, enc) : NULL;
-    if (enc >= 0 && !var) {
-        struct cache_variant *made = make_variant(v, enc, rs->cp->cache_level[enc]);
-        if (made)
-            var = cache_obj_add_variant(cache_get(), obj, enc, made);
-    }
+    if (enc >= 0 && !var)
+        var = cache_variant_make(obj, v, enc, rs->cp->cache_level[enc]);
     if (var) {
         v->head = var->head;
         v->head_len = var->head_len;

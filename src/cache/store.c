@@ -41,6 +41,7 @@ struct cache_obj {
     struct cache_times t;
     struct stage_body *body;
     _Atomic(struct cache_variant *) var[CACHE_VARIANTS];
+    atomic_uchar var_claimed;   /* a bit per encoding: its variant is being made */
     uint32_t key_len, vary_len, vnames_len, head_len, tags_len, etag_len, lm_len;
     const char *key, *vary, *vnames, *head, *tags, *etag, *lm;
     char data[];
@@ -183,6 +184,12 @@ const struct cache_variant *cache_obj_add_variant(struct cache *c, struct cache_
     pthread_mutex_unlock(&s->mu);
     make_room(c, 0, (uint32_t)(o->hash & (SHARDS - 1)));
     return v;
+}
+
+bool cache_obj_claim_variant(struct cache_obj *o, int enc)
+{
+    unsigned char bit = (unsigned char)(1u << enc);
+    return !(atomic_fetch_or(&o->var_claimed, bit) & bit);
 }
 
 void cache_obj_touch(struct cache_obj *o)
@@ -485,6 +492,7 @@ static struct cache_obj *obj_new(struct cache *c, const struct cache_obj_new *n)
     memset(o, 0, sizeof *o);
     for (int i = 0; i < CACHE_VARIANTS; i++)
         atomic_init(&o->var[i], NULL);
+    atomic_init(&o->var_claimed, 0);
     atomic_init(&o->refs, 2);           /* the index's and the caller's */
     o->hash = n->hash;
     o->status = n->status;
