@@ -15,7 +15,8 @@
  *     from the back until the new object fits) written here, with the same
  *     byte budget and the same charge per object as the store counts it
  *     (key, head, body and the store's per-object metadata), and the store's
- *     rule that an object over a quarter of the budget is not stored.
+ *     rule that an object charged over half the budget is not stored (none
+ *     is, at these sizes).
  *
  * The working set is the sum of the charges of every key the trace requests.
  * Hit ratio = hits / requests, over the whole trace (the first request for a
@@ -264,7 +265,7 @@ static struct result run_lru(const uint32_t *trace, const uint32_t *size, uint64
             else
                 tail = prev[id];
         } else {
-            if (ch > budget / 4)
+            if (ch > budget / 2)       /* as cache_insert */
                 continue;
             while (used + ch > budget && tail >= 0) {
                 int32_t v = tail;
