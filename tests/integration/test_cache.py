@@ -1288,6 +1288,29 @@ def test_key_query_ignore_and_keep(env):
     assert _hit(env, "/ttl/k/cacheable?a=1&b=2")
 
 
+def test_compressed_and_identity_answers_from_one_entry(make_env):
+    """With compression on, a client that accepts gzip gets gzip and one that
+    does not gets the stored bytes as they are, both from the cache."""
+    import gzip
+    env = make_env(routes=[("/plain/", "true"), ("/", None)], extra="compression: on")
+    path = "/plain/gz/cacheable"
+    t = url(path, cc="max-age=60", n="20000", ctype="text/plain")
+    want = pattern_bytes(20000)
+    r = env.get(t, [("Accept-Encoding", "gzip")])
+    assert r.status == 200
+    for _ in range(2):
+        rg = env.get(t, [("Accept-Encoding", "gzip")])
+        ri = env.get(t, [("Accept-Encoding", "identity")])
+        rn = env.get(t)                              # no Accept-Encoding: anything goes
+        assert xc(rg) == "HIT" and xc(ri) == "HIT" and xc(rn) == "HIT", (rg, ri, rn)
+        assert rg.header("content-encoding") == "gzip" and gzip.decompress(rg.body) == want, rg
+        assert ri.header("content-encoding") is None and ri.body == want, ri
+        body = gzip.decompress(rn.body) if rn.header("content-encoding") == "gzip" else rn.body
+        assert body == want
+        assert "accept-encoding" in (ri.header("vary") or "").lower(), ri
+    assert env.origin(path) == 1
+
+
 # --------------------------------------------------------------------------
 # memory
 

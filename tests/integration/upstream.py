@@ -52,6 +52,7 @@ segment, so `/api/v1/count` is `/count`; unknown names answer like `/echo`.
                        n=N         body: N bytes of pattern() instead of the
                                    default JSON {"target", "n" (the count),
                                    "vary": {the Vary'd request headers}}
+                       ctype=T     Content-Type of the n=N body
                        delay=S     wait S seconds before answering
                        chunked=1   send the body chunked (no Content-Length)
                      If-None-Match (weak comparison) / If-Modified-Since
@@ -644,7 +645,7 @@ class Server:
         status = int(one("status", "200"))
         if one("n") is not None:
             body = pattern_bytes(int(one("n")))
-            hdrs.append(("Content-Type", "application/octet-stream"))
+            hdrs.append(("Content-Type", one("ctype", "application/octet-stream")))
         else:
             vary = {}
             for name in (one("vary") or "").split(","):
