@@ -183,7 +183,7 @@ bool cache_pending_join(struct cache *c, uint64_t hash, const char *key, size_t 
 void cache_pending_done(struct cache *c, struct cache_pending *p);
 
 /* Keys whose last response could not be stored (Varnish's hit-for-miss):
- * their misses do not wait on one another until `until` (Unix seconds);
+ * their misses do not wait on one another until `until` (Unix ms);
  * until 0 clears the mark. A small lossy table per shard. */
 void cache_pass_mark(struct cache *c, uint64_t hash, int64_t until);
 bool cache_pass_check(struct cache *c, uint64_t hash, int64_t now);
