@@ -1309,6 +1309,26 @@ def test_compressed_and_identity_answers_from_one_entry(make_env):
         assert body == want
         assert "accept-encoding" in (ri.header("vary") or "").lower(), ri
     assert env.origin(path) == 1
+    # a large body: its gzip variant is made in the background; meanwhile the
+    # stored bytes are answered as they are, and gzip follows
+    path = "/plain/gzbig/cacheable"
+    t = url(path, cc="max-age=60", n=str(300 * 1024), ctype="text/plain")
+    want = pattern_bytes(300 * 1024)
+    env.get(t)
+    encodings = []
+    for _ in range(30):
+        r = env.get(t, [("Accept-Encoding", "gzip")])
+        enc = r.header("content-encoding")
+        assert (gzip.decompress(r.body) if enc == "gzip" else r.body) == want, r
+        assert xc(r) == "HIT", r
+        encodings.append(enc)
+        if enc == "gzip":
+            break
+        time.sleep(0.1)
+    assert encodings[-1] == "gzip", encodings
+    r = env.get(t, [("Accept-Encoding", "identity")])
+    assert r.header("content-encoding") is None and r.body == want
+    assert env.origin(path) == 1
 
 
 # --------------------------------------------------------------------------
