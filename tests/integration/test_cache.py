@@ -1588,8 +1588,9 @@ def test_feed_load_zipf_hit_ratio(make_env, capsys):
                 wait = start + k / float(rate) - time.time()
                 if wait > 0:
                     time.sleep(wait)
+                t1 = time.time()
                 r = c.request("GET", "/feed/%d/cacheable" % picks[k], host=HOST)
-                results[k] = (r.status, xc(r))
+                results[k] = (r.status, xc(r), time.time() - t1)
         except Exception as e:
             results[k] = (None, repr(e))
         finally:
@@ -1605,14 +1606,16 @@ def test_feed_load_zipf_hit_ratio(make_env, capsys):
         [r for r in results if r is None or r[0] != 200][:5]
     hits = sum(1 for r in results if r[1] == "HIT")
     ratio = hits / float(len(results))
+    p95 = sorted(r[2] for r in results)[int(len(results) * 0.95)]
     origin = env.counts()["total"]
     with capsys.disabled():
         print("\nfeed load: %d requests in %.1f s (%.0f/s), %d distinct URLs, hit ratio %.1f%%, "
-              "origin %d requests = %.1f/s (%.1f%% of the traffic)"
+              "origin %d requests = %.1f/s (%.1f%% of the traffic), p95 %.1f ms"
               % (len(results), took, len(results) / took, len(set(picks)), ratio * 100, origin,
-                 origin / took, 100.0 * origin / len(results)))
+                 origin / took, 100.0 * origin / len(results), p95 * 1000))
     assert len(results) / took >= 150, "the load ran at only %.0f/s" % (len(results) / took)
     assert ratio >= 0.70, ratio
+    assert p95 < 0.25, "p95 %.0f ms (the runbook's SLO: 250 ms)" % (p95 * 1000)
     assert origin <= len(set(picks)) + 5, (origin, len(set(picks)))
     h = wait_for(lambda: metric_sum(env.metrics(), "portico_cache_requests_total", route="/feed/",
                                     result="hit") == hits, 2)
