@@ -1002,6 +1002,25 @@ def test_stale_if_error_on_timeout_and_other_5xx(make_env):
     assert r.status == 404, r
 
 
+def test_no_stale_on_error_when_revalidation_is_required(env):
+    """must-revalidate, proxy-revalidate and s-maxage (which implies
+    proxy-revalidate) forbid stale answers, stale-if-error or not (RFC 9111
+    4.2.4): the origin's error goes through."""
+    cases = {"mr": "max-age=1, must-revalidate, stale-if-error=60",
+             "pr": "max-age=1, proxy-revalidate, stale-if-error=60",
+             "sm": "s-maxage=1, stale-if-error=60",
+             "ok": "max-age=1, stale-if-error=60"}          # the control
+    ts = {k: url("/plain/sie-rev/%s/cacheable" % k, cc=v) for k, v in cases.items()}
+    for t in ts.values():
+        env.get(t)
+    time.sleep(1.5)
+    env.set(fail="503")
+    got = {k: env.get(t) for k, t in ts.items()}
+    assert got["ok"].status == 200 and xc(got["ok"]) == "STALE", got["ok"]
+    for k in ("mr", "pr", "sm"):
+        assert got[k].status in (503, 504) and xc(got[k]) != "STALE", (k, got[k])
+
+
 def test_stale_while_revalidate_refreshes_once(env):
     path = "/swr/a/cacheable"
     t = url(path, cc="max-age=1")
