@@ -686,6 +686,28 @@ def test_hit_sent_whole_while_its_entry_is_purged_and_evicted(make_env):
     assert env.p.alive()
 
 
+def test_head_on_a_stale_entry_never_stores_an_empty_body(env):
+    """A HEAD that finds a stale entry (validated, or refreshed in the
+    background) must not leave the entry with the HEAD's empty body."""
+    full = pattern_bytes(4000)
+    for path, q in (("/swr/headstale/cacheable", {"cc": "max-age=1", "n": "4000"}),
+                    ("/plain/headstale/cacheable", {"cc": "max-age=1", "n": "4000"}),
+                    ("/plain/headstale-e/cacheable", {"cc": "max-age=1", "n": "4000", "etag": "h"})):
+        t = url(path, **q)
+        assert env.get(t).body == full
+        time.sleep(1.5)
+        env.set(etag="h2")                  # a validation gets a 200, not a 304
+        with RawConn(env.port) as c:
+            r = env.req("HEAD", t, conn=c)
+            assert r.status == 200 and r.header("content-length") == "4000", (path, r)
+            time.sleep(0.5)                     # a background refresh, if any, is done
+            r = env.req("GET", t, conn=c)
+            assert r.status == 200 and r.body == full, (path, r)
+            r = env.req("GET", t, conn=c)
+            assert r.status == 200 and r.body == full and xc(r) == "HIT", (path, r)
+        env.clear()
+
+
 def test_range_from_stored_response(env):
     path = "/plain/range/cacheable"
     t = url(path, cc="max-age=60", n="1000")
@@ -1043,6 +1065,29 @@ def test_stale_while_revalidate_refreshes_once(env):
     r = env.get(t)
     assert xc(r) == "HIT" and body_json(r)["n"] == 2, r
     assert env.origin(path) == 2
+
+
+def test_stale_while_revalidate_refreshes_the_right_variant(env):
+    """The background refresh of a Vary'd entry asks with the request's own
+    field, and its answer replaces that variant, not another."""
+    path = "/swr/vary/cacheable"
+    t = url(path, cc="max-age=1", vary="Accept-Language")
+    for lang in ("en", "fr"):
+        env.get(t, [("Accept-Language", lang)])
+    time.sleep(1.5)
+    env.set(cc="max-age=60", vary="Accept-Language")
+    r = env.get(t, [("Accept-Language", "fr")])
+    assert xc(r) == "STALE" and body_json(r)["vary"]["Accept-Language"] == "fr", r
+    assert wait_for(lambda: env.origin(path) == 3, 3)
+    time.sleep(0.3)
+    refresh = env.origin_requests(path)[-1]
+    hdrs = {n.lower(): v for n, v in refresh["headers"]}
+    assert hdrs.get("accept-language") == "fr", refresh["headers"]
+    r = env.get(t, [("Accept-Language", "fr")])
+    assert xc(r) == "HIT" and body_json(r)["vary"]["Accept-Language"] == "fr", r
+    assert body_json(r)["n"] == 3
+    r = env.get(t, [("Accept-Language", "en")])                # still the old, stale en
+    assert body_json(r)["vary"]["Accept-Language"] == "en" and body_json(r)["n"] == 1, r
 
 
 def test_stale_while_revalidate_window_ends(env):
