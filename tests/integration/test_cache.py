@@ -241,6 +241,46 @@ def http_date(t):
 
 
 # --------------------------------------------------------------------------
+# configuration
+
+CONF_CASES = [
+    ("valid", "{ memory: 64MiB, max_object: 1MiB, stale_while_revalidate: 10s, "
+              "stale_if_error: 5m, lock_timeout: 5s, max_waiters: 1000, heuristic_max: 1d, "
+              "tag_header: Cache-Tag }",
+     "{ ttl: 30s, override: false, namespace: feed, allow_set_cookie: false, "
+     "key: { query: [ id, page ] }, stale_while_revalidate: 10s, stale_if_error: 5m, "
+     "expect_hit_ratio: 0.7, bump_on_write: [ feed ] }", None),
+    ("max_object over a quarter", "{ memory: 8MiB, max_object: 4MiB }", "true", "cache.max_object"),
+    ("override without ttl", "{ memory: 8MiB }", "{ override: true }", "override"),
+    ("unknown top-level key", "{ memory: 8MiB, colour: blue }", "true", "colour"),
+    ("unknown route key", "{ memory: 8MiB }", "{ tll: 30s }", "tll"),
+    ("bad query key", "{ memory: 8MiB }", "{ key: { query: reverse } }", "query"),
+    ("bad ratio", "{ memory: 8MiB }", "{ expect_hit_ratio: 1.5 }", "expect_hit_ratio"),
+    ("bad tag header", "{ memory: 8MiB, tag_header: \"Cache Tag\" }", "true", "tag_header"),
+]
+
+
+@pytest.mark.parametrize("case", CONF_CASES, ids=[c[0] for c in CONF_CASES])
+def test_cache_configuration_checked(portico_bin, tmp_path, case):
+    """`portico -t` takes the documented keys and refuses wrong ones, pointing at the key."""
+    import subprocess
+    _, top, route, bad = case
+    tok = tmp_path / "admin.token"
+    tok.write_text(TOKEN + "\n")
+    cfg = cache_config(free_port(), "127.0.0.1:9", free_port(), tok,
+                       [("/feed/", route), ("/", None)], top)
+    f = tmp_path / "c.yaml"
+    f.write_text(cfg)
+    res = subprocess.run([portico_bin, "-t", "-c", str(f)], capture_output=True, timeout=10,
+                         stdin=subprocess.DEVNULL)
+    err = res.stderr.decode(errors="replace")
+    if bad is None:
+        assert res.returncode == 0 and not NO_CACHE, (res.returncode, err, cfg)
+    else:
+        assert res.returncode == 1 and bad in err and re.search(r":\d+:\d+: ", err), (err, cfg)
+
+
+# --------------------------------------------------------------------------
 # miss, hit, Age, Cache-Status
 
 def test_miss_then_hit_with_age_and_cache_status(env):
