@@ -79,7 +79,7 @@ def test_dry_run_counts_but_never_refuses(start_portico, start_upstream, tmp_pat
         m = c.request("GET", "/metrics").body.decode()
     assert 'portico_ratelimit_decisions_total{route="/",limit="probe",outcome="dry_run"} 9' in m
     assert 'portico_ratelimit_decisions_total{route="/",limit="probe",outcome="allowed"} 1' in m
-    assert "would refuse" in p.log_text()
+    assert wait_for(lambda: "would refuse" in p.log_text(), 10), p.log_text()  # the log thread writes it
 
 
 def test_keys_by_header_are_independent(start_portico, start_upstream):
@@ -171,7 +171,7 @@ def test_login_guard_blocks_the_sixth_failure_of_one_address(start_portico, star
     assert r.status == 429
     assert len(up.requests()) == before                        # blocked ones never reach it
     assert login(p.port, 401, "198.51.100.8").status == 401    # another address still gets through
-    assert "login guard /auth/: address 198.51.100.7 blocked" in p.log_text()
+    assert wait_for(lambda: "login guard /auth/: address 198.51.100.7 blocked" in p.log_text(), 10), p.log_text()  # the log thread writes it
 
 
 def test_login_guard_success_resets_and_accounts_are_keys(start_portico, start_upstream):

@@ -104,7 +104,9 @@ def test_failed_lookup_refuses_and_is_not_cached(make_pooler, authq_roles):
     for _ in range(2):
         with pytest.raises(psycopg2.OperationalError, match="could not be looked up"):
             p.connect(user="app", password="apppass")
-    assert "auth_query" in p.portico.log_text()
+    # the log is written by a thread of its own: the line comes a moment later
+    from conftest import wait_for
+    assert wait_for(lambda: "auth_query" in p.portico.log_text(), 10), p.portico.log_text()
     # a query the auth user may not run fails the same way
     p2 = make_pooler(users={}, pools=POOLS,
                      auth_extra={"user": "pgauth", "password": "authpass"})

@@ -88,7 +88,7 @@ def test_sighup_switches_routing(setup):
     assert metric(m, "portico_config_generation") == 2
     assert metric(m, "portico_config_reloads_total", result="success") == 1
     assert metric(m, "portico_config_last_reload_successful") == 1
-    assert "configuration 2 loaded" in s.p.log_text()
+    assert wait_for(lambda: "configuration 2 loaded" in s.p.log_text(), 10), s.p.log_text()  # the log thread writes it
 
 
 def test_post_reload_needs_token_and_post(setup):
@@ -123,7 +123,7 @@ def test_bad_config_is_refused_and_old_keeps_serving(setup, bad, where):
     m = s.metrics()
     assert metric(m, "portico_config_reloads_total", result="failure") == 1
     assert metric(m, "portico_config_last_reload_successful") == 0
-    assert "reload refused: " in s.p.log_text()
+    assert wait_for(lambda: "reload refused: " in s.p.log_text(), 10), s.p.log_text()  # the log thread writes it
     # SIGHUP with the same bad file: refused too, still serving
     s.p.signal(signal.SIGHUP)
     assert wait_for(lambda: s.status()["config"]["reloads_failed"] == 2, 5)
@@ -265,7 +265,7 @@ def test_workers_change_takes_restart(setup):
     s.write(s.config(s.ups[1]).replace("workers: 2", "workers: 3"))
     assert s.reload_http().status_code == 200
     assert s.status()["workers"] == 2
-    assert "workers 2 -> 3 takes a restart" in s.p.log_text()
+    assert wait_for(lambda: "workers 2 -> 3 takes a restart" in s.p.log_text(), 10), s.p.log_text()  # the log thread writes it
     assert s.served_by() == "u2"
 
 
