@@ -34,6 +34,12 @@ $(BUILD)/portico: $(BUILD)/obj/main.o $(LIBOBJS)
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
 
 $(BUILD)/obj/main.o: override CFLAGS += -DPORTICO_VERSION='"$(VERSION)"'
+# main.o is rebuilt when the version changes (a new commit), not only when main.c does,
+# so that --version and the logs name the commit that was built
+$(BUILD)/obj/main.o: $(BUILD)/version.txt
+$(BUILD)/version.txt: FORCE
+	@mkdir -p $(dir $@); echo '$(VERSION)' | cmp -s - $@ 2>/dev/null || echo '$(VERSION)' > $@
+FORCE:
 $(BUILD)/obj/%.o: src/%.c
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -c -o $@ $<
