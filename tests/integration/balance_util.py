@@ -95,6 +95,21 @@ class FlipUpstream:
     def pause(self):
         os.kill(self.proc.pid, signal.SIGSTOP)
         self.paused = True
+        # the signal is delivered asynchronously: a thread on the other core
+        # can still answer a request; wait until every thread is stopped
+        deadline = time.time() + 5
+        while time.time() < deadline and not self._all_stopped():
+            time.sleep(0.001)
+
+    def _all_stopped(self):
+        try:
+            for t in os.listdir("/proc/%d/task" % self.proc.pid):
+                with open("/proc/%d/task/%s/stat" % (self.proc.pid, t)) as f:
+                    if f.read().rsplit(")", 1)[1].split()[0] not in ("T", "t"):
+                        return False
+        except OSError:
+            return True             # gone: nothing can answer
+        return True
 
     def resume(self):
         if self.paused and self.alive():
