@@ -456,22 +456,12 @@ struct cache_obj *cache_lookup(struct cache *c, uint64_t hash, const char *key, 
 /* A field's value in a head block, or NULL. */
 static const char *head_field(const char *b, size_t len, const char *name, uint32_t *vlen)
 {
-    size_t nl = strlen(name);
-    const char *end = b + len;
-    while (b < end) {
-        const char *eol = memchr(b, '\r', (size_t)(end - b));
-        if (!eol)
-            break;
-        if ((size_t)(eol - b) > nl + 1 && b[nl] == ':' && http_ieq(b, name, nl)) {
-            const char *p = b + nl + 1;
-            while (p < eol && (*p == ' ' || *p == '\t'))
-                p++;
-            *vlen = (uint32_t)(eol - p);
-            return p;
-        }
-        b = eol + 2;
-    }
-    return NULL;
+    const char *v;
+    size_t vl;
+    if (!http_block_field(b, len, name, strlen(name), &v, &vl))
+        return NULL;
+    *vlen = (uint32_t)vl;
+    return v;
 }
 
 static char *put(char *p, const char *s, size_t n, const char **field, uint32_t *len)

@@ -117,6 +117,10 @@ bool http_connection_lists(const struct http_msg *m, const char *name, size_t na
 
 /* Case-insensitive ASCII comparison of equal-length strings. */
 bool http_ieq(const char *a, const char *b, size_t n);
+/* A field in a head block of "Name: value\r\n" lines (stored or built by
+ * portico, so already validated): its first value, OWS stripped. */
+bool http_block_field(const char *b, size_t len, const char *name, size_t nlen, const char **v,
+                      size_t *vlen);
 /* Whether s is an RFC 9110 token (a field name): non-empty, tchar only. */
 bool http_token(const char *s, size_t n);
 

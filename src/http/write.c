@@ -173,3 +173,24 @@ long http_normalize_path(const char *in, size_t len, char *out, unsigned flags)
     }
     return (long)w;
 }
+
+bool http_block_field(const char *b, size_t len, const char *name, size_t nlen, const char **v,
+                      size_t *vlen)
+{
+    const char *end = b + len;
+    while (b < end) {
+        const char *eol = memchr(b, '\r', (size_t)(end - b));
+        if (!eol)
+            break;
+        if ((size_t)(eol - b) > nlen && b[nlen] == ':' && http_ieq(b, name, nlen)) {
+            const char *p = b + nlen + 1;
+            while (p < eol && (*p == ' ' || *p == '\t'))
+                p++;
+            *v = p;
+            *vlen = (size_t)(eol - p);
+            return true;
+        }
+        b = eol + 2;
+    }
+    return false;
+}

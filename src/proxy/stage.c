@@ -321,28 +321,6 @@ bool stage_request_body(struct stage_x *sx, const char **body, size_t *len)
 
 int stage_status(struct stage_x *sx) { return sx->x->status; }
 
-/* A field of an answer block ("Name: value\r\n" lines). */
-static bool block_field(const char *b, size_t len, const char *name, size_t nlen, const char **v,
-                        size_t *vlen)
-{
-    const char *end = b + len;
-    while (b < end) {
-        const char *eol = memchr(b, '\r', (size_t)(end - b));
-        if (!eol)
-            break;
-        if ((size_t)(eol - b) > nlen + 1 && b[nlen] == ':' && http_ieq(b, name, nlen)) {
-            const char *p = b + nlen + 1;
-            while (p < eol && (*p == ' ' || *p == '\t'))
-                p++;
-            *v = p;
-            *vlen = (size_t)(eol - p);
-            return true;
-        }
-        b = eol + 2;
-    }
-    return false;
-}
-
 bool stage_response_header(struct stage_x *sx, const char *name, size_t name_len,
                            const char **value, size_t *value_len)
 {
@@ -350,7 +328,7 @@ bool stage_response_header(struct stage_x *sx, const char *name, size_t name_len
     if (st->resp)
         return find_field(&st->resp->m, name, name_len, value, value_len);
     if (st->ext && st->answered && st->ext->answer_block &&
-        block_field(st->ext->answer_block, st->ext->answer_block_len, name, name_len, value,
+        http_block_field(st->ext->answer_block, st->ext->answer_block_len, name, name_len, value,
                     value_len))
         return true;
     for (uint32_t i = 0; st->ext && st->answered && i < st->ext->nanswer_fields; i++) {
@@ -503,7 +481,7 @@ void edits_put(struct http_hw *hw, const struct head_edit *e, uint32_t n, const 
             bool there = m ? find_field(m, e[i].name, e[i].name_len, &v, &vl) : false;
             const char *bv;
             size_t bvl;
-            there = there || (block && block_field(block, block_len, e[i].name, e[i].name_len,
+            there = there || (block && http_block_field(block, block_len, e[i].name, e[i].name_len,
                                                    &bv, &bvl));
             for (uint32_t k = 0; !there && k < nf; k++)
                 there = f[k].name_len == e[i].name_len && http_ieq(f[k].name, e[i].name, f[k].name_len);
