@@ -78,12 +78,16 @@ incl() {            # incl FILE FUNCTION: inclusive instructions of FUNCTION
     # inlined from headers, and are already inside it
     callgrind_annotate --inclusive=yes --auto=no --threshold=100 "$1" 2>/dev/null |
         awk -v f="$2" '$1 ~ /^[0-9,]+$/ && $NF ~ /^\[/ { n = $1; gsub(",", "", n); fn = $(NF-1)
-                           sub(/^.*:/, "", fn); if (fn == f && n > s) s = n }
+                           sub(/^.*:/, "", fn); sub(/\.(part|isra|constprop|cold)\..*$/, "", fn)
+                           if (fn == f && n > s) s = n }
                        END { print s + 0 }'
 }
 
 read -r n_off i_off <<<"$(run porticooff 'metrics: { enabled: false }')"
 read -r n_log i_log <<<"$(run porticolog "access_log: { path: $WORK/access.log }")"
+# the request path alone, start-up excluded: the worker's two event handlers, inclusive
+w_off=$(( $(incl "$WORK/porticooff.cg" client_io) + $(incl "$WORK/porticooff.cg" uconn_io) ))
+w_log=$(( $(incl "$WORK/porticolog.cg" client_io) + $(incl "$WORK/porticolog.cg" uconn_io) ))
 m_req=$(incl "$WORK/porticolog.cg" obs_request)
 m_up=$(incl "$WORK/porticolog.cg" obs_upstream_time)
 l_fmt=$(incl "$WORK/porticolog.cg" obs_alog_write)
@@ -92,10 +96,13 @@ l_thr=$(incl "$WORK/porticolog.cg" writer)
 lines=$(wc -l <"$WORK/access.log")
 
 awk -v no="$n_off" -v io="$i_off" -v nl="$n_log" -v il="$i_log" -v mr="$m_req" -v mu="$m_up" \
-    -v lf="$l_fmt" -v lh="$l_hand" -v lt="$l_thr" -v lines="$lines" 'BEGIN {
+    -v wo="$w_off" -v wl="$w_log" -v lf="$l_fmt" -v lh="$l_hand" -v lt="$l_thr" -v lines="$lines" 'BEGIN {
     printf "portico instructions per request (valgrind callgrind, user space, all threads)\n\n"
     printf "  porticooff  %6d requests  %8.0f instructions/request (startup included)\n", no, io / no
     printf "  porticolog  %6d requests  %8.0f instructions/request (startup included), %d log lines\n", nl, il / nl, lines
+    printf "\n  the request path alone (client_io + uconn_io, inclusive, start-up excluded):\n"
+    printf "    porticooff  %8.0f instructions/request\n", wo / no
+    printf "    porticolog  %8.0f instructions/request\n", wl / nl
     obs = (mr + mu + lf + lh + lt) / nl
     printf "\n  in porticolog, per request:\n"
     printf "    metrics    obs_request + obs_upstream_time     %6.0f\n", (mr + mu) / nl

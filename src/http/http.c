@@ -191,23 +191,31 @@ static int parse_headers(const char *buf, const char *p, const char *end, struct
             return fail(m, bad_status, "empty header name");
         size_t name_len = (size_t)(p - name);
         p++;
-        bool bad = false;
-        const char *eol = line_end(p, end, &bad);
-        if (bad)
-            return fail(m, bad_status, "bare CR or LF in header");
-        if (!eol) {
-            if ((size_t)(end - buf) > lim->max_head)
-                return fail(m, too_big_status, "head too large");
-            return HTTP_AGAIN;
+        /* the common case in one pass: value characters up to CRLF (SP and
+         * HTAB are value characters, so the whole line is valid); anything
+         * else takes the exact path below, whose errors take precedence */
+        const char *eol = p;
+        while (eol < end && is_value_char((unsigned char)*eol))
+            eol++;
+        if (!(eol + 1 < end && eol[0] == '\r' && eol[1] == '\n')) {
+            bool bad = false;
+            eol = line_end(p, end, &bad);
+            if (bad)
+                return fail(m, bad_status, "bare CR or LF in header");
+            if (!eol) {
+                if ((size_t)(end - buf) > lim->max_head)
+                    return fail(m, too_big_status, "head too large");
+                return HTTP_AGAIN;
+            }
+            for (const char *q = p; q < eol; q++)
+                if (!is_value_char((unsigned char)*q))
+                    return fail(m, bad_status, "control character in header value");
         }
         const char *v = p, *ve = eol;
         while (v < ve && (*v == ' ' || *v == '\t'))
             v++;
         while (ve > v && (ve[-1] == ' ' || ve[-1] == '\t'))
             ve--;
-        for (const char *q = v; q < ve; q++)
-            if (!is_value_char((unsigned char)*q))
-                return fail(m, bad_status, "control character in header value");
         if (m->nheaders >= lim->max_headers)
             return fail(m, too_big_status, "too many headers");
         struct http_header *h = &m->headers[m->nheaders];
@@ -357,6 +365,23 @@ bool http_connection_lists(const struct http_msg *m, const char *name, size_t na
 }
 
 /* host = uri-host [ ":" port ], uri-host = IP-literal / IPv4address / reg-name */
+/* reg-name's characters (RFC 3986 3.2.2: unreserved, sub-delims and
+ * pct-encoded's '%'), a table so that a host costs a load per character */
+static const uint8_t reg_name_char[256] = {
+    ['-'] = 1, ['.'] = 1, ['_'] = 1, ['~'] = 1, ['!'] = 1, ['$'] = 1, ['&'] = 1, ['\''] = 1,
+    ['('] = 1, [')'] = 1, ['*'] = 1, ['+'] = 1, [','] = 1, [';'] = 1, ['='] = 1, ['%'] = 1,
+    ['0'] = 1, ['1'] = 1, ['2'] = 1, ['3'] = 1, ['4'] = 1, ['5'] = 1, ['6'] = 1, ['7'] = 1,
+    ['8'] = 1, ['9'] = 1,
+    ['a'] = 1, ['b'] = 1, ['c'] = 1, ['d'] = 1, ['e'] = 1, ['f'] = 1, ['g'] = 1, ['h'] = 1,
+    ['i'] = 1, ['j'] = 1, ['k'] = 1, ['l'] = 1, ['m'] = 1, ['n'] = 1, ['o'] = 1, ['p'] = 1,
+    ['q'] = 1, ['r'] = 1, ['s'] = 1, ['t'] = 1, ['u'] = 1, ['v'] = 1, ['w'] = 1, ['x'] = 1,
+    ['y'] = 1, ['z'] = 1,
+    ['A'] = 1, ['B'] = 1, ['C'] = 1, ['D'] = 1, ['E'] = 1, ['F'] = 1, ['G'] = 1, ['H'] = 1,
+    ['I'] = 1, ['J'] = 1, ['K'] = 1, ['L'] = 1, ['M'] = 1, ['N'] = 1, ['O'] = 1, ['P'] = 1,
+    ['Q'] = 1, ['R'] = 1, ['S'] = 1, ['T'] = 1, ['U'] = 1, ['V'] = 1, ['W'] = 1, ['X'] = 1,
+    ['Y'] = 1, ['Z'] = 1,
+};
+
 static bool valid_host(const char *h, size_t n)
 {
     if (n == 0)
@@ -375,14 +400,8 @@ static bool valid_host(const char *h, size_t n)
     } else {
         if (h[0] == ':')
             return false;               /* a port without a host */
-        for (; i < n && h[i] != ':'; i++) {
-            unsigned char c = (unsigned char)h[i];
-            if (!((c >= '0' && c <= '9') || (lower(c) >= 'a' && lower(c) <= 'z') ||
-                  c == '-' || c == '.' || c == '_' || c == '~' || c == '!' || c == '$' ||
-                  c == '&' || c == '\'' || c == '(' || c == ')' || c == '*' || c == '+' ||
-                  c == ',' || c == ';' || c == '=' || c == '%'))
-                return false;
-        }
+        while (i < n && reg_name_char[(unsigned char)h[i]])
+            i++;
     }
     if (i == n)
         return true;

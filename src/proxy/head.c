@@ -25,15 +25,28 @@ static uint64_t splitmix(uint64_t *s)
     return z ^ (z >> 31);
 }
 
+/* 16 hex digits of v, a byte per nibble at once (the digits' order is the
+ * bytes' in memory: any order will do for random bits). */
+static void hex16(uint64_t v, char *out)
+{
+    for (int half = 0; half < 2; half++, v >>= 32) {
+        uint64_t x = v & 0xffffffffu;
+        x = (x | x << 16) & 0x0000ffff0000ffffull;
+        x = (x | x << 8) & 0x00ff00ff00ff00ffull;
+        x = (x | x << 4) & 0x0f0f0f0f0f0f0f0full;
+        /* '0' + x, and 'a' - '0' - 10 more for the nibbles over 9 */
+        uint64_t over9 = ((x + 0x0606060606060606ull) >> 4) & 0x0101010101010101ull;
+        x += 0x3030303030303030ull + over9 * ('a' - '0' - 10);
+        memcpy(out + 8 * half, &x, 8);
+    }
+}
+
 static size_t make_request_id(struct worker *w, char *out)
 {
-    static const char hex[] = "0123456789abcdef";
     uint64_t s = w->reqid_seed ^ (w->reqid_n++ * 0x2545f4914f6cdd1dull);
     uint64_t a = splitmix(&s), b = splitmix(&s);
-    for (int i = 0; i < 16; i++) {
-        out[i] = hex[(a >> (i * 4)) & 15];
-        out[16 + i] = hex[(b >> (i * 4)) & 15];
-    }
+    hex16(a, out);
+    hex16(b, out + 16);
     return 32;
 }
 

@@ -1,6 +1,7 @@
 """Proxying basics: methods, header rewriting, routing, persistence,
 pipelining, 1xx, bodiless responses and body framing conversions."""
 
+import re
 import time
 from urllib.parse import quote
 
@@ -160,7 +161,7 @@ def test_request_id_generated(proxy):
         for _ in range(3):
             h = c.request("GET", "/echo").json()["headers"]
             v = hdr_values(h, "X-Request-Id")
-            assert len(v) == 1 and v[0].strip(), h
+            assert len(v) == 1 and re.fullmatch(r"[0-9a-f]{32}", v[0]), h
             ids.append(v[0])
     ids.append(hdr_values(proxy.get("/echo").json()["headers"], "X-Request-Id")[0])
     assert len(set(ids)) == len(ids), ids

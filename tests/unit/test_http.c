@@ -1655,6 +1655,60 @@ static void underscore_headers(void **state)
     assert_int_equal(http_parse_request(s, strlen(s), &r, &lim), HTTP_ERROR);
 }
 
+/* Every byte value in a Host and in a header value, against the grammar
+ * written out here independently of the parser's tables: reg-name is
+ * unreserved / sub-delims / '%' (RFC 3986 3.2.2); a field value takes
+ * VCHAR, obs-text, SP and HTAB (RFC 9110 5.5); CR and LF end the line or
+ * are bare (400). Each byte also at the line's end and split over two
+ * reads (HTTP_AGAIN, then the same answer). */
+static void test_every_byte_in_host_and_value(void **state)
+{
+    (void)state;
+    for (int c = 0; c < 256; c++) {
+        bool reg = (c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
+                   (c && strchr("-._~!$&'()*+,;=%", c));
+        bool val = c == '\t' || (c >= 0x20 && c != 0x7f);
+        char req[96];
+        struct http_request r;
+        int n = snprintf(req, sizeof req, "GET / HTTP/1.1\r\nHost: a%cb\r\n\r\n", c);
+        if (c == 0 || c == '\r' || c == '\n')
+            n = 0;                      /* framing bytes: covered by the value test */
+        if (n > 0) {
+            int got = preqn(req, (size_t)n, &r);
+            if (reg)
+                assert_int_equal(got, n);
+            else if (c != ':' && c != ' ' && c != '\t')
+                assert_int_equal(got, HTTP_ERROR);
+        }
+        for (int at_end = 0; at_end < 2; at_end++) {
+            char h[96];
+            const char *pre = at_end ? "GET / HTTP/1.1\r\nHost: x\r\nX-A: ab"
+                                     : "GET / HTTP/1.1\r\nHost: x\r\nX-A: a";
+            const char *post = at_end ? "\r\n\r\n" : "b\r\n\r\n";
+            size_t pl = strlen(pre), len = pl + 1 + strlen(post);
+            memcpy(h, pre, pl);
+            h[pl] = (char)c;
+            memcpy(h + pl + 1, post, strlen(post));
+            int got = preqn(h, len, &r);
+            if (val) {
+                assert_int_equal(got, (int)len);
+                size_t vl = at_end && (c == ' ' || c == '\t') ? 2 : 3;   /* OWS trimmed */
+                assert_int_equal(r.m.headers[1].value_len, vl);
+            } else {
+                assert_int_equal(got, HTTP_ERROR);
+                assert_int_equal(r.m.status, 400);
+            }
+            /* the same bytes cut just after the odd byte: more to come, or the same error */
+            size_t cut = pl + 1;
+            got = preqn(h, cut, &r);
+            if (val || c == '\r')
+                assert_int_equal(got, HTTP_AGAIN);
+            else if (c != '\n')
+                assert_true(got == HTTP_AGAIN || got == HTTP_ERROR);
+        }
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1708,6 +1762,7 @@ int main(void)
         cmocka_unit_test(head_scan),
         cmocka_unit_test(underscore_headers),
         cmocka_unit_test(request_strict_cl_list_and_host),
+        cmocka_unit_test(test_every_byte_in_host_and_value),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
