@@ -11,7 +11,9 @@
  * The cache is a stage (cache_stage, in cache/stage.c): lookup and coalescing
  * on the request, validation and stale-if-error on the upstream's answer,
  * the store decision on the response head, the fill on the body, the commit
- * at the end. cache/policy.c holds RFC 9111's rules as pure functions.
+ * at the end. cache/policy.c holds RFC 9111's rules as pure functions. The
+ * stage's files (stage.c, fresh.c, answer.c, fill.c, figures.c) share
+ * cache_int.h, which says which holds what.
  */
 #ifndef PORTICO_CACHE_CACHE_H
 #define PORTICO_CACHE_CACHE_H
@@ -164,7 +166,7 @@ int cache_ns_id(struct cache *c, const char *name);    /* -1: table full */
 uint64_t cache_ns_bump(struct cache *c, const char *name);  /* the new version */
 
 /* Invalidation: the number of objects removed. A key is the scheme, host
- * and path (cache/stage.c: "http://host/path?query"); `url` purges every
+ * and path (cache/fresh.c: "http://host/path?query"); `url` purges every
  * variant of one key, `prefix` keys that start with it after the host
  * (any host when host is NULL), `tag` objects carrying it. */
 size_t cache_purge_key(struct cache *c, const char *key, size_t klen);
@@ -194,7 +196,7 @@ struct cache_stats {
 };
 void cache_stats(struct cache *c, struct cache_stats *s);
 
-/* ---- figures (stage.c) ---- */
+/* ---- figures (figures.c) ---- */
 struct obs_text;
 void cache_metrics(struct obs_text *t);         /* Prometheus text */
 void cache_status_json(struct obs_text *t);     /* the "cache" object of /status */
