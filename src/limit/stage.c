@@ -35,25 +35,38 @@ static _Atomic uint32_t nseries;
 static pthread_mutex_t series_mu = PTHREAD_MUTEX_INITIALIZER;
 static _Atomic uint64_t denied_global, denied_route, challenged;
 
+/* A label value as it goes into Prometheus text and JSON unescaped:
+ * quotes, backslashes and control characters become '_' (as the cache's
+ * figures do; configured names rarely hold them, but may). */
+static void label_clean(char *p)
+{
+    for (; *p; p++)
+        if ((unsigned char)*p < 0x20 || *p == '"' || *p == '\\' || *p == 0x7f)
+            *p = '_';
+}
+
 static void route_label(const struct conf_route *rt, char *out, size_t n)
 {
     snprintf(out, n, "%s%s", rt->host ? rt->host : "", rt->prefix);
+    label_clean(out);
 }
 
 static struct series *series_for(const struct conf_route *rt, const char *limit)
 {
-    char label[256];
+    char label[256], name[sizeof series[0].limit];
     route_label(rt, label, sizeof label);
+    snprintf(name, sizeof name, "%s", limit);
+    label_clean(name);
     pthread_mutex_lock(&series_mu);
     uint32_t n = atomic_load(&nseries);
     struct series *s = NULL;
     for (uint32_t i = 0; i < n && !s; i++)
-        if (!strcmp(series[i].route, label) && !strcmp(series[i].limit, limit))
+        if (!strcmp(series[i].route, label) && !strcmp(series[i].limit, name))
             s = &series[i];
     if (!s && n < MAX_SERIES) {
         s = &series[n];
         snprintf(s->route, sizeof s->route, "%s", label);
-        snprintf(s->limit, sizeof s->limit, "%s", limit);
+        snprintf(s->limit, sizeof s->limit, "%s", name);
         atomic_store(&nseries, n + 1);
     }
     pthread_mutex_unlock(&series_mu);

@@ -64,6 +64,34 @@ def test_posts_against_10_per_second_reach_the_upstream_at_10_per_second(start_p
     assert len(up.requests()) == ok
 
 
+def test_metric_labels_from_odd_names(start_portico, start_upstream, tmp_path):
+    """A route prefix holding a quote and a backslash (a limit's name is a
+    token, so it cannot): the label is cleaned (as the cache's is), so the
+    scrape is still valid Prometheus text (promtool) and /status valid JSON."""
+    import json
+    from test_admin import promtool
+    up = start_upstream("u1")
+    port, admin_port = free_port(), free_port()
+    cfg = make_config(port, {"app": {"servers": [up.address]}}, routes=[],
+                      extra='admin: { listen: "127.0.0.1:%d" }' % admin_port)
+    cfg = cfg.replace("routes:\n", "routes:\n  - match: { prefix: '/a\"b\\c' }\n    upstream: app\n"
+                      "    rate_limit: { rate: 1/min, burst: 0, name: probe }\n"
+                      "  - match: { prefix: / }\n    upstream: app\n")
+    start_portico(cfg, port=port)
+    with RawConn(port) as c:
+        assert c.request("GET", '/a"b\\c/x').status == 200
+    with RawConn(admin_port) as c:
+        m = c.request("GET", "/metrics").body.decode()
+        status = json.loads(c.request("GET", "/status").body)
+    line = 'portico_ratelimit_decisions_total{route="/a_b_c",limit="probe",outcome="allowed"} 1'
+    assert line in m, [x for x in m.splitlines() if "ratelimit_decisions" in x]
+    assert status
+    tool = promtool()
+    assert tool, "promtool: scripts/deps.sh (make test) installs it"
+    r = subprocess.run([tool, "check", "metrics"], input=m, capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
 def test_dry_run_counts_but_never_refuses(start_portico, start_upstream, tmp_path):
     up = start_upstream("u1")
     port = free_port()
