@@ -22,8 +22,9 @@ static int hexval(char c)
                                           : c >= 'A' && c <= 'F' ? c - 'A' + 10 : -1;
 }
 
-/* The value of parameter `name` in a query, percent-decoded into out. */
-static bool param(const char *q, size_t qn, const char *name, char *out, size_t cap, size_t *len)
+/* The value of parameter `name` in a query, percent-decoded into out (cache.h). */
+bool cache_admin_param(const char *q, size_t qn, const char *name, char *out, size_t cap,
+                       size_t *len)
 {
     size_t nl = strlen(name);
     for (const char *p = q, *end = q + qn; p < end;) {
@@ -43,9 +44,13 @@ static bool param(const char *q, size_t qn, const char *name, char *out, size_t 
             }
             out[n] = '\0';
             *len = n;
-            return n > 0;
+            /* no NUL (%00): split_url and cache_ns_bump read the value as a
+             * C string, so one would purge or bump another name than asked */
+            return n > 0 && !memchr(out, '\0', n);
         }
-        p = e + 1;
+        if (!amp)
+            break;
+        p = amp + 1;
     }
     return false;
 }
@@ -83,11 +88,13 @@ int cache_admin(const char *path, size_t plen, const char *q, size_t qn, struct 
         size_t n;
         if (!c)
             n = 0;
-        else if (param(q, qn, "url", v, sizeof v, &vn) && split_url(v, vn, &host, &hn, &p, &pn))
+        else if (cache_admin_param(q, qn, "url", v, sizeof v, &vn) &&
+                 split_url(v, vn, &host, &hn, &p, &pn))
             n = cache_purge_path(c, host, hn, p, pn, false);
-        else if (param(q, qn, "prefix", v, sizeof v, &vn) && split_url(v, vn, &host, &hn, &p, &pn))
+        else if (cache_admin_param(q, qn, "prefix", v, sizeof v, &vn) &&
+                 split_url(v, vn, &host, &hn, &p, &pn))
             n = cache_purge_path(c, host, hn, p, pn, true);
-        else if (param(q, qn, "tag", v, sizeof v, &vn))
+        else if (cache_admin_param(q, qn, "tag", v, sizeof v, &vn))
             n = cache_purge_tag(c, v, vn);
         else {
             obs_printf(t, "{\"error\":\"expected url=URL, prefix=PATH or tag=TAG\"}\n");
@@ -97,7 +104,7 @@ int cache_admin(const char *path, size_t plen, const char *q, size_t qn, struct 
         return 200;
     }
     if (plen == 11 && !memcmp(path, "/cache/bump", 11)) {
-        if (!param(q, qn, "namespace", v, sizeof v, &vn) || vn >= CONF_CACHE_NAME) {
+        if (!cache_admin_param(q, qn, "namespace", v, sizeof v, &vn) || vn >= CONF_CACHE_NAME) {
             obs_printf(t, "{\"error\":\"expected namespace=NAME\"}\n");
             return 400;
         }

@@ -205,5 +205,11 @@ void cache_status_json(struct obs_text *t);     /* the "cache" object of /status
 /* POST /cache/purge?url=|prefix=|tag= and /cache/bump?namespace=: writes a
  * JSON answer to t and returns its status. */
 int cache_admin(const char *path, size_t plen, const char *query, size_t qlen, struct obs_text *t);
+/* Its query decoder: the value of parameter `name` (the first element
+ * "name=..." of the query), percent-decoded ('+' is a space) into out, NUL
+ * terminated, its length in *len. False when absent, empty, too long for
+ * cap, or holding a NUL (%00). Exposed for tests/fuzz/fuzz_cacheadmin.c. */
+bool cache_admin_param(const char *q, size_t qn, const char *name, char *out, size_t cap,
+                       size_t *len);
 
 #endif

@@ -53,8 +53,8 @@ static int64_t now_ns(void)
 }
 
 /* A form field (a=1&user=alice) or a JSON string field ("user": "alice"). */
-static bool body_field(const char *b, size_t n, const char *name, bool json, const char **v,
-                       size_t *vl)
+bool limit_body_field(const char *b, size_t n, const char *name, bool json, const char **v,
+                      size_t *vl)
 {
     size_t nl = strlen(name);
     for (size_t i = 0; i + nl < n; i++) {
@@ -107,7 +107,7 @@ static enum stage_verdict guard_request(struct stage_x *sx)
     if (cf->account_from == 1)
         stage_request_header(sx, cf->account_name, strlen(cf->account_name), &v, &vl);
     else if (cf->account_from && stage_request_body(sx, &body, &bl))
-        body_field(body, bl, cf->account_name, cf->account_from == 3, &v, &vl);
+        limit_body_field(body, bl, cf->account_name, cf->account_from == 3, &v, &vl);
     if (v && vl)
         cx->keys[1] = limit_hash(g->seed ^ 0xacc, v, vl);
     int64_t now = now_ns(), until = 0;

@@ -106,6 +106,14 @@ void limit_conn_release(int family, const uint8_t *addr);
 void limit_metrics(struct obs_text *t);
 void limit_guard_metrics(struct obs_text *t);
 
+/* What the keys are read from (stage.c, guard.c; tests/fuzz/fuzz_limitkeys.c):
+ * the value of cookie `name` in a Cookie field (NULL: none), and a field of a
+ * login body, form (a=1&user=alice) or JSON ("user": "alice"), as it is
+ * written there (not decoded); *v points into the input. */
+const char *limit_cookie_value(const char *v, size_t vlen, const char *name, size_t *out);
+bool limit_body_field(const char *b, size_t n, const char *name, bool json, const char **v,
+                      size_t *vl);
+
 /* The proof-of-work challenge (challenge.c). */
 struct conf_challenge;
 bool limit_challenge_passed(struct stage_x *sx, const struct conf_challenge *cc);

@@ -162,7 +162,7 @@ static int client_addr(struct stage_x *sx, uint8_t out[16])
 }
 
 /* The value of cookie `name` in a Cookie header. */
-static const char *cookie_value(const char *v, size_t vlen, const char *name, size_t *out)
+const char *limit_cookie_value(const char *v, size_t vlen, const char *name, size_t *out)
 {
     size_t nl = strlen(name);
     for (size_t i = 0; i < vlen;) {
@@ -214,7 +214,7 @@ static bool request_key(struct stage_x *sx, const struct rlimit *l, int fam, con
             const char *cv;
             size_t cl;
             if (!stage_request_header(sx, "Cookie", 6, &cv, &cl) ||
-                !(v = cookie_value(cv, cl, l->c->key_names[k], &vlen)))
+                !(v = limit_cookie_value(cv, cl, l->c->key_names[k], &vlen)))
                 return false;
             break;
         }

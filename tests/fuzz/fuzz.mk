@@ -60,6 +60,31 @@ LIBS_cachecc :=
 SRCS_pgmsg := src/pg/proto.c
 LIBS_pgmsg :=
 
+# targets whose code calls into the proxy (stage bodies, wakers, the stage
+# API) link it as fuzz_path does, without the test stage
+FUZZ_PROXY_SRCS := $(filter-out src/main.c src/admin/% src/pg/%,$(sort $(wildcard src/*/*.c)))
+FUZZ_PROXY_LIBS := -lyaml -lpthread -lcrypto -lz -lbrotlienc -lzstd
+
+# the cache's admin API (src/cache/admin.c): purge and bump query strings,
+# on a real store (src/cache/store.c)
+SRCS_cacheadmin := $(FUZZ_PROXY_SRCS)
+LIBS_cacheadmin := $(FUZZ_PROXY_LIBS)
+
+# where rate limits and the login guard read keys (src/limit/): cookies,
+# form and JSON fields of a login body
+SRCS_limitkeys := $(FUZZ_PROXY_SRCS)
+LIBS_limitkeys := $(FUZZ_PROXY_LIBS)
+
+# the proof-of-work challenge (src/limit/challenge.c): the pass cookie, the
+# answer's query and the page; the stage functions it calls are played by
+# the target itself
+SRCS_challenge := src/limit/challenge.c
+LIBS_challenge := -lcrypto
+
+# SCRAM-SHA-256 both ways, the verifiers and the md5 response (src/pg/auth.c)
+SRCS_scram := src/pg/auth.c
+LIBS_scram := -lcrypto
+
 FUZZ_BINS := $(FUZZ_TARGETS:%=$(FUZZ_OUT)/fuzz_%)
 FUZZ_RUNS := $(FUZZ_TARGETS:%=run-%)
 FUZZ_CHECKS := $(FUZZ_TARGETS:%=check-%)
