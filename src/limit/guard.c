@@ -15,6 +15,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <time.h>
 
 static _Atomic uint64_t g_failures, g_blocks, g_refused;
@@ -25,9 +26,10 @@ struct gstate {
 };
 
 struct gctx {
-    uint64_t keys[2];           /* the address's, the account's (0: none) */
-    char who[64];               /* the address, for the log */
+    uint64_t keys[1 + LIMIT_ACCOUNTS];  /* the address's, then the accounts' (0: none) */
+    char who[64];                       /* the address, for the log */
 };
+#define NKEYS (1 + LIMIT_ACCOUNTS)
 
 static void *guard_route_new(const struct conf *conf, const struct conf_route *rt)
 {
@@ -52,43 +54,252 @@ static int64_t now_ns(void)
     return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
 }
 
-/* A form field (a=1&user=alice) or a JSON string field ("user": "alice"). */
-bool limit_body_field(const char *b, size_t n, const char *name, bool json, const char **v,
-                      size_t *vl)
+/* ---------------------------------------------------------------- accounts */
+
+/* A decoded value being built: bytes past `cap` are dropped (counted in
+ * `len` no further), so a long value is cut, never overflows. */
+struct dec {
+    char *out;
+    size_t len, cap;
+};
+
+static void dec_put(struct dec *d, unsigned char c)
 {
-    size_t nl = strlen(name);
-    for (size_t i = 0; i + nl < n; i++) {
-        if (json) {
-            if (b[i] != '"' || i + nl + 1 >= n || memcmp(b + i + 1, name, nl) || b[i + nl + 1] != '"')
-                continue;
-            size_t j = i + nl + 2;
-            while (j < n && (b[j] == ' ' || b[j] == '\t' || b[j] == '\n' || b[j] == '\r'))
-                j++;
-            if (j >= n || b[j] != ':')
-                continue;
-            for (j++; j < n && (b[j] == ' ' || b[j] == '\t' || b[j] == '\n' || b[j] == '\r'); j++)
-                ;
-            if (j >= n || b[j] != '"')
-                return false;
-            size_t s = ++j;
-            while (j < n && b[j] != '"')
-                j += b[j] == '\\' ? 2 : 1;
-            if (j > n)
-                return false;
-            *v = b + s;
-            *vl = j - s;
-            return true;
+    if (d->len < d->cap)
+        d->out[d->len++] = (char)c;
+}
+
+static void dec_utf8(struct dec *d, uint32_t cp)
+{
+    if (cp < 0x80) {
+        dec_put(d, (unsigned char)cp);
+    } else if (cp < 0x800) {
+        dec_put(d, (unsigned char)(0xc0 | cp >> 6));
+        dec_put(d, (unsigned char)(0x80 | (cp & 0x3f)));
+    } else if (cp < 0x10000) {
+        dec_put(d, (unsigned char)(0xe0 | cp >> 12));
+        dec_put(d, (unsigned char)(0x80 | (cp >> 6 & 0x3f)));
+        dec_put(d, (unsigned char)(0x80 | (cp & 0x3f)));
+    } else {
+        dec_put(d, (unsigned char)(0xf0 | cp >> 18));
+        dec_put(d, (unsigned char)(0x80 | (cp >> 12 & 0x3f)));
+        dec_put(d, (unsigned char)(0x80 | (cp >> 6 & 0x3f)));
+        dec_put(d, (unsigned char)(0x80 | (cp & 0x3f)));
+    }
+}
+
+static int hexdig(char c)
+{
+    if (c >= '0' && c <= '9')
+        return c - '0';
+    c = (char)(c | 0x20);
+    return c >= 'a' && c <= 'f' ? c - 'a' + 10 : -1;
+}
+
+/* x-www-form-urlencoded: '+' is a space, %XX a byte; a '%' not followed by
+ * two hex digits stays itself (as the common decoders leave it). */
+static void form_decode(const char *p, size_t n, struct dec *d)
+{
+    for (size_t i = 0; i < n; i++) {
+        int h, l;
+        if (p[i] == '+')
+            dec_put(d, ' ');
+        else if (p[i] == '%' && i + 2 < n && (h = hexdig(p[i + 1])) >= 0 &&
+                 (l = hexdig(p[i + 2])) >= 0) {
+            dec_put(d, (unsigned char)(h << 4 | l));
+            i += 2;
+        } else
+            dec_put(d, (unsigned char)p[i]);
+    }
+}
+
+static bool hex4(const char *p, size_t n, size_t i, uint32_t *v)
+{
+    if (i + 4 > n)
+        return false;
+    *v = 0;
+    for (int k = 0; k < 4; k++) {
+        int h = hexdig(p[i + (size_t)k]);
+        if (h < 0)
+            return false;
+        *v = *v << 4 | (uint32_t)h;
+    }
+    return true;
+}
+
+/* A JSON string whose opening quote is at b[i-1]: decoded into d (d may be
+ * NULL: skipped only). Returns the index just past its closing quote, or 0
+ * when it does not end within n. An escape JSON does not have is kept as
+ * written (such a body is not JSON; what matters is that one spelling
+ * always decodes the same way). */
+static size_t json_string(const char *b, size_t n, size_t i, struct dec *d)
+{
+    struct dec skip = { NULL, 0, 0 };
+    if (!d)
+        d = &skip;
+    while (i < n) {
+        char c = b[i++];
+        if (c == '"')
+            return i;
+        if (c != '\\') {
+            dec_put(d, (unsigned char)c);
+            continue;
         }
-        if ((i == 0 || b[i - 1] == '&') && !memcmp(b + i, name, nl) && b[i + nl] == '=') {
-            size_t s = i + nl + 1, j = s;
-            while (j < n && b[j] != '&')
-                j++;
-            *v = b + s;
-            *vl = j - s;
-            return true;
+        if (i >= n)
+            return 0;
+        c = b[i++];
+        uint32_t cp, lo;
+        switch (c) {
+        case 'b': dec_put(d, '\b'); break;
+        case 'f': dec_put(d, '\f'); break;
+        case 'n': dec_put(d, '\n'); break;
+        case 'r': dec_put(d, '\r'); break;
+        case 't': dec_put(d, '\t'); break;
+        case 'u':
+            if (!hex4(b, n, i, &cp)) {
+                dec_put(d, '\\');
+                dec_put(d, 'u');
+                break;
+            }
+            i += 4;
+            if (cp >= 0xd800 && cp < 0xdc00 && i + 1 < n && b[i] == '\\' && b[i + 1] == 'u' &&
+                hex4(b, n, i + 2, &lo) && lo >= 0xdc00 && lo < 0xe000) {
+                cp = 0x10000 + ((cp - 0xd800) << 10) + (lo - 0xdc00);
+                i += 6;
+            }
+            dec_utf8(d, cp);            /* a lone surrogate: its own three bytes */
+            break;
+        default:                        /* \" \\ \/ and what JSON has not */
+            if (c != '"' && c != '\\' && c != '/')
+                dec_put(d, '\\');
+            dec_put(d, (unsigned char)c);
         }
     }
-    return false;
+    return 0;
+}
+
+/* Lower ASCII letters and add v to out[] unless empty or already there.
+ * False when out[] is full and v is new. */
+static bool account_add(struct limit_account *out, int *k, const char *v, size_t len)
+{
+    char low[LIMIT_ACCOUNT_MAX];
+    if (len > LIMIT_ACCOUNT_MAX)
+        len = LIMIT_ACCOUNT_MAX;
+    if (!len)
+        return true;
+    for (size_t i = 0; i < len; i++)
+        low[i] = (char)(v[i] >= 'A' && v[i] <= 'Z' ? v[i] | 0x20 : v[i]);
+    for (int j = 0; j < *k; j++)
+        if (out[j].len == len && !memcmp(out[j].v, low, len))
+            return true;
+    if (*k == LIMIT_ACCOUNTS)
+        return false;
+    memcpy(out[*k].v, low, len);
+    out[*k].len = len;
+    (*k)++;
+    return true;
+}
+
+static int form_accounts(const char *b, size_t n, const char *name,
+                         struct limit_account out[LIMIT_ACCOUNTS])
+{
+    size_t nl = strlen(name);
+    int k = 0;
+    for (size_t i = 0; i <= n;) {
+        const char *amp = memchr(b + i, '&', n - i);
+        size_t e = amp ? (size_t)(amp - b) : n;
+        const char *eq = memchr(b + i, '=', e - i);
+        if (eq) {
+            char nb[64];
+            struct dec dn = { nb, 0, sizeof nb };
+            form_decode(b + i, (size_t)(eq - b) - i, &dn);
+            /* a name that decodes longer than the buffer is not `name` */
+            if (dn.len == nl && nl < sizeof nb && !memcmp(nb, name, nl)) {
+                char vb[LIMIT_ACCOUNT_MAX];
+                struct dec dv = { vb, 0, sizeof vb };
+                form_decode(eq + 1, e - (size_t)(eq + 1 - b), &dv);
+                if (!account_add(out, &k, vb, dv.len))
+                    return -1;
+            }
+        }
+        i = e + 1;
+    }
+    return k;
+}
+
+static size_t json_ws(const char *b, size_t n, size_t i)
+{
+    while (i < n && (b[i] == ' ' || b[i] == '\t' || b[i] == '\n' || b[i] == '\r'))
+        i++;
+    return i;
+}
+
+/* Every string followed by ':' is a key, at whatever depth: strings are
+ * skipped whole, so a key's spelling inside a value is not one. */
+static int json_accounts(const char *b, size_t n, const char *name,
+                         struct limit_account out[LIMIT_ACCOUNTS])
+{
+    size_t nl = strlen(name);
+    int k = 0;
+    for (size_t i = 0; i < n;) {
+        if (b[i] != '"') {
+            i++;
+            continue;
+        }
+        char kb[64];
+        struct dec dk = { kb, 0, sizeof kb };
+        size_t e = json_string(b, n, i + 1, &dk);
+        if (!e)
+            break;
+        i = e;
+        size_t c = json_ws(b, n, e);
+        if (c >= n || b[c] != ':' || dk.len != nl || nl >= sizeof kb || memcmp(kb, name, nl))
+            continue;
+        size_t v = json_ws(b, n, c + 1);
+        if (v >= n || b[v] != '"') {
+            i = v;
+            continue;                   /* not a string: no account */
+        }
+        char vb[LIMIT_ACCOUNT_MAX];
+        struct dec dv = { vb, 0, sizeof vb };
+        e = json_string(b, n, v + 1, &dv);
+        if (!e)
+            break;
+        if (!account_add(out, &k, vb, dv.len))
+            return -1;
+        i = e;
+    }
+    return k;
+}
+
+int limit_accounts(const char *b, size_t n, const char *name, enum limit_account_from from,
+                   struct limit_account out[LIMIT_ACCOUNTS])
+{
+    int k = 0;
+    switch (from) {
+    case LIMIT_ACCOUNT_FORM:
+        return form_accounts(b, n, name, out);
+    case LIMIT_ACCOUNT_JSON:
+        return json_accounts(b, n, name, out);
+    default:
+        account_add(out, &k, b, n);
+        return k;
+    }
+}
+
+/* More distinct account names than a login has room for: refused, since
+ * the application may read any one of them (the last, say) while the guard
+ * counted others. */
+static enum stage_verdict ambiguous(struct stage_x *sx, struct gctx *cx)
+{
+    memset(cx->keys, 0, sizeof cx->keys);
+    atomic_fetch_add_explicit(&g_refused, 1, memory_order_relaxed);
+    struct stage_field f[] = { { "Content-Type", "text/plain", 12, 10 } };
+    static const char msg[] = "more than one account in a login\n";
+    struct stage_body *b = stage_body_copy(msg, sizeof msg - 1);
+    int rc = stage_answer(sx, 400, f, 1, b);
+    stage_body_unref(b);
+    return rc == 0 ? STAGE_ANSWERED : STAGE_CONTINUE;
 }
 
 static enum stage_verdict guard_request(struct stage_x *sx)
@@ -102,16 +313,26 @@ static enum stage_verdict guard_request(struct stage_x *sx)
     const char *ip = stage_client_ip(sx, &n);
     snprintf(cx->who, sizeof cx->who, "%.*s", (int)n, ip);
     cx->keys[0] = limit_hash(g->seed, ip, n);
-    const char *v = NULL, *body;
-    size_t vl = 0, bl;
-    if (cf->account_from == 1)
-        stage_request_header(sx, cf->account_name, strlen(cf->account_name), &v, &vl);
-    else if (cf->account_from && stage_request_body(sx, &body, &bl))
-        limit_body_field(body, bl, cf->account_name, cf->account_from == 3, &v, &vl);
-    if (v && vl)
-        cx->keys[1] = limit_hash(g->seed ^ 0xacc, v, vl);
+    const char *v = NULL;
+    size_t vl = 0;
+    int na = 0;
+    struct limit_account acc[LIMIT_ACCOUNTS];
+    if (cf->account_from == 1) {                /* every line of the field */
+        struct stage_field f;
+        size_t nl = strlen(cf->account_name);
+        for (uint32_t i = 0; na >= 0 && stage_request_field(sx, i, &f); i++)
+            if (f.name_len == nl && !strncasecmp(f.name, cf->account_name, nl) &&
+                !account_add(acc, &na, f.value, f.value_len))
+                na = -1;
+    } else if (cf->account_from > 1 && stage_request_body(sx, &v, &vl))
+        na = limit_accounts(v, vl, cf->account_name,
+                            cf->account_from == 3 ? LIMIT_ACCOUNT_JSON : LIMIT_ACCOUNT_FORM, acc);
+    if (na < 0)
+        return ambiguous(sx, cx);
+    for (int k = 0; k < na; k++)
+        cx->keys[1 + k] = limit_hash(g->seed ^ 0xacc, acc[k].v, acc[k].len);
     int64_t now = now_ns(), until = 0;
-    for (int k = 0; k < 2; k++) {
+    for (int k = 0; k < NKEYS; k++) {
         int64_t u = 0;
         if (cx->keys[k] && limit_local.guard_check(limit_local.self, cx->keys[k], now, &u) == 0 &&
             u > until)
@@ -129,7 +350,7 @@ static enum stage_verdict guard_request(struct stage_x *sx)
     struct stage_body *b = stage_body_copy(msg, sizeof msg - 1);
     int rc = stage_answer(sx, cf->status, f, 2, b);
     stage_body_unref(b);
-    cx->keys[0] = cx->keys[1] = 0;          /* a refusal is not a failed login */
+    memset(cx->keys, 0, sizeof cx->keys);  /* a refusal is not a failed login */
     return rc == 0 ? STAGE_ANSWERED : STAGE_CONTINUE;
 }
 
@@ -149,7 +370,7 @@ static enum stage_body_mode guard_response(struct stage_x *sx)
     if (failed)
         atomic_fetch_add_explicit(&g_failures, 1, memory_order_relaxed);
     int64_t now = now_ns();
-    for (int k = 0; k < 2; k++) {
+    for (int k = 0; k < NKEYS; k++) {
         bool blocked = false;
         if (!cx->keys[k] ||
             limit_local.guard_record(limit_local.self, cx->keys[k], failed, cf->max_failures,

@@ -107,12 +107,28 @@ void limit_metrics(struct obs_text *t);
 void limit_guard_metrics(struct obs_text *t);
 
 /* What the keys are read from (stage.c, guard.c; tests/fuzz/fuzz_limitkeys.c):
- * the value of cookie `name` in a Cookie field (NULL: none), and a field of a
- * login body, form (a=1&user=alice) or JSON ("user": "alice"), as it is
- * written there (not decoded); *v points into the input. */
+ * the value of cookie `name` in a Cookie field (NULL: none). */
 const char *limit_cookie_value(const char *v, size_t vlen, const char *name, size_t *out);
-bool limit_body_field(const char *b, size_t n, const char *name, bool json, const char **v,
-                      size_t *vl);
+
+/* The account names a login gives, in the form the application reads them,
+ * so that spellings of one name count as one: a form body's fields
+ * (a=1&user=alice) with names and values percent-decoded and '+' a space;
+ * a JSON body's string members, keys at any depth, with their escapes
+ * decoded (\uXXXX and surrogate pairs to UTF-8); a header's value as it is
+ * (LIMIT_ACCOUNT_HEADER). Then ASCII letters lowered, and a value cut at
+ * LIMIT_ACCOUNT_MAX bytes. Every occurrence counts, since applications
+ * differ on which of a repeated field they read: the distinct non-empty
+ * values go to out[]. Returns how many (0 to LIMIT_ACCOUNTS), or -1 when
+ * there are more distinct ones than that (the guard refuses the request). */
+#define LIMIT_ACCOUNTS 4
+#define LIMIT_ACCOUNT_MAX 128
+enum limit_account_from { LIMIT_ACCOUNT_HEADER, LIMIT_ACCOUNT_FORM, LIMIT_ACCOUNT_JSON };
+struct limit_account {
+    size_t len;
+    char v[LIMIT_ACCOUNT_MAX];
+};
+int limit_accounts(const char *b, size_t n, const char *name, enum limit_account_from from,
+                   struct limit_account out[LIMIT_ACCOUNTS]);
 
 /* The proof-of-work challenge (challenge.c). */
 struct conf_challenge;

@@ -9,16 +9,16 @@
  * up to the first newline (at most 32 bytes, cut at a NUL); the rest is
  * the field or body.
  *
- * Invariants: the value found lies within the input; it is the first
- * occurrence the documented syntax gives (checked against a reference):
- *   cookie: pairs split on ';', spaces and ';' before a pair skipped, the
- *           first "NAME=" pair, its value up to the next ';';
- *   form:   the first "NAME=" at the start or after '&', up to the next '&';
- *   JSON:   the first "NAME" followed by ':' (JSON whitespace around it),
- *           whose value must then be a string: up to its closing quote (an
- *           escaped quote does not close it), or the end of an unterminated
- *           string; not found when the value is not a string or ends in a
- *           lone backslash.
+ * Invariants. Cookie: the value found lies within the input and is the
+ * first "NAME=" pair (pairs split on ';', spaces and ';' before a pair
+ * skipped, the value up to the next ';'), checked against a reference.
+ * Accounts (limit_accounts): at most LIMIT_ACCOUNTS values or -1, each
+ * 1..LIMIT_ACCOUNT_MAX bytes, no ASCII capital, no two alike; a form body
+ * gives exactly what a reference decoder gives (pairs split on '&', name and
+ * value split on the first '=', '+' a space, %XX a byte); and, both for
+ * form and JSON, spelling the accounts found another way (every byte
+ * percent-encoded, every ASCII byte as \u00XX, in capitals) gives the same
+ * accounts: one name, however written, is one key for the login guard.
  */
 #include "fuzz_common.h"
 
@@ -42,53 +42,128 @@ static bool ref_cookie(const char *c, size_t n, const char *name, const char **v
     return false;
 }
 
-static bool ref_form(const char *b, size_t n, const char *name, const char **v, size_t *vl)
+static int hexd(int c)
 {
-    size_t nl = strlen(name);
-    for (size_t i = 0; i < n; i++) {
-        if (i && b[i - 1] != '&')
-            continue;
-        if (n - i >= nl + 1 && !memcmp(b + i, name, nl) && b[i + nl] == '=') {
-            size_t j = i + nl + 1;
-            while (j < n && b[j] != '&')
-                j++;
-            *v = b + i + nl + 1;
-            *vl = j - i - nl - 1;
-            return true;
-        }
-    }
-    return false;
+    return c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10
+         : c >= 'A' && c <= 'F' ? c - 'A' + 10 : -1;
 }
 
-static bool json_ws(char c) { return c == ' ' || c == '\t' || c == '\n' || c == '\r'; }
-
-static bool ref_json(const char *b, size_t n, const char *name, const char **v, size_t *vl)
+/* the reference: decode the whole pair into a buffer as long as the input,
+ * then compare, lower, cut, dedupe */
+static size_t ref_decode(const char *p, size_t n, char *out)
 {
-    size_t nl = strlen(name);
-    for (size_t i = 0; i + nl + 2 <= n; i++) {
-        if (b[i] != '"' || memcmp(b + i + 1, name, nl) || b[i + nl + 1] != '"')
-            continue;
-        size_t j = i + nl + 2;
-        while (j < n && json_ws(b[j]))
-            j++;
-        if (j >= n || b[j] != ':')
-            continue;
-        j++;
-        while (j < n && json_ws(b[j]))
-            j++;
-        if (j >= n || b[j] != '"')
-            return false;           /* the first NAME decides: not a string */
-        size_t s = ++j;
-        while (j < n && b[j] != '"') {
-            if (b[j] == '\\' && j + 1 == n)
-                return false;       /* a lone backslash at the end */
-            j += b[j] == '\\' ? 2 : 1;
+    size_t o = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (p[i] == '+') {
+            out[o++] = ' ';
+        } else if (p[i] == '%' && n - i >= 3 && hexd(p[i + 1]) >= 0 && hexd(p[i + 2]) >= 0) {
+            out[o++] = (char)(hexd(p[i + 1]) * 16 + hexd(p[i + 2]));
+            i += 2;
+        } else {
+            out[o++] = p[i];
         }
-        *v = b + s;
-        *vl = j - s;
-        return true;
     }
-    return false;
+    return o;
+}
+
+static int ref_form(const char *b, size_t n, const char *name, struct limit_account *out)
+{
+    int k = 0;
+    char *nb = malloc(n + 1), *vb = malloc(n + 1);
+    CHECK(nb && vb);
+    size_t i = 0;
+    for (;;) {
+        size_t e = i;
+        while (e < n && b[e] != '&')
+            e++;
+        size_t q = i;
+        while (q < e && b[q] != '=')
+            q++;
+        if (q < e) {
+            size_t nl = ref_decode(b + i, q - i, nb);
+            if (nl == strlen(name) && !memcmp(nb, name, nl)) {
+                size_t vl = ref_decode(b + q + 1, e - q - 1, vb);
+                if (vl > LIMIT_ACCOUNT_MAX)
+                    vl = LIMIT_ACCOUNT_MAX;
+                for (size_t j = 0; j < vl; j++)
+                    if (vb[j] >= 'A' && vb[j] <= 'Z')
+                        vb[j] = (char)(vb[j] + 32);
+                bool seen = vl == 0;
+                for (int j = 0; j < k && !seen; j++)
+                    seen = out[j].len == vl && !memcmp(out[j].v, vb, vl);
+                if (!seen) {
+                    if (k == LIMIT_ACCOUNTS) {
+                        k = -1;
+                        break;
+                    }
+                    memcpy(out[k].v, vb, vl);
+                    out[k++].len = vl;
+                }
+            }
+        }
+        if (e >= n)
+            break;
+        i = e + 1;
+    }
+    free(nb);
+    free(vb);
+    return k;
+}
+
+static void check_accounts(const struct limit_account *a, int k)
+{
+    CHECK(k >= -1 && k <= LIMIT_ACCOUNTS);
+    for (int i = 0; i < k; i++) {
+        CHECK(a[i].len >= 1 && a[i].len <= LIMIT_ACCOUNT_MAX);
+        for (size_t j = 0; j < a[i].len; j++)
+            CHECK(!(a[i].v[j] >= 'A' && a[i].v[j] <= 'Z'));
+        for (int j = 0; j < i; j++)
+            CHECK(!(a[i].len == a[j].len && !memcmp(a[i].v, a[j].v, a[i].len)));
+    }
+}
+
+static const char HEX[] = "0123456789ABCDEF";
+
+/* the accounts found, written again in another spelling: every byte of
+ * name and value percent-encoded (form), or every ASCII byte as \u00XX
+ * (JSON; other bytes as they are, as the decoder keeps them); a letter's
+ * capital where it has one */
+static size_t respell(const char *name, const struct limit_account *a, int k, bool json, char *o)
+{
+    size_t n = 0;
+    if (json)
+        o[n++] = '{';
+    for (int i = 0; i < k; i++) {
+        for (int part = 0; part < 2; part++) {
+            const char *p = part ? a[i].v : name;
+            size_t len = part ? a[i].len : strlen(name);
+            if (json)
+                o[n++] = '"';
+            for (size_t j = 0; j < len; j++) {
+                unsigned char c = (unsigned char)p[j];
+                if (part && c >= 'a' && c <= 'z')
+                    c = (unsigned char)(c - 32);
+                if (json && c >= 0x80) {
+                    o[n++] = (char)c;
+                } else if (json) {
+                    memcpy(o + n, "\\u00", 4);
+                    o[n + 4] = HEX[c >> 4];
+                    o[n + 5] = HEX[c & 15];
+                    n += 6;
+                } else {
+                    o[n++] = '%';
+                    o[n++] = HEX[c >> 4];
+                    o[n++] = HEX[c & 15];
+                }
+            }
+            if (json)
+                o[n++] = '"';
+            o[n++] = json ? (part ? ',' : ':') : (part ? '&' : '=');
+        }
+    }
+    if (json)
+        o[n++] = '}';
+    return n;
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
@@ -120,23 +195,31 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         if (found)
             CHECK(!memchr(v, ';', vl));
         break;
-    case 1:
-        found = limit_body_field(b, n, name, false, &v, &vl);
-        want = ref_form(b, n, name, &w, &wl);
-        if (found)
-            CHECK(!memchr(v, '&', vl));
-        break;
-    default:
-        found = limit_body_field(b, n, name, true, &v, &vl);
-        want = ref_json(b, n, name, &w, &wl);
-        if (found) {            /* no unescaped quote inside */
-            CHECK(v > b && v[-1] == '"');
-            for (size_t i = 0; i < vl; i++) {
-                CHECK(v[i] != '"');
-                i += v[i] == '\\';
-            }
+    default: {
+        bool json = data[0] % 3 == 2;
+        struct limit_account got[LIMIT_ACCOUNTS], ref[LIMIT_ACCOUNTS], again[LIMIT_ACCOUNTS];
+        int k = limit_accounts(b, n, name, json ? LIMIT_ACCOUNT_JSON : LIMIT_ACCOUNT_FORM, got);
+        check_accounts(got, k);
+        if (!json) {
+            int r = ref_form(b, n, name, ref);
+            CHECK(r == k);
+            for (int i = 0; i < k; i++)
+                CHECK(ref[i].len == got[i].len && !memcmp(ref[i].v, got[i].v, got[i].len));
         }
-        break;
+        if (k > 0 && nn > 0 && !memchr(name, '\0', nn)) {
+            char *o = malloc((size_t)k * (6 * (32 + LIMIT_ACCOUNT_MAX) + 8) + 2);
+            CHECK(o);
+            size_t on = respell(name, got, k, json, o);
+            int k2 = limit_accounts(o, on, name, json ? LIMIT_ACCOUNT_JSON : LIMIT_ACCOUNT_FORM,
+                                    again);
+            CHECK(k2 == k);
+            for (int i = 0; i < k; i++)
+                CHECK(again[i].len == got[i].len && !memcmp(again[i].v, got[i].v, got[i].len));
+            free(o);
+        }
+        free(b);
+        return 0;
+    }
     }
     if (found)
         CHECK(fz_within(b, n, v, vl));

@@ -219,6 +219,45 @@ def test_login_guard_success_resets_and_accounts_are_keys(start_portico, start_u
     assert login(p.port, 200, "192.0.2.99", user="bob").status == 200
 
 
+def login_body(port, code, ip, body, ctype="application/x-www-form-urlencoded"):
+    with RawConn(port) as c:
+        return c.request("POST", "/auth/status?code=%d" % code, body=body,
+                         headers=[("X-Forwarded-For", ip), ("Content-Type", ctype)])
+
+
+def test_login_guard_one_account_however_spelled(start_portico, start_upstream):
+    """The account is read as the application reads it: five failures for
+    alice, each written another way and from another address, block alice;
+    a decoy before the real field does not hide it; more than four distinct
+    accounts in one login are refused (400) without reaching the upstream."""
+    up = start_upstream("u1")
+    p = start(start_portico, up, GUARD, extra=TRUST)
+    spellings = [b"user=alice&password=x", b"user=%61lice&password=x", b"%75ser=ALICE&password=x",
+                 b"user=decoy1&password=x&user=a%6cice", b"user=Alice&user=decoy2"]
+    for i, body in enumerate(spellings):
+        assert login_body(p.port, 401, "192.0.2.%d" % (20 + i), body).status == 401
+    assert login_body(p.port, 200, "192.0.2.99", b"user=alice&password=right").status == 429
+    assert login_body(p.port, 200, "192.0.2.99", b"password=x&user=decoy3&user=ALICE").status == 429
+    assert login_body(p.port, 200, "192.0.2.99", b"user=bob&password=x").status == 200
+    before = len(up.requests())
+    r = login_body(p.port, 200, "192.0.2.98", b"user=a&user=b&user=c&user=d&user=e")
+    assert r.status == 400
+    assert len(up.requests()) == before
+
+
+def test_login_guard_json_account(start_portico, start_upstream):
+    up = start_upstream("u1")
+    guard = GUARD.replace('"form:user"', '"json:user"')
+    p = start(start_portico, up, guard, extra=TRUST)
+    bodies = [b'{"user": "carol", "password": "x"}', b'{"\\u0075ser": "\\u0063arol"}',
+              b'{"user": "CAROL"}', b'{"device": {"user": "carol"}}', b'{"user":"carol","user":"x"}']
+    for i, body in enumerate(bodies):
+        assert login_body(p.port, 401, "192.0.2.%d" % (40 + i), body, "application/json").status == 401
+    assert login_body(p.port, 200, "192.0.2.99", b'{"user": "carol"}', "application/json").status == 429
+    assert login_body(p.port, 200, "192.0.2.99", b'{"note": "\\"user\\": \\"carol\\""}',
+                      "application/json").status == 200
+
+
 # ---------------------------------------------------------------- action: delay
 
 def test_delay_paces_instead_of_refusing(start_portico, start_upstream):

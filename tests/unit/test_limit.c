@@ -440,6 +440,61 @@ static void challenge_pass(void **state)
     assert_false(limit_pass_check(&cc, "198.51.100.7", "", 0, 0));
 }
 
+/* The login guard's account names: one name however it is written is one
+ * account; every occurrence counts; more than LIMIT_ACCOUNTS refuse. */
+static int accounts(const char *body, enum limit_account_from from, struct limit_account *a)
+{
+    return limit_accounts(body, strlen(body), "user", from, a);
+}
+
+static void expect(const struct limit_account *a, int i, const char *v)
+{
+    assert_int_equal(a[i].len, strlen(v));
+    assert_memory_equal(a[i].v, v, strlen(v));
+}
+
+static void account_spellings(void **state)
+{
+    (void)state;
+    struct limit_account a[LIMIT_ACCOUNTS];
+    assert_int_equal(accounts("password=x&user=Alice", LIMIT_ACCOUNT_FORM, a), 1);
+    expect(a, 0, "alice");
+    /* percent-encoded value and name, '+' a space, capitals: all alice */
+    assert_int_equal(accounts("%75ser=%61lice&us%65r=ALICE&user=a%6Cice", LIMIT_ACCOUNT_FORM, a), 1);
+    expect(a, 0, "alice");
+    assert_int_equal(accounts("user=mary+ann&user=mary%20ann", LIMIT_ACCOUNT_FORM, a), 1);
+    expect(a, 0, "mary ann");
+    /* a repeated field: both count (applications read the first or the last) */
+    assert_int_equal(accounts("user=decoy&password=x&user=alice", LIMIT_ACCOUNT_FORM, a), 2);
+    expect(a, 0, "decoy");
+    expect(a, 1, "alice");
+    assert_int_equal(accounts("user=a&user=b&user=c&user=d", LIMIT_ACCOUNT_FORM, a), 4);
+    assert_int_equal(accounts("user=a&user=b&user=c&user=d&user=e", LIMIT_ACCOUNT_FORM, a), -1);
+    assert_int_equal(accounts("user=&username=bob&xuser=eve&user", LIMIT_ACCOUNT_FORM, a), 0);
+    assert_int_equal(accounts("user=100%&user=%zz", LIMIT_ACCOUNT_FORM, a), 2);
+    expect(a, 0, "100%");
+    expect(a, 1, "%zz");
+    /* JSON: escapes decoded, keys at any depth, a key's spelling inside a string is not a key */
+    assert_int_equal(accounts("{\"user\": \"\\u0041lice\"}", LIMIT_ACCOUNT_JSON, a), 1);
+    expect(a, 0, "alice");
+    assert_int_equal(accounts("{\"\\u0075ser\":\"alice\",\"d\":{\"user\":\"bob\"},"
+                              "\"note\":\"\\\"user\\\": \\\"eve\\\"\",\"user\":7}", LIMIT_ACCOUNT_JSON, a), 2);
+    expect(a, 0, "alice");
+    expect(a, 1, "bob");
+    assert_int_equal(accounts("{\"user\":\"\\u00e9\\ud83d\\ude00\\/\\\\\"}", LIMIT_ACCOUNT_JSON, a), 1);
+    expect(a, 0, "\xc3\xa9\xf0\x9f\x98\x80/\\");
+    assert_int_equal(accounts("{\"user\":\"alice", LIMIT_ACCOUNT_JSON, a), 0);  /* unterminated */
+    /* a long name is cut at LIMIT_ACCOUNT_MAX bytes */
+    char big[400] = "user=";
+    memset(big + 5, 'x', 300);
+    big[305] = '\0';
+    assert_int_equal(accounts(big, LIMIT_ACCOUNT_FORM, a), 1);
+    assert_int_equal(a[0].len, LIMIT_ACCOUNT_MAX);
+    /* a header's value is as it is, but for capitals */
+    assert_int_equal(limit_accounts("Bob%20", 6, "x-user", LIMIT_ACCOUNT_HEADER, a), 1);
+    expect(a, 0, "bob%20");
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -456,6 +511,7 @@ int main(void)
         cmocka_unit_test(decisions_per_second),
         cmocka_unit_test(top_offenders),
         cmocka_unit_test(challenge_pass),
+        cmocka_unit_test(account_spellings),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
