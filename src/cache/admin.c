@@ -113,6 +113,10 @@ int cache_admin(const char *path, size_t plen, const char *q, size_t qn, struct 
             return 409;
         }
         uint64_t ver = cache_ns_bump(c, v);
+        if (!ver) {
+            obs_printf(t, "{\"error\":\"no route caches under this namespace\"}\n");
+            return 404;
+        }
         obs_printf(t, "{\"namespace\":\"");
         for (size_t i = 0; i < vn; i++)
             obs_printf(t, v[i] == '"' || v[i] == '\\' ? "\\%c" : (unsigned char)v[i] < 0x20 ? "?" : "%c", v[i]);

@@ -163,7 +163,8 @@ const struct cache_variant *cache_variant_make(struct cache_obj *obj,
 /* Namespaces: a small table of names, each with a version; bumping one makes
  * every object stored under an older version stale, in O(1). */
 int cache_ns_id(struct cache *c, const char *name);    /* -1: table full */
-uint64_t cache_ns_bump(struct cache *c, const char *name);  /* the new version */
+/* the new version; 0 when no route registered the name (nothing to bump) */
+uint64_t cache_ns_bump(struct cache *c, const char *name);
 
 /* Invalidation: the number of objects removed. A key is the scheme, host
  * and path (cache/fresh.c: "http://host/path?query"); `url` purges every

@@ -568,10 +568,16 @@ int cache_ns_id(struct cache *c, const char *name)
     return id;
 }
 
+/* Only a namespace a route registered (cache_ns_id at its load): a bump of
+ * any other name has nothing to invalidate, and making one would let the
+ * purge API fill the table that routes' namespaces need. */
 uint64_t cache_ns_bump(struct cache *c, const char *name)
 {
-    int id = cache_ns_id(c, name);
-    return id < 0 ? 0 : atomic_fetch_add(&c->ns[id].version, 1) + 1;
+    uint32_t n = atomic_load(&c->nns);
+    for (uint32_t i = 0; i < n; i++)
+        if (!strcmp(c->ns[i].name, name))
+            return atomic_fetch_add(&c->ns[i].version, 1) + 1;
+    return 0;
 }
 
 /* ---------------------------------------------------------------- purge */

@@ -1284,6 +1284,11 @@ def test_admin_bad_requests(env):
     for path, params in (("/cache/purge", {}), ("/cache/bump", {})):
         r = env.admin_post(path, **params)
         assert r.status_code == 400, (path, r.status_code, r.text)
+    # a namespace no route caches under: nothing to bump, and nothing made
+    for _ in range(300):
+        r = env.admin_post("/cache/bump", namespace="nobody-uses-this")
+        assert r.status_code == 404, (r.status_code, r.text)
+    assert env.bump("feed")["version"] > 0
     r = requests.get(env.admin + "/cache/purge", params={"url": "/x"},
                      headers={"Authorization": "Bearer " + TOKEN}, timeout=5)
     assert r.status_code in (404, 405), r.status_code
