@@ -12,6 +12,12 @@
 #include <stdlib.h>
 #include <string.h>
 
+/* The most PBKDF2 iterations portico will run for one login, from a
+ * verifier or a server's challenge (PostgreSQL's default is 4096): a few
+ * seconds of a worker's time, where a server asking for 999,999,999 would
+ * stall every client of that worker for minutes. */
+#define SCRAM_MAX_ITERATIONS 10000000
+
 /* base64 into out (NUL-terminated); its length, or -1 if it does not fit. */
 static int b64_enc(const uint8_t *in, size_t n, char *out, size_t outlen)
 {
@@ -95,7 +101,7 @@ bool pg_scram_parse_secret(const char *s, struct pg_scram_secret *out)
     s += 14;
     char *end;
     unsigned long iter = strtoul(s, &end, 10);
-    if (end == s || *end != ':' || iter == 0 || iter > 10000000)
+    if (end == s || *end != ':' || iter == 0 || iter > SCRAM_MAX_ITERATIONS)
         return false;
     const char *salt = end + 1, *dollar = strchr(salt, '$');
     if (!dollar)
@@ -272,7 +278,7 @@ static bool parse_server_first(struct pg_scram_client *c, const char *server_fir
         *iter = *iter * 10 + (uint32_t)(i[k] - '0');
     }
     *saltn = b64_dec(s, sl, salt, 64);
-    return *saltn > 0 && *iter > 0;
+    return *saltn > 0 && *iter > 0 && *iter <= SCRAM_MAX_ITERATIONS;
 }
 
 /* The client-final-message from ClientKey and ServerKey. */

@@ -32,7 +32,8 @@
  *     the right proof always logs in, with another proof is refused (-2),
  *     a malformed one is -1; a second client-final is -1;
  *   - portico's client-final is, byte for byte, c=biws,r=<nonce>,p=<proof>
- *     for the server's nonce, and only when that nonce extends portico's;
+ *     for the server's nonce, and only when that nonce extends portico's and
+ *     the iterations asked are 1..10^7;
  *     the server's signature is accepted only if it is the right one;
  *   - a verifier that parses has iterations 1..10^7 and a 1..64-byte salt,
  *     and written back canonically parses to the same;
@@ -297,7 +298,7 @@ static void client_side(const char *l1, size_t n1, const char *l2, size_t n2, bo
         well = iv[i] >= '0' && iv[i] <= '9';
         iter = iter * 10 + (unsigned long)(iv[i] - '0');
     }
-    well = well && iter > 0;
+    well = well && iter > 0 && iter <= 10000000;     /* portico's bound on a login's PBKDF2 */
     char fin[512];
     int rc = pg_scram_client_final_keys(&c, CK, SK, sf, sn, fin, sizeof fin);
     if (getenv("FUZZ_SCRAM_VERBOSE"))

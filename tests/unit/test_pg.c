@@ -298,6 +298,38 @@ static void scram_pass_through(void **state)
     }
 }
 
+/* A server-first-message asking for more PBKDF2 iterations than portico
+ * runs for a login is refused at once (the bound, 10,000,000, accepted:
+ * checked with a key-based final, which runs no PBKDF2). */
+static void scram_server_iterations_bounded(void **state)
+{
+    (void)state;
+    const uint8_t ck[32] = { 1 }, sk[32] = { 2 };
+    const char *iters[] = { "10000001", "999999999", "10000000" };
+    for (int i = 0; i < 3; i++) {
+        struct pg_scram_client c;
+        char m1[256], m2[256], m3[512];
+        int n1 = pg_scram_client_first(&c, m1, sizeof m1);
+        assert_true(n1 > 0);
+        const char *r = strstr(m1, "r=");
+        assert_non_null(r);
+        int n2 = snprintf(m2, sizeof m2, "r=%sXYZ,s=c2FsdHNhbHQ=,i=%s", r + 2, iters[i]);
+        int n3 = pg_scram_client_final_keys(&c, ck, sk, m2, (size_t)n2, m3, sizeof m3);
+        if (i < 2)
+            assert_true(n3 < 0);
+        else
+            assert_true(n3 > 0);
+        /* and through the password path, which would run PBKDF2 */
+        if (i < 2) {
+            struct pg_scram_client c2;
+            n1 = pg_scram_client_first(&c2, m1, sizeof m1);
+            r = strstr(m1, "r=");
+            n2 = snprintf(m2, sizeof m2, "r=%sXYZ,s=c2FsdHNhbHQ=,i=%s", r + 2, iters[i]);
+            assert_true(pg_scram_client_final(&c2, "pw", m2, (size_t)n2, m3, sizeof m3) < 0);
+        }
+    }
+}
+
 static void scram_malformed(void **state)
 {
     (void)state;
@@ -412,6 +444,7 @@ int main(void)
         cmocka_unit_test(scram_round_trip),
         cmocka_unit_test(scram_pass_through),
         cmocka_unit_test(scram_malformed),
+        cmocka_unit_test(scram_server_iterations_bounded),
         cmocka_unit_test(md5_response),
         cmocka_unit_test(config_section),
     };
