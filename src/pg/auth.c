@@ -350,7 +350,10 @@ bool pg_scram_client_check(struct pg_scram_client *c, const char *server_final, 
     uint8_t sig[48];
     if (c->state != 2 || !attr(server_final, len, 'v', &v, &vl))
         return false;
-    return b64_dec(v, vl, sig, sizeof sig) == 32 && CRYPTO_memcmp(sig, c->server_signature, 32) == 0;
+    if (b64_dec(v, vl, sig, sizeof sig) != 32 || CRYPTO_memcmp(sig, c->server_signature, 32) != 0)
+        return false;
+    c->state = 3;                       /* the server proved it knows the password */
+    return true;
 }
 
 static void md5_hex(const void *in, size_t n, char out[33])

@@ -153,7 +153,7 @@ struct pg_scram_client {
     char nonce[64];
     char client_first_bare[128];
     uint8_t server_signature[32];
-    int state;
+    int state;          /* 0 none, 1 first sent, 2 final sent, 3 the server's signature checked */
 };
 int pg_scram_client_first(struct pg_scram_client *c, char *out, size_t outlen);
 int pg_scram_client_final(struct pg_scram_client *c, const char *password,

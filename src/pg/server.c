@@ -227,6 +227,12 @@ static bool server_auth_request(struct server *s, const struct pg_msg *m)
             server_fail(s, "the server's SCRAM signature is wrong");
             return false;
         }
+        /* AuthenticationOk in the middle of SCRAM: the server never proved
+         * it knows the password (PostgreSQL always sends SASLFinal first) */
+        if (code == 0 && (s->scram.state == 1 || s->scram.state == 2)) {
+            server_fail(s, "the server ended SCRAM without its signature");
+            return false;
+        }
         return true;
     }
     if ((code == 10 || code == 11) && (pw || home->have_keys))

@@ -242,3 +242,87 @@ def test_pools_endpoint_and_metrics(make_pooler):
     assert "slow query" in log and "pg_sleep" in log
     assert "never-logged" not in log
     assert "cut off" not in log
+
+
+def _fake_scram_server(final):
+    """A PostgreSQL impostor on a free port that asks for SCRAM-SHA-256 and,
+    after the client-final-message, sends `final` (bytes) and waits.
+    Returns (port, stop event, None)."""
+    import base64
+    lsock = socket.socket()
+    lsock.bind(("127.0.0.1", 0))
+    lsock.listen(8)
+    lsock.settimeout(0.2)
+    stop = threading.Event()
+
+    def msg(t, body):
+        return t + struct.pack("!I", 4 + len(body)) + body
+
+    def read_msg(c):
+        head = b""
+        while len(head) < 5:
+            d = c.recv(5 - len(head))
+            if not d:
+                return None, None
+            head += d
+        n = struct.unpack("!I", head[1:5])[0] - 4
+        body = b""
+        while len(body) < n:
+            body += c.recv(n - len(body))
+        return head[:1], body
+
+    def serve(c):
+        c.settimeout(5)
+        try:
+            n = struct.unpack("!I", c.recv(4))[0]
+            c.recv(n - 4)                                       # the startup message
+            c.sendall(msg(b"R", struct.pack("!I", 10) + b"SCRAM-SHA-256\0\0"))
+            _, first = read_msg(c)                              # SASLInitialResponse
+            nonce = first.split(b"r=")[1].split(b",")[0]
+            sf = b"r=" + nonce + b"impostor,s=" + base64.b64encode(b"saltsaltsalt") + b",i=4096"
+            c.sendall(msg(b"R", struct.pack("!I", 11) + sf))
+            read_msg(c)                                         # client-final
+            c.sendall(final)
+            while not stop.is_set() and c.recv(1024):
+                pass
+        except OSError:
+            pass
+        finally:
+            c.close()
+
+    def accept():
+        while not stop.is_set():
+            try:
+                c, _ = lsock.accept()
+            except OSError:
+                continue
+            threading.Thread(target=serve, args=(c,), daemon=True).start()
+        lsock.close()
+
+    threading.Thread(target=accept, daemon=True).start()
+    return lsock.getsockname()[1], stop, None
+
+
+def test_server_that_skips_scram_final_is_refused(make_pooler):
+    """A server (or something in its place) that answers the client-final-
+    message with AuthenticationOk, never showing its ServerSignature, has not
+    proved it knows the password: portico fails the connection and tells the
+    waiting client, rather than handing it an impostor's session."""
+    import types
+    from conftest import wait_for
+    port, stop, _ = _fake_scram_server(struct.pack("!cII", b"R", 8, 0) + struct.pack("!cI", b"Z", 5) + b"I")
+    try:
+        p = make_pooler(auth_type="trust", server=types.SimpleNamespace(port=port),
+                        pools=[{"database": "app", "user": "app", "pool_size": 1,
+                                "password": "apppass"}],
+                        extra={"server_connect_timeout": "2s", "query_wait_timeout": "5s"})
+        s = socket.create_connection(("127.0.0.1", p.port), timeout=10)
+        s.sendall(raw_startup("app", "app"))       # the login itself needs a server
+        msgs = read_msgs(s, until=b"E", timeout=10)
+        s.close()
+        errors = [b for t, b in msgs if t == b"E"]
+        assert errors and b"without its signature" in errors[0], msgs
+        assert wait_for(lambda: "the server ended SCRAM without its signature" in
+                        p.portico.log_text(), 10), p.portico.log_text()
+    finally:
+        stop.set()
