@@ -338,6 +338,7 @@ struct worker {
     char *tscratch;                 /* scratch: a transforming stage's output (TSCRATCH) */
     pthread_mutex_t mbox_mu;        /* guards mbox: wakers other threads hand over */
     struct stage_waker *mbox;
+    struct bg_sink *sinks;          /* background requests' far ends, still reading */
 };
 
 struct proxy {
@@ -486,6 +487,7 @@ void stages_watch(struct exchange *x, const char *data, size_t len, bool end);
 void stages_end(struct exchange *x);
 bool stages_upstream(struct exchange *x, const struct http_response *r, int status);
 void stage_mbox_drain(struct worker *w);
+void stage_sinks_free(struct worker *w);      /* background requests' far ends, at worker stop */
 void stage_waker_cancel(struct exchange *x);
 bool edits_drop(const struct head_edit *e, uint32_t n, const char *name, size_t nlen,
                 bool present_elsewhere);

@@ -99,7 +99,19 @@ void stage_mbox_drain(struct worker *w)
  * response until portico closes its side. */
 struct bg_sink {
     struct loop_io io;
+    struct worker *w;
+    struct bg_sink *next, **prev;   /* in w->sinks, so that a worker that stops frees them */
 };
+
+static void sink_free(struct loop *l, struct bg_sink *k)
+{
+    loop_del(l, &k->io);
+    close(k->io.fd);
+    *k->prev = k->next;
+    if (k->next)
+        k->next->prev = k->prev;
+    free(k);
+}
 
 static void sink_io(struct loop *l, struct loop_io *io, unsigned ev)
 {
@@ -113,9 +125,7 @@ static void sink_io(struct loop *l, struct loop_io *io, unsigned ev)
             return;
         if (n < 0 && errno == EINTR)
             continue;
-        loop_del(l, io);
-        close(io->fd);
-        free(container_of(io, struct bg_sink, io));
+        sink_free(l, container_of(io, struct bg_sink, io));
         return;
     }
 }
@@ -182,6 +192,12 @@ int stage_background(struct stage_x *sx)
     if (loop_add(w->loop, &sink->io) < 0)
         goto fail;
     sv[1] = -1;                         /* the sink's now */
+    sink->w = w;
+    sink->next = w->sinks;
+    sink->prev = &w->sinks;
+    if (w->sinks)
+        w->sinks->prev = &sink->next;
+    w->sinks = sink;
     atomic_fetch_add_explicit(&w->p->nconns, 1, memory_order_relaxed);
     if (client_start(w, c, sv[0]) < 0) {
         atomic_fetch_sub_explicit(&w->p->nconns, 1, memory_order_relaxed);
@@ -201,4 +217,12 @@ fail:
     if (sv[1] >= 0)
         close(sv[1]);
     return -1;
+}
+
+/* The worker stops: the far ends of background requests still running
+ * (their clients were closed just before) go with it. */
+void stage_sinks_free(struct worker *w)
+{
+    while (w->sinks)
+        sink_free(w->loop, w->sinks);
 }

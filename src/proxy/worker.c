@@ -121,6 +121,7 @@ static void worker_free(struct worker *w)
     while (w->clients)
         client_close(w->clients);
     stage_mbox_drain(w);        /* wakers handed over for exchanges now gone */
+    stage_sinks_free(w);
     close_pools(w);
     for (uint32_t i = 0; i < w->nlisteners; i++)
         listener_retire(w, w->listeners[i]);
