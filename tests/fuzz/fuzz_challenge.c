@@ -43,17 +43,11 @@
 #include <string.h>
 #include <time.h>
 
+#include "fuzz_common.h"
 #include "conf/conf.h"
 #include "limit/limit.h"
 #include "proxy/stage.h"
 
-#define CHECK(cond) do {                                                    \
-        if (!(cond)) {                                                      \
-            fprintf(stderr, "%s:%d: invariant failed: %s\n",                \
-                    __FILE__, __LINE__, #cond);                             \
-            abort();                                                        \
-        }                                                                   \
-    } while (0)
 
 /* ---------------------------------------------------------------- the stage, played */
 
@@ -282,25 +276,6 @@ static bool local_path(const char *p, size_t n)
 
 /* ---------------------------------------------------------------- input */
 
-/* Copy [s, s+n) into out (cap bytes), replacing the markers. */
-static size_t expand(const char *s, size_t n, char *out, size_t cap, const char *const *from,
-                     const char *const *to, int nmark)
-{
-    size_t o = 0;
-    for (size_t i = 0; i < n;) {
-        int m = -1;
-        for (int k = 0; k < nmark && m < 0; k++)
-            if (n - i >= 3 && !memcmp(s + i, from[k], 3))
-                m = k;
-        size_t add = m >= 0 ? strlen(to[m]) : 1;
-        if (o + add > cap)
-            break;
-        memcpy(out + o, m >= 0 ? to[m] : s + i, add);
-        o += add;
-        i += m >= 0 ? 3 : 1;
-    }
-    return o;
-}
 
 static struct conf_challenge CC;
 
@@ -492,8 +467,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     static const char *const cmark[] = { "{P}", "{X}" };
     const char *cval[] = { pass, old };
     static char path[4096], cookie[4096];
-    size_t pathn = nlines > 1 ? expand(line[1], len[1], path, sizeof path, pmark, pval, 3) : 0;
-    size_t cookien = nlines > 2 ? expand(line[2], len[2], cookie, sizeof cookie, cmark, cval, 2) : 0;
+    size_t pathn = nlines > 1 ? fz_expand(line[1], len[1], path, sizeof path, pmark, pval, 3) : 0;
+    size_t cookien = nlines > 2 ? fz_expand(line[2], len[2], cookie, sizeof cookie, cmark, cval, 2) : 0;
 
     struct stage_x sx = {
         .ip = line[0], .ipn = len[0], .path = path, .pathn = pathn,

@@ -19,6 +19,28 @@
         }                                                                   \
     } while (0)
 
+/* Copy [s, s+n) into out (cap bytes), each 3-byte marker from[k] replaced
+ * by to[k]: a target's input names values (a nonce, a signature) that only
+ * the run knows. */
+static inline size_t fz_expand(const char *s, size_t n, char *out, size_t cap,
+                               const char *const *from, const char *const *to, int nmark)
+{
+    size_t o = 0;
+    for (size_t i = 0; i < n;) {
+        int m = -1;
+        for (int k = 0; k < nmark && m < 0; k++)
+            if (n - i >= 3 && !memcmp(s + i, from[k], 3))
+                m = k;
+        size_t add = m >= 0 ? strlen(to[m]) : 1;
+        if (o + add > cap)
+            break;
+        memcpy(out + o, m >= 0 ? to[m] : s + i, add);
+        o += add;
+        i += m >= 0 ? 3 : 1;
+    }
+    return o;
+}
+
 /* [p, p+n) lies within [base, base+len). */
 static inline int fz_within(const char *base, size_t len, const char *p, size_t n)
 {

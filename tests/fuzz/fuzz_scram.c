@@ -49,15 +49,9 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "fuzz_common.h"
 #include "pg/pg.h"
 
-#define CHECK(cond) do {                                                    \
-        if (!(cond)) {                                                      \
-            fprintf(stderr, "%s:%d: invariant failed: %s\n",                \
-                    __FILE__, __LINE__, #cond);                             \
-            abort();                                                        \
-        }                                                                   \
-    } while (0)
 
 #define ITER 16                 /* iterations of the verifier (cheap: fuzzing) */
 
@@ -137,25 +131,6 @@ static void setup(void)
     CHECK(SEC.salt_len == 16 && SEC.iterations == ITER);
 }
 
-/* Copy s into out, replacing each 3-byte marker from[k] with to[k]. */
-static size_t expand(const char *s, size_t n, char *out, size_t cap, const char *const *from,
-                     const char *const *to, int nmark)
-{
-    size_t o = 0;
-    for (size_t i = 0; i < n;) {
-        int m = -1;
-        for (int k = 0; k < nmark && m < 0; k++)
-            if (n - i >= 3 && !memcmp(s + i, from[k], 3))
-                m = k;
-        size_t add = m >= 0 ? strlen(to[m]) : 1;
-        if (o + add > cap)
-            break;
-        memcpy(out + o, m >= 0 ? to[m] : s + i, add);
-        o += add;
-        i += m >= 0 ? 3 : 1;
-    }
-    return o;
-}
 
 /* ---------------------------------------------------------------- portico as the server */
 
@@ -203,7 +178,7 @@ static void server_side(const char *l1, size_t n1, const char *l2, size_t n2, bo
     char msg[2048];
     static const char *const mark[] = { "{R}" };
     const char *val[] = { s.nonce };
-    size_t mn = expand(l2, n2, msg, sizeof msg - 64, mark, val, 1);
+    size_t mn = fz_expand(l2, n2, msg, sizeof msg - 64, mark, val, 1);
     char bare[512];
     snprintf(bare, sizeof bare, "%.*s", (int)(n1 - 3), l1 + 3);
     const char *without = msg;
@@ -283,7 +258,7 @@ static void client_side(const char *l1, size_t n1, const char *l2, size_t n2, bo
     char sf[2048];
     static const char *const mark[] = { "{R}" };
     const char *val[] = { c.nonce };
-    size_t sn = expand(l1, n1, sf, sizeof sf, mark, val, 1);
+    size_t sn = fz_expand(l1, n1, sf, sizeof sf, mark, val, 1);
 
     /* the server-first-message as RFC 5802 has it */
     const char *r, *sv, *iv;
@@ -326,7 +301,7 @@ static void client_side(const char *l1, size_t n1, const char *l2, size_t n2, bo
     b64(ssig, 32, v64);
     static const char *const vmark[] = { "{V}" };
     const char *vval[] = { v64 };
-    size_t fn = expand(l2, n2, sfin, sizeof sfin, vmark, vval, 1);
+    size_t fn = fz_expand(l2, n2, sfin, sizeof sfin, vmark, vval, 1);
     const char *v;
     size_t vl;
     uint8_t got[48];
